@@ -1,0 +1,67 @@
+# One command does what CI does: `make test` (which .ci/run calls).
+#
+#   make deps   install the system packages the build needs (Debian/Ubuntu, via apt-get)
+#   make test   rustfmt check, clippy with warnings denied, every test of the workspace
+#   make run    the tierbench macro benchmark with a small default configuration
+#   make loom   the engine's loom model tests (own target dir: the cfg changes every crate)
+#
+# Extra arguments: `make test TEST_FLAGS='-- --nocapture'`, `make run RUN_ARGS='--records 1000000'`.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+# System packages the build needs: hwloc for tera-numa (hwlocality links the system library,
+# found through pkg-config), libudev and pkg-config itself.
+DEB_PACKAGES := libhwloc-dev libudev-dev pkg-config
+
+TEST_FLAGS ?=
+RUN_ARGS ?= --records 200000 --value-bytes 256 --seconds 3 --dram-fractions 1,0.25
+
+.PHONY: all deps test run loom
+
+all: test
+
+# A package counts as present if dpkg has it installed, or (on a distribution without dpkg)
+# if what the build uses from it is there: `pkg-config` on the PATH, or its .pc file.
+deps:
+	@missing=""; \
+	for pkg in $(DEB_PACKAGES); do \
+	  if dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'install ok installed'; then continue; fi; \
+	  case "$$pkg" in \
+	    pkg-config) command -v pkg-config >/dev/null 2>&1 && continue ;; \
+	    libhwloc-dev) pkg-config --exists hwloc 2>/dev/null && continue ;; \
+	    libudev-dev) pkg-config --exists libudev 2>/dev/null && continue ;; \
+	  esac; \
+	  missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: $(DEB_PACKAGES) are installed"; exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "deps: missing system packages:$$missing" >&2; \
+	  echo "deps: apt-get is not available; install them (or your distribution's hwloc and libudev development packages and pkg-config) and run make again" >&2; \
+	  exit 1; \
+	fi; \
+	sudo=""; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+	  if ! command -v sudo >/dev/null 2>&1; then \
+	    echo "deps: missing system packages:$$missing; not root and no sudo: run 'apt-get install -y$$missing' as root" >&2; \
+	    exit 1; \
+	  fi; \
+	  sudo="sudo"; \
+	fi; \
+	echo "deps: installing$$missing"; \
+	echo "+ $$sudo apt-get update"; \
+	$$sudo apt-get update; \
+	echo "+ $$sudo apt-get install -y$$missing"; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing
+
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace $(TEST_FLAGS)
+
+run: deps
+	$(CARGO) run --release -p tera-benches --bin tierbench -- $(RUN_ARGS)
+
+# The engine needs tera-numa, hence hwloc, hence deps.
+loom: deps
+	RUSTFLAGS="--cfg tera_loom" CARGO_TARGET_DIR=target/loom $(CARGO) test -p tera-engine --release --lib loom

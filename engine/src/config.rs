@@ -1,0 +1,114 @@
+//! Configuration of a [`crate::Db`]. Every size is a parameter: the same code runs a test with
+//! a 4 MiB budget and a benchmark with hundreds of gigabytes.
+
+use crate::far::{OsStorage, Storage};
+use crate::heat::HeatPolicy;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tera_numa::Topology;
+
+/// How to open a database. Start from [`Config::new`] and set what you need.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Directory for far-tier segment files (a DAX or tmpfs mount on far memory, or a
+    /// directory on an NVMe drive). Created if missing; must be writable.
+    pub far_dir: PathBuf,
+    /// Everything the engine keeps in DRAM (indexes, log frames, heat sketch, buffers) stays
+    /// within this many bytes.
+    pub dram_budget_bytes: u64,
+    /// Number of partitions; 0 picks two per CPU, at least four.
+    pub partitions: usize,
+    /// Log page size: a power of two from 4 KiB to 64 MiB, large enough for the largest record.
+    pub page_bytes: usize,
+    /// Far segment file size: a multiple of `page_bytes`.
+    pub segment_bytes: usize,
+    /// Largest key accepted (at most 64 KiB).
+    pub max_key_bytes: usize,
+    /// Largest value accepted (at most 1 MiB by default).
+    pub max_value_bytes: usize,
+    /// Emulated extra latency per far-tier record read, in nanoseconds; 0 (off) by default.
+    pub far_latency_ns: u64,
+    /// Expected number of records, to size the index up front (0: grow as needed).
+    pub expected_records: usize,
+    /// A far segment whose live bytes fall below this share of its size is compacted.
+    pub compaction_live_ratio: f64,
+    /// The machine's topology; `None` detects it (tests pass `Topology::simulated`).
+    pub topology: Option<Topology>,
+    /// Promotion and readmission policy; `None` uses [`crate::FrequencyAdmission`] sized
+    /// from the budget.
+    pub policy: Option<Arc<dyn HeatPolicy>>,
+    /// Run compaction in background threads (one per NUMA node with CPUs). When false, call
+    /// [`crate::Db::maintain`] yourself.
+    pub background_maintenance: bool,
+    /// The I/O seam for far-tier files.
+    pub storage: Arc<dyn Storage>,
+}
+
+/// Largest key the format allows.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+
+impl Config {
+    /// Defaults: 256 MiB budget, 2 MiB pages, 64 MiB segments, keys to 64 KiB, values to
+    /// 1 MiB, no latency emulation, background compaction on.
+    pub fn new(far_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            far_dir: far_dir.into(),
+            dram_budget_bytes: 256 << 20,
+            partitions: 0,
+            page_bytes: 2 << 20,
+            segment_bytes: 64 << 20,
+            max_key_bytes: MAX_KEY_BYTES,
+            max_value_bytes: 1 << 20,
+            far_latency_ns: 0,
+            expected_records: 0,
+            compaction_live_ratio: 0.5,
+            topology: None,
+            policy: None,
+            background_maintenance: true,
+            storage: Arc::new(OsStorage),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let p = self.page_bytes;
+        if !p.is_power_of_two() || !(4096..=64 << 20).contains(&p) {
+            return Err(format!(
+                "page_bytes = {p}: must be a power of two from 4096 to 67108864"
+            ));
+        }
+        if self.segment_bytes < p || self.segment_bytes % p != 0 {
+            return Err(format!(
+                "segment_bytes = {}: must be a multiple of page_bytes ({p})",
+                self.segment_bytes
+            ));
+        }
+        if !self.segment_bytes.is_power_of_two() {
+            return Err(format!(
+                "segment_bytes = {}: must be a power of two",
+                self.segment_bytes
+            ));
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES {
+            return Err(format!(
+                "max_key_bytes = {}: must be 1 to {MAX_KEY_BYTES}",
+                self.max_key_bytes
+            ));
+        }
+        let largest = crate::record::record_len(self.max_key_bytes, self.max_value_bytes);
+        if largest > p {
+            return Err(format!(
+                "page_bytes = {p} cannot hold the largest record ({largest} bytes for a \
+                 {}-byte key and a {}-byte value): raise page_bytes or lower the maxima",
+                self.max_key_bytes, self.max_value_bytes
+            ));
+        }
+        if !(0.0..1.0).contains(&self.compaction_live_ratio) {
+            return Err(format!(
+                "compaction_live_ratio = {}: must be in [0, 1)",
+                self.compaction_live_ratio
+            ));
+        }
+        Ok(())
+    }
+}

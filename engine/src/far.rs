@@ -1,0 +1,188 @@
+//! The far tier: log pages written once, whole, to segment files under the far directory and
+//! read in place through read-only shared mappings.
+//!
+//! A partition's log address space is cut into segments of `segment_bytes`; segment `s` of
+//! partition `p` is the file `p{p:03}-{s:010}.seg`, created at full length (sparse) when its
+//! first page is demoted and removed when compaction has moved its live records away. Files
+//! are written through the [`Storage`] seam (plain `pwrite` by default) so that tests can fail
+//! I/O without any `cfg` in the engine.
+//!
+//! A reader finds a segment through [`SegTable`], an array of pointers swapped whole when it
+//! grows; both tables and segments are retired through the epoch (see `epoch.rs`).
+
+use crate::error::{Error, Result};
+use crate::sync::AtomicPtr;
+use memmap2::Mmap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+/// All far-tier file I/O goes through this trait (the one seam for fault injection).
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Create (or truncate) a segment file of `len` bytes, readable and writable.
+    fn create(&self, path: &Path, len: u64) -> std::io::Result<File> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        f.set_len(len)?;
+        Ok(f)
+    }
+    /// Write all of `buf` at `offset`.
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        file.write_all_at(buf, offset)
+    }
+    /// Remove a segment file.
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
+    }
+}
+
+/// The operating system's files, unchanged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsStorage;
+impl Storage for OsStorage {}
+
+/// One far segment file and its mapping.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) path: PathBuf,
+    file: File,
+    map: Mmap,
+}
+
+impl Segment {
+    pub(crate) fn create(storage: &dyn Storage, path: PathBuf, len: usize) -> Result<Segment> {
+        let io = |op, source| Error::Io {
+            op,
+            path: path.clone(),
+            source,
+        };
+        let file = storage
+            .create(&path, len as u64)
+            .map_err(|e| io("create", e))?;
+        // SAFETY: the engine owns the file; if someone truncates it anyway, loads past the end
+        // are caught by `sigbus::guarded` and reported as corruption, not undefined values.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| io("mmap", e))?;
+        Ok(Segment { path, file, map })
+    }
+
+    pub(crate) fn write(&self, storage: &dyn Storage, buf: &[u8], offset: usize) -> Result<()> {
+        storage
+            .write_at(&self.file, buf, offset as u64)
+            .map_err(|source| Error::Io {
+                op: "write",
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    pub(crate) fn base(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Segment pointers by segment number, from `first` on.
+pub(crate) struct SegTable {
+    first: u64,
+    slots: Box<[AtomicPtr<Segment>]>,
+}
+
+impl std::fmt::Debug for SegTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegTable")
+            .field("first", &self.first)
+            .field("len", &self.slots.len())
+            .finish()
+    }
+}
+
+impl SegTable {
+    pub(crate) fn new(first: u64, len: usize) -> Box<SegTable> {
+        Box::new(SegTable {
+            first,
+            slots: (0..len.max(1))
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+        })
+    }
+
+    /// The segment, if mapped. The reference lives as long as the caller is pinned or holds
+    /// the partition lock (segments are retired through the epoch).
+    #[inline]
+    pub(crate) fn get(&self, seg: u64) -> Option<&Segment> {
+        let i = seg.checked_sub(self.first)? as usize;
+        let p = self.slots.get(i)?.load(Acquire);
+        // SAFETY: non-null slots hold pointers from Box::into_raw, freed only after being
+        // cleared and retired past every pinned reader.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    pub(crate) fn covers(&self, seg: u64) -> bool {
+        seg >= self.first && ((seg - self.first) as usize) < self.slots.len()
+    }
+
+    /// Store a segment; `covers(seg)` must hold. The table takes ownership.
+    pub(crate) fn set(&self, seg: u64, s: Box<Segment>) {
+        let i = (seg - self.first) as usize;
+        self.slots[i].store(Box::into_raw(s), Release);
+    }
+
+    /// Clear a segment's slot and hand back ownership (to retire it).
+    pub(crate) fn take(&self, seg: u64) -> Option<Box<Segment>> {
+        let i = seg.checked_sub(self.first)? as usize;
+        let p = self.slots.get(i)?.swap(std::ptr::null_mut(), Relaxed);
+        // SAFETY: the pointer came from Box::into_raw in `set` and is no longer reachable.
+        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+
+    /// A larger table holding the same segments (ownership moves to it; this one must then be
+    /// retired without freeing segments, which its Drop does not do).
+    pub(crate) fn grown(&self, first: u64, len: usize) -> Box<SegTable> {
+        let t = SegTable::new(first, len);
+        for (i, s) in self.slots.iter().enumerate() {
+            let p = s.load(Relaxed);
+            if !p.is_null() {
+                let seg = self.first + i as u64;
+                t.slots[(seg - first) as usize].store(p, Relaxed);
+            }
+        }
+        t
+    }
+
+    /// The lowest segment number present.
+    pub(crate) fn min_present(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .position(|s| !s.load(Relaxed).is_null())
+            .map(|i| self.first + i as u64)
+    }
+
+    /// Drop every segment still in the table (at close).
+    pub(crate) fn drain(&self) -> Vec<Box<Segment>> {
+        (0..self.slots.len())
+            .filter_map(|i| self.take(self.first + i as u64))
+            .collect()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<usize>()
+    }
+}
+
+/// The file name of a segment.
+pub(crate) fn segment_path(dir: &Path, partition: usize, seg: u64) -> PathBuf {
+    dir.join(format!("p{partition:03}-{seg:010}.seg"))
+}
+
+/// True for names the engine creates in the far directory.
+pub(crate) fn is_segment_name(name: &str) -> bool {
+    name.starts_with('p') && name.ends_with(".seg")
+}

@@ -1,0 +1,1071 @@
+//! A partition: one hash index and one record log whose newest pages live in DRAM frames and
+//! whose older pages live in far segment files. The unit of placement (its frames and index
+//! are bound to its home NUMA node) and of write concurrency (one lock).
+//!
+//! Reads take no lock: they pin the epoch, probe the index, and read the record in place,
+//! from a frame if its page is at or above `head`, else from the far mapping. Writes take the
+//! partition lock, append a record at the tail, and repoint the index. When the tail needs a
+//! frame and the partition's share of the DRAM budget is used, the oldest DRAM page (`head`)
+//! is demoted: records on it that were read since they last moved are copied to the tail
+//! (readmission), the page is written whole to its far segment, `head` advances, and the frame
+//! is retired until no pinned reader can still be in it. A far record that the heat policy
+//! admits is copied to the tail (promotion). Far segments whose live share falls low are
+//! compacted: live records are copied to the tail and the file is removed.
+//!
+//! Architecture invariants:
+//! - Index entries, frames, segment tables and segments of a partition are changed and
+//!   reclaimed only by the holder of its lock; the holder is never pinned, and pinned readers
+//!   never take the lock (they `try_lock` to promote, after unpinning).
+//! - A page is written to the far tier before `head` moves past it, and `head` moves before
+//!   its frame is retired: a reader that sees `head > page` finds the page in its segment.
+//! - `frames allocated * page + index + buffers <= share` at every point, so the sum over
+//!   partitions never exceeds the DRAM budget.
+
+use crate::epoch::{epochs, Epochs};
+use crate::error::{Error, Result};
+use crate::far::{segment_path, SegTable, Segment, Storage};
+use crate::hash::hash_key;
+use crate::heat::HeatPolicy;
+use crate::index::{Index, Table};
+use crate::record::{self, Bad, RecordRef, HEADER};
+use crate::sync::AtomicPtr;
+use crossbeam_utils::CachePadded;
+use memmap2::MmapMut;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::Arc;
+
+/// Fewest frames a partition can work with: the tail page, one being demoted, one spare.
+pub(crate) const MIN_FRAMES: usize = 3;
+
+/// Settings every partition of a database shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) page_shift: u32,
+    pub(crate) seg_shift: u32,
+    pub(crate) far_ns: u64,
+    pub(crate) max_key: usize,
+    pub(crate) max_value: usize,
+    pub(crate) far_dir: PathBuf,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) policy: Arc<dyn HeatPolicy>,
+    pub(crate) compaction_ratio: f64,
+}
+
+impl Shared {
+    fn page_bytes(&self) -> usize {
+        1 << self.page_shift
+    }
+    fn seg_bytes(&self) -> usize {
+        1 << self.seg_shift
+    }
+}
+
+/// Which tier served a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    Dram,
+    Far,
+}
+
+/// What a read found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Found {
+    pub(crate) tier: Tier,
+    pub(crate) addr: u64,
+    /// The record's sequence number (kept by promotion, which moves a version, not makes one).
+    pub(crate) seq: u64,
+}
+
+enum ReadErr {
+    /// The index changed under the probe (a segment was compacted away): probe again.
+    Retry,
+    Fail(Error),
+}
+
+impl From<Error> for ReadErr {
+    fn from(e: Error) -> Self {
+        ReadErr::Fail(e)
+    }
+}
+
+/// An anonymous mapping holding one log page in DRAM.
+#[derive(Debug)]
+struct Frame {
+    map: MmapMut,
+}
+
+impl Frame {
+    fn new(bytes: usize, node: u32) -> Result<Frame> {
+        let map = MmapMut::map_anon(bytes).map_err(|e| {
+            Error::BudgetExhausted(format!("could not map a {bytes}-byte log frame: {e}"))
+        })?;
+        tera_numa::bind_memory_or_log(map.as_ptr(), bytes, node);
+        Ok(Frame { map })
+    }
+    fn ptr(&mut self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+}
+
+/// Something unlinked that pinned readers may still be using.
+#[derive(Debug)]
+enum Retired {
+    Frame(Frame),
+    Table(Box<Table>),
+    SegTable(Box<SegTable>),
+    Segment(Box<Segment>),
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+/// Live bytes and size of one far segment.
+#[derive(Debug, Default, Clone, Copy)]
+struct SegMeta {
+    written: u64,
+    live: u64,
+}
+
+/// Counters of one tier, kept under the lock.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Live {
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Everything the lock protects.
+#[derive(Debug)]
+struct State {
+    /// Next address to write.
+    tail: u64,
+    /// Frames of DRAM pages, by ring slot.
+    frames: Vec<Option<Frame>>,
+    spare: Vec<Frame>,
+    retired: VecDeque<(u64, Retired)>,
+    allocated_frames: usize,
+    retired_index_bytes: usize,
+    retired_segtable_bytes: usize,
+    seq: u64,
+    segs: BTreeMap<u64, SegMeta>,
+    dram: Live,
+    far: Live,
+    /// Records to readmit: their bytes, and (hash, old address, length) of each.
+    readmit_bytes: Vec<u8>,
+    readmit: Vec<(u64, u64, usize)>,
+    /// Segment being compacted and the next page offset in it.
+    compacting: Option<(u64, usize)>,
+    pub(crate) promotions: u64,
+    pub(crate) readmissions: u64,
+    pub(crate) pages_demoted: u64,
+    pub(crate) compaction_bytes: u64,
+    pub(crate) segments_compacted: u64,
+}
+
+/// A snapshot of one partition's counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PartitionStats {
+    pub(crate) dram: Live,
+    pub(crate) far: Live,
+    pub(crate) promotions: u64,
+    pub(crate) readmissions: u64,
+    pub(crate) pages_demoted: u64,
+    pub(crate) compaction_bytes: u64,
+    pub(crate) segments_compacted: u64,
+    pub(crate) far_file_bytes: u64,
+    pub(crate) used_bytes: u64,
+    pub(crate) index_bytes: u64,
+    pub(crate) frame_bytes: u64,
+    pub(crate) keys: u64,
+}
+
+/// One partition. See the module docs.
+pub(crate) struct Partition {
+    pub(crate) id: usize,
+    pub(crate) node: u32,
+    shared: Arc<Shared>,
+    /// This partition's share of the DRAM budget.
+    share: usize,
+    index: Index,
+    /// First page still in DRAM.
+    head: CachePadded<AtomicU64>,
+    /// Frame of DRAM page `p` at `ring[p % ring.len()]`.
+    ring: Box<[AtomicPtr<u8>]>,
+    segs: AtomicPtr<SegTable>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("id", &self.id)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn epoch() -> &'static Epochs {
+    epochs()
+}
+
+impl Partition {
+    pub(crate) fn open(
+        id: usize,
+        node: u32,
+        shared: Arc<Shared>,
+        share: usize,
+        expected_keys: usize,
+    ) -> Result<Partition> {
+        let page = shared.page_bytes();
+        let ring_len = share / page + 1;
+        let table = Table::with_buckets(Table::buckets_for(expected_keys.max(64)));
+        let (p, n) = table.memory();
+        bind_inner(p, n, node);
+        let part = Partition {
+            id,
+            node,
+            share,
+            index: Index::new(table),
+            head: CachePadded::new(AtomicU64::new(1)),
+            ring: (0..ring_len)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+            segs: AtomicPtr::new(Box::into_raw(SegTable::new(0, 16))),
+            state: Mutex::new(State {
+                tail: 1 << shared.page_shift,
+                frames: (0..ring_len).map(|_| None).collect(),
+                spare: Vec::new(),
+                retired: VecDeque::new(),
+                allocated_frames: 0,
+                retired_index_bytes: 0,
+                retired_segtable_bytes: 0,
+                seq: 0,
+                segs: BTreeMap::new(),
+                dram: Live::default(),
+                far: Live::default(),
+                readmit_bytes: Vec::with_capacity(page / 2),
+                readmit: Vec::new(),
+                compacting: None,
+                promotions: 0,
+                readmissions: 0,
+                pages_demoted: 0,
+                compaction_bytes: 0,
+                segments_compacted: 0,
+            }),
+            shared,
+        };
+        {
+            let mut st = part.state.lock();
+            let q = part.quota(&st);
+            if q < MIN_FRAMES {
+                return Err(Error::BudgetExhausted(format!(
+                    "partition {id}: a share of {share} bytes leaves room for {q} log frames of \
+                     {page} bytes after the index; at least {MIN_FRAMES} are needed. Raise \
+                     dram_budget_bytes, or lower partitions, page_bytes or expected_records"
+                )));
+            }
+            let mut f = part.new_frame(&mut st)?;
+            let ptr = f.ptr();
+            part.ring[1 % ring_len].store(ptr, Release);
+            st.frames[1 % ring_len] = Some(f);
+        }
+        Ok(part)
+    }
+
+    // ----- reads -------------------------------------------------------------------------
+
+    /// Copy the value of `key` into `out`. Returns where it was found, or `None`.
+    pub(crate) fn read(&self, hash: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Found>> {
+        loop {
+            let r = crate::epoch::with_pin(|_| {
+                // SAFETY: pinned; tables are freed only after every pinned reader is gone.
+                let table = unsafe { self.index.table() };
+                let mut tier = Tier::Dram;
+                let mut seq = 0;
+                let hit = table.find(hash, |addr| {
+                    self.pinned_visit(addr, key, |rec, t| {
+                        out.clear();
+                        out.extend_from_slice(rec.value());
+                        tier = t;
+                        seq = rec.seq();
+                        if t == Tier::Dram {
+                            let h = rec.heat();
+                            let v = h.load(Relaxed);
+                            if v < 3 {
+                                h.store(v + 1, Relaxed);
+                            }
+                        }
+                    })
+                })?;
+                Ok::<_, ReadErr>(hit.map(|addr| Found { tier, addr, seq }))
+            });
+            match r {
+                Ok(found) => {
+                    if let Some(Found {
+                        tier: Tier::Far,
+                        addr,
+                        seq,
+                    }) = found
+                    {
+                        if self.shared.policy.admit_far(hash) {
+                            self.promote(hash, key, out, addr, seq);
+                        }
+                    }
+                    return Ok(found);
+                }
+                Err(ReadErr::Retry) => continue,
+                Err(ReadErr::Fail(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// While pinned: if the record at `addr` holds `key`, call `f` on it and return true.
+    #[inline]
+    fn pinned_visit(
+        &self,
+        addr: u64,
+        key: &[u8],
+        f: impl FnOnce(&RecordRef, Tier),
+    ) -> Result<bool, ReadErr> {
+        let shift = self.shared.page_shift;
+        let page = addr >> shift;
+        let off = (addr & ((1 << shift) - 1)) as usize;
+        if page >= self.head.load(Acquire) {
+            let base = self.ring[(page % self.ring.len() as u64) as usize].load(Acquire);
+            // If the slot was reused for a newer page, `head` has moved past ours and the page
+            // is in the far tier; our frame pointer would be stale.
+            if page >= self.head.load(Acquire) {
+                // SAFETY: the frame holds `page` (checked above) and cannot be reused while we
+                // are pinned; records are immutable once published except their heat byte.
+                let rec = unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }
+                    .map_err(|b| self.dram_bug(addr, b))?;
+                if rec.key() != key {
+                    return Ok(false);
+                }
+                f(&rec, Tier::Dram);
+                return Ok(true);
+            }
+        }
+        self.far_visit(addr, key, f)
+    }
+
+    fn far_visit(
+        &self,
+        addr: u64,
+        key: &[u8],
+        f: impl FnOnce(&RecordRef, Tier),
+    ) -> Result<bool, ReadErr> {
+        // SAFETY: the caller is pinned or holds the lock; segment tables are retired through
+        // the epoch.
+        let segs = unsafe { &*self.segs.load(Acquire) };
+        let Some(seg) = segs.get(addr >> self.shared.seg_shift) else {
+            return Err(ReadErr::Retry);
+        };
+        crate::emulate::far_delay(self.shared.far_ns);
+        let off = (addr & ((1 << self.shared.seg_shift) - 1)) as usize;
+        let page_end = (off | (self.shared.page_bytes() - 1)) + 1;
+        let mut hit = false;
+        let res = crate::sigbus::guarded(seg.base(), seg.len(), || {
+            // SAFETY: `off..page_end` lies inside the mapping, which stays mapped while we are
+            // pinned or hold the lock; loads past the file's end are caught by `guarded`.
+            let rec = unsafe { RecordRef::parse(seg.base().add(off), page_end - off) }?;
+            rec.verify()?;
+            if rec.key() == key {
+                f(&rec, Tier::Far);
+                hit = true;
+            }
+            Ok::<_, Bad>(())
+        });
+        let reason = match res {
+            Ok(Ok(())) => return Ok(hit),
+            Ok(Err(bad)) => bad.to_string(),
+            Err(()) => "the file is shorter than what was written to it (truncated?)".to_string(),
+        };
+        Err(ReadErr::Fail(Error::Corrupt {
+            path: seg.path.clone(),
+            offset: off as u64,
+            reason,
+        }))
+    }
+
+    fn dram_bug(&self, addr: u64, b: Bad) -> ReadErr {
+        ReadErr::Fail(Error::Corrupt {
+            path: PathBuf::from(format!("<partition {} DRAM frame>", self.id)),
+            offset: addr,
+            reason: format!("{b} (an engine bug: DRAM records are written by this process)"),
+        })
+    }
+
+    /// Lock held: does the record at `addr` hold `key`? (For index probes by writers.)
+    fn locked_is_key(&self, addr: u64, key: &[u8]) -> Result<bool> {
+        match self.pinned_visit(addr, key, |_, _| ()) {
+            Ok(b) => Ok(b),
+            Err(ReadErr::Fail(e)) => Err(e),
+            Err(ReadErr::Retry) => Ok(false),
+        }
+    }
+
+    /// Lock held (the `&State` proves it): the hash of the key of the record at `addr`, and
+    /// its length.
+    fn locked_hash_len(&self, _st: &State, addr: u64) -> Result<(u64, usize)> {
+        let mut out = None;
+        let shift = self.shared.page_shift;
+        let page = addr >> shift;
+        let off = (addr & ((1 << shift) - 1)) as usize;
+        if page >= self.head.load(Relaxed) {
+            let base = self.ring[(page % self.ring.len() as u64) as usize].load(Relaxed);
+            // SAFETY: lock held: the frame for a DRAM page cannot change under us.
+            let rec = unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }
+                .map_err(|b| match self.dram_bug(addr, b) {
+                    ReadErr::Fail(e) => e,
+                    ReadErr::Retry => unreachable!(),
+                })?;
+            return Ok((hash_key(rec.key()), rec.len()));
+        }
+        // SAFETY: lock held; see far_visit.
+        let segs = unsafe { &*self.segs.load(Acquire) };
+        let seg = segs.get(addr >> self.shared.seg_shift).ok_or_else(|| Error::Corrupt {
+            path: self.shared.far_dir.clone(),
+            offset: addr,
+            reason: "the index points into a segment that is gone (an engine bug)".into(),
+        })?;
+        let soff = (addr & ((1 << self.shared.seg_shift) - 1)) as usize;
+        let page_end = (soff | (self.shared.page_bytes() - 1)) + 1;
+        let res = crate::sigbus::guarded(seg.base(), seg.len(), || {
+            // SAFETY: as in far_visit.
+            let rec = unsafe { RecordRef::parse(seg.base().add(soff), page_end - soff) }?;
+            out = Some((hash_key(rec.key()), rec.len()));
+            Ok::<_, Bad>(())
+        });
+        match res {
+            Ok(Ok(())) => Ok(out.expect("set on success")),
+            Ok(Err(b)) => Err(Error::Corrupt {
+                path: seg.path.clone(),
+                offset: soff as u64,
+                reason: b.to_string(),
+            }),
+            Err(()) => Err(Error::Corrupt {
+                path: seg.path.clone(),
+                offset: soff as u64,
+                reason: "the file is shorter than what was written to it (truncated?)".into(),
+            }),
+        }
+    }
+
+    /// Copy a far record that proved hot to the tail, if it is still the key's newest version
+    /// and the lock is free (a busy lock means the next read will try again).
+    fn promote(&self, hash: u64, key: &[u8], value: &[u8], from: u64, seq: u64) {
+        let Some(mut st) = self.state.try_lock() else {
+            return;
+        };
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        if table.find::<()>(hash, |a| Ok(a == from)) != Ok(Some(from)) {
+            return;
+        }
+        let len = record::record_len(key.len(), value.len());
+        match self.append(&mut st, key, value, 0, seq, 0) {
+            Ok(to) => {
+                let moved = table.replace(hash, from, to);
+                debug_assert!(moved, "lock held: the entry cannot have changed");
+                self.far_dead(&mut st, from, len);
+                st.dram.records += 1;
+                st.dram.bytes += len as u64;
+                st.promotions += 1;
+            }
+            Err(e) => tracing::debug!(partition = self.id, error = %e, "promotion skipped"),
+        }
+    }
+
+    // ----- writes ------------------------------------------------------------------------
+
+    fn check_sizes(&self, key: &[u8], value_len: usize) -> Result<()> {
+        if key.len() > self.shared.max_key {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: self.shared.max_key,
+            });
+        }
+        if value_len > self.shared.max_value {
+            return Err(Error::ValueTooLarge {
+                len: value_len,
+                max: self.shared.max_value,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put(&self, hash: u64, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_sizes(key, value.len())?;
+        let mut st = self.state.lock();
+        self.put_locked(&mut st, hash, key, value)
+    }
+
+    fn put_locked(&self, st: &mut State, hash: u64, key: &[u8], value: &[u8]) -> Result<()> {
+        self.ensure_index_room(st)?;
+        st.seq += 1;
+        let seq = st.seq;
+        let addr = self.append(st, key, value, 0, seq, 0)?;
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let old = table.upsert(hash, addr, |a| self.locked_is_key(a, key))?;
+        let len = record::record_len(key.len(), value.len()) as u64;
+        st.dram.records += 1;
+        st.dram.bytes += len;
+        if let Some(old) = old {
+            self.dead(st, old)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete(&self, hash: u64, key: &[u8]) -> Result<bool> {
+        self.check_sizes(key, 0)?;
+        let mut st = self.state.lock();
+        self.delete_locked(&mut st, hash, key)
+    }
+
+    fn delete_locked(&self, st: &mut State, hash: u64, key: &[u8]) -> Result<bool> {
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let Some(old) = table.remove(hash, |a| self.locked_is_key(a, key))? else {
+            return Ok(false);
+        };
+        self.dead(st, old)?;
+        // The tombstone is for the log's readers to come (recovery); nothing indexes it.
+        st.seq += 1;
+        let seq = st.seq;
+        self.append(st, key, &[], record::FLAG_TOMBSTONE, seq, 0)?;
+        Ok(true)
+    }
+
+    /// Read-modify-write under the lock. `f` gets the current value and returns the new one
+    /// (`None` deletes). Returns where the old value was read from.
+    pub(crate) fn update(
+        &self,
+        hash: u64,
+        key: &[u8],
+        scratch: &mut Vec<u8>,
+        f: impl FnOnce(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<Option<Tier>> {
+        self.check_sizes(key, 0)?;
+        let mut st = self.state.lock();
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let mut tier = None;
+        let found = table.find(hash, |a| {
+            match self.pinned_visit(a, key, |rec, t| {
+                scratch.clear();
+                scratch.extend_from_slice(rec.value());
+                tier = Some(t);
+            }) {
+                Ok(b) => Ok(b),
+                Err(ReadErr::Fail(e)) => Err(e),
+                Err(ReadErr::Retry) => Ok(false),
+            }
+        })?;
+        match f(found.map(|_| scratch.as_slice())) {
+            Some(v) => {
+                self.check_sizes(key, v.len())?;
+                self.put_locked(&mut st, hash, key, &v)?;
+            }
+            None => {
+                if found.is_some() {
+                    self.delete_locked(&mut st, hash, key)?;
+                }
+            }
+        }
+        Ok(tier)
+    }
+
+    /// Account for a record that is no longer the newest version of its key.
+    fn dead(&self, st: &mut State, addr: u64) -> Result<()> {
+        let (_, len) = self.locked_hash_len(st, addr)?;
+        if addr >> self.shared.page_shift >= self.head.load(Relaxed) {
+            st.dram.records -= 1;
+            st.dram.bytes -= len as u64;
+        } else {
+            self.far_dead(st, addr, len);
+        }
+        Ok(())
+    }
+
+    fn far_dead(&self, st: &mut State, addr: u64, len: usize) {
+        st.far.records -= 1;
+        st.far.bytes -= len as u64;
+        if let Some(m) = st.segs.get_mut(&(addr >> self.shared.seg_shift)) {
+            m.live -= len as u64;
+        }
+    }
+
+    // ----- the log tail ------------------------------------------------------------------
+
+    /// Append a record at the tail; returns its address. The caller accounts for it.
+    fn append(
+        &self,
+        st: &mut State,
+        key: &[u8],
+        value: &[u8],
+        flags: u8,
+        seq: u64,
+        heat: u8,
+    ) -> Result<u64> {
+        let len = record::record_len(key.len(), value.len());
+        let page = self.shared.page_bytes();
+        if (st.tail as usize & (page - 1)) + len > page {
+            self.advance_page(st)?;
+        }
+        let addr = st.tail;
+        let dst = self.tail_slice(st, addr, len);
+        record::encode(dst, key, value, flags, seq, heat);
+        st.tail += len as u64;
+        Ok(addr)
+    }
+
+    /// The unwritten bytes at `addr` in the tail page.
+    #[allow(clippy::mut_from_ref)] // the bytes are past the tail: no reader can reach them
+    fn tail_slice(&self, st: &mut State, addr: u64, len: usize) -> &mut [u8] {
+        let shift = self.shared.page_shift;
+        let slot = ((addr >> shift) % self.ring.len() as u64) as usize;
+        let off = (addr & ((1 << shift) - 1)) as usize;
+        let frame = st.frames[slot].as_mut().expect("the tail page has a frame");
+        // SAFETY: `off + len <= page`; bytes past the tail are unpublished, so no reader holds
+        // a reference to them, and the lock makes us the only writer.
+        unsafe { std::slice::from_raw_parts_mut(frame.ptr().add(off), len) }
+    }
+
+    /// Seal the tail page and start the next one, demoting old pages as the budget requires.
+    fn advance_page(&self, st: &mut State) -> Result<()> {
+        let shift = self.shared.page_shift;
+        let page_bytes = self.shared.page_bytes();
+        let off = st.tail as usize & (page_bytes - 1);
+        if off + 8 <= page_bytes {
+            self.tail_slice(st, st.tail, 8).fill(0); // end-of-page marker: no magic
+        }
+        let next = (st.tail >> shift) + 1;
+        self.reclaim(st);
+        // Keep one frame beyond the DRAM pages (spare or retired) so that the next advance
+        // rarely waits for readers: demote until the new page plus that one fit.
+        let quota = self.quota(st);
+        while (next - self.head.load(Relaxed)) as usize + 2 > quota
+            && self.head.load(Relaxed) < next
+        {
+            self.demote_head(st, true)?;
+        }
+        let mut frame = self.take_frame(st)?;
+        let slot = (next % self.ring.len() as u64) as usize;
+        let ptr = frame.ptr();
+        st.frames[slot] = Some(frame);
+        self.ring[slot].store(ptr, Release);
+        st.tail = next << shift;
+        self.place_readmitted(st)
+    }
+
+    /// Copy the records collected by demotion into the (new) tail page and repoint them.
+    fn place_readmitted(&self, st: &mut State) -> Result<()> {
+        if st.readmit.is_empty() {
+            return Ok(());
+        }
+        let bytes = std::mem::take(&mut st.readmit_bytes);
+        let list = std::mem::take(&mut st.readmit);
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let mut at = 0;
+        for &(hash, from, len) in &list {
+            let to = st.tail;
+            self.tail_slice(st, to, len)
+                .copy_from_slice(&bytes[at..at + len]);
+            st.tail += len as u64;
+            at += len;
+            if table.replace(hash, from, to) {
+                st.dram.records += 1;
+                st.dram.bytes += len as u64;
+                st.readmissions += 1;
+            }
+        }
+        st.readmit_bytes = bytes;
+        st.readmit_bytes.clear();
+        st.readmit = list;
+        st.readmit.clear();
+        Ok(())
+    }
+
+    /// Demote the oldest DRAM page: collect its hot records for readmission (if `readmit`; the
+    /// caller must then place them, see `place_readmitted`), write it to its far segment,
+    /// advance `head`, retire its frame.
+    fn demote_head(&self, st: &mut State, readmit: bool) -> Result<()> {
+        let shift = self.shared.page_shift;
+        let page_bytes = self.shared.page_bytes();
+        let page = self.head.load(Relaxed);
+        let slot = (page % self.ring.len() as u64) as usize;
+        let base = st.frames[slot].as_mut().expect("a DRAM page has a frame").ptr();
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let policy = &self.shared.policy;
+        let mut live = Live::default();
+        let mut off = 0;
+        while off + HEADER <= page_bytes {
+            // SAFETY: the frame is ours (lock held) and holds a page of records.
+            let rec = match unsafe { RecordRef::parse(base.add(off), page_bytes - off) } {
+                Ok(r) => r,
+                Err(Bad::NoMagic) => break,
+                Err(b) => return Err(self.dram_err(page << shift | off as u64, b)),
+            };
+            let addr = (page << shift) | off as u64;
+            let len = rec.len();
+            if !rec.is_tombstone() {
+                let hash = hash_key(rec.key());
+                if table.find::<()>(hash, |a| Ok(a == addr)) == Ok(Some(addr)) {
+                    let heat = rec.heat().load(Relaxed);
+                    if readmit
+                        && policy.readmit(heat)
+                        && st.readmit_bytes.len() + len <= page_bytes / 2
+                    {
+                        let at = st.readmit_bytes.len();
+                        // SAFETY: `len` bytes of the record lie within the frame.
+                        st.readmit_bytes.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(base.add(off), len)
+                        });
+                        st.readmit_bytes[at + 4] = heat - 1; // the heat byte
+                        st.readmit.push((hash, addr, len));
+                    } else {
+                        live.records += 1;
+                        live.bytes += len as u64;
+                    }
+                    st.dram.records -= 1;
+                    st.dram.bytes -= len as u64;
+                }
+            }
+            off += len;
+        }
+        // Write the page to its segment before anyone can look for it there.
+        let page_addr = page << shift;
+        let seg_no = page_addr >> self.shared.seg_shift;
+        let seg_off = (page_addr & ((1 << self.shared.seg_shift) - 1)) as usize;
+        let seg = self.segment_for_write(st, seg_no)?;
+        // SAFETY: the frame is ours and `page_bytes` long.
+        let bytes = unsafe { std::slice::from_raw_parts(base, page_bytes) };
+        seg.write(&*self.shared.storage, bytes, seg_off)?;
+        let meta = st.segs.entry(seg_no).or_default();
+        meta.written += page_bytes as u64;
+        meta.live += live.bytes;
+        st.far.records += live.records;
+        st.far.bytes += live.bytes;
+        self.head.store(page + 1, Release);
+        let frame = st.frames[slot].take().expect("checked above");
+        let e = epoch().advance();
+        st.retired.push_back((e, Retired::Frame(frame)));
+        st.pages_demoted += 1;
+        Ok(())
+    }
+
+    fn dram_err(&self, addr: u64, b: Bad) -> Error {
+        match self.dram_bug(addr, b) {
+            ReadErr::Fail(e) => e,
+            ReadErr::Retry => unreachable!("dram_bug never retries"),
+        }
+    }
+
+    /// The segment that page writes for `seg_no` go to, created (and the table grown) if new.
+    fn segment_for_write<'a>(&'a self, st: &mut State, seg_no: u64) -> Result<&'a Segment> {
+        // SAFETY: lock held; only the lock holder swaps segment tables.
+        let mut segs = unsafe { &*self.segs.load(Relaxed) };
+        if let Some(s) = segs.get(seg_no) {
+            return Ok(s);
+        }
+        if !segs.covers(seg_no) {
+            let first = segs.min_present().unwrap_or(seg_no).min(seg_no);
+            let len = ((seg_no - first + 1) as usize * 2).max(16);
+            let grown = segs.grown(first, len);
+            let old = self.segs.swap(Box::into_raw(grown), Release);
+            // SAFETY: `old` came from Box::into_raw and is unreachable now.
+            let old = unsafe { Box::from_raw(old) };
+            st.retired_segtable_bytes += old.bytes();
+            let e = epoch().advance();
+            st.retired.push_back((e, Retired::SegTable(old)));
+            // SAFETY: as above.
+            segs = unsafe { &*self.segs.load(Relaxed) };
+        }
+        let path = segment_path(&self.shared.far_dir, self.id, seg_no);
+        let s = Segment::create(&*self.shared.storage, path, self.shared.seg_bytes())?;
+        segs.set(seg_no, Box::new(s));
+        Ok(segs.get(seg_no).expect("just set"))
+    }
+
+    // ----- frames and budget -------------------------------------------------------------
+
+    /// DRAM this partition holds besides frames.
+    fn overhead(&self, st: &State) -> usize {
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        // SAFETY: lock held.
+        let segs = unsafe { &*self.segs.load(Relaxed) };
+        table.bytes()
+            + st.retired_index_bytes
+            + segs.bytes()
+            + st.retired_segtable_bytes
+            + self.ring.len() * (8 + std::mem::size_of::<Option<Frame>>())
+            + self.shared.page_bytes() / 2
+    }
+
+    /// Frames the partition may hold now.
+    fn quota(&self, st: &State) -> usize {
+        self.share.saturating_sub(self.overhead(st)) / self.shared.page_bytes()
+    }
+
+    fn new_frame(&self, st: &mut State) -> Result<Frame> {
+        let f = Frame::new(self.shared.page_bytes(), self.node)?;
+        st.allocated_frames += 1;
+        Ok(f)
+    }
+
+    /// Move retired objects whose epoch has passed out of the retired list.
+    fn reclaim(&self, st: &mut State) {
+        while let Some((e, _)) = st.retired.front() {
+            if !epoch().is_safe(*e) {
+                break;
+            }
+            let (_, r) = st.retired.pop_front().expect("front exists");
+            self.release(st, r);
+        }
+    }
+
+    fn release(&self, st: &mut State, r: Retired) {
+        match r {
+            Retired::Frame(f) => st.spare.push(f),
+            Retired::Table(t) => st.retired_index_bytes -= t.bytes(),
+            Retired::SegTable(t) => st.retired_segtable_bytes -= t.bytes(),
+            Retired::Segment(s) => drop(s),
+        }
+    }
+
+    /// A frame for a new tail page: a spare, a new one within quota, or the oldest retired
+    /// one once readers have left it.
+    fn take_frame(&self, st: &mut State) -> Result<Frame> {
+        loop {
+            if st.allocated_frames > self.quota(st) {
+                if let Some(f) = st.spare.pop() {
+                    drop(f);
+                    st.allocated_frames -= 1;
+                    continue;
+                }
+            }
+            if let Some(f) = st.spare.pop() {
+                return Ok(f);
+            }
+            if st.allocated_frames < self.quota(st) {
+                return self.new_frame(st);
+            }
+            let Some((e, _)) = st.retired.front() else {
+                return Err(Error::BudgetExhausted(format!(
+                    "partition {}: no log frame can be freed within a share of {} bytes",
+                    self.id, self.share
+                )));
+            };
+            epoch().wait_safe(*e);
+            self.reclaim(st);
+        }
+    }
+
+    /// Before an insert: grow the index if it is full, shrinking the frames to pay for it.
+    fn ensure_index_room(&self, st: &mut State) -> Result<()> {
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        if !table.needs_rebuild() {
+            return Ok(());
+        }
+        let new_bytes = Table::buckets_for(table.live() + 1) * crate::index::BUCKET_BYTES;
+        let room = self
+            .share
+            .saturating_sub(self.overhead(st) + new_bytes)
+            / self.shared.page_bytes();
+        if room < MIN_FRAMES {
+            return Err(Error::BudgetExhausted(format!(
+                "partition {}: {} keys need an index of {new_bytes} bytes, which leaves {room} \
+                 log frames in a share of {} bytes; raise dram_budget_bytes",
+                self.id,
+                table.live(),
+                self.share
+            )));
+        }
+        // Free frames until the new table fits beside the old one (freed later).
+        let shift = self.shared.page_shift;
+        while st.allocated_frames > room {
+            self.reclaim(st);
+            if let Some(f) = st.spare.pop() {
+                drop(f);
+                st.allocated_frames -= 1;
+            } else if let Some((e, _)) = st.retired.front() {
+                epoch().wait_safe(*e);
+            } else if self.head.load(Relaxed) < st.tail >> shift {
+                self.demote_head(st, false)?;
+            } else {
+                break;
+            }
+        }
+        let new = table.rebuilt(1, |a| self.locked_hash_len(st, a).map(|(h, _)| h))?;
+        let (p, n) = new.memory();
+        bind_inner(p, n, self.node);
+        let old = self.index.swap(new);
+        st.retired_index_bytes += old.bytes();
+        let e = epoch().advance();
+        st.retired.push_back((e, Retired::Table(old)));
+        Ok(())
+    }
+
+    // ----- compaction --------------------------------------------------------------------
+
+    /// Do one page of compaction work if a segment qualifies. Returns whether it did any.
+    pub(crate) fn compact_step(&self) -> Result<bool> {
+        let mut st = self.state.lock();
+        self.reclaim(&mut st);
+        let seg_bytes = self.shared.seg_bytes() as u64;
+        let page_bytes = self.shared.page_bytes();
+        if st.compacting.is_none() {
+            let ratio = self.shared.compaction_ratio;
+            let victim = st
+                .segs
+                .iter()
+                .filter(|(_, m)| m.written == seg_bytes)
+                .filter(|(_, m)| (m.live as f64) < ratio * seg_bytes as f64)
+                .min_by_key(|(_, m)| m.live)
+                .map(|(s, _)| *s);
+            match victim {
+                Some(s) => st.compacting = Some((s, 0)),
+                None => return Ok(false),
+            }
+        }
+        let (seg_no, off) = st.compacting.expect("set above");
+        if off < seg_bytes as usize {
+            self.compact_page(&mut st, seg_no, off)?;
+            st.compacting = Some((seg_no, off + page_bytes));
+            return Ok(true);
+        }
+        // Every live record has moved: drop the segment.
+        st.compacting = None;
+        // SAFETY: lock held.
+        let segs = unsafe { &*self.segs.load(Relaxed) };
+        if let Some(seg) = segs.take(seg_no) {
+            if let Err(e) = self.shared.storage.remove(&seg.path) {
+                tracing::warn!(path = %seg.path.display(), error = %e, "could not remove a compacted segment file");
+            }
+            let e = epoch().advance();
+            st.retired.push_back((e, Retired::Segment(seg)));
+        }
+        let meta = st.segs.remove(&seg_no).unwrap_or_default();
+        debug_assert_eq!(meta.live, 0, "a compacted segment kept live bytes");
+        st.segments_compacted += 1;
+        Ok(true)
+    }
+
+    fn compact_page(&self, st: &mut State, seg_no: u64, page_off: usize) -> Result<()> {
+        let page_bytes = self.shared.page_bytes();
+        // SAFETY: lock held.
+        let segs = unsafe { &*self.segs.load(Relaxed) };
+        let Some(seg) = segs.get(seg_no) else {
+            return Ok(());
+        };
+        // Copy the page out first: appending may demote pages and touch the index.
+        let mut page = vec![0u8; page_bytes];
+        let copied = crate::sigbus::guarded(seg.base(), seg.len(), || {
+            // SAFETY: the page lies within the mapping (segments are whole pages).
+            page.copy_from_slice(unsafe {
+                std::slice::from_raw_parts(seg.base().add(page_off), page_bytes)
+            });
+        });
+        if copied.is_err() {
+            return Err(Error::Corrupt {
+                path: seg.path.clone(),
+                offset: page_off as u64,
+                reason: "the file is shorter than what was written to it (truncated?)".into(),
+            });
+        }
+        let base_addr = (seg_no << self.shared.seg_shift) | page_off as u64;
+        let mut off = 0;
+        while off + HEADER <= page_bytes {
+            // SAFETY: `page` is our own buffer.
+            let rec = match unsafe { RecordRef::parse(page.as_ptr().add(off), page_bytes - off) } {
+                Ok(r) => r,
+                Err(Bad::NoMagic) => break,
+                Err(b) => {
+                    return Err(Error::Corrupt {
+                        path: seg.path.clone(),
+                        offset: (page_off + off) as u64,
+                        reason: b.to_string(),
+                    })
+                }
+            };
+            let addr = base_addr + off as u64;
+            let len = rec.len();
+            if !rec.is_tombstone() {
+                let hash = hash_key(rec.key());
+                // SAFETY: lock held.
+                let table = unsafe { self.index.table() };
+                if table.find::<()>(hash, |a| Ok(a == addr)) == Ok(Some(addr)) {
+                    let to = self.append(st, rec.key(), rec.value(), 0, rec.seq(), 0)?;
+                    table.replace(hash, addr, to);
+                    self.far_dead(st, addr, len);
+                    st.dram.records += 1;
+                    st.dram.bytes += len as u64;
+                    st.compaction_bytes += len as u64;
+                }
+            }
+            off += len;
+        }
+        Ok(())
+    }
+
+    // ----- reporting ---------------------------------------------------------------------
+
+    pub(crate) fn stats(&self) -> PartitionStats {
+        let mut st = self.state.lock();
+        self.reclaim(&mut st);
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let frame_bytes = (st.allocated_frames * self.shared.page_bytes()) as u64;
+        let overhead = self.overhead(&st) as u64;
+        PartitionStats {
+            dram: st.dram,
+            far: st.far,
+            promotions: st.promotions,
+            readmissions: st.readmissions,
+            pages_demoted: st.pages_demoted,
+            compaction_bytes: st.compaction_bytes,
+            segments_compacted: st.segments_compacted,
+            far_file_bytes: st.segs.len() as u64 * self.shared.seg_bytes() as u64,
+            used_bytes: frame_bytes + overhead,
+            index_bytes: (table.bytes() + st.retired_index_bytes) as u64,
+            frame_bytes,
+            keys: table.live() as u64,
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        // SAFETY: dropping the partition means no reader is left.
+        let segs = unsafe { Box::from_raw(self.segs.load(Relaxed)) };
+        for seg in segs.drain() {
+            if let Err(e) = self.shared.storage.remove(&seg.path) {
+                tracing::warn!(path = %seg.path.display(), error = %e, "could not remove a segment file at close");
+            }
+        }
+    }
+}
+
+/// Bind the page-aligned interior of `[ptr, ptr+len)` to `node`.
+fn bind_inner(ptr: *const u8, len: usize, node: u32) {
+    let page = 4096usize;
+    let start = (ptr as usize + page - 1) & !(page - 1);
+    let end = (ptr as usize + len) & !(page - 1);
+    if end > start {
+        tera_numa::bind_memory_or_log(start as *const u8, end - start, node);
+    }
+}
