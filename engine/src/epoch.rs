@@ -217,7 +217,10 @@ mod tests {
         let r = e.register().unwrap();
         let g = r.pin();
         let retired = e.advance();
-        assert!(!e.is_safe(retired), "a reader pinned before the retire must hold it");
+        assert!(
+            !e.is_safe(retired),
+            "a reader pinned before the retire must hold it"
+        );
         drop(g);
         assert!(e.is_safe(retired));
     }
@@ -241,7 +244,10 @@ mod tests {
         let retired = e.advance();
         let g2 = r.pin();
         drop(g2);
-        assert!(!e.is_safe(retired), "inner unpin must not release the outer pin");
+        assert!(
+            !e.is_safe(retired),
+            "inner unpin must not release the outer pin"
+        );
         drop(g1);
         assert!(e.is_safe(retired));
     }

@@ -80,6 +80,18 @@ impl Segment {
             })
     }
 
+    /// Why a read at `offset` found `what` instead of a record: if the file is now shorter
+    /// than that, it was truncated under us (and the mapping reads zeros there).
+    pub(crate) fn damage(&self, offset: usize, what: &str) -> String {
+        match self.file.metadata() {
+            Ok(m) if m.len() <= offset as u64 => format!(
+                "the file is {} bytes, shorter than what was written to it (truncated?)",
+                m.len()
+            ),
+            _ => what.to_string(),
+        }
+    }
+
     pub(crate) fn base(&self) -> *const u8 {
         self.map.as_ptr()
     }

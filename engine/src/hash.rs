@@ -75,7 +75,10 @@ mod tests {
             buckets[bucket_of(h, 1000)] += 1;
         }
         for p in parts {
-            assert!((9_000..11_000).contains(&p), "partition share {p} of 80000 over 8");
+            assert!(
+                (9_000..11_000).contains(&p),
+                "partition share {p} of 80000 over 8"
+            );
         }
         let max = *buckets.iter().max().unwrap();
         let min = *buckets.iter().min().unwrap();

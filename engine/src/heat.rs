@@ -133,7 +133,10 @@ mod tests {
         let p = FrequencyAdmission::new(1 << 10, 2, 1 << 20);
         assert!(!p.admit_far(0xdead_0000));
         assert!(p.admit_far(0xdead_0000));
-        assert!(!p.admit_far(0xdead_0000), "counter restarts after a promotion");
+        assert!(
+            !p.admit_far(0xdead_0000),
+            "counter restarts after a promotion"
+        );
         assert!(!p.admit_far(0xbeef_0000_0000));
     }
 

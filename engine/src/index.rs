@@ -294,7 +294,6 @@ impl Drop for Index {
     }
 }
 
-
 #[cfg(all(test, not(tera_loom)))]
 mod tests {
     use super::*;
@@ -322,7 +321,10 @@ mod tests {
                 if (k + round) % 3 == 0 {
                     assert_eq!(t.remove(h(k), key).unwrap(), model.remove(&k));
                 } else {
-                    assert_eq!(t.upsert(h(k), addr(k), key).unwrap(), model.insert(k, addr(k)));
+                    assert_eq!(
+                        t.upsert(h(k), addr(k), key).unwrap(),
+                        model.insert(k, addr(k))
+                    );
                 }
             }
         }
@@ -359,7 +361,10 @@ mod tests {
         assert_eq!(t.live(), 0);
         assert_eq!(t.find::<()>(h(3), |_| Ok(true)).unwrap(), None);
         t.upsert::<()>(h(9), addr(9), |_| Ok(false)).unwrap();
-        assert_eq!(t.find::<()>(h(9), |a| Ok(a == addr(9))).unwrap(), Some(addr(9)));
+        assert_eq!(
+            t.find::<()>(h(9), |a| Ok(a == addr(9))).unwrap(),
+            Some(addr(9))
+        );
     }
 }
 
@@ -383,7 +388,9 @@ mod loom_models {
             let (i2, l2) = (index.clone(), lock.clone());
             let promoter = loom::thread::spawn(move || {
                 // SAFETY: the model never swaps tables, so the reference stays valid.
-                let seen = unsafe { i2.table() }.find::<()>(hash, |_| Ok(true)).unwrap();
+                let seen = unsafe { i2.table() }
+                    .find::<()>(hash, |_| Ok(true))
+                    .unwrap();
                 if seen == Some(far) {
                     let _g = l2.lock().unwrap();
                     // SAFETY: as above.
@@ -393,7 +400,9 @@ mod loom_models {
             let (i3, l3) = (index.clone(), lock.clone());
             let reader = loom::thread::spawn(move || {
                 // SAFETY: as above.
-                let seen = unsafe { i3.table() }.find::<()>(hash, |_| Ok(true)).unwrap();
+                let seen = unsafe { i3.table() }
+                    .find::<()>(hash, |_| Ok(true))
+                    .unwrap();
                 assert!(matches!(seen, Some(a) if a == far || a == promoted || a == put));
             });
             {
@@ -406,7 +415,9 @@ mod loom_models {
             promoter.join().unwrap();
             reader.join().unwrap();
             // SAFETY: all threads joined.
-            let last = unsafe { index.table() }.find::<()>(hash, |_| Ok(true)).unwrap();
+            let last = unsafe { index.table() }
+                .find::<()>(hash, |_| Ok(true))
+                .unwrap();
             assert_eq!(last, Some(put), "a promotion overwrote a newer put");
         });
     }

@@ -386,8 +386,8 @@ impl Partition {
         });
         let reason = match res {
             Ok(Ok(())) => return Ok(hit),
-            Ok(Err(bad)) => bad.to_string(),
-            Err(()) => "the file is shorter than what was written to it (truncated?)".to_string(),
+            Ok(Err(bad)) => seg.damage(off, &bad.to_string()),
+            Err(()) => seg.damage(off, "a load past the end of the file"),
         };
         Err(ReadErr::Fail(Error::Corrupt {
             path: seg.path.clone(),
@@ -423,20 +423,24 @@ impl Partition {
         if page >= self.head.load(Relaxed) {
             let base = self.ring[(page % self.ring.len() as u64) as usize].load(Relaxed);
             // SAFETY: lock held: the frame for a DRAM page cannot change under us.
-            let rec = unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }
-                .map_err(|b| match self.dram_bug(addr, b) {
-                    ReadErr::Fail(e) => e,
-                    ReadErr::Retry => unreachable!(),
+            let rec =
+                unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }.map_err(|b| {
+                    match self.dram_bug(addr, b) {
+                        ReadErr::Fail(e) => e,
+                        ReadErr::Retry => unreachable!(),
+                    }
                 })?;
             return Ok((hash_key(rec.key()), rec.len()));
         }
         // SAFETY: lock held; see far_visit.
         let segs = unsafe { &*self.segs.load(Acquire) };
-        let seg = segs.get(addr >> self.shared.seg_shift).ok_or_else(|| Error::Corrupt {
-            path: self.shared.far_dir.clone(),
-            offset: addr,
-            reason: "the index points into a segment that is gone (an engine bug)".into(),
-        })?;
+        let seg = segs
+            .get(addr >> self.shared.seg_shift)
+            .ok_or_else(|| Error::Corrupt {
+                path: self.shared.far_dir.clone(),
+                offset: addr,
+                reason: "the index points into a segment that is gone (an engine bug)".into(),
+            })?;
         let soff = (addr & ((1 << self.shared.seg_shift) - 1)) as usize;
         let page_end = (soff | (self.shared.page_bytes() - 1)) + 1;
         let res = crate::sigbus::guarded(seg.base(), seg.len(), || {
@@ -445,19 +449,16 @@ impl Partition {
             out = Some((hash_key(rec.key()), rec.len()));
             Ok::<_, Bad>(())
         });
-        match res {
-            Ok(Ok(())) => Ok(out.expect("set on success")),
-            Ok(Err(b)) => Err(Error::Corrupt {
-                path: seg.path.clone(),
-                offset: soff as u64,
-                reason: b.to_string(),
-            }),
-            Err(()) => Err(Error::Corrupt {
-                path: seg.path.clone(),
-                offset: soff as u64,
-                reason: "the file is shorter than what was written to it (truncated?)".into(),
-            }),
-        }
+        let reason = match res {
+            Ok(Ok(())) => return Ok(out.expect("set on success")),
+            Ok(Err(b)) => seg.damage(soff, &b.to_string()),
+            Err(()) => seg.damage(soff, "a load past the end of the file"),
+        };
+        Err(Error::Corrupt {
+            path: seg.path.clone(),
+            offset: soff as u64,
+            reason,
+        })
     }
 
     /// Copy a far record that proved hot to the tail, if it is still the key's newest version
@@ -619,7 +620,8 @@ impl Partition {
     ) -> Result<u64> {
         let len = record::record_len(key.len(), value.len());
         let page = self.shared.page_bytes();
-        if (st.tail as usize & (page - 1)) + len > page {
+        let off = st.tail as usize & (page - 1);
+        if off + len > page || (off == 0 && !self.tail_has_frame(st)) {
             self.advance_page(st)?;
         }
         let addr = st.tail;
@@ -641,15 +643,26 @@ impl Partition {
         unsafe { std::slice::from_raw_parts_mut(frame.ptr().add(off), len) }
     }
 
+    /// A record that ends exactly at a page's end leaves the tail at the start of a page that
+    /// has no frame yet.
+    fn tail_has_frame(&self, st: &State) -> bool {
+        let slot = ((st.tail >> self.shared.page_shift) % self.ring.len() as u64) as usize;
+        st.frames[slot].is_some()
+    }
+
     /// Seal the tail page and start the next one, demoting old pages as the budget requires.
     fn advance_page(&self, st: &mut State) -> Result<()> {
         let shift = self.shared.page_shift;
         let page_bytes = self.shared.page_bytes();
         let off = st.tail as usize & (page_bytes - 1);
-        if off + 8 <= page_bytes {
-            self.tail_slice(st, st.tail, 8).fill(0); // end-of-page marker: no magic
-        }
-        let next = (st.tail >> shift) + 1;
+        let next = if off == 0 && !self.tail_has_frame(st) {
+            st.tail >> shift
+        } else {
+            if off + 8 <= page_bytes {
+                self.tail_slice(st, st.tail, 8).fill(0); // end-of-page marker: no magic
+            }
+            (st.tail >> shift) + 1
+        };
         self.reclaim(st);
         // Keep one frame beyond the DRAM pages (spare or retired) so that the next advance
         // rarely waits for readers: demote until the new page plus that one fit.
@@ -705,7 +718,10 @@ impl Partition {
         let page_bytes = self.shared.page_bytes();
         let page = self.head.load(Relaxed);
         let slot = (page % self.ring.len() as u64) as usize;
-        let base = st.frames[slot].as_mut().expect("a DRAM page has a frame").ptr();
+        let base = st.frames[slot]
+            .as_mut()
+            .expect("a DRAM page has a frame")
+            .ptr();
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
         let policy = &self.shared.policy;
@@ -882,10 +898,8 @@ impl Partition {
             return Ok(());
         }
         let new_bytes = Table::buckets_for(table.live() + 1) * crate::index::BUCKET_BYTES;
-        let room = self
-            .share
-            .saturating_sub(self.overhead(st) + new_bytes)
-            / self.shared.page_bytes();
+        let room =
+            self.share.saturating_sub(self.overhead(st) + new_bytes) / self.shared.page_bytes();
         if room < MIN_FRAMES {
             return Err(Error::BudgetExhausted(format!(
                 "partition {}: {} keys need an index of {new_bytes} bytes, which leaves {room} \
@@ -984,7 +998,7 @@ impl Partition {
             return Err(Error::Corrupt {
                 path: seg.path.clone(),
                 offset: page_off as u64,
-                reason: "the file is shorter than what was written to it (truncated?)".into(),
+                reason: seg.damage(page_off, "a load past the end of the file"),
             });
         }
         let base_addr = (seg_no << self.shared.seg_shift) | page_off as u64;
@@ -998,7 +1012,7 @@ impl Partition {
                     return Err(Error::Corrupt {
                         path: seg.path.clone(),
                         offset: (page_off + off) as u64,
-                        reason: b.to_string(),
+                        reason: seg.damage(page_off + off, &b.to_string()),
                     })
                 }
             };

@@ -1,0 +1,255 @@
+//! Bad input gets a clear error and never a panic or a wrong value: oversized keys and
+//! values, unusable far directories, impossible budgets and configurations, and far files
+//! truncated or overwritten under a running engine.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::FileExt;
+use tera_engine::{Config, Db, Error, NeverPromote};
+
+#[test]
+fn oversized_keys_and_values_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(tiny(dir.path(), 64 << 10));
+    db.put(b"k", b"v").unwrap();
+    let big_key = vec![b'k'; 257];
+    let err = db.put(&big_key, b"v").unwrap_err();
+    assert!(
+        matches!(err, Error::KeyTooLarge { len: 257, max: 256 }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "key of 257 bytes is longer than the maximum of 256 bytes"
+    );
+    let err = db.put(b"k", &vec![0u8; 1025]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ValueTooLarge {
+                len: 1025,
+                max: 1024
+            }
+        ),
+        "{err}"
+    );
+    let err = db.update(b"k", |_| Some(vec![0u8; 2000])).unwrap_err();
+    assert!(matches!(err, Error::ValueTooLarge { .. }), "{err}");
+    assert!(matches!(db.get(&big_key), Ok(None)));
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    // Exactly at the limits is fine.
+    db.put(&vec![b'x'; 256], &vec![1u8; 1024]).unwrap();
+    assert_eq!(db.get(&vec![b'x'; 256]).unwrap().unwrap().len(), 1024);
+}
+
+#[test]
+fn default_limits_are_64_kib_keys_and_1_mib_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::new(dir.path());
+    c.partitions = 1;
+    c.dram_budget_bytes = 16 << 20;
+    c.background_maintenance = false;
+    let db = Db::open(c).unwrap();
+    db.put(&vec![1u8; 64 << 10], &vec![2u8; 1 << 20]).unwrap();
+    assert_eq!(
+        db.get(&vec![1u8; 64 << 10]).unwrap().unwrap().len(),
+        1 << 20
+    );
+    assert!(matches!(
+        db.put(&vec![1u8; (64 << 10) + 1], b"v"),
+        Err(Error::KeyTooLarge { .. })
+    ));
+    assert!(matches!(
+        db.put(b"k", &vec![2u8; (1 << 20) + 1]),
+        Err(Error::ValueTooLarge { .. })
+    ));
+}
+
+#[test]
+fn a_far_directory_that_cannot_be_created_or_written_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for bad in [file.join("far"), "/proc/tera-far-test".into()] {
+        let err = Db::open(tiny(&bad, 64 << 10)).unwrap_err();
+        assert!(matches!(err, Error::FarDir { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&bad.display().to_string()), "{msg}");
+        assert!(
+            msg.contains("cannot create") || msg.contains("not writable"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn a_far_directory_with_segment_files_from_another_run_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p000-0000000000.seg"), b"old").unwrap();
+    let err = Db::open(tiny(dir.path(), 64 << 10)).unwrap_err();
+    assert!(err.to_string().contains("segment files"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("p000-0000000000.seg")).unwrap(),
+        b"old",
+        "refusing must not touch the files"
+    );
+}
+
+#[test]
+fn impossible_budgets_and_configurations_say_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Db::open(tiny(dir.path(), 8 << 10)).unwrap_err();
+    assert!(matches!(err, Error::BudgetExhausted(_)), "{err}");
+    assert!(err.to_string().contains("dram_budget_bytes"), "{err}");
+
+    let mut c = tiny(dir.path(), 1 << 20);
+    c.page_bytes = 3000;
+    assert!(Db::open(c).unwrap_err().to_string().contains("page_bytes"));
+    let mut c = tiny(dir.path(), 1 << 20);
+    c.max_value_bytes = 8000;
+    let msg = Db::open(c).unwrap_err().to_string();
+    assert!(msg.contains("cannot hold the largest record"), "{msg}");
+    let mut c = tiny(dir.path(), 1 << 20);
+    c.segment_bytes = 6000;
+    assert!(Db::open(c)
+        .unwrap_err()
+        .to_string()
+        .contains("segment_bytes"));
+}
+
+#[test]
+fn the_index_outgrowing_the_budget_is_an_error_not_an_overrun() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(tiny(dir.path(), 40 << 10));
+    let mut refused = None;
+    for k in 0..100_000u32 {
+        match db.put(&key(k), b"") {
+            Ok(()) => {}
+            Err(e) => {
+                refused = Some((k, e));
+                break;
+            }
+        }
+        let s = db.stats();
+        assert!(s.dram_used_bytes <= s.dram_budget_bytes, "{s:?}");
+    }
+    let (k, e) = refused.expect("a 40 KiB budget cannot index 100,000 keys");
+    assert!(matches!(e, Error::BudgetExhausted(_)), "{e}");
+    // Everything acknowledged before the refusal is still there.
+    for j in (0..k).step_by(97) {
+        assert_eq!(
+            db.get(&key(j)).unwrap().as_deref(),
+            Some(&b""[..]),
+            "key {j}"
+        );
+    }
+}
+
+/// Fill a database so that most records sit in far segments; returns the keys written.
+fn fill_far(db: &Db) -> u32 {
+    let n = 400;
+    for k in 0..n {
+        db.put(&key(k), &value_for(k, 1, 300)).unwrap();
+    }
+    assert!(db.stats().far.records > 100, "{:?}", db.stats());
+    n
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_far_file_truncated_under_the_engine_gives_errors_not_wrong_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(with_policy(
+        tiny(dir.path(), 64 << 10),
+        std::sync::Arc::new(NeverPromote),
+    ));
+    let n = fill_far(&db);
+    for f in segment_files(dir.path()) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+    let (mut ok, mut corrupt) = (0, 0);
+    let mut damaged_key = None;
+    for k in 0..n {
+        match db.get(&key(k)) {
+            Ok(Some(v)) => {
+                assert_eq!(v, value_for(k, 1, 300), "wrong value for {k}");
+                ok += 1;
+            }
+            Ok(None) => panic!("key {k} reported missing instead of damaged"),
+            Err(e @ Error::Corrupt { .. }) => {
+                assert!(e.to_string().contains("truncated"), "{e}");
+                corrupt += 1;
+                damaged_key = Some(k);
+            }
+            Err(e) => panic!("unexpected error for {k}: {e}"),
+        }
+    }
+    assert!(
+        corrupt > 100,
+        "truncation not detected: {ok} ok, {corrupt} corrupt"
+    );
+    assert!(ok > 0, "DRAM records should be unaffected");
+    // A write over a key whose old version is unreadable is refused too (the engine cannot
+    // tell that the damaged record is that key's), not applied over an unknown state; writes
+    // to new keys still work.
+    let k = damaged_key.unwrap();
+    assert!(matches!(
+        db.put(&key(k), b"new"),
+        Err(Error::Corrupt { .. })
+    ));
+    db.put(b"fresh", b"v").unwrap();
+    assert_eq!(db.get(b"fresh").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn a_far_file_overwritten_under_the_engine_fails_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(with_policy(
+        tiny(dir.path(), 64 << 10),
+        std::sync::Arc::new(NeverPromote),
+    ));
+    let n = fill_far(&db);
+    let files = segment_files(dir.path());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    // Damage bytes across the segment's first used page (page 0 of the log is never used).
+    for off in (4096 + 100..8000).step_by(50) {
+        f.write_all_at(&[0x5a], off).unwrap();
+    }
+    let mut bad = 0;
+    for k in 0..n {
+        match db.get(&key(k)) {
+            Ok(Some(v)) => assert_eq!(v, value_for(k, 1, 300), "wrong value for {k}"),
+            Ok(None) => {}
+            Err(Error::Corrupt { reason, path, .. }) => {
+                assert_eq!(path, files[0]);
+                assert!(
+                    ["checksum", "header", "past the end of its page"]
+                        .iter()
+                        .any(|w| reason.contains(w)),
+                    "{reason}"
+                );
+                bad += 1;
+            }
+            Err(e) => panic!("unexpected error for {k}: {e}"),
+        }
+    }
+    assert!(bad > 0, "damage not detected");
+}

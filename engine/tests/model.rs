@@ -1,0 +1,135 @@
+//! Model-based test: random operations on the engine and on a `HashMap`, with a DRAM budget
+//! so small that demotion, readmission, promotion and compaction all happen, compared after
+//! every read and at the end.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tera_engine::{AlwaysPromote, FrequencyAdmission, HeatPolicy};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, u16),
+    Get(u8),
+    Delete(u8),
+    Append(u8, u8),
+    Maintain,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (any::<u8>(), 0u16..900).prop_map(|(k, n)| Op::Put(k, n)),
+        6 => any::<u8>().prop_map(Op::Get),
+        1 => any::<u8>().prop_map(Op::Delete),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(k, b)| Op::Append(k, b)),
+        1 => Just(Op::Maintain),
+    ]
+}
+
+fn bytes(k: u8, n: u16) -> Vec<u8> {
+    (0..n)
+        .map(|i| k.wrapping_add(i as u8).wrapping_mul(31))
+        .collect()
+}
+
+fn run(ops: &[Op], policy: Arc<dyn HeatPolicy>) -> tera_engine::Stats {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(with_policy(tiny(dir.path(), 48 << 10), policy));
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for op in ops {
+        match op {
+            Op::Put(k, n) => {
+                let (key, v) = (key(u32::from(*k)), bytes(*k, *n));
+                db.put(&key, &v).unwrap();
+                model.insert(key, v);
+            }
+            Op::Get(k) => {
+                let key = key(u32::from(*k));
+                assert_eq!(db.get(&key).unwrap(), model.get(&key).cloned(), "get {k}");
+            }
+            Op::Delete(k) => {
+                let key = key(u32::from(*k));
+                assert_eq!(db.delete(&key).unwrap(), model.remove(&key).is_some());
+            }
+            Op::Append(k, b) => {
+                let key = key(u32::from(*k));
+                db.update(&key, |old| {
+                    let mut v = old.map(<[u8]>::to_vec).unwrap_or_default();
+                    if v.len() < 1000 {
+                        v.push(*b);
+                    } else {
+                        v.clear();
+                    }
+                    Some(v)
+                })
+                .unwrap();
+                let v = model.entry(key).or_default();
+                if v.len() < 1000 {
+                    v.push(*b);
+                } else {
+                    v.clear();
+                }
+            }
+            Op::Maintain => {
+                db.maintain().unwrap();
+            }
+        }
+        let s = db.stats();
+        assert!(s.dram_used_bytes <= s.dram_budget_bytes, "{s:?}");
+    }
+    for k in 0..=255u32 {
+        let key = key(k);
+        assert_eq!(db.get(&key).unwrap(), model.get(&key).cloned(), "final {k}");
+    }
+    let s = db.stats();
+    assert_eq!(s.keys, model.len() as u64);
+    assert_eq!(s.dram.records + s.far.records, model.len() as u64, "{s:?}");
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matches_a_hashmap_with_frequency_admission(ops in proptest::collection::vec(op(), 1..700)) {
+        run(&ops, Arc::new(FrequencyAdmission::new(256, 2, 512)));
+    }
+
+    #[test]
+    fn matches_a_hashmap_with_eager_promotion(ops in proptest::collection::vec(op(), 1..700)) {
+        run(&ops, Arc::new(AlwaysPromote));
+    }
+}
+
+/// The same comparison on a fixed workload that is known to drive every mechanism, so that a
+/// change that stops one of them (and so stops testing it) fails here.
+#[test]
+fn every_tiering_mechanism_runs_under_the_model() {
+    let mut ops = Vec::new();
+    for round in 0..6u16 {
+        for k in 0..=255u8 {
+            ops.push(Op::Put(k, 200 + round * 10));
+        }
+        for k in (0..=255u8).step_by(3) {
+            ops.push(Op::Get(k));
+            ops.push(Op::Get(k));
+        }
+        for k in (0..=255u8).step_by(7) {
+            ops.push(Op::Append(k, round as u8));
+        }
+        ops.push(Op::Delete(round as u8));
+        ops.push(Op::Maintain);
+    }
+    let s = run(&ops, Arc::new(FrequencyAdmission::new(256, 2, 4096)));
+    assert!(s.pages_demoted > 0, "no demotion: {s:?}");
+    assert!(s.promotions > 0, "no promotion: {s:?}");
+    assert!(s.readmissions > 0, "no readmission: {s:?}");
+    assert!(
+        s.segments_compacted > 0 && s.compaction_bytes > 0,
+        "no compaction: {s:?}"
+    );
+    assert!(s.far.records > 0 && s.dram.records > 0, "{s:?}");
+}
