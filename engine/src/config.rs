@@ -35,8 +35,9 @@ pub struct Config {
     pub compaction_live_ratio: f64,
     /// The machine's topology; `None` detects it (tests pass `Topology::simulated`).
     pub topology: Option<Topology>,
-    /// Promotion and readmission policy; `None` uses [`crate::FrequencyAdmission`] sized
-    /// from the budget.
+    /// Promotion and readmission policy; `None` uses [`crate::GhostAdmission`] with one
+    /// fingerprint per 4 KiB of budget (measured best for 1 KiB records: see
+    /// docs/benchmarks.md; `tierbench --ghost-slot-bytes` explores other sizes).
     pub policy: Option<Arc<dyn HeatPolicy>>,
     /// Run compaction in background threads (one per NUMA node with CPUs). When false, call
     /// [`crate::Db::maintain`] yourself.

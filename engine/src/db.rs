@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hash::{hash_key, partition_of};
-use crate::heat::{FrequencyAdmission, HeatPolicy};
+use crate::heat::{GhostAdmission, HeatPolicy};
 use crate::partition::{Partition, Shared, Tier};
 use crate::stats::{Stats, TierStats};
 use crossbeam_utils::CachePadded;
@@ -106,11 +106,7 @@ impl Db {
         let budget = config.dram_budget_bytes;
         let policy: Arc<dyn HeatPolicy> = match &config.policy {
             Some(p) => p.clone(),
-            None => Arc::new(FrequencyAdmission::new(
-                (budget / 256) as usize,
-                2,
-                budget / 256,
-            )),
+            None => Arc::new(GhostAdmission::new((budget / 4096) as usize)),
         };
         let left = budget.saturating_sub(policy.dram_bytes() as u64);
         let share = (left / n as u64) as usize;
@@ -126,7 +122,7 @@ impl Db {
             compaction_ratio: config.compaction_live_ratio,
         });
         let per_part = config.expected_records.div_ceil(n);
-        let per_part = per_part + per_part / 16;
+        let per_part = per_part + per_part / 100;
         let parts = (0..n)
             .map(|i| Partition::open(i, nodes[i % nodes.len()], shared.clone(), share, per_part))
             .collect::<Result<Vec<_>>>()?;

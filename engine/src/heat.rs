@@ -4,12 +4,21 @@
 //! - *readmission*: a record sits on the oldest DRAM page, about to be demoted with it; its
 //!   access counter says whether it was read since it was written; copy it to the tail instead?
 //!
-//! The default, [`FrequencyAdmission`], promotes a far record only on its second read within a
-//! window (a TinyLFU-style doorkeeper: 4-bit counters indexed by the key hash, halved every
-//! `window` far reads), so one-off reads of cold records do not push hot records out, and
-//! readmits a DRAM record whose counter shows a read since its last move (CLOCK).
+//! The default, [`GhostAdmission`], promotes a far record only on its second read within a
+//! window of recent far reads (remembered as 32-bit fingerprints in a direct-mapped table, the
+//! "ghost" entries of 2Q and ARC), so one-off reads of cold records do not push hot records
+//! out; and it readmits a DRAM record whose access counter shows reads since its last move.
+//! The counter saturates at [`MAX_HEAT`] and is halved on each readmission, so a record that
+//! was read often survives a few passes without reads (an LFU with aging), while one read once
+//! must be read again to stay.
+//!
+//! [`FrequencyAdmission`] (a TinyLFU-style sketch of 4-bit counters) is kept for comparison:
+//! its counters are shared between keys, so some one-off reads pass it.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+
+/// Access counters of DRAM records saturate here.
+pub const MAX_HEAT: u8 = 15;
 
 /// A heat policy. Implementations must be cheap: `admit_far` runs on every far read.
 pub trait HeatPolicy: Send + Sync + std::fmt::Debug {
@@ -19,6 +28,12 @@ pub trait HeatPolicy: Send + Sync + std::fmt::Debug {
     fn readmit(&self, heat: u8) -> bool {
         heat > 0
     }
+    /// A demotion drained `live` live records from DRAM pages and readmitted `readmitted` of
+    /// them. Policies may use it to tell a DRAM tier full of cold records (just after a bulk
+    /// load, or when the workload moves) from a settled one.
+    fn on_drain(&self, live: usize, readmitted: usize) {
+        let _ = (live, readmitted);
+    }
     /// DRAM the policy itself uses, charged to the budget.
     fn dram_bytes(&self) -> usize {
         0
@@ -27,7 +42,83 @@ pub trait HeatPolicy: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
 }
 
-/// Promote on the second read within a window; readmit what was read since it last moved.
+/// Promote a far record on its second read within about `slots` far reads; readmit a DRAM
+/// record that was read since it last moved. While demotions find DRAM mostly cold (fewer
+/// than one record in [`EAGER_BELOW`] readmitted), promote on the first read instead, so a
+/// freshly loaded tier warms up in about the time it takes to read its size from far.
+#[derive(Debug)]
+pub struct GhostAdmission {
+    slots: Box<[AtomicU32]>,
+    /// Readmitted share of drained records, in 1/1024, smoothed over recent demotions.
+    readmit_share: AtomicU32,
+}
+
+/// The ghost policy admits every far read while the readmitted share of drained DRAM
+/// records is below 1 in this many.
+pub const EAGER_BELOW: u32 = 5;
+
+impl GhostAdmission {
+    /// A table of `slots` fingerprints (4 bytes each, charged to the DRAM budget).
+    pub fn new(slots: usize) -> Self {
+        GhostAdmission {
+            slots: (0..slots.max(64)).map(|_| AtomicU32::new(0)).collect(),
+            readmit_share: AtomicU32::new(1024),
+        }
+    }
+
+    fn eager(&self) -> bool {
+        self.readmit_share.load(Relaxed) < 1024 / EAGER_BELOW
+    }
+}
+
+/// Re-mix a key hash: the engine uses all 64 bits of it for bucket, partition and tag.
+#[inline]
+fn remix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+impl HeatPolicy for GhostAdmission {
+    fn admit_far(&self, hash: u64) -> bool {
+        if self.eager() {
+            return true;
+        }
+        let m = remix(hash);
+        let fp = (m as u32) | 1;
+        let i = (((m >> 32) * self.slots.len() as u64) >> 32) as usize;
+        let slot = &self.slots[i];
+        if slot.load(Relaxed) == fp {
+            slot.store(0, Relaxed);
+            true
+        } else {
+            slot.store(fp, Relaxed);
+            false
+        }
+    }
+
+    fn on_drain(&self, live: usize, readmitted: usize) {
+        if live == 0 {
+            return;
+        }
+        let share = (readmitted * 1024 / live) as u32;
+        // An exponential average over about eight demotions; races only blur it.
+        let old = self.readmit_share.load(Relaxed);
+        self.readmit_share.store((old * 7 + share) / 8, Relaxed);
+    }
+
+    fn dram_bytes(&self) -> usize {
+        self.slots.len() * 4
+    }
+
+    fn name(&self) -> &'static str {
+        "ghost"
+    }
+}
+
+/// Promote on the `threshold`-th read within a window, counted in shared 4-bit counters;
+/// readmit what was read since it last moved.
 #[derive(Debug)]
 pub struct FrequencyAdmission {
     /// Two 4-bit counters per byte.
@@ -50,11 +141,6 @@ impl FrequencyAdmission {
             window: window.max(1),
             threshold: threshold.clamp(1, 15),
         }
-    }
-
-    /// Sized for a DRAM tier expected to hold about `records` records.
-    pub fn for_records(records: usize) -> Self {
-        FrequencyAdmission::new(records.max(1024) * 4, 2, (records.max(1024) * 8) as u64)
     }
 
     fn age(&self) {
@@ -127,6 +213,45 @@ impl HeatPolicy for NeverPromote {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ghost_admits_on_the_second_read_only() {
+        let p = GhostAdmission::new(1 << 12);
+        let (a, b) = (crate::hash::hash_key(b"a"), crate::hash::hash_key(b"b"));
+        assert!(!p.admit_far(a));
+        assert!(!p.admit_far(b));
+        assert!(p.admit_far(a), "second read of a");
+        assert!(!p.admit_far(a), "forgotten after a promotion");
+        assert!(p.admit_far(b));
+    }
+
+    #[test]
+    fn ghost_is_eager_only_while_drained_dram_is_cold() {
+        let p = GhostAdmission::new(1 << 12);
+        let a = crate::hash::hash_key(b"a");
+        for _ in 0..40 {
+            p.on_drain(1000, 10); // a tier full of records nobody read
+        }
+        assert!(p.admit_far(a), "cold DRAM: the first read promotes");
+        for _ in 0..40 {
+            p.on_drain(1000, 600); // a settled tier
+        }
+        assert!(
+            !p.admit_far(crate::hash::hash_key(b"b")),
+            "settled: the first read does not"
+        );
+    }
+
+    #[test]
+    fn ghost_forgets_a_key_when_its_slot_is_reused() {
+        let p = GhostAdmission::new(64);
+        let a = crate::hash::hash_key(b"a");
+        assert!(!p.admit_far(a));
+        for k in 0..10_000u32 {
+            p.admit_far(crate::hash::hash_key(&k.to_le_bytes()));
+        }
+        assert!(!p.admit_far(a), "a single read long ago must not count");
+    }
 
     #[test]
     fn frequency_admits_on_the_second_read_only() {

@@ -26,6 +26,8 @@ const SLOTS: usize = 8;
 pub(crate) const MAX_LOAD: f64 = 0.85;
 /// Load a rebuilt table starts at.
 const REBUILD_LOAD: f64 = 0.6;
+/// Load a table sized from the expected key count ends at.
+const PRESIZED_LOAD: f64 = 0.8;
 
 #[repr(C, align(64))]
 struct Bucket([AtomicU64; SLOTS]);
@@ -63,7 +65,17 @@ impl Table {
 
     /// Buckets needed to hold `keys` at the load a rebuild aims for.
     pub(crate) fn buckets_for(keys: usize) -> usize {
-        ((keys as f64 / REBUILD_LOAD / SLOTS as f64).ceil() as usize).max(1)
+        Self::buckets_at(keys, REBUILD_LOAD)
+    }
+
+    /// Buckets for a table sized up front for `keys` expected keys: fuller than a rebuilt
+    /// table, since it need not leave room for growth.
+    pub(crate) fn buckets_for_expected(keys: usize) -> usize {
+        Self::buckets_at(keys, PRESIZED_LOAD)
+    }
+
+    fn buckets_at(keys: usize, load: f64) -> usize {
+        ((keys as f64 / load / SLOTS as f64).ceil() as usize).max(1)
     }
 
     pub(crate) fn bytes(&self) -> usize {

@@ -58,7 +58,9 @@ pub use error::{Error, Result};
 pub use far::{OsStorage, Storage};
 pub use hash::hash_key;
 #[cfg(not(tera_loom))]
-pub use heat::{AlwaysPromote, FrequencyAdmission, HeatPolicy, NeverPromote};
+pub use heat::{
+    AlwaysPromote, FrequencyAdmission, GhostAdmission, HeatPolicy, NeverPromote, MAX_HEAT,
+};
 #[cfg(not(tera_loom))]
 pub use stats::{Stats, TierStats};
 #[cfg(not(tera_loom))]

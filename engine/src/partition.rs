@@ -1,23 +1,30 @@
-//! A partition: one hash index and one record log whose newest pages live in DRAM frames and
-//! whose older pages live in far segment files. The unit of placement (its frames and index
-//! are bound to its home NUMA node) and of write concurrency (one lock).
+//! A partition: one hash index and two logs. The DRAM log holds the newest records in
+//! page-sized DRAM frames `[head, tail]`; the far log holds the rest in segment files. The
+//! partition is the unit of placement (its frames and index are bound to its home NUMA node)
+//! and of write concurrency (one lock).
 //!
-//! Reads take no lock: they pin the epoch, probe the index, and read the record in place,
-//! from a frame if its page is at or above `head`, else from the far mapping. Writes take the
-//! partition lock, append a record at the tail, and repoint the index. When the tail needs a
-//! frame and the partition's share of the DRAM budget is used, the oldest DRAM page (`head`)
-//! is demoted: records on it that were read since they last moved are copied to the tail
-//! (readmission), the page is written whole to its far segment, `head` advances, and the frame
-//! is retired until no pinned reader can still be in it. A far record that the heat policy
-//! admits is copied to the tail (promotion). Far segments whose live share falls low are
-//! compacted: live records are copied to the tail and the file is removed.
+//! Reads take no lock: they pin the epoch, probe the index, and read the record in place, from
+//! a frame (DRAM address) or from the far mapping (address with the [`FAR`] bit). Writes take
+//! the partition lock, append a record at the DRAM tail, and repoint the index. When the tail
+//! needs a frame and the partition's share of the DRAM budget is used, the oldest DRAM pages
+//! are demoted: live records on them that were read since they last moved are carried into
+//! the new tail page (readmission, hottest first, up to three quarters of a page); the other
+//! live records are appended to the far log's open page, which is written with one sequential
+//! `pwrite`; every moved record is repointed; then `head` advances and the frames are retired
+//! until no pinned reader can still be in them. A far record that the heat policy admits is
+//! copied to the DRAM tail (promotion). Far segments whose live share falls low are compacted
+//! into the far log's open page, never through DRAM, so compaction does not displace hot
+//! records; the emptied file is removed.
 //!
 //! Architecture invariants:
 //! - Index entries, frames, segment tables and segments of a partition are changed and
 //!   reclaimed only by the holder of its lock; the holder is never pinned, and pinned readers
 //!   never take the lock (they `try_lock` to promote, after unpinning).
-//! - A page is written to the far tier before `head` moves past it, and `head` moves before
-//!   its frame is retired: a reader that sees `head > page` finds the page in its segment.
+//! - Every live record of a DRAM page is repointed (to the far log or the tail) before `head`
+//!   moves past the page, and `head` moves before the frame is retired. A reader holding an
+//!   address below `head` (read before the repoint) probes the index again.
+//! - A far record is written before the index points at it, and a segment is unmapped only
+//!   after no pinned reader can hold an address in it.
 //! - `frames allocated * page + index + buffers <= share` at every point, so the sum over
 //!   partitions never exceeds the DRAM budget.
 
@@ -25,7 +32,7 @@ use crate::epoch::{epochs, Epochs};
 use crate::error::{Error, Result};
 use crate::far::{segment_path, SegTable, Segment, Storage};
 use crate::hash::hash_key;
-use crate::heat::HeatPolicy;
+use crate::heat::{HeatPolicy, MAX_HEAT};
 use crate::index::{Index, Table};
 use crate::record::{self, Bad, RecordRef, HEADER};
 use crate::sync::AtomicPtr;
@@ -40,6 +47,9 @@ use std::sync::Arc;
 
 /// Fewest frames a partition can work with: the tail page, one being demoted, one spare.
 pub(crate) const MIN_FRAMES: usize = 3;
+
+/// Address bit of the far log (DRAM log addresses are below it).
+pub(crate) const FAR: u64 = 1 << 47;
 
 /// Settings every partition of a database shares.
 #[derive(Debug)]
@@ -131,8 +141,9 @@ impl std::fmt::Debug for Table {
 /// Live bytes and size of one far segment.
 #[derive(Debug, Default, Clone, Copy)]
 struct SegMeta {
-    written: u64,
     live: u64,
+    /// The far log has moved past this segment.
+    full: bool,
 }
 
 /// Counters of one tier, kept under the lock.
@@ -163,6 +174,13 @@ struct State {
     readmit: Vec<(u64, u64, usize)>,
     /// Segment being compacted and the next page offset in it.
     compacting: Option<(u64, usize)>,
+    /// Next far log offset (without the FAR bit).
+    far_tail: u64,
+    /// Image of the far log's open page, and how much of it is written.
+    far_page: Vec<u8>,
+    far_written: usize,
+    /// Records appended to the open far page but not yet written: (hash, from, to, length).
+    far_pending: Vec<(u64, u64, u64, usize)>,
     pub(crate) promotions: u64,
     pub(crate) readmissions: u64,
     pub(crate) pages_demoted: u64,
@@ -226,7 +244,7 @@ impl Partition {
     ) -> Result<Partition> {
         let page = shared.page_bytes();
         let ring_len = share / page + 1;
-        let table = Table::with_buckets(Table::buckets_for(expected_keys.max(64)));
+        let table = Table::with_buckets(Table::buckets_for_expected(expected_keys.max(64)));
         let (p, n) = table.memory();
         bind_inner(p, n, node);
         let part = Partition {
@@ -251,9 +269,13 @@ impl Partition {
                 segs: BTreeMap::new(),
                 dram: Live::default(),
                 far: Live::default(),
-                readmit_bytes: Vec::with_capacity(page / 2),
+                readmit_bytes: Vec::with_capacity(readmit_cap(page)),
                 readmit: Vec::new(),
                 compacting: None,
+                far_tail: 0,
+                far_page: vec![0; page],
+                far_written: 0,
+                far_pending: Vec::new(),
                 promotions: 0,
                 readmissions: 0,
                 pages_demoted: 0,
@@ -297,9 +319,10 @@ impl Partition {
                         tier = t;
                         seq = rec.seq();
                         if t == Tier::Dram {
+                            // Racy increments may lose a count; the counter is a heat hint.
                             let h = rec.heat();
                             let v = h.load(Relaxed);
-                            if v < 3 {
+                            if v < MAX_HEAT {
                                 h.store(v + 1, Relaxed);
                             }
                         }
@@ -335,26 +358,31 @@ impl Partition {
         key: &[u8],
         f: impl FnOnce(&RecordRef, Tier),
     ) -> Result<bool, ReadErr> {
+        if addr & FAR != 0 {
+            return self.far_visit(addr & !FAR, key, f);
+        }
         let shift = self.shared.page_shift;
         let page = addr >> shift;
         let off = (addr & ((1 << shift) - 1)) as usize;
-        if page >= self.head.load(Acquire) {
-            let base = self.ring[(page % self.ring.len() as u64) as usize].load(Acquire);
-            // If the slot was reused for a newer page, `head` has moved past ours and the page
-            // is in the far tier; our frame pointer would be stale.
-            if page >= self.head.load(Acquire) {
-                // SAFETY: the frame holds `page` (checked above) and cannot be reused while we
-                // are pinned; records are immutable once published except their heat byte.
-                let rec = unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }
-                    .map_err(|b| self.dram_bug(addr, b))?;
-                if rec.key() != key {
-                    return Ok(false);
-                }
-                f(&rec, Tier::Dram);
-                return Ok(true);
-            }
+        if page < self.head.load(Acquire) {
+            return Err(ReadErr::Retry); // the record moved before its page was released
         }
-        self.far_visit(addr, key, f)
+        let base = self.ring[(page % self.ring.len() as u64) as usize].load(Acquire);
+        // If the slot was reused for a newer page, `head` has moved past ours; the pointer we
+        // loaded may be the newer page's frame.
+        if page < self.head.load(Acquire) {
+            return Err(ReadErr::Retry);
+        }
+        // SAFETY: the frame holds `page` (checked above) and cannot be reused while we are
+        // pinned (or hold the lock); records are immutable once published but for heat.
+        let rec = unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }
+            .map_err(|b| self.dram_bug(addr, b))?;
+        if rec.key() != key {
+            return Ok(false);
+        }
+        rec.prefetch();
+        f(&rec, Tier::Dram);
+        Ok(true)
     }
 
     fn far_visit(
@@ -377,6 +405,7 @@ impl Partition {
             // SAFETY: `off..page_end` lies inside the mapping, which stays mapped while we are
             // pinned or hold the lock; loads past the file's end are caught by `guarded`.
             let rec = unsafe { RecordRef::parse(seg.base().add(off), page_end - off) }?;
+            rec.prefetch();
             rec.verify()?;
             if rec.key() == key {
                 f(&rec, Tier::Far);
@@ -420,7 +449,7 @@ impl Partition {
         let shift = self.shared.page_shift;
         let page = addr >> shift;
         let off = (addr & ((1 << shift) - 1)) as usize;
-        if page >= self.head.load(Relaxed) {
+        if addr & FAR == 0 {
             let base = self.ring[(page % self.ring.len() as u64) as usize].load(Relaxed);
             // SAFETY: lock held: the frame for a DRAM page cannot change under us.
             let rec =
@@ -432,6 +461,7 @@ impl Partition {
                 })?;
             return Ok((hash_key(rec.key()), rec.len()));
         }
+        let addr = addr & !FAR;
         // SAFETY: lock held; see far_visit.
         let segs = unsafe { &*self.segs.load(Acquire) };
         let seg = segs
@@ -589,7 +619,8 @@ impl Partition {
     /// Account for a record that is no longer the newest version of its key.
     fn dead(&self, st: &mut State, addr: u64) -> Result<()> {
         let (_, len) = self.locked_hash_len(st, addr)?;
-        if addr >> self.shared.page_shift >= self.head.load(Relaxed) {
+        if addr & FAR == 0 {
+            self.dram_record(addr).dead().store(1, Relaxed);
             st.dram.records -= 1;
             st.dram.bytes -= len as u64;
         } else {
@@ -601,12 +632,12 @@ impl Partition {
     fn far_dead(&self, st: &mut State, addr: u64, len: usize) {
         st.far.records -= 1;
         st.far.bytes -= len as u64;
-        if let Some(m) = st.segs.get_mut(&(addr >> self.shared.seg_shift)) {
+        if let Some(m) = st.segs.get_mut(&((addr & !FAR) >> self.shared.seg_shift)) {
             m.live -= len as u64;
         }
     }
 
-    // ----- the log tail ------------------------------------------------------------------
+    // ----- the DRAM log -----------------------------------------------------------------
 
     /// Append a record at the tail; returns its address. The caller accounts for it.
     fn append(
@@ -650,7 +681,9 @@ impl Partition {
         st.frames[slot].is_some()
     }
 
-    /// Seal the tail page and start the next one, demoting old pages as the budget requires.
+    /// Seal the tail page and start the next one. If the budget requires, the oldest pages are
+    /// demoted first: their hot records are carried into the new page (readmission), the rest
+    /// of their live records go to the far log, and only then does `head` move past them.
     fn advance_page(&self, st: &mut State) -> Result<()> {
         let shift = self.shared.page_shift;
         let page_bytes = self.shared.page_bytes();
@@ -664,27 +697,139 @@ impl Partition {
             (st.tail >> shift) + 1
         };
         self.reclaim(st);
-        // Keep one frame beyond the DRAM pages (spare or retired) so that the next advance
-        // rarely waits for readers: demote until the new page plus that one fit.
-        let quota = self.quota(st);
-        while (next - self.head.load(Relaxed)) as usize + 2 > quota
-            && self.head.load(Relaxed) < next
-        {
-            self.demote_head(st, true)?;
+        // After this advance, DRAM pages plus one reserve frame must fit the quota.
+        let head = self.head.load(Relaxed);
+        let quota = self.quota(st) as u64;
+        let demote = (next - head + 2).saturating_sub(quota).min(next - head);
+        if demote > 0 {
+            self.drain_pages(st, head, demote, true)?;
         }
-        let mut frame = self.take_frame(st)?;
-        let slot = (next % self.ring.len() as u64) as usize;
+        let frame = match self.take_frame(st) {
+            Ok(f) => f,
+            Err(_) if demote > 0 => {
+                // No frame left beside the pages being demoted (the quota shrank): send the
+                // records meant for readmission far too, release the pages, and wait for one
+                // of their frames.
+                self.readmitted_to_far(st)?;
+                self.release_pages(st, demote);
+                return self.install_page(st, next, None);
+            }
+            Err(e) => return Err(e),
+        };
+        self.install_page(st, next, Some(frame))?;
+        self.place_readmitted(st);
+        if demote > 0 {
+            self.release_pages(st, demote);
+        }
+        Ok(())
+    }
+
+    /// Make `page` the tail page, with `frame` or one taken now.
+    fn install_page(&self, st: &mut State, page: u64, frame: Option<Frame>) -> Result<()> {
+        let mut frame = match frame {
+            Some(f) => f,
+            None => self.take_frame(st)?,
+        };
+        let slot = (page % self.ring.len() as u64) as usize;
         let ptr = frame.ptr();
         st.frames[slot] = Some(frame);
         self.ring[slot].store(ptr, Release);
-        st.tail = next << shift;
-        self.place_readmitted(st)
+        st.tail = page << self.shared.page_shift;
+        Ok(())
     }
 
-    /// Copy the records collected by demotion into the (new) tail page and repoint them.
-    fn place_readmitted(&self, st: &mut State) -> Result<()> {
+    /// Scan `count` pages from `first`: live records the policy keeps (if `readmit`) are
+    /// collected for readmission, up to [`readmit_cap`] bytes, hottest first; all other live
+    /// records are moved to the far log and repointed there.
+    fn drain_pages(&self, st: &mut State, first: u64, count: u64, readmit: bool) -> Result<()> {
+        let shift = self.shared.page_shift;
+        let page_bytes = self.shared.page_bytes();
+        let policy = &self.shared.policy;
+        // Live records the policy would keep: (heat, address, length, hash).
+        let mut keep: Vec<(u8, u64, usize, u64)> = Vec::new();
+        let mut live = 0;
+        for page in first..first + count {
+            let base = self.frame_ptr(st, page);
+            let mut off = 0;
+            while off + HEADER <= page_bytes {
+                // SAFETY: the frame is ours (lock held) and holds a page of records.
+                let rec = match unsafe { RecordRef::parse(base.add(off), page_bytes - off) } {
+                    Ok(r) => r,
+                    Err(Bad::NoMagic) => break,
+                    Err(b) => return Err(self.dram_err((page << shift) | off as u64, b)),
+                };
+                let addr = (page << shift) | off as u64;
+                let len = rec.len();
+                off += len;
+                if rec.is_tombstone() || rec.dead().load(Relaxed) != 0 {
+                    continue; // superseded or deleted
+                }
+                let hash = hash_key(rec.key());
+                debug_assert_eq!(
+                    // SAFETY: lock held.
+                    unsafe { self.index.table() }.find::<()>(hash, |a| Ok(a == addr)),
+                    Ok(Some(addr)),
+                    "a record not marked dead is its key's newest"
+                );
+                live += 1;
+                let heat = rec.heat().load(Relaxed);
+                if readmit && policy.readmit(heat) {
+                    keep.push((heat, addr, len, hash));
+                } else {
+                    // SAFETY: `len` bytes of the record lie within the frame.
+                    let bytes = unsafe { std::slice::from_raw_parts(base.add(off - len), len) };
+                    self.far_append(st, bytes, hash, addr)?;
+                }
+            }
+        }
+        keep.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let cap = readmit_cap(page_bytes);
+        let readmitted_before = st.readmit.len();
+        for (heat, addr, len, hash) in keep {
+            let base = self.frame_ptr(st, addr >> shift);
+            let off = (addr & ((1 << shift) - 1)) as usize;
+            // SAFETY: `len` bytes of the record lie within its frame.
+            let bytes = unsafe { std::slice::from_raw_parts(base.add(off), len) };
+            if st.readmit_bytes.len() + len <= cap {
+                let at = st.readmit_bytes.len();
+                st.readmit_bytes.extend_from_slice(bytes);
+                st.readmit_bytes[at + 4] = heat / 2; // the heat byte: halved per pass
+                st.readmit.push((hash, addr, len));
+            } else {
+                self.far_append(st, bytes, hash, addr)?;
+            }
+        }
+        if readmit {
+            policy.on_drain(live, st.readmit.len() - readmitted_before);
+        }
+        self.far_flush(st)
+    }
+
+    /// Lock held: the DRAM record at `addr` (which the index pointed at).
+    fn dram_record(&self, addr: u64) -> RecordRef {
+        let shift = self.shared.page_shift;
+        let page = addr >> shift;
+        let off = (addr & ((1 << shift) - 1)) as usize;
+        let base = self.ring[(page % self.ring.len() as u64) as usize].load(Relaxed);
+        // SAFETY: lock held, so the page's frame is in place; the record was parsed when it
+        // was found in the index.
+        unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }
+            .expect("a DRAM record the index pointed at parses")
+    }
+
+    fn frame_ptr(&self, st: &mut State, page: u64) -> *mut u8 {
+        let slot = (page % self.ring.len() as u64) as usize;
+        st.frames[slot]
+            .as_mut()
+            .expect("a DRAM page has a frame")
+            .ptr()
+    }
+
+    /// Copy the records collected for readmission into the (new) tail page and repoint them.
+    /// The tail page is fresh, and the collection is capped below a page, so they fit.
+    fn place_readmitted(&self, st: &mut State) {
         if st.readmit.is_empty() {
-            return Ok(());
+            return;
         }
         let bytes = std::mem::take(&mut st.readmit_bytes);
         let list = std::mem::take(&mut st.readmit);
@@ -697,89 +842,44 @@ impl Partition {
                 .copy_from_slice(&bytes[at..at + len]);
             st.tail += len as u64;
             at += len;
-            if table.replace(hash, from, to) {
-                st.dram.records += 1;
-                st.dram.bytes += len as u64;
-                st.readmissions += 1;
-            }
+            let moved = table.replace(hash, from, to);
+            debug_assert!(moved, "lock held: a collected record stays live");
+            st.readmissions += 1;
         }
         st.readmit_bytes = bytes;
         st.readmit_bytes.clear();
         st.readmit = list;
         st.readmit.clear();
-        Ok(())
     }
 
-    /// Demote the oldest DRAM page: collect its hot records for readmission (if `readmit`; the
-    /// caller must then place them, see `place_readmitted`), write it to its far segment,
-    /// advance `head`, retire its frame.
-    fn demote_head(&self, st: &mut State, readmit: bool) -> Result<()> {
-        let shift = self.shared.page_shift;
-        let page_bytes = self.shared.page_bytes();
-        let page = self.head.load(Relaxed);
-        let slot = (page % self.ring.len() as u64) as usize;
-        let base = st.frames[slot]
-            .as_mut()
-            .expect("a DRAM page has a frame")
-            .ptr();
-        // SAFETY: lock held.
-        let table = unsafe { self.index.table() };
-        let policy = &self.shared.policy;
-        let mut live = Live::default();
-        let mut off = 0;
-        while off + HEADER <= page_bytes {
-            // SAFETY: the frame is ours (lock held) and holds a page of records.
-            let rec = match unsafe { RecordRef::parse(base.add(off), page_bytes - off) } {
-                Ok(r) => r,
-                Err(Bad::NoMagic) => break,
-                Err(b) => return Err(self.dram_err(page << shift | off as u64, b)),
-            };
-            let addr = (page << shift) | off as u64;
-            let len = rec.len();
-            if !rec.is_tombstone() {
-                let hash = hash_key(rec.key());
-                if table.find::<()>(hash, |a| Ok(a == addr)) == Ok(Some(addr)) {
-                    let heat = rec.heat().load(Relaxed);
-                    if readmit
-                        && policy.readmit(heat)
-                        && st.readmit_bytes.len() + len <= page_bytes / 2
-                    {
-                        let at = st.readmit_bytes.len();
-                        // SAFETY: `len` bytes of the record lie within the frame.
-                        st.readmit_bytes.extend_from_slice(unsafe {
-                            std::slice::from_raw_parts(base.add(off), len)
-                        });
-                        st.readmit_bytes[at + 4] = heat - 1; // the heat byte
-                        st.readmit.push((hash, addr, len));
-                    } else {
-                        live.records += 1;
-                        live.bytes += len as u64;
-                    }
-                    st.dram.records -= 1;
-                    st.dram.bytes -= len as u64;
-                }
-            }
-            off += len;
+    /// Send the records collected for readmission to the far log instead.
+    fn readmitted_to_far(&self, st: &mut State) -> Result<()> {
+        let bytes = std::mem::take(&mut st.readmit_bytes);
+        let list = std::mem::take(&mut st.readmit);
+        let mut at = 0;
+        for &(hash, from, len) in &list {
+            self.far_append(st, &bytes[at..at + len], hash, from)?;
+            at += len;
         }
-        // Write the page to its segment before anyone can look for it there.
-        let page_addr = page << shift;
-        let seg_no = page_addr >> self.shared.seg_shift;
-        let seg_off = (page_addr & ((1 << self.shared.seg_shift) - 1)) as usize;
-        let seg = self.segment_for_write(st, seg_no)?;
-        // SAFETY: the frame is ours and `page_bytes` long.
-        let bytes = unsafe { std::slice::from_raw_parts(base, page_bytes) };
-        seg.write(&*self.shared.storage, bytes, seg_off)?;
-        let meta = st.segs.entry(seg_no).or_default();
-        meta.written += page_bytes as u64;
-        meta.live += live.bytes;
-        st.far.records += live.records;
-        st.far.bytes += live.bytes;
-        self.head.store(page + 1, Release);
-        let frame = st.frames[slot].take().expect("checked above");
+        st.readmit_bytes = bytes;
+        st.readmit_bytes.clear();
+        st.readmit = list;
+        st.readmit.clear();
+        self.far_flush(st)
+    }
+
+    /// Move `head` past `count` drained pages and retire their frames. Every live record on
+    /// them has been repointed (to the far log or the tail) before this.
+    fn release_pages(&self, st: &mut State, count: u64) {
+        let head = self.head.load(Relaxed);
+        self.head.store(head + count, Release);
         let e = epoch().advance();
-        st.retired.push_back((e, Retired::Frame(frame)));
-        st.pages_demoted += 1;
-        Ok(())
+        for page in head..head + count {
+            let slot = (page % self.ring.len() as u64) as usize;
+            let frame = st.frames[slot].take().expect("a DRAM page has a frame");
+            st.retired.push_back((e, Retired::Frame(frame)));
+            st.pages_demoted += 1;
+        }
     }
 
     fn dram_err(&self, addr: u64, b: Bad) -> Error {
@@ -789,7 +889,92 @@ impl Partition {
         }
     }
 
-    /// The segment that page writes for `seg_no` go to, created (and the table grown) if new.
+    // ----- the far log -------------------------------------------------------------------
+
+    /// Copy a live record (now at `from`) into the far log's open page. It is written and
+    /// repointed by the next [`Partition::far_flush`], which the caller must call before
+    /// releasing the lock.
+    fn far_append(&self, st: &mut State, rec: &[u8], hash: u64, from: u64) -> Result<()> {
+        let page_bytes = self.shared.page_bytes();
+        let len = rec.len();
+        let mut off = st.far_tail as usize & (page_bytes - 1);
+        if off + len > page_bytes {
+            // The rest of the page stays zero in the (sparse) file: that ends the page.
+            self.far_flush(st)?;
+            st.far_tail += (page_bytes - off) as u64;
+            off = 0;
+        }
+        if off == 0 {
+            // A new far page: what is pending belongs to the previous one.
+            self.far_flush(st)?;
+            st.far_written = 0;
+            let seg_mask = self.shared.seg_bytes() as u64 - 1;
+            if st.far_tail > 0 && st.far_tail & seg_mask == 0 {
+                let done = (st.far_tail - 1) >> self.shared.seg_shift;
+                if let Some(m) = st.segs.get_mut(&done) {
+                    m.full = true;
+                }
+            }
+        }
+        st.far_page[off..off + len].copy_from_slice(rec);
+        st.far_pending.push((hash, from, FAR | st.far_tail, len));
+        st.far_tail += len as u64;
+        Ok(())
+    }
+
+    /// Write what [`Partition::far_append`] added to the open far page, then repoint each
+    /// record there. On failure nothing is repointed and the appends are forgotten, so the
+    /// records stay where they were.
+    fn far_flush(&self, st: &mut State) -> Result<()> {
+        if st.far_pending.is_empty() {
+            return Ok(());
+        }
+        let page_bytes = self.shared.page_bytes();
+        let end = match st.far_tail as usize & (page_bytes - 1) {
+            0 => page_bytes,
+            e => e,
+        };
+        let page_start = (st.far_tail - 1) & !(page_bytes as u64 - 1);
+        let seg_no = page_start >> self.shared.seg_shift;
+        let seg_off = (page_start & (self.shared.seg_bytes() as u64 - 1)) as usize;
+        let from = st.far_written;
+        let written = self.segment_for_write(st, seg_no).and_then(|seg| {
+            seg.write(
+                &*self.shared.storage,
+                &st.far_page[from..end],
+                seg_off + from,
+            )
+        });
+        if let Err(e) = written {
+            st.far_tail = page_start + from as u64;
+            st.far_pending.clear();
+            return Err(e);
+        }
+        st.far_written = end;
+        st.segs.entry(seg_no).or_default();
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let pending = std::mem::take(&mut st.far_pending);
+        for &(hash, from, to, len) in &pending {
+            let moved = table.replace(hash, from, to);
+            debug_assert!(moved, "lock held: an appended record stays live");
+            if from & FAR == 0 {
+                st.dram.records -= 1;
+                st.dram.bytes -= len as u64;
+            } else {
+                self.far_dead(st, from, len);
+                st.compaction_bytes += len as u64;
+            }
+            st.far.records += 1;
+            st.far.bytes += len as u64;
+            st.segs.entry(seg_no).or_default().live += len as u64;
+        }
+        st.far_pending = pending;
+        st.far_pending.clear();
+        Ok(())
+    }
+
+    /// The segment that far writes for `seg_no` go to, created (and the table grown) if new.
     fn segment_for_write<'a>(&'a self, st: &mut State, seg_no: u64) -> Result<&'a Segment> {
         // SAFETY: lock held; only the lock holder swaps segment tables.
         let mut segs = unsafe { &*self.segs.load(Relaxed) };
@@ -828,7 +1013,8 @@ impl Partition {
             + segs.bytes()
             + st.retired_segtable_bytes
             + self.ring.len() * (8 + std::mem::size_of::<Option<Frame>>())
-            + self.shared.page_bytes() / 2
+            + readmit_cap(self.shared.page_bytes())
+            + self.shared.page_bytes() // the far log's open page
     }
 
     /// Frames the partition may hold now.
@@ -913,13 +1099,15 @@ impl Partition {
         let shift = self.shared.page_shift;
         while st.allocated_frames > room {
             self.reclaim(st);
+            let head = self.head.load(Relaxed);
             if let Some(f) = st.spare.pop() {
                 drop(f);
                 st.allocated_frames -= 1;
             } else if let Some((e, _)) = st.retired.front() {
                 epoch().wait_safe(*e);
-            } else if self.head.load(Relaxed) < st.tail >> shift {
-                self.demote_head(st, false)?;
+            } else if head < st.tail >> shift {
+                self.drain_pages(st, head, 1, false)?;
+                self.release_pages(st, 1);
             } else {
                 break;
             }
@@ -947,7 +1135,7 @@ impl Partition {
             let victim = st
                 .segs
                 .iter()
-                .filter(|(_, m)| m.written == seg_bytes)
+                .filter(|(_, m)| m.full)
                 .filter(|(_, m)| (m.live as f64) < ratio * seg_bytes as f64)
                 .min_by_key(|(_, m)| m.live)
                 .map(|(s, _)| *s);
@@ -986,7 +1174,8 @@ impl Partition {
         let Some(seg) = segs.get(seg_no) else {
             return Ok(());
         };
-        // Copy the page out first: appending may demote pages and touch the index.
+        // Copy the page out first: the appends below may flush, and the guard must cover
+        // every load from the mapping.
         let mut page = vec![0u8; page_bytes];
         let copied = crate::sigbus::guarded(seg.base(), seg.len(), || {
             // SAFETY: the page lies within the mapping (segments are whole pages).
@@ -1001,7 +1190,7 @@ impl Partition {
                 reason: seg.damage(page_off, "a load past the end of the file"),
             });
         }
-        let base_addr = (seg_no << self.shared.seg_shift) | page_off as u64;
+        let base_addr = FAR | (seg_no << self.shared.seg_shift) | page_off as u64;
         let mut off = 0;
         while off + HEADER <= page_bytes {
             // SAFETY: `page` is our own buffer.
@@ -1023,17 +1212,12 @@ impl Partition {
                 // SAFETY: lock held.
                 let table = unsafe { self.index.table() };
                 if table.find::<()>(hash, |a| Ok(a == addr)) == Ok(Some(addr)) {
-                    let to = self.append(st, rec.key(), rec.value(), 0, rec.seq(), 0)?;
-                    table.replace(hash, addr, to);
-                    self.far_dead(st, addr, len);
-                    st.dram.records += 1;
-                    st.dram.bytes += len as u64;
-                    st.compaction_bytes += len as u64;
+                    self.far_append(st, &page[off..off + len], hash, addr)?;
                 }
             }
             off += len;
         }
-        Ok(())
+        self.far_flush(st)
     }
 
     // ----- reporting ---------------------------------------------------------------------
@@ -1072,6 +1256,11 @@ impl Drop for Partition {
             }
         }
     }
+}
+
+/// Bytes of readmitted records one page advance may carry into the new tail page.
+fn readmit_cap(page_bytes: usize) -> usize {
+    page_bytes / 4 * 3
 }
 
 /// Bind the page-aligned interior of `[ptr, ptr+len)` to `node`.

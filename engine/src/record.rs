@@ -8,7 +8,8 @@
 //!             by the checksum and meaningless in the far tier
 //!      5    1 magic 0xA5: a record starts here (anything else ends the page)
 //!      6    1 flags: bit 0 = tombstone
-//!      7    1 reserved, 0
+//!      7    1 dead: set (under the partition lock) when a newer version or a delete
+//!             supersedes the record while it is in DRAM; not covered by the checksum
 //!      8    4 key length (u32 LE), at most MAX_KEY
 //!     12    4 value length (u32 LE), 0 for a tombstone
 //!     16    8 sequence number (u64 LE): the partition's write order, for recovery and revisions
@@ -17,7 +18,7 @@
 //!
 //! Invariants: a record never spans pages; records in a page are packed from offset 0 and the
 //! first byte position whose magic is not 0xA5 ends the page; a published record's bytes other
-//! than `heat` never change until its frame is reused (updates append a new record).
+//! than `heat` and `dead` never change until its frame is reused (updates append a new record).
 
 use std::sync::atomic::AtomicU8;
 
@@ -27,6 +28,7 @@ pub(crate) const FLAG_TOMBSTONE: u8 = 1;
 const OFF_HEAT: usize = 4;
 const OFF_MAGIC: usize = 5;
 const OFF_FLAGS: usize = 6;
+const OFF_DEAD: usize = 7;
 const OFF_KLEN: usize = 8;
 const OFF_VLEN: usize = 12;
 const OFF_SEQ: usize = 16;
@@ -44,7 +46,7 @@ pub(crate) fn encode(dst: &mut [u8], key: &[u8], value: &[u8], flags: u8, seq: u
     dst[OFF_HEAT] = heat;
     dst[OFF_MAGIC] = MAGIC;
     dst[OFF_FLAGS] = flags;
-    dst[7] = 0;
+    dst[OFF_DEAD] = 0;
     dst[OFF_KLEN..OFF_KLEN + 4].copy_from_slice(&(key.len() as u32).to_le_bytes());
     dst[OFF_VLEN..OFF_VLEN + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
     dst[OFF_SEQ..OFF_SEQ + 8].copy_from_slice(&seq.to_le_bytes());
@@ -122,6 +124,26 @@ impl RecordRef {
         })
     }
 
+    /// Ask the CPU to start loading every cache line of the record after the first (which
+    /// `parse` has already loaded), so that the reads that follow overlap their misses.
+    #[inline]
+    pub(crate) fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let len = HEADER + self.key_len + self.value_len;
+            let mut at = 64 - (self.ptr as usize & 63);
+            while at < len {
+                // SAFETY: a prefetch never faults; the address is inside the record anyway.
+                unsafe {
+                    core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                        self.ptr.add(at).cast(),
+                    );
+                }
+                at += 64;
+            }
+        }
+    }
+
     /// Check the checksum (done on every far read; DRAM records were written by this process).
     pub(crate) fn verify(&self) -> Result<(), Bad> {
         // SAFETY: `parse` checked that the header and payload lie within the readable range.
@@ -164,6 +186,13 @@ impl RecordRef {
     #[inline]
     pub(crate) fn len(&self) -> usize {
         record_len(self.key_len, self.value_len)
+    }
+
+    /// The superseded mark; only written while the record is in DRAM.
+    #[inline]
+    pub(crate) fn dead(&self) -> &AtomicU8 {
+        // SAFETY: as for `heat`.
+        unsafe { &*self.ptr.add(OFF_DEAD).cast::<AtomicU8>() }
     }
 
     /// The access counter; only meaningful (and only written) while the record is in DRAM.

@@ -121,7 +121,7 @@ fn impossible_budgets_and_configurations_say_what_to_change() {
 #[test]
 fn the_index_outgrowing_the_budget_is_an_error_not_an_overrun() {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(tiny(dir.path(), 40 << 10));
+    let db = open(tiny(dir.path(), 56 << 10));
     let mut refused = None;
     for k in 0..100_000u32 {
         match db.put(&key(k), b"") {
@@ -134,7 +134,7 @@ fn the_index_outgrowing_the_budget_is_an_error_not_an_overrun() {
         let s = db.stats();
         assert!(s.dram_used_bytes <= s.dram_budget_bytes, "{s:?}");
     }
-    let (k, e) = refused.expect("a 40 KiB budget cannot index 100,000 keys");
+    let (k, e) = refused.expect("a 56 KiB budget cannot index 100,000 keys");
     assert!(matches!(e, Error::BudgetExhausted(_)), "{e}");
     // Everything acknowledged before the refusal is still there.
     for j in (0..k).step_by(97) {

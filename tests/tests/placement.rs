@@ -9,7 +9,7 @@ fn open(topology: Topology, partitions: usize) -> (tempfile::TempDir, Db) {
     let mut c = Config::new(dir.path());
     c.topology = Some(topology);
     c.partitions = partitions;
-    c.dram_budget_bytes = 8 << 20;
+    c.dram_budget_bytes = 16 << 20;
     c.page_bytes = 64 << 10;
     c.segment_bytes = 256 << 10;
     c.max_value_bytes = 4096;

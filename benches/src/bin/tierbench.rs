@@ -5,10 +5,12 @@
 use clap::Parser;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
-use tera_benches::keys::KEY_LEN;
+use tera_benches::keys::{self, KEY_LEN};
 use tera_benches::probe;
 use tera_benches::workload::{self, Dist, Phase, Workload};
-use tera_engine::{AlwaysPromote, Config, Db, FrequencyAdmission, HeatPolicy, NeverPromote};
+use tera_engine::{
+    AlwaysPromote, Config, Db, FrequencyAdmission, GhostAdmission, HeatPolicy, NeverPromote,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,18 +40,27 @@ struct Args {
     /// Measured seconds per run.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Unmeasured seconds before each measured run (caches and tiers settle).
-    #[arg(long, default_value_t = 3.0)]
+    /// Most unmeasured seconds before each measured run. The warm-up runs the workload in
+    /// slices of `--warmup-slice` seconds until the DRAM hit ratio of a slice moves by less
+    /// than 0.002 from the slice before (the tiers have settled), or this much time has passed.
+    #[arg(long, default_value_t = 60.0)]
     warmup_seconds: f64,
+    /// Length of one warm-up slice, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_slice: f64,
     /// Emulated far-tier latency per record read, ns (0: none). Figures with it say so.
     #[arg(long, default_value_t = 0)]
     far_ns: u64,
     /// DRAM budgets as fractions of the loaded data (records x (key + value bytes)).
     #[arg(long, default_value = "1,0.125", value_delimiter = ',')]
     dram_fractions: Vec<f64>,
-    /// Heat policy: frequency (default), always, never.
-    #[arg(long, default_value = "frequency")]
+    /// Heat policy: ghost (the engine's default), frequency, always, never.
+    #[arg(long, default_value = "ghost")]
     policy: String,
+    /// For the ghost policy: one remembered far read per this many bytes of DRAM budget
+    /// (smaller remembers more, so admits records that are read less often).
+    #[arg(long, default_value_t = 4096)]
+    ghost_slot_bytes: u64,
     /// Partitions (0: the engine's default, two per CPU).
     #[arg(long, default_value_t = 0)]
     partitions: usize,
@@ -74,8 +85,15 @@ fn main() {
     }
 }
 
-fn policy(name: &str, budget: u64) -> Result<std::sync::Arc<dyn HeatPolicy>, String> {
+fn policy(
+    name: &str,
+    budget: u64,
+    ghost_slot_bytes: u64,
+) -> Result<std::sync::Arc<dyn HeatPolicy>, String> {
     Ok(match name {
+        "ghost" => std::sync::Arc::new(GhostAdmission::new(
+            (budget / ghost_slot_bytes.max(1)) as usize,
+        )),
         "frequency" => std::sync::Arc::new(FrequencyAdmission::new(
             (budget / 256) as usize,
             2,
@@ -85,7 +103,7 @@ fn policy(name: &str, budget: u64) -> Result<std::sync::Arc<dyn HeatPolicy>, Str
         "never" => std::sync::Arc::new(NeverPromote),
         other => {
             return Err(format!(
-                "unknown policy {other:?}: use frequency, always or never"
+                "unknown policy {other:?}: use ghost, frequency, always or never"
             ))
         }
     })
@@ -192,7 +210,7 @@ fn real_main() -> Result<(), String> {
             c.segment_bytes = c.page_bytes * 32;
             c.far_latency_ns = a.far_ns;
             c.expected_records = a.records as usize;
-            c.policy = Some(policy(&a.policy, budget)?);
+            c.policy = Some(policy(&a.policy, budget, a.ghost_slot_bytes)?);
             let page = c.page_bytes;
             let db = Db::open(c).map_err(|e| format!("fraction {fraction}: {e}"))?;
 
@@ -208,20 +226,28 @@ fn real_main() -> Result<(), String> {
             if show {
                 eprint!("\r{:80}\r", "");
             }
-            let phase = |secs: f64| Phase {
+            // Stream 0 is measured (the same at every fraction); warm-up slices use streams
+            // 1, 2, ..., so the measured operations never replay what warmed the tiers.
+            let phase = |secs: f64, stream: u64| Phase {
                 workload: w,
                 dist,
                 records: a.records,
                 value_bytes: a.value_bytes,
                 threads: a.threads,
                 duration: Duration::from_secs_f64(secs),
-                seed: a.seed,
+                seed: keys::mix(a.seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             };
-            if a.warmup_seconds > 0.0 {
-                workload::run(&db, &phase(a.warmup_seconds)).map_err(|e| e.to_string())?;
+            let (warmup, trace) = warm_up(&db, a.warmup_seconds, a.warmup_slice, phase)?;
+            if !a.json && !trace.is_empty() {
+                let t: Vec<String> = trace.iter().map(|h| format!("{h:.3}")).collect();
+                eprintln!(
+                    "warm-up hit ratio per {}s slice: {}",
+                    a.warmup_slice,
+                    t.join(" ")
+                );
             }
             let before = db.stats();
-            let m = workload::run(&db, &phase(a.seconds)).map_err(|e| e.to_string())?;
+            let m = workload::run(&db, &phase(a.seconds, 0)).map_err(|e| e.to_string())?;
             let after = db.stats();
             let dram_reads = after.dram.reads - before.dram.reads;
             let far_reads = after.far.reads - before.far.reads;
@@ -268,14 +294,14 @@ fn real_main() -> Result<(), String> {
                     "partitions": after.partitions,
                     "page_bytes": page,
                     "seconds": m.elapsed.as_secs_f64(),
-                    "warmup_seconds": a.warmup_seconds,
+                    "warmup_seconds": warmup,
                     "load_seconds": load_s,
                     "seed": a.seed,
                 });
                 println!("{line}");
             } else {
                 println!(
-                    "{:<3} {:>6} {:>9} {:>12.0} {:>8.4} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8.1} {:>10}",
+                    "{:<3} {:>6} {:>9} {:>12.0} {:>8.4} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8.1} {:>10} {:>5.0}s",
                     w.name(),
                     fraction,
                     mib(budget),
@@ -289,6 +315,7 @@ fn real_main() -> Result<(), String> {
                     mib(after.index_bytes),
                     after.index_bytes_per_key(),
                     after.promotions - before.promotions,
+                    warmup,
                 );
             }
             let _ = std::io::stdout().flush();
@@ -300,6 +327,36 @@ fn real_main() -> Result<(), String> {
         println!("far-tier latency of {} ns per record read is EMULATED (busy-wait); see docs/benchmarks.md", a.far_ns);
     }
     Ok(())
+}
+
+/// Run the workload unmeasured until the DRAM hit ratio settles (a slice no better than the
+/// best of the two before it, by 0.001) or `most` seconds pass; returns the seconds spent.
+fn warm_up(
+    db: &Db,
+    most: f64,
+    slice: f64,
+    phase: impl Fn(f64, u64) -> Phase,
+) -> Result<(f64, Vec<f64>), String> {
+    let t = Instant::now();
+    let mut hits: Vec<f64> = Vec::new();
+    while slice > 0.0 && t.elapsed().as_secs_f64() + slice <= most + 1e-9 {
+        let before = db.stats();
+        workload::run(db, &phase(slice, hits.len() as u64 + 1)).map_err(|e| e.to_string())?;
+        let after = db.stats();
+        let d = after.dram.reads - before.dram.reads;
+        let f = after.far.reads - before.far.reads;
+        let hit = if d + f == 0 {
+            1.0
+        } else {
+            d as f64 / (d + f) as f64
+        };
+        let n = hits.len();
+        hits.push(hit);
+        if n >= 2 && hit <= hits[n - 1].max(hits[n - 2]) + 0.001 {
+            break;
+        }
+    }
+    Ok((t.elapsed().as_secs_f64(), hits))
 }
 
 fn num_cpus() -> usize {
