@@ -1,7 +1,7 @@
 # One command does what CI does: `make test` (which .ci/run calls).
 #
 #   make deps   install the system packages the build needs (Debian/Ubuntu, via apt-get)
-#   make test   rustfmt check, clippy with warnings denied, every test of the workspace
+#   make test   rustfmt check, clippy with warnings denied, every test of the workspace, loom
 #   make run    the tierbench macro benchmark with a small default configuration
 #   make loom   the engine's loom model tests (own target dir: the cfg changes every crate)
 #
@@ -58,6 +58,7 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace $(TEST_FLAGS)
+	$(MAKE) --no-print-directory loom
 
 run: deps
 	$(CARGO) run --release -p tera-benches --bin tierbench -- $(RUN_ARGS)

@@ -1,1 +1,122 @@
-fn main() {}
+//! Criterion benches of the engine's core pieces, each on a database built for it:
+//! index probe (a get that misses), DRAM read, far read with and without emulated latency,
+//! promotion (far read plus copy to DRAM), and writes with and without page demotion.
+//!
+//! `cargo bench -p tera-benches --bench core`; figures in docs/benchmarks.md.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+use std::sync::Arc;
+use tera_benches::keys::{key, value_into, KEY_LEN};
+use tera_engine::{AlwaysPromote, Config, Db, HeatPolicy, NeverPromote};
+
+const RECORDS: u64 = 200_000;
+const VALUE: usize = 1024;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: Db,
+}
+
+fn open(budget: u64, far_ns: u64, policy: Arc<dyn HeatPolicy>) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = Config::new(dir.path());
+    c.dram_budget_bytes = budget;
+    c.partitions = 4;
+    c.page_bytes = 256 << 10;
+    c.segment_bytes = 8 << 20;
+    c.max_key_bytes = KEY_LEN;
+    c.max_value_bytes = VALUE;
+    c.far_latency_ns = far_ns;
+    c.expected_records = RECORDS as usize;
+    c.policy = Some(policy);
+    c.background_maintenance = false;
+    let db = Db::open(c).expect("open");
+    let mut v = Vec::new();
+    for i in 0..RECORDS {
+        value_into(i, 0, &mut v, VALUE);
+        db.put(&key(i), &v).expect("load");
+    }
+    Fixture { _dir: dir, db }
+}
+
+/// Records 0..RECORDS/2 (the first loaded) are far when the budget holds a quarter.
+fn far_fixture(far_ns: u64, policy: Arc<dyn HeatPolicy>) -> Fixture {
+    let f = open(RECORDS * 1100 / 4, far_ns, policy);
+    assert!(f.db.stats().far.records >= RECORDS / 2);
+    f
+}
+
+fn next(i: &mut u64, n: u64) -> u64 {
+    *i = i
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (*i >> 33) % n
+}
+
+fn benches(c: &mut Criterion) {
+    let mut out = Vec::with_capacity(VALUE);
+    let dram = open(RECORDS * 1300, 0, Arc::new(NeverPromote));
+    assert_eq!(dram.db.stats().far.records, 0, "all records in DRAM");
+    let mut r = 1;
+    c.bench_function("index probe (get of a missing key)", |b| {
+        b.iter(|| {
+            let k = key(RECORDS + next(&mut r, RECORDS));
+            black_box(dram.db.get_into(&k, &mut out).expect("get"))
+        })
+    });
+    c.bench_function("DRAM read (1 KiB value)", |b| {
+        b.iter(|| {
+            let k = key(next(&mut r, RECORDS));
+            black_box(dram.db.get_into(&k, &mut out).expect("get"))
+        })
+    });
+    drop(dram);
+
+    for ns in [0, 300] {
+        let far = far_fixture(ns, Arc::new(NeverPromote));
+        let name = format!("far read (1 KiB value, {ns} ns emulated latency)");
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                let k = key(next(&mut r, RECORDS / 2));
+                black_box(far.db.get_into(&k, &mut out).expect("get"))
+            })
+        });
+        assert_eq!(far.db.stats().promotions, 0);
+    }
+
+    let promo = far_fixture(0, Arc::new(AlwaysPromote));
+    c.bench_function("far read + promotion (1 KiB value)", |b| {
+        // Promoted records push others far again, so the far half keeps being far.
+        b.iter(|| {
+            let k = key(next(&mut r, RECORDS));
+            black_box(promo.db.get_into(&k, &mut out).expect("get"))
+        })
+    });
+    assert!(promo.db.stats().promotions > 0);
+    drop(promo);
+
+    let mut v = Vec::new();
+    value_into(7, 1, &mut v, VALUE);
+    let roomy = open(RECORDS * 4000, 0, Arc::new(NeverPromote));
+    c.bench_function("put (DRAM tail, no demotion)", |b| {
+        b.iter(|| roomy.db.put(&key(next(&mut r, RECORDS)), &v).expect("put"))
+    });
+    drop(roomy);
+    let tight = far_fixture(0, Arc::new(NeverPromote));
+    let before = tight.db.stats().pages_demoted;
+    c.bench_function("put with page demotion (amortized)", |b| {
+        b.iter(|| tight.db.put(&key(next(&mut r, RECORDS)), &v).expect("put"))
+    });
+    assert!(tight.db.stats().pages_demoted > before);
+}
+
+criterion_group! {
+    name = core;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = benches
+}
+criterion_main!(core);

@@ -84,7 +84,7 @@ impl KeyChooser {
     }
 
     #[inline]
-    pub fn next(&mut self) -> u64 {
+    pub fn next_record(&mut self) -> u64 {
         match &self.zipf {
             Some(z) => scatter(z.sample(&mut self.rng) as u64 - 1, self.n),
             None => self.rng.random_range(0..self.n),
@@ -212,7 +212,7 @@ fn worker(
     let mut version = 1u32;
     while !stop.load(Relaxed) {
         for i in 0..256u32 {
-            let rec = chooser.next();
+            let rec = chooser.next_record();
             key_into(rec, &mut key);
             let write = read_pct < 100 && chooser.percent() >= read_pct;
             let timed = i % 4 == 0;

@@ -286,12 +286,20 @@ mod loom_models {
                     assert_eq!(f2.load(Acquire), 1, "frame reused under a pinned reader");
                 }
             });
-            // Demoter: page 1 goes to the far tier, then its frame is reused for page 2.
+            // Demoter: page 1 goes to the far tier, then its frame is reused for page 2 if the
+            // epoch allows. (One check instead of `wait_safe`'s spin, which loom cannot bound;
+            // the property is the same: whenever the check passes, reuse is safe.)
             head.store(2, Release);
             let retired = epochs.advance();
-            epochs.wait_safe(retired);
-            frame.store(2, Release);
+            if epochs.is_safe(retired) {
+                frame.store(2, Release);
+            }
             reader.join().unwrap();
+            // Liveness (a finished reader no longer holds the frame) is checked by the unit
+            // tests on real atomics, not here: loom 0.7 lets a read-modify-write read a store
+            // that is not the latest in modification order, which C++ atomicity forbids, so
+            // in its model a scan can appear to re-publish a pin. That only adds behaviours,
+            // so the safety assertion above still holds for every real execution.
         });
     }
 }

@@ -178,9 +178,10 @@ impl SegTable {
     }
 
     /// Drop every segment still in the table (at close).
-    pub(crate) fn drain(&self) -> Vec<Box<Segment>> {
+    pub(crate) fn drain(&self) -> Vec<Segment> {
         (0..self.slots.len())
             .filter_map(|i| self.take(self.first + i as u64))
+            .map(|b| *b)
             .collect()
     }
 

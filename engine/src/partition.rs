@@ -782,7 +782,7 @@ impl Partition {
                 }
             }
         }
-        keep.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        keep.sort_unstable_by_key(|k| std::cmp::Reverse(k.0));
         let cap = readmit_cap(page_bytes);
         let readmitted_before = st.readmit.len();
         for (heat, addr, len, hash) in keep {

@@ -228,19 +228,15 @@ mod tests {
 
     #[test]
     fn zeroes_and_overruns_are_not_records() {
-        let buf = vec![0u8; 64];
+        let buf = [0u8; 64];
         // SAFETY: buf is live and unshared.
-        assert_eq!(
-            unsafe { RecordRef::parse(buf.as_ptr(), 64) }.unwrap_err(),
-            Bad::NoMagic
-        );
-        let mut buf = vec![0u8; 64];
+        let zero = unsafe { RecordRef::parse(buf.as_ptr(), 64) };
+        assert_eq!(zero.unwrap_err(), Bad::NoMagic);
+        let mut buf = [0u8; 64];
         encode(&mut buf, b"k", &[7u8; 30], FLAG_TOMBSTONE, 1, 0);
         // SAFETY: buf is live and unshared.
-        assert_eq!(
-            unsafe { RecordRef::parse(buf.as_ptr(), 40) }.unwrap_err(),
-            Bad::Overrun
-        );
+        let short = unsafe { RecordRef::parse(buf.as_ptr(), 40) };
+        assert_eq!(short.unwrap_err(), Bad::Overrun);
     }
 
     #[test]

@@ -5,11 +5,15 @@
 use tera_engine::{Config, Db, Topology};
 
 fn open(topology: Topology, partitions: usize) -> (tempfile::TempDir, Db) {
+    open_with_budget(topology, partitions, 16 << 20)
+}
+
+fn open_with_budget(topology: Topology, partitions: usize, budget: u64) -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::new(dir.path());
     c.topology = Some(topology);
     c.partitions = partitions;
-    c.dram_budget_bytes = 16 << 20;
+    c.dram_budget_bytes = budget;
     c.page_bytes = 64 << 10;
     c.segment_bytes = 256 << 10;
     c.max_value_bytes = 4096;
@@ -48,7 +52,8 @@ fn default_partition_count_follows_the_cpus() {
 
 #[test]
 fn keys_spread_over_partitions_on_both_sockets_and_read_back() {
-    let (_dir, db) = open(Topology::simulated(2, 2, 1, 1 << 30), 4);
+    // 14 MB of data against a 4 MiB budget: most records live in the far tier.
+    let (_dir, db) = open_with_budget(Topology::simulated(2, 2, 1, 1 << 30), 4, 4 << 20);
     let nodes = db.partition_nodes();
     let mut per_node = [0u32; 2];
     for k in 0..20_000u32 {

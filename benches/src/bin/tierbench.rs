@@ -134,7 +134,7 @@ fn real_main() -> Result<(), String> {
     if a.records == 0 || a.threads == 0 {
         return Err("--records and --threads must be at least 1".into());
     }
-    if a.dram_fractions.iter().any(|f| !(*f > 0.0)) {
+    if a.dram_fractions.iter().any(|f| f.is_nan() || *f <= 0.0) {
         return Err("--dram-fractions must be positive".into());
     }
     let data_bytes = a.records * (KEY_LEN + a.value_bytes) as u64;
