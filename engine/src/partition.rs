@@ -702,7 +702,13 @@ impl Partition {
         let quota = self.quota(st) as u64;
         let demote = (next - head + 2).saturating_sub(quota).min(next - head);
         if demote > 0 {
-            self.drain_pages(st, head, demote, true)?;
+            if let Err(e) = self.drain_pages(st, head, demote, true) {
+                // Nothing is released: the records collected for readmission are still live
+                // where they were.
+                st.readmit.clear();
+                st.readmit_bytes.clear();
+                return Err(e);
+            }
         }
         let frame = match self.take_frame(st) {
             Ok(f) => f,
@@ -844,6 +850,7 @@ impl Partition {
             at += len;
             let moved = table.replace(hash, from, to);
             debug_assert!(moved, "lock held: a collected record stays live");
+            self.dram_record(from).dead().store(1, Relaxed);
             st.readmissions += 1;
         }
         st.readmit_bytes = bytes;
@@ -959,6 +966,9 @@ impl Partition {
             let moved = table.replace(hash, from, to);
             debug_assert!(moved, "lock held: an appended record stays live");
             if from & FAR == 0 {
+                // Should this demotion fail before its pages are released, a retry must not
+                // move the record twice.
+                self.dram_record(from).dead().store(1, Relaxed);
                 st.dram.records -= 1;
                 st.dram.bytes -= len as u64;
             } else {
