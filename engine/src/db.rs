@@ -189,7 +189,9 @@ impl Db {
     }
 
     /// Read-modify-write, atomic with respect to every other write of the key: `f` receives
-    /// the current value (or `None`) and returns the new value (or `None` to delete).
+    /// the current value (or `None`) and returns the new value (or `None` to delete). `f` runs
+    /// under the lock of the key's partition: it must be short and must not call back into
+    /// this database (that would deadlock on the partition lock).
     pub fn update(
         &self,
         key: &[u8],

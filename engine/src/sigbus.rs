@@ -5,10 +5,14 @@
 //! mapping being read. The process-wide SIGBUS handler checks that the faulting address lies
 //! inside that mapping; if so it maps a page of zeros over the faulting page (so the load
 //! completes and the record check fails on the zeros) and records the fault, which `guarded`
-//! turns into an error. Any other SIGBUS gets the default action, as if we were not here.
+//! turns into an error. Any other SIGBUS goes to the handler that was installed before ours
+//! (or gets the default action), as if we were not here.
 
 use std::cell::Cell;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
+
+/// The SIGBUS disposition before ours, to pass faults that are not ours on to.
+static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
 thread_local! {
     static RANGE: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
@@ -48,8 +52,25 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
             return;
         }
     }
-    // Not ours: restore the default action; returning re-runs the load, which then kills the
-    // process with SIGBUS as it would have without this handler.
+    // Not ours: hand it to the previous handler, or restore the default action (returning
+    // then re-runs the load, which kills the process with SIGBUS as it would have without us).
+    if let Some(prev) = PREVIOUS.get() {
+        let h = prev.sa_sigaction;
+        if h != libc::SIG_DFL && h != libc::SIG_IGN {
+            if prev.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the previous handler was installed for SIGBUS with SA_SIGINFO, so
+                // it has this signature; we pass the arguments the kernel gave us.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(h) };
+                f(sig, info, _ctx);
+            } else {
+                // SAFETY: a plain handler takes the signal number only.
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+                f(sig);
+            }
+            return;
+        }
+    }
     // SAFETY: signal() with SIG_DFL is async-signal-safe.
     unsafe {
         libc::signal(sig, libc::SIG_DFL);
@@ -65,6 +86,11 @@ fn install() {
             sa.sa_sigaction = on_sigbus as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
             libc::sigemptyset(&mut sa.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            // Record the previous disposition before ours can run.
+            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) == 0 {
+                let _ = PREVIOUS.set(old);
+            }
             if libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) != 0 {
                 tracing::warn!("could not install the SIGBUS handler: a far file truncated under the engine will kill the process");
             }
