@@ -62,6 +62,8 @@ struct Inner {
     reads: ReadCounters,
     stop: Mutex<bool>,
     wake: Condvar,
+    /// Held for the database's life: the far directory's lock.
+    _far_lock: std::fs::File,
 }
 
 /// A tiered record store. See the crate docs for an example.
@@ -88,9 +90,11 @@ impl Db {
     /// than overwritten.
     pub fn open(config: Config) -> Result<Db> {
         config.validate().map_err(Error::Config)?;
-        prepare_far_dir(&config)?;
+        let far_lock = prepare_far_dir(&config)?;
         crate::sigbus::init();
-        crate::emulate::calibrate();
+        if config.far_latency_ns > 0 {
+            crate::emulate::calibrate();
+        }
 
         let topology = config.topology.clone().unwrap_or_else(Topology::detect);
         let mut nodes = topology.cpu_nodes();
@@ -134,6 +138,7 @@ impl Db {
             reads: ReadCounters::new(),
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            _far_lock: far_lock,
         });
         let maintenance = if config.background_maintenance {
             nodes
@@ -205,8 +210,9 @@ impl Db {
         Ok(())
     }
 
-    /// Run compaction until no far segment qualifies. Returns the pages processed. The
-    /// maintenance threads do this in the background unless turned off in the config.
+    /// Run compaction until no far segment qualifies. Returns the steps taken (pages
+    /// processed plus segments removed). The maintenance threads do this in the background
+    /// unless turned off in the config.
     pub fn maintain(&self) -> Result<usize> {
         let mut steps = 0;
         for p in &self.inner.parts {
@@ -321,16 +327,40 @@ fn spawn_maintenance(inner: Arc<Inner>, node: u32) -> std::io::Result<JoinHandle
         })
 }
 
-fn prepare_far_dir(config: &Config) -> Result<()> {
+/// Create the far directory if needed, check that it is writable and holds no segment files,
+/// and lock it for this database (an exclusive `flock` on `.tera.lock`, held while the
+/// returned file is open) so that two databases never share one far directory.
+fn prepare_far_dir(config: &Config) -> Result<std::fs::File> {
     let dir = &config.far_dir;
     let err = |reason: String| Error::FarDir {
         path: dir.clone(),
         reason,
     };
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
-    let probe = dir.join(".tera-write-probe");
-    std::fs::write(&probe, b"probe").map_err(|e| err(format!("not writable: {e}")))?;
-    let _ = std::fs::remove_file(&probe);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".tera.lock"))
+        .map_err(|e| err(format!("not writable: {e}")))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        let e = std::io::Error::last_os_error();
+        return Err(err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            "another open database is using it (its .tera.lock is held); close that one or \
+             choose another directory"
+                .to_string()
+        } else {
+            format!("cannot lock .tera.lock: {e}")
+        }));
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot list it: {e}")))?;
     for entry in entries.flatten() {
         if let Some(name) = entry.file_name().to_str() {
@@ -343,5 +373,5 @@ fn prepare_far_dir(config: &Config) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(lock)
 }

@@ -29,12 +29,15 @@ pub enum Error {
     },
     /// A far-tier file no longer holds what the engine wrote (truncated, overwritten or
     /// damaged under the engine). The read is refused rather than answered wrongly.
-    #[error("far-tier file {path} is damaged at offset {offset}: {reason}; restore or remove the far directory")]
+    #[error("far-tier file {path} is damaged at offset {offset}: {reason}; the records stored there cannot be read")]
     Corrupt {
         path: PathBuf,
         offset: u64,
         reason: String,
     },
+    /// A partition's log has used all of its 2^47 bytes of addresses.
+    #[error("address space exhausted: {0}")]
+    AddressSpaceExhausted(String),
     /// The DRAM budget cannot hold the index and the minimum number of log frames.
     #[error("DRAM budget exhausted: {0}")]
     BudgetExhausted(String),

@@ -1,11 +1,11 @@
-//! The far tier: log pages written once, whole, to segment files under the far directory and
-//! read in place through read-only shared mappings.
+//! The far tier: the far log's pages, appended sequentially to segment files under the far
+//! directory and read in place through read-only shared mappings.
 //!
-//! A partition's log address space is cut into segments of `segment_bytes`; segment `s` of
-//! partition `p` is the file `p{p:03}-{s:010}.seg`, created at full length (sparse) when its
-//! first page is demoted and removed when compaction has moved its live records away. Files
-//! are written through the [`Storage`] seam (plain `pwrite` by default) so that tests can fail
-//! I/O without any `cfg` in the engine.
+//! A partition's far log address space is cut into segments of `segment_bytes`; segment `s`
+//! of partition `p` is the file `p{p:03}-{s:010}.seg`, created at full length (sparse) when the
+//! far log first writes into it, and removed when compaction has moved its live records away.
+//! Files are written through the [`Storage`] seam (plain `pwrite` by default) so that tests can
+//! fail I/O without any `cfg` in the engine.
 //!
 //! A reader finds a segment through [`SegTable`], an array of pointers swapped whole when it
 //! grows; both tables and segments are retired through the epoch (see `epoch.rs`).
@@ -195,7 +195,14 @@ pub(crate) fn segment_path(dir: &Path, partition: usize, seg: u64) -> PathBuf {
     dir.join(format!("p{partition:03}-{seg:010}.seg"))
 }
 
-/// True for names the engine creates in the far directory.
+/// True for names the engine creates in the far directory: `p` + 3 digits + `-` + 10 digits
+/// + `.seg`.
 pub(crate) fn is_segment_name(name: &str) -> bool {
-    name.starts_with('p') && name.ends_with(".seg")
+    let b = name.as_bytes();
+    b.len() == 19
+        && b[0] == b'p'
+        && b[1..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..15].iter().all(u8::is_ascii_digit)
+        && &b[15..] == b".seg"
 }

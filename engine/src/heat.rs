@@ -156,7 +156,8 @@ impl HeatPolicy for FrequencyAdmission {
         if self.reads.fetch_add(1, Relaxed) % self.window == self.window - 1 {
             self.age();
         }
-        // Bits 16..48 of the hash: independent of the index bucket and of the tag.
+        // Bits 16 and up of the hash (they overlap the bucket and partition bits, which only
+        // makes keys of one partition share counters more evenly).
         let i = (hash >> 16) & self.mask;
         let cell = &self.counters[(i / 2) as usize];
         let shift = (i % 2) * 4;

@@ -41,8 +41,8 @@ fn entry(tag: u16, addr: u64) -> u64 {
     (u64::from(tag) << ADDR_BITS) | addr
 }
 
-/// One table. Backed by anonymous memory (so it can be bound to the partition's node) or, in
-/// loom models, by a `Vec`.
+/// One table: a boxed slice of buckets (bound to the partition's node where its pages allow,
+/// see `partition::bind_inner`).
 pub(crate) struct Table {
     buckets: Box<[Bucket]>,
     /// Entries that are not EMPTY (live or DELETED). Changed only by the lock holder; atomic

@@ -142,8 +142,8 @@ impl std::fmt::Debug for Table {
 #[derive(Debug, Default, Clone, Copy)]
 struct SegMeta {
     live: u64,
-    /// The far log has moved past this segment.
-    full: bool,
+    /// Compaction found a record here that fails its check: leave the segment alone.
+    damaged: bool,
 }
 
 /// Counters of one tier, kept under the lock.
@@ -176,6 +176,8 @@ struct State {
     compacting: Option<(u64, usize)>,
     /// Next far log offset (without the FAR bit).
     far_tail: u64,
+    /// Far log offset up to which records are written and repointed.
+    far_flushed: u64,
     /// Image of the far log's open page, and how much of it is written.
     far_page: Vec<u8>,
     far_written: usize,
@@ -273,6 +275,7 @@ impl Partition {
                 readmit: Vec::new(),
                 compacting: None,
                 far_tail: 0,
+                far_flushed: 0,
                 far_page: vec![0; page],
                 far_written: 0,
                 far_pending: Vec::new(),
@@ -416,7 +419,7 @@ impl Partition {
         let reason = match res {
             Ok(Ok(())) => return Ok(hit),
             Ok(Err(bad)) => seg.damage(off, &bad.to_string()),
-            Err(()) => seg.damage(off, "a load past the end of the file"),
+            Err(()) => seg.damage(off, "the mapping could not be read"),
         };
         Err(ReadErr::Fail(Error::Corrupt {
             path: seg.path.clone(),
@@ -476,13 +479,14 @@ impl Partition {
         let res = crate::sigbus::guarded(seg.base(), seg.len(), || {
             // SAFETY: as in far_visit.
             let rec = unsafe { RecordRef::parse(seg.base().add(soff), page_end - soff) }?;
+            rec.verify()?;
             out = Some((hash_key(rec.key()), rec.len()));
             Ok::<_, Bad>(())
         });
         let reason = match res {
             Ok(Ok(())) => return Ok(out.expect("set on success")),
             Ok(Err(b)) => seg.damage(soff, &b.to_string()),
-            Err(()) => seg.damage(soff, "a load past the end of the file"),
+            Err(()) => seg.damage(soff, "the mapping could not be read"),
         };
         Err(Error::Corrupt {
             path: seg.path.clone(),
@@ -653,9 +657,13 @@ impl Partition {
         let page = self.shared.page_bytes();
         let off = st.tail as usize & (page - 1);
         if off + len > page || (off == 0 && !self.tail_has_frame(st)) {
-            self.advance_page(st)?;
+            self.advance_page(st, len)?;
         }
         let addr = st.tail;
+        debug_assert!(
+            (addr as usize & (page - 1)) + len <= page,
+            "the record fits its page"
+        );
         let dst = self.tail_slice(st, addr, len);
         record::encode(dst, key, value, flags, seq, heat);
         st.tail += len as u64;
@@ -681,10 +689,11 @@ impl Partition {
         st.frames[slot].is_some()
     }
 
-    /// Seal the tail page and start the next one. If the budget requires, the oldest pages are
-    /// demoted first: their hot records are carried into the new page (readmission), the rest
-    /// of their live records go to the far log, and only then does `head` move past them.
-    fn advance_page(&self, st: &mut State) -> Result<()> {
+    /// Seal the tail page and start the next one, leaving at least `need` bytes free in it for
+    /// the record that asked. If the budget requires, the oldest pages are demoted first: their
+    /// hot records are carried into the new page (readmission), the rest of their live records
+    /// go to the far log, and only then does `head` move past them.
+    fn advance_page(&self, st: &mut State, need: usize) -> Result<()> {
         let shift = self.shared.page_shift;
         let page_bytes = self.shared.page_bytes();
         let off = st.tail as usize & (page_bytes - 1);
@@ -696,19 +705,20 @@ impl Partition {
             }
             (st.tail >> shift) + 1
         };
+        if (next + 1) << shift >= FAR {
+            return Err(Error::AddressSpaceExhausted(format!(
+                "partition {}: the DRAM log has used its 2^47 bytes of addresses",
+                self.id
+            )));
+        }
         self.reclaim(st);
         // After this advance, DRAM pages plus one reserve frame must fit the quota.
         let head = self.head.load(Relaxed);
         let quota = self.quota(st) as u64;
         let demote = (next - head + 2).saturating_sub(quota).min(next - head);
         if demote > 0 {
-            if let Err(e) = self.drain_pages(st, head, demote, true) {
-                // Nothing is released: the records collected for readmission are still live
-                // where they were.
-                st.readmit.clear();
-                st.readmit_bytes.clear();
-                return Err(e);
-            }
+            let room = readmit_cap(page_bytes).min(page_bytes - need);
+            self.drain_pages(st, head, demote, room)?;
         }
         let frame = match self.take_frame(st) {
             Ok(f) => f,
@@ -744,10 +754,34 @@ impl Partition {
         Ok(())
     }
 
-    /// Scan `count` pages from `first`: live records the policy keeps (if `readmit`) are
-    /// collected for readmission, up to [`readmit_cap`] bytes, hottest first; all other live
-    /// records are moved to the far log and repointed there.
-    fn drain_pages(&self, st: &mut State, first: u64, count: u64, readmit: bool) -> Result<()> {
+    /// Scan `count` pages from `first`: live records the policy keeps are collected for
+    /// readmission, hottest first, up to `readmit_room` bytes (0: none); all other live records
+    /// are moved to the far log and repointed there. On failure nothing is released, nothing
+    /// is collected, and what was not yet written to the far log stays where it was.
+    fn drain_pages(
+        &self,
+        st: &mut State,
+        first: u64,
+        count: u64,
+        readmit_room: usize,
+    ) -> Result<()> {
+        let r = self.drain_pages_inner(st, first, count, readmit_room);
+        if r.is_err() {
+            st.readmit.clear();
+            st.readmit_bytes.clear();
+            self.far_abort(st);
+        }
+        r
+    }
+
+    fn drain_pages_inner(
+        &self,
+        st: &mut State,
+        first: u64,
+        count: u64,
+        readmit_room: usize,
+    ) -> Result<()> {
+        let readmit = readmit_room > 0;
         let shift = self.shared.page_shift;
         let page_bytes = self.shared.page_bytes();
         let policy = &self.shared.policy;
@@ -782,27 +816,22 @@ impl Partition {
                 if readmit && policy.readmit(heat) {
                     keep.push((heat, addr, len, hash));
                 } else {
-                    // SAFETY: `len` bytes of the record lie within the frame.
-                    let bytes = unsafe { std::slice::from_raw_parts(base.add(off - len), len) };
-                    self.far_append(st, bytes, hash, addr)?;
+                    self.far_append(st, &rec, hash, addr)?;
                 }
             }
         }
         keep.sort_unstable_by_key(|k| std::cmp::Reverse(k.0));
-        let cap = readmit_cap(page_bytes);
         let readmitted_before = st.readmit.len();
         for (heat, addr, len, hash) in keep {
-            let base = self.frame_ptr(st, addr >> shift);
-            let off = (addr & ((1 << shift) - 1)) as usize;
-            // SAFETY: `len` bytes of the record lie within its frame.
-            let bytes = unsafe { std::slice::from_raw_parts(base.add(off), len) };
-            if st.readmit_bytes.len() + len <= cap {
+            let rec = self.dram_record(addr);
+            if st.readmit_bytes.len() + len <= readmit_room {
                 let at = st.readmit_bytes.len();
-                st.readmit_bytes.extend_from_slice(bytes);
+                st.readmit_bytes.resize(at + len, 0);
+                rec.copy_to(&mut st.readmit_bytes[at..]);
                 st.readmit_bytes[at + 4] = heat / 2; // the heat byte: halved per pass
                 st.readmit.push((hash, addr, len));
             } else {
-                self.far_append(st, bytes, hash, addr)?;
+                self.far_append(st, &rec, hash, addr)?;
             }
         }
         if readmit {
@@ -824,6 +853,8 @@ impl Partition {
     }
 
     fn frame_ptr(&self, st: &mut State, page: u64) -> *mut u8 {
+        // (Only the drain's page walk uses raw frame pointers; records are copied through
+        // `RecordRef::copy_to`, which reads the heat byte atomically.)
         let slot = (page % self.ring.len() as u64) as usize;
         st.frames[slot]
             .as_mut()
@@ -865,7 +896,10 @@ impl Partition {
         let list = std::mem::take(&mut st.readmit);
         let mut at = 0;
         for &(hash, from, len) in &list {
-            self.far_append(st, &bytes[at..at + len], hash, from)?;
+            // SAFETY: `bytes` is our own buffer holding whole records back to back.
+            let rec = unsafe { RecordRef::parse(bytes[at..].as_ptr(), len) }
+                .map_err(|b| self.dram_err(from, b))?;
+            self.far_append(st, &rec, hash, from)?;
             at += len;
         }
         st.readmit_bytes = bytes;
@@ -901,9 +935,15 @@ impl Partition {
     /// Copy a live record (now at `from`) into the far log's open page. It is written and
     /// repointed by the next [`Partition::far_flush`], which the caller must call before
     /// releasing the lock.
-    fn far_append(&self, st: &mut State, rec: &[u8], hash: u64, from: u64) -> Result<()> {
+    fn far_append(&self, st: &mut State, rec: &RecordRef, hash: u64, from: u64) -> Result<()> {
         let page_bytes = self.shared.page_bytes();
         let len = rec.len();
+        if st.far_tail + (2 * page_bytes) as u64 >= FAR {
+            return Err(Error::AddressSpaceExhausted(format!(
+                "partition {}: the far log has used its 2^47 bytes of addresses",
+                self.id
+            )));
+        }
         let mut off = st.far_tail as usize & (page_bytes - 1);
         if off + len > page_bytes {
             // The rest of the page stays zero in the (sparse) file: that ends the page.
@@ -915,15 +955,8 @@ impl Partition {
             // A new far page: what is pending belongs to the previous one.
             self.far_flush(st)?;
             st.far_written = 0;
-            let seg_mask = self.shared.seg_bytes() as u64 - 1;
-            if st.far_tail > 0 && st.far_tail & seg_mask == 0 {
-                let done = (st.far_tail - 1) >> self.shared.seg_shift;
-                if let Some(m) = st.segs.get_mut(&done) {
-                    m.full = true;
-                }
-            }
         }
-        st.far_page[off..off + len].copy_from_slice(rec);
+        rec.copy_to(&mut st.far_page[off..off + len]);
         st.far_pending.push((hash, from, FAR | st.far_tail, len));
         st.far_tail += len as u64;
         Ok(())
@@ -953,11 +986,11 @@ impl Partition {
             )
         });
         if let Err(e) = written {
-            st.far_tail = page_start + from as u64;
-            st.far_pending.clear();
+            self.far_abort(st);
             return Err(e);
         }
         st.far_written = end;
+        st.far_flushed = st.far_tail;
         st.segs.entry(seg_no).or_default();
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
@@ -982,6 +1015,14 @@ impl Partition {
         st.far_pending = pending;
         st.far_pending.clear();
         Ok(())
+    }
+
+    /// Forget what was appended to the far log since the last flush: those records stay where
+    /// they were (their index entries were never changed).
+    fn far_abort(&self, st: &mut State) {
+        st.far_pending.clear();
+        st.far_tail = st.far_flushed;
+        st.far_written = st.far_flushed as usize & (self.shared.page_bytes() - 1);
     }
 
     /// The segment that far writes for `seg_no` go to, created (and the table grown) if new.
@@ -1094,20 +1135,27 @@ impl Partition {
             return Ok(());
         }
         let new_bytes = Table::buckets_for(table.live() + 1) * crate::index::BUCKET_BYTES;
-        let room =
-            self.share.saturating_sub(self.overhead(st) + new_bytes) / self.shared.page_bytes();
-        if room < MIN_FRAMES {
-            return Err(Error::BudgetExhausted(format!(
-                "partition {}: {} keys need an index of {new_bytes} bytes, which leaves {room} \
-                 log frames in a share of {} bytes; raise dram_budget_bytes",
-                self.id,
-                table.live(),
-                self.share
-            )));
-        }
-        // Free frames until the new table fits beside the old one (freed later).
+        // Free frames until the new table fits beside the old one (freed later). The room is
+        // recomputed each time: a drain can grow the segment table.
         let shift = self.shared.page_shift;
-        while st.allocated_frames > room {
+        loop {
+            let room =
+                self.share.saturating_sub(self.overhead(st) + new_bytes) / self.shared.page_bytes();
+            let short = || {
+                Error::BudgetExhausted(format!(
+                    "partition {}: {} keys need an index of {new_bytes} bytes, which leaves \
+                     {room} log frames in a share of {} bytes; raise dram_budget_bytes",
+                    self.id,
+                    table.live(),
+                    self.share
+                ))
+            };
+            if room < MIN_FRAMES {
+                return Err(short());
+            }
+            if st.allocated_frames <= room {
+                break;
+            }
             self.reclaim(st);
             let head = self.head.load(Relaxed);
             if let Some(f) = st.spare.pop() {
@@ -1116,10 +1164,10 @@ impl Partition {
             } else if let Some((e, _)) = st.retired.front() {
                 epoch().wait_safe(*e);
             } else if head < st.tail >> shift {
-                self.drain_pages(st, head, 1, false)?;
+                self.drain_pages(st, head, 1, 0)?;
                 self.release_pages(st, 1);
             } else {
-                break;
+                return Err(short());
             }
         }
         let new = table.rebuilt(1, |a| self.locked_hash_len(st, a).map(|(h, _)| h))?;
@@ -1142,10 +1190,12 @@ impl Partition {
         let page_bytes = self.shared.page_bytes();
         if st.compacting.is_none() {
             let ratio = self.shared.compaction_ratio;
+            // Only segments the far log has moved past, and none known to be damaged.
+            let open = st.far_tail >> self.shared.seg_shift;
             let victim = st
                 .segs
                 .iter()
-                .filter(|(_, m)| m.full)
+                .filter(|(s, m)| **s < open && !m.damaged)
                 .filter(|(_, m)| (m.live as f64) < ratio * seg_bytes as f64)
                 .min_by_key(|(_, m)| m.live)
                 .map(|(s, _)| *s);
@@ -1156,7 +1206,18 @@ impl Partition {
         }
         let (seg_no, off) = st.compacting.expect("set above");
         if off < seg_bytes as usize {
-            self.compact_page(&mut st, seg_no, off)?;
+            if let Err(e) = self.compact_page(&mut st, seg_no, off) {
+                // Records not yet written stay where they are. A damaged segment is left
+                // for the operator; after an I/O error the segment is tried again later.
+                self.far_abort(&mut st);
+                st.compacting = None;
+                if matches!(e, Error::Corrupt { .. }) {
+                    if let Some(m) = st.segs.get_mut(&seg_no) {
+                        m.damaged = true;
+                    }
+                }
+                return Err(e);
+            }
             st.compacting = Some((seg_no, off + page_bytes));
             return Ok(true);
         }
@@ -1184,48 +1245,44 @@ impl Partition {
         let Some(seg) = segs.get(seg_no) else {
             return Ok(());
         };
-        // Copy the page out first: the appends below may flush, and the guard must cover
-        // every load from the mapping.
-        let mut page = vec![0u8; page_bytes];
-        let copied = crate::sigbus::guarded(seg.base(), seg.len(), || {
-            // SAFETY: the page lies within the mapping (segments are whole pages).
-            page.copy_from_slice(unsafe {
-                std::slice::from_raw_parts(seg.base().add(page_off), page_bytes)
-            });
-        });
-        if copied.is_err() {
-            return Err(Error::Corrupt {
-                path: seg.path.clone(),
-                offset: page_off as u64,
-                reason: seg.damage(page_off, "a load past the end of the file"),
-            });
-        }
+        let corrupt = |at: usize, what: String| Error::Corrupt {
+            path: seg.path.clone(),
+            offset: at as u64,
+            reason: seg.damage(at, &what),
+        };
         let base_addr = FAR | (seg_no << self.shared.seg_shift) | page_off as u64;
         let mut off = 0;
         while off + HEADER <= page_bytes {
-            // SAFETY: `page` is our own buffer.
-            let rec = match unsafe { RecordRef::parse(page.as_ptr().add(off), page_bytes - off) } {
-                Ok(r) => r,
-                Err(Bad::NoMagic) => break,
-                Err(b) => {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        offset: (page_off + off) as u64,
-                        reason: seg.damage(page_off + off, &b.to_string()),
-                    })
-                }
-            };
-            let addr = base_addr + off as u64;
-            let len = rec.len();
-            if !rec.is_tombstone() {
-                let hash = hash_key(rec.key());
-                // SAFETY: lock held.
-                let table = unsafe { self.index.table() };
-                if table.find::<()>(hash, |a| Ok(a == addr)) == Ok(Some(addr)) {
-                    self.far_append(st, &page[off..off + len], hash, addr)?;
-                }
+            let at = page_off + off;
+            // Each record is checked and copied under the guard, straight from the mapping.
+            let step =
+                crate::sigbus::guarded(seg.base(), seg.len(), || -> Result<Option<usize>> {
+                    // SAFETY: `at..page_off+page_bytes` lies inside the mapping, which the lock
+                    // keeps mapped; loads past the file's end are caught by the guard.
+                    let rec =
+                        match unsafe { RecordRef::parse(seg.base().add(at), page_bytes - off) } {
+                            Ok(r) => r,
+                            Err(Bad::NoMagic) => return Ok(None),
+                            Err(b) => return Err(corrupt(at, b.to_string())),
+                        };
+                    rec.verify().map_err(|b| corrupt(at, b.to_string()))?;
+                    let addr = base_addr + off as u64;
+                    if !rec.is_tombstone() {
+                        let hash = hash_key(rec.key());
+                        // SAFETY: lock held.
+                        let table = unsafe { self.index.table() };
+                        if table.find::<()>(hash, |a| Ok(a == addr)) == Ok(Some(addr)) {
+                            self.far_append(st, &rec, hash, addr)?;
+                        }
+                    }
+                    Ok(Some(rec.len()))
+                });
+            match step {
+                Ok(Ok(Some(len))) => off += len,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(e),
+                Err(()) => return Err(corrupt(at, "the mapping could not be read".into())),
             }
-            off += len;
         }
         self.far_flush(st)
     }

@@ -1,5 +1,5 @@
-//! The record format, shared by DRAM frames and far pages (a page is written to the far tier
-//! byte for byte as it was in DRAM).
+//! The record format, the same in DRAM pages and far pages (demotion and compaction copy
+//! records byte for byte, heat included).
 //!
 //! ```text
 //! offset size field
@@ -142,6 +142,23 @@ impl RecordRef {
                 at += 64;
             }
         }
+    }
+
+    /// Copy the whole record into `dst` (which must be `len()` bytes), reading the heat byte
+    /// atomically: readers may be bumping it while a demotion copies the record.
+    pub(crate) fn copy_to(&self, dst: &mut [u8]) {
+        let len = self.len();
+        // SAFETY: `parse` checked that the record's bytes lie within the readable range;
+        // every byte but heat is immutable while the record is published.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr, dst.as_mut_ptr(), OFF_HEAT);
+            std::ptr::copy_nonoverlapping(
+                self.ptr.add(OFF_HEAT + 1),
+                dst.as_mut_ptr().add(OFF_HEAT + 1),
+                len - OFF_HEAT - 1,
+            );
+        }
+        dst[OFF_HEAT] = self.heat().load(std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Check the checksum (done on every far read; DRAM records were written by this process).

@@ -5,7 +5,9 @@
 //! mapping being read. The process-wide SIGBUS handler checks that the faulting address lies
 //! inside that mapping; if so it maps a page of zeros over the faulting page (so the load
 //! completes and the record check fails on the zeros) and records the fault, which `guarded`
-//! turns into an error. Any other SIGBUS goes to the handler that was installed before ours
+//! turns into an error. (A media error on a DAX mapping also raises SIGBUS and is reported the
+//! same way: the record cannot be read.) Chaining to a previous handler does not apply that
+//! handler's own signal mask or flags. Any other SIGBUS goes to the handler that was installed before ours
 //! (or gets the default action), as if we were not here.
 
 use std::cell::Cell;
@@ -19,14 +21,11 @@ thread_local! {
     static FAULTED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// The system page size, read once in `init` (sysconf is not async-signal-safe).
+static PAGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4096);
+
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as usize
-    } else {
-        4096
-    }
+    PAGE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
@@ -80,6 +79,11 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
 fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // SAFETY: sysconf has no preconditions.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 {
+            PAGE.store(p as usize, std::sync::atomic::Ordering::Relaxed);
+        }
         // SAFETY: a zeroed sigaction is a valid starting point; we fill handler and flags.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();

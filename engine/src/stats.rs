@@ -23,13 +23,15 @@ pub struct Stats {
     pub promotions: u64,
     /// DRAM records given another pass in DRAM when their page was demoted.
     pub readmissions: u64,
-    /// Pages written to the far tier (their frames were then reused).
+    /// DRAM pages demoted: their live records moved to the far log or readmitted, and their
+    /// frames released for reuse.
     pub pages_demoted: u64,
     /// Bytes of live records moved out of far segments by compaction.
     pub compaction_bytes: u64,
     /// Far segments compacted away (their files removed).
     pub segments_compacted: u64,
-    /// Bytes of far segment files currently allocated.
+    /// Apparent size of the far segment files (they are sparse: the last one is allocated
+    /// only as far as written).
     pub far_file_bytes: u64,
     /// The configured DRAM budget.
     pub dram_budget_bytes: u64,

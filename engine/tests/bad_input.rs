@@ -97,6 +97,20 @@ fn a_far_directory_with_segment_files_from_another_run_is_refused() {
 }
 
 #[test]
+fn two_databases_cannot_share_a_far_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(tiny(dir.path(), 64 << 10));
+    first.put(b"k", b"mine").unwrap();
+    let err = Db::open(tiny(dir.path(), 64 << 10)).unwrap_err();
+    assert!(matches!(err, Error::FarDir { .. }), "{err}");
+    assert!(err.to_string().contains("another open database"), "{err}");
+    assert_eq!(first.get(b"k").unwrap().as_deref(), Some(&b"mine"[..]));
+    drop(first);
+    // Closed (and its scratch files removed): the directory can be used again.
+    open(tiny(dir.path(), 64 << 10));
+}
+
+#[test]
 fn impossible_budgets_and_configurations_say_what_to_change() {
     let dir = tempfile::tempdir().unwrap();
     let err = Db::open(tiny(dir.path(), 8 << 10)).unwrap_err();
@@ -237,7 +251,7 @@ fn a_far_file_overwritten_under_the_engine_fails_its_checksum() {
     for k in 0..n {
         match db.get(&key(k)) {
             Ok(Some(v)) => assert_eq!(v, value_for(k, 1, 300), "wrong value for {k}"),
-            Ok(None) => {}
+            Ok(None) => panic!("key {k} reported missing instead of damaged"),
             Err(Error::Corrupt { reason, path, .. }) => {
                 assert_eq!(path, files[0]);
                 assert!(
@@ -252,4 +266,50 @@ fn a_far_file_overwritten_under_the_engine_fails_its_checksum() {
         }
     }
     assert!(bad > 0, "damage not detected");
+}
+
+#[test]
+fn compaction_of_a_damaged_segment_reports_it_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(with_policy(
+        tiny(dir.path(), 64 << 10),
+        std::sync::Arc::new(NeverPromote),
+    ));
+    let n = fill_far(&db);
+    // Make the first segment a compaction candidate: overwrite most of its keys.
+    for k in 0..n / 2 {
+        db.put(&key(k), &value_for(k, 2, 300)).unwrap();
+    }
+    let files = segment_files(dir.path());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    for off in (100..16_000).step_by(64) {
+        f.write_all_at(&[0xa5], off).unwrap();
+    }
+    let err = loop {
+        match db.maintain() {
+            Err(e) => break e,
+            Ok(0) => panic!("the damaged segment was never compacted"),
+            Ok(_) => {}
+        }
+    };
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    // The damaged segment is left alone from now on; the rest compacts and reads as before.
+    db.maintain().unwrap();
+    let (mut ok, mut bad) = (0, 0);
+    for k in 0..n {
+        let want = value_for(k, if k < n / 2 { 2 } else { 1 }, 300);
+        match db.get(&key(k)) {
+            Ok(Some(v)) => {
+                assert_eq!(v, want, "wrong value for {k}");
+                ok += 1;
+            }
+            Ok(None) => panic!("key {k} reported missing"),
+            Err(Error::Corrupt { .. }) => bad += 1,
+            Err(e) => panic!("unexpected error for {k}: {e}"),
+        }
+    }
+    assert!(ok > n / 2, "{ok} readable, {bad} damaged");
 }
