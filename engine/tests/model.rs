@@ -136,28 +136,31 @@ fn every_tiering_mechanism_runs_under_the_model() {
 
 /// Records larger than a quarter page written right after a demotion carried hot records into
 /// the new tail page: the new page must still leave room for the record that asked for it.
+/// Pages here hold small records that are read all the time (so demotion readmits as many as
+/// it may) and one large record rewritten over and over (so each page advance is asked for by
+/// a large record).
 #[test]
 fn large_records_fit_beside_readmitted_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let db = open(with_policy(
-        tiny(dir.path(), 48 << 10),
-        Arc::new(AlwaysPromote),
-    ));
-    let mut model = HashMap::new();
-    for round in 0..20u32 {
-        for k in 0..40u32 {
-            let v = value_for(k, round, if k % 3 == 0 { 1000 } else { 120 });
-            db.put(&key(k), &v).unwrap();
-            model.insert(k, v);
-            // Read the small ones often so their pages hold hot records when demoted.
-            for j in (0..40).filter(|j| j % 3 != 0) {
-                assert_eq!(db.get(&key(j)).unwrap().as_ref(), model.get(&j));
-            }
+    let mut c = with_policy(tiny(dir.path(), 40 << 10), Arc::new(AlwaysPromote));
+    c.partitions = 1;
+    let db = open(c);
+    let small: Vec<u32> = (0..150).collect();
+    for &k in &small {
+        db.put(&key(k), &value_for(k, 0, 8)).unwrap();
+    }
+    for round in 1..300u32 {
+        let big = value_for(1000, round, 1000);
+        db.put(&key(1000), &big).unwrap();
+        for &k in &small {
+            assert_eq!(
+                db.get(&key(k)).unwrap(),
+                Some(value_for(k, 0, 8)),
+                "key {k}"
+            );
         }
+        assert_eq!(db.get(&key(1000)).unwrap(), Some(big));
     }
     let s = db.stats();
-    assert!(s.readmissions > 0 && s.pages_demoted > 0, "{s:?}");
-    for (k, v) in &model {
-        assert_eq!(db.get(&key(*k)).unwrap().as_ref(), Some(v));
-    }
+    assert!(s.readmissions > 1000 && s.pages_demoted > 50, "{s:?}");
 }
