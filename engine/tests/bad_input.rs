@@ -313,3 +313,37 @@ fn compaction_of_a_damaged_segment_reports_it_and_leaves_it_alone() {
     }
     assert!(ok > n / 2, "{ok} readable, {bad} damaged");
 }
+
+#[test]
+fn index_growth_over_a_damaged_far_record_is_refused_not_guessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = with_policy(
+        tiny(dir.path(), 512 << 10),
+        std::sync::Arc::new(NeverPromote),
+    );
+    c.partitions = 1;
+    let db = open(c);
+    // 300-byte values in a 512 KiB budget: the first ~1,200 go far.
+    for k in 0..2000u32 {
+        db.put(&key(k), &value_for(k, 1, 300)).unwrap();
+    }
+    assert!(db.stats().far.records > 500, "{:?}", db.stats());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment_files(dir.path())[0])
+        .unwrap();
+    f.write_all_at(&[0xff; 64], 4096 + 200).unwrap();
+    // New keys grow the index, whose rebuild must rehash every key, the damaged one too: it
+    // cannot, so the insert is refused with the damage named, rather than the key dropped.
+    let mut refused = None;
+    for k in 2000..20_000u32 {
+        if let Err(e) = db.put(&key(k), b"v") {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("the index had to grow over the damaged record");
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    // Healthy records still read correctly.
+    assert_eq!(db.get(&key(1999)).unwrap(), Some(value_for(1999, 1, 300)));
+}

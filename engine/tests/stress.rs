@@ -13,7 +13,7 @@ use tera_engine::{AlwaysPromote, Db};
 
 const THREADS: u32 = 4;
 const KEYS: u32 = 600;
-const OPS: u32 = 12_000;
+const OPS: u32 = 40_000;
 
 /// A small xorshift so each thread's op stream is seeded and reproducible.
 struct Rng(u64);

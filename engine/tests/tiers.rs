@@ -1,0 +1,157 @@
+//! One suite, three backends: the same behaviour tests run with every record in DRAM, with
+//! nearly every record in the far tier (a tiny budget and no promotion), and with the far tier
+//! behind emulated latency and eager promotion. What a caller sees must not depend on where
+//! a record lives.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use tera_engine::{AlwaysPromote, Config, Db, NeverPromote};
+
+fn all_dram(dir: &std::path::Path) -> Config {
+    tiny(dir, 4 << 20)
+}
+
+fn mostly_far(dir: &std::path::Path) -> Config {
+    with_policy(tiny(dir, 56 << 10), Arc::new(NeverPromote))
+}
+
+fn emulated_far(dir: &std::path::Path) -> Config {
+    let mut c = with_policy(tiny(dir, 56 << 10), Arc::new(AlwaysPromote));
+    c.far_latency_ns = 200;
+    c
+}
+
+/// Load enough to push a tiny budget's records far, then check where they ended up.
+fn loaded(config: Config, expect_far: bool) -> Db {
+    let db = open(config);
+    for k in 0..500u32 {
+        db.put(&key(k), &value_for(k, 1, 200)).unwrap();
+    }
+    let s = db.stats();
+    if expect_far {
+        assert!(s.far.records > 300, "{s:?}");
+    } else {
+        assert_eq!(s.far.records, 0, "{s:?}");
+    }
+    db
+}
+
+fn reads_return_what_was_written(db: &Db) {
+    for k in 0..500u32 {
+        assert_eq!(
+            db.get(&key(k)).unwrap(),
+            Some(value_for(k, 1, 200)),
+            "key {k}"
+        );
+    }
+    assert_eq!(db.get(b"never written").unwrap(), None);
+    let mut out = vec![9u8; 3];
+    assert!(!db.get_into(b"never written", &mut out).unwrap());
+    assert!(out.is_empty(), "a miss clears the buffer");
+}
+
+fn overwrites_deletes_and_updates(db: &Db) {
+    for k in (0..500u32).step_by(3) {
+        db.put(&key(k), &value_for(k, 2, 50 + k as usize % 300))
+            .unwrap();
+    }
+    for k in (1..500u32).step_by(3) {
+        assert!(db.delete(&key(k)).unwrap());
+        assert!(!db.delete(&key(k)).unwrap(), "second delete of {k}");
+    }
+    for k in (2..500u32).step_by(3) {
+        db.update(&key(k), |old| {
+            assert_eq!(old, Some(&value_for(k, 1, 200)[..]));
+            Some(value_for(k, 3, 10))
+        })
+        .unwrap();
+    }
+    db.update(b"fresh", |old| {
+        assert!(old.is_none());
+        Some(b"made by update".to_vec())
+    })
+    .unwrap();
+    db.update(&key(5), |_| None).unwrap(); // update can delete
+    for k in 0..500u32 {
+        let want = match k % 3 {
+            0 => Some(value_for(k, 2, 50 + k as usize % 300)),
+            1 => None,
+            _ if k == 5 => None,
+            _ => Some(value_for(k, 3, 10)),
+        };
+        assert_eq!(db.get(&key(k)).unwrap(), want, "key {k}");
+    }
+    assert_eq!(
+        db.get(b"fresh").unwrap().as_deref(),
+        Some(&b"made by update"[..])
+    );
+    let s = db.stats();
+    assert_eq!(s.keys, s.dram.records + s.far.records);
+}
+
+fn empty_values_and_keys_of_every_length(db: &Db) {
+    db.put(b"", b"empty key").unwrap();
+    db.put(b"empty value", b"").unwrap();
+    assert_eq!(db.get(b"").unwrap().as_deref(), Some(&b"empty key"[..]));
+    assert_eq!(db.get(b"empty value").unwrap().as_deref(), Some(&b""[..]));
+    for len in [1, 7, 8, 9, 15, 16, 17, 255, 256] {
+        let k = vec![len as u8; len];
+        db.put(&k, &k).unwrap();
+    }
+    for len in [1, 7, 8, 9, 15, 16, 17, 255, 256] {
+        let k = vec![len as u8; len];
+        assert_eq!(db.get(&k).unwrap(), Some(k.clone()), "key of {len} bytes");
+    }
+}
+
+fn survives_compaction(db: &Db) {
+    for round in 2..6u32 {
+        for k in 0..500u32 {
+            db.put(&key(k), &value_for(k, round, 150)).unwrap();
+        }
+        db.maintain().unwrap();
+    }
+    for k in 0..500u32 {
+        assert_eq!(
+            db.get(&key(k)).unwrap(),
+            Some(value_for(k, 5, 150)),
+            "key {k}"
+        );
+    }
+}
+
+macro_rules! suite {
+    ($($backend:ident: $config:expr, far = $far:expr;)*) => {$(
+        mod $backend {
+            use super::*;
+            #[test]
+            fn reads_return_what_was_written() {
+                let dir = tempfile::tempdir().unwrap();
+                super::reads_return_what_was_written(&loaded($config(dir.path()), $far));
+            }
+            #[test]
+            fn overwrites_deletes_and_updates() {
+                let dir = tempfile::tempdir().unwrap();
+                super::overwrites_deletes_and_updates(&loaded($config(dir.path()), $far));
+            }
+            #[test]
+            fn empty_values_and_keys_of_every_length() {
+                let dir = tempfile::tempdir().unwrap();
+                super::empty_values_and_keys_of_every_length(&loaded($config(dir.path()), $far));
+            }
+            #[test]
+            fn survives_compaction() {
+                let dir = tempfile::tempdir().unwrap();
+                super::survives_compaction(&loaded($config(dir.path()), $far));
+            }
+        }
+    )*};
+}
+
+suite! {
+    dram: all_dram, far = false;
+    far: mostly_far, far = true;
+    emulated: emulated_far, far = true;
+}
