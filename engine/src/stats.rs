@@ -59,6 +59,18 @@ impl Stats {
         }
     }
 
+    /// Share of record reads served from DRAM between `earlier` and this snapshot (1.0 when
+    /// there were none).
+    pub fn dram_hit_ratio_since(&self, earlier: &Stats) -> f64 {
+        let d = self.dram.reads - earlier.dram.reads;
+        let f = self.far.reads - earlier.far.reads;
+        if d + f == 0 {
+            1.0
+        } else {
+            d as f64 / (d + f) as f64
+        }
+    }
+
     /// Index DRAM per live key.
     pub fn index_bytes_per_key(&self) -> f64 {
         if self.keys == 0 {

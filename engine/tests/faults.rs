@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use tera_engine::{Error, NeverPromote, Storage};
+use tera_engine::{Error, NeverPromote, OsStorage, Storage};
 
 /// Fails far writes number `from..to` (counting from 0), either outright or after writing the
 /// first half of the buffer; fails segment creation number `create_fail` too.
@@ -44,14 +44,7 @@ impl Storage for Flaky {
         if self.creates.fetch_add(1, Relaxed) == self.create_fail {
             return Err(std::io::Error::from_raw_os_error(libc::EDQUOT));
         }
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        f.set_len(len)?;
-        Ok(f)
+        OsStorage.create(path, len)
     }
 
     fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
@@ -66,7 +59,7 @@ impl Storage for Flaky {
             }
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        file.write_all_at(buf, offset)
+        OsStorage.write_at(file, buf, offset)
     }
 }
 

@@ -249,13 +249,7 @@ fn real_main() -> Result<(), String> {
             let before = db.stats();
             let m = workload::run(&db, &phase(a.seconds, 0)).map_err(|e| e.to_string())?;
             let after = db.stats();
-            let dram_reads = after.dram.reads - before.dram.reads;
-            let far_reads = after.far.reads - before.far.reads;
-            let hit = if dram_reads + far_reads == 0 {
-                1.0
-            } else {
-                dram_reads as f64 / (dram_reads + far_reads) as f64
-            };
+            let hit = after.dram_hit_ratio_since(&before);
             let ops_s = m.ops as f64 / m.elapsed.as_secs_f64();
             let used = m.max_dram_used.max(after.dram_used_bytes);
             let (p50, p99, p999) = (
@@ -342,14 +336,7 @@ fn warm_up(
     while slice > 0.0 && t.elapsed().as_secs_f64() + slice <= most + 1e-9 {
         let before = db.stats();
         workload::run(db, &phase(slice, hits.len() as u64 + 1)).map_err(|e| e.to_string())?;
-        let after = db.stats();
-        let d = after.dram.reads - before.dram.reads;
-        let f = after.far.reads - before.far.reads;
-        let hit = if d + f == 0 {
-            1.0
-        } else {
-            d as f64 / (d + f) as f64
-        };
+        let hit = db.stats().dram_hit_ratio_since(&before);
         let n = hits.len();
         hits.push(hit);
         if n >= 2 && hit <= hits[n - 1].max(hits[n - 2]) + 0.001 {
