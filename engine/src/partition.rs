@@ -102,22 +102,65 @@ impl From<Error> for ReadErr {
     }
 }
 
-/// An anonymous mapping holding one log page in DRAM.
+/// One page-sized DRAM frame: an index into the partition's [`Arena`].
 #[derive(Debug)]
-struct Frame {
-    map: MmapMut,
+struct Frame(usize);
+
+/// The virtual memory all of a partition's frames are carved from: one anonymous mapping
+/// (bound to the home node), so the kernel sees one mapping per partition rather than one per
+/// frame, which at terabyte budgets would pass `vm.max_map_count`. Memory becomes resident
+/// only when a frame is written; a frame given back is dropped with `MADV_DONTNEED`.
+struct Arena {
+    _map: MmapMut,
+    base: *mut u8,
+    page: usize,
 }
 
-impl Frame {
-    fn new(bytes: usize, node: u32) -> Result<Frame> {
-        let map = MmapMut::map_anon(bytes).map_err(|e| {
-            Error::BudgetExhausted(format!("could not map a {bytes}-byte log frame: {e}"))
+// SAFETY: `base` points into `_map`, which the arena owns and never moves; which frame may be
+// touched by whom is the partition's discipline (lock holder writes, pinned readers read).
+unsafe impl Send for Arena {}
+// SAFETY: as above.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    fn new(frames: usize, page: usize, node: u32) -> Result<Arena> {
+        let bytes = frames * page;
+        let mut map = MmapMut::map_anon(bytes).map_err(|e| {
+            Error::BudgetExhausted(format!(
+                "could not reserve {bytes} bytes for log frames: {e}"
+            ))
         })?;
         tera_numa::bind_memory_or_log(map.as_ptr(), bytes, node);
-        Ok(Frame { map })
+        let base = map.as_mut_ptr();
+        Ok(Arena {
+            _map: map,
+            base,
+            page,
+        })
     }
-    fn ptr(&mut self) -> *mut u8 {
-        self.map.as_mut_ptr()
+
+    fn ptr(&self, f: &Frame) -> *mut u8 {
+        // SAFETY: frame indices are below the arena's frame count (they come from the
+        // partition's list of `0..frames`), so the offset stays inside the mapping.
+        unsafe { self.base.add(f.0 * self.page) }
+    }
+
+    /// Give a frame's memory back to the kernel (it reads as zeros when next touched).
+    fn release(&self, f: &Frame) {
+        // SAFETY: the range is one frame inside our mapping, and the caller owns the frame:
+        // no reader can be in it (it came from the spare list, past the epoch).
+        let r = unsafe { libc::madvise(self.ptr(f).cast(), self.page, libc::MADV_DONTNEED) };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "madvise(DONTNEED) on a frame failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("page", &self.page)
+            .finish_non_exhaustive()
     }
 }
 
@@ -160,7 +203,10 @@ struct State {
     tail: u64,
     /// Frames of DRAM pages, by ring slot.
     frames: Vec<Option<Frame>>,
+    /// Resident frames ready for reuse.
     spare: Vec<Frame>,
+    /// Frames whose memory is not resident (never used, or given back).
+    unbacked: Vec<Frame>,
     retired: VecDeque<(u64, Retired)>,
     allocated_frames: usize,
     retired_index_bytes: usize,
@@ -217,6 +263,7 @@ pub(crate) struct Partition {
     index: Index,
     /// First page still in DRAM.
     head: CachePadded<AtomicU64>,
+    arena: Arena,
     /// Frame of DRAM page `p` at `ring[p % ring.len()]`.
     ring: Box<[AtomicPtr<u8>]>,
     segs: AtomicPtr<SegTable>,
@@ -254,6 +301,7 @@ impl Partition {
             node,
             share,
             index: Index::new(table),
+            arena: Arena::new(ring_len, page, node)?,
             head: CachePadded::new(AtomicU64::new(1)),
             ring: (0..ring_len)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
@@ -263,6 +311,7 @@ impl Partition {
                 tail: 1 << shared.page_shift,
                 frames: (0..ring_len).map(|_| None).collect(),
                 spare: Vec::new(),
+                unbacked: (0..ring_len).rev().map(Frame).collect(),
                 retired: VecDeque::new(),
                 allocated_frames: 0,
                 retired_index_bytes: 0,
@@ -297,8 +346,8 @@ impl Partition {
                      dram_budget_bytes, or lower partitions, page_bytes or expected_records"
                 )));
             }
-            let mut f = part.new_frame(&mut st)?;
-            let ptr = f.ptr();
+            let f = part.new_frame(&mut st)?;
+            let ptr = part.arena.ptr(&f);
             part.ring[1 % ring_len].store(ptr, Release);
             st.frames[1 % ring_len] = Some(f);
         }
@@ -676,10 +725,10 @@ impl Partition {
         let shift = self.shared.page_shift;
         let slot = ((addr >> shift) % self.ring.len() as u64) as usize;
         let off = (addr & ((1 << shift) - 1)) as usize;
-        let frame = st.frames[slot].as_mut().expect("the tail page has a frame");
+        let frame = st.frames[slot].as_ref().expect("the tail page has a frame");
         // SAFETY: `off + len <= page`; bytes past the tail are unpublished, so no reader holds
         // a reference to them, and the lock makes us the only writer.
-        unsafe { std::slice::from_raw_parts_mut(frame.ptr().add(off), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.arena.ptr(frame).add(off), len) }
     }
 
     /// A record that ends exactly at a page's end leaves the tail at the start of a page that
@@ -742,12 +791,12 @@ impl Partition {
 
     /// Make `page` the tail page, with `frame` or one taken now.
     fn install_page(&self, st: &mut State, page: u64, frame: Option<Frame>) -> Result<()> {
-        let mut frame = match frame {
+        let frame = match frame {
             Some(f) => f,
             None => self.take_frame(st)?,
         };
         let slot = (page % self.ring.len() as u64) as usize;
-        let ptr = frame.ptr();
+        let ptr = self.arena.ptr(&frame);
         st.frames[slot] = Some(frame);
         self.ring[slot].store(ptr, Release);
         st.tail = page << self.shared.page_shift;
@@ -856,10 +905,8 @@ impl Partition {
         // (Only the drain's page walk uses raw frame pointers; records are copied through
         // `RecordRef::copy_to`, which reads the heat byte atomically.)
         let slot = (page % self.ring.len() as u64) as usize;
-        st.frames[slot]
-            .as_mut()
-            .expect("a DRAM page has a frame")
-            .ptr()
+        self.arena
+            .ptr(st.frames[slot].as_ref().expect("a DRAM page has a frame"))
     }
 
     /// Copy the records collected for readmission into the (new) tail page and repoint them.
@@ -1074,9 +1121,22 @@ impl Partition {
     }
 
     fn new_frame(&self, st: &mut State) -> Result<Frame> {
-        let f = Frame::new(self.shared.page_bytes(), self.node)?;
+        let f = st.unbacked.pop().ok_or_else(|| {
+            Error::BudgetExhausted(format!(
+                "partition {}: every frame of its arena is in use (an engine bug: the quota \
+                 never exceeds the arena)",
+                self.id
+            ))
+        })?;
         st.allocated_frames += 1;
         Ok(f)
+    }
+
+    /// Give a resident frame's memory back.
+    fn free_frame(&self, st: &mut State, f: Frame) {
+        self.arena.release(&f);
+        st.unbacked.push(f);
+        st.allocated_frames -= 1;
     }
 
     /// Move retired objects whose epoch has passed out of the retired list.
@@ -1105,8 +1165,7 @@ impl Partition {
         loop {
             if st.allocated_frames > self.quota(st) {
                 if let Some(f) = st.spare.pop() {
-                    drop(f);
-                    st.allocated_frames -= 1;
+                    self.free_frame(st, f);
                     continue;
                 }
             }
@@ -1159,8 +1218,7 @@ impl Partition {
             self.reclaim(st);
             let head = self.head.load(Relaxed);
             if let Some(f) = st.spare.pop() {
-                drop(f);
-                st.allocated_frames -= 1;
+                self.free_frame(st, f);
             } else if let Some((e, _)) = st.retired.front() {
                 epoch().wait_safe(*e);
             } else if head < st.tail >> shift {

@@ -68,8 +68,17 @@ fn main() {
     db.maintain().expect("compaction");
     peak = peak.max(rss_anon());
     let s = db.stats();
+    let maps = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
     println!(
-        "budget={} used={} rss_anon_peak={} far_records={} promotions={} pages_demoted={} segments_compacted={}",
-        s.dram_budget_bytes, s.dram_used_bytes, peak, s.far.records, s.promotions, s.pages_demoted, s.segments_compacted
+        "budget={} used={} rss_anon_peak={} far_records={} promotions={} pages_demoted={} segments_compacted={} frames={} mappings={}",
+        s.dram_budget_bytes,
+        s.dram_used_bytes,
+        peak,
+        s.far.records,
+        s.promotions,
+        s.pages_demoted,
+        s.segments_compacted,
+        s.frame_bytes / (256 << 10),
+        maps
     );
 }
