@@ -35,15 +35,18 @@ def main():
         print()
     print("| workload | dist | records | value B | threads | DRAM fraction | far ns | ops/s | "
           "ratio to fraction 1 | DRAM hit ratio | p50 ns | p99 ns | p99.9 ns | budget MiB | "
-          "DRAM used MiB | RSS anon MiB | index MiB | index B/key | promotions | warm-up s |")
-    print("|" + "---|" * 20)
+          "DRAM used MiB | RSS anon MiB | index MiB | index B/key | promotions | warm-up s | "
+          "huge pages |")
+    print("|" + "---|" * 21)
     base = {}
+    key = lambda r: (r["workload"], r["dist"], r["records"], r["value_bytes"],
+                     r.get("huge_pages", False))
     for r in runs:
         if r["dram_fraction"] == 1:
-            base[(r["workload"], r["dist"], r["records"], r["value_bytes"])] = r["ops_per_sec"]
+            base[key(r)] = r["ops_per_sec"]
     mib = lambda b: f"{b / 2**20:.1f}"
     for r in runs:
-        b = base.get((r["workload"], r["dist"], r["records"], r["value_bytes"]))
+        b = base.get(key(r))
         ratio = f"{r['ops_per_sec'] / b:.3f}" if b else "-"
         far = f"{r['far_ns']} (emulated)" if r["far_ns"] else "0"
         theta = f" {r['theta']}" if r.get("theta") is not None else ""
@@ -52,7 +55,8 @@ def main():
               f"{r['dram_hit_ratio']:.4f} | {r['p50_ns']} | {r['p99_ns']} | {r['p999_ns']} | "
               f"{mib(r['dram_budget_bytes'])} | {mib(r['dram_used_bytes'])} | "
               f"{mib(r['rss_anon_bytes'])} | {mib(r['index_bytes'])} | "
-              f"{r['index_bytes_per_key']} | {r['promotions']} | {r['warmup_seconds']:.0f} |")
+              f"{r['index_bytes_per_key']} | {r['promotions']} | {r['warmup_seconds']:.0f} | "
+              f"{'yes' if r.get('huge_pages') else 'no'} |")
 
 
 if __name__ == "__main__":

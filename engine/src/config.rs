@@ -44,6 +44,10 @@ pub struct Config {
     pub background_maintenance: bool,
     /// The I/O seam for far-tier files.
     pub storage: Arc<dyn Storage>,
+    /// Ask for transparent huge pages (`MADV_HUGEPAGE`) on the DRAM frames. Off by default:
+    /// it speeds DRAM reads (fewer TLB misses; see docs/benchmarks.md) but lets the kernel's
+    /// huge-page compaction stall writers, which is why many databases advise against it.
+    pub huge_pages: bool,
 }
 
 /// Largest key the format allows.
@@ -68,6 +72,7 @@ impl Config {
             policy: None,
             background_maintenance: true,
             storage: Arc::new(OsStorage),
+            huge_pages: false,
         }
     }
 

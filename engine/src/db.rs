@@ -124,6 +124,7 @@ impl Db {
             storage: config.storage.clone(),
             policy: policy.clone(),
             compaction_ratio: config.compaction_live_ratio,
+            huge_pages: config.huge_pages,
         });
         let per_part = config.expected_records.div_ceil(n);
         let per_part = per_part + per_part / 100;

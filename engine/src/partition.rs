@@ -63,6 +63,7 @@ pub(crate) struct Shared {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) policy: Arc<dyn HeatPolicy>,
     pub(crate) compaction_ratio: f64,
+    pub(crate) huge_pages: bool,
 }
 
 impl Shared {
@@ -123,7 +124,7 @@ unsafe impl Send for Arena {}
 unsafe impl Sync for Arena {}
 
 impl Arena {
-    fn new(frames: usize, page: usize, node: u32) -> Result<Arena> {
+    fn new(frames: usize, page: usize, node: u32, huge_pages: bool) -> Result<Arena> {
         let bytes = frames * page;
         let mut map = MmapMut::map_anon(bytes).map_err(|e| {
             Error::BudgetExhausted(format!(
@@ -131,6 +132,13 @@ impl Arena {
             ))
         })?;
         tera_numa::bind_memory_or_log(map.as_ptr(), bytes, node);
+        if huge_pages {
+            // SAFETY: advice on our own mapping; the kernel may ignore it.
+            let r = unsafe { libc::madvise(map.as_mut_ptr().cast(), bytes, libc::MADV_HUGEPAGE) };
+            if r != 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "MADV_HUGEPAGE refused");
+            }
+        }
         let base = map.as_mut_ptr();
         Ok(Arena {
             _map: map,
@@ -301,7 +309,7 @@ impl Partition {
             node,
             share,
             index: Index::new(table),
-            arena: Arena::new(ring_len, page, node)?,
+            arena: Arena::new(ring_len, page, node, shared.huge_pages)?,
             head: CachePadded::new(AtomicU64::new(1)),
             ring: (0..ring_len)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))

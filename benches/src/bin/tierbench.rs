@@ -61,6 +61,9 @@ struct Args {
     /// (smaller remembers more, so admits records that are read less often).
     #[arg(long, default_value_t = 4096)]
     ghost_slot_bytes: u64,
+    /// Ask for transparent huge pages on the engine's DRAM frames (`Config::huge_pages`).
+    #[arg(long)]
+    huge_pages: bool,
     /// Partitions (0: the engine's default, two per CPU).
     #[arg(long, default_value_t = 0)]
     partitions: usize,
@@ -209,6 +212,7 @@ fn real_main() -> Result<(), String> {
             c.page_bytes = page_bytes(budget / parts as u64, KEY_LEN + a.value_bytes + 24);
             c.segment_bytes = c.page_bytes * 32;
             c.far_latency_ns = a.far_ns;
+            c.huge_pages = a.huge_pages;
             c.expected_records = a.records as usize;
             c.policy = Some(policy(&a.policy, budget, a.ghost_slot_bytes)?);
             let page = c.page_bytes;
@@ -286,6 +290,7 @@ fn real_main() -> Result<(), String> {
                     "compaction_bytes": after.compaction_bytes - before.compaction_bytes,
                     "policy": db.policy_name(),
                     "partitions": after.partitions,
+                    "huge_pages": a.huge_pages,
                     "page_bytes": page,
                     "seconds": m.elapsed.as_secs_f64(),
                     "warmup_seconds": warmup,
