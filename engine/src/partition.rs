@@ -678,16 +678,52 @@ impl Partition {
     }
 
     /// Account for a record that is no longer the newest version of its key.
+    /// The caller has just found (and, for a far record, verified) the record at `addr`
+    /// through the index, so only its length is read here.
     fn dead(&self, st: &mut State, addr: u64) -> Result<()> {
-        let (_, len) = self.locked_hash_len(st, addr)?;
         if addr & FAR == 0 {
-            self.dram_record(addr).dead().store(1, Relaxed);
+            let rec = self.dram_record(addr);
+            rec.dead().store(1, Relaxed);
             st.dram.records -= 1;
-            st.dram.bytes -= len as u64;
+            st.dram.bytes -= rec.len() as u64;
         } else {
+            let len = self.far_len(addr)?;
             self.far_dead(st, addr, len);
         }
         Ok(())
+    }
+
+    /// Lock held: the length of the far record at `addr`, from its header alone.
+    fn far_len(&self, addr: u64) -> Result<usize> {
+        let addr = addr & !FAR;
+        // SAFETY: lock held; segments are only removed by the lock holder.
+        let segs = unsafe { &*self.segs.load(Relaxed) };
+        let seg = segs
+            .get(addr >> self.shared.seg_shift)
+            .ok_or_else(|| Error::Corrupt {
+                path: self.shared.far_dir.clone(),
+                offset: addr,
+                reason: "the index points into a segment that is gone (an engine bug)".into(),
+            })?;
+        let off = (addr & ((1 << self.shared.seg_shift) - 1)) as usize;
+        let page_end = (off | (self.shared.page_bytes() - 1)) + 1;
+        let res = crate::sigbus::guarded(seg.base(), seg.len(), || {
+            // SAFETY: as in far_visit.
+            unsafe { RecordRef::parse(seg.base().add(off), page_end - off) }.map(|r| r.len())
+        });
+        match res {
+            Ok(Ok(len)) => Ok(len),
+            Ok(Err(b)) => Err(Error::Corrupt {
+                path: seg.path.clone(),
+                offset: off as u64,
+                reason: seg.damage(off, &b.to_string()),
+            }),
+            Err(()) => Err(Error::Corrupt {
+                path: seg.path.clone(),
+                offset: off as u64,
+                reason: seg.damage(off, "the mapping could not be read"),
+            }),
+        }
     }
 
     fn far_dead(&self, st: &mut State, addr: u64, len: usize) {
