@@ -58,6 +58,7 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace $(TEST_FLAGS)
+	TERA_BENCH_QUICK=1 $(CARGO) test -p tera-benches --benches
 	$(MAKE) --no-print-directory loom
 
 run: deps
