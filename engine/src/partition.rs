@@ -451,30 +451,46 @@ impl Partition {
         key: &[u8],
         f: impl FnOnce(&RecordRef, Tier),
     ) -> Result<bool, ReadErr> {
+        crate::emulate::far_delay(self.shared.far_ns);
+        self.far_record(addr, true, |rec| {
+            let hit = rec.key() == key;
+            if hit {
+                f(rec, Tier::Far);
+            }
+            hit
+        })
+    }
+
+    /// Run `f` on the far record at `addr` (with or without the FAR bit), parsed (and, if
+    /// `verify`, checksummed) under the SIGBUS guard. `Retry` if its segment is gone (the
+    /// index moved on); `Corrupt` if the bytes are not the record written there.
+    fn far_record<R>(
+        &self,
+        addr: u64,
+        verify: bool,
+        f: impl FnOnce(&RecordRef) -> R,
+    ) -> Result<R, ReadErr> {
+        let addr = addr & !FAR;
         // SAFETY: the caller is pinned or holds the lock; segment tables are retired through
         // the epoch.
         let segs = unsafe { &*self.segs.load(Acquire) };
         let Some(seg) = segs.get(addr >> self.shared.seg_shift) else {
             return Err(ReadErr::Retry);
         };
-        crate::emulate::far_delay(self.shared.far_ns);
         let off = (addr & ((1 << self.shared.seg_shift) - 1)) as usize;
         let page_end = (off | (self.shared.page_bytes() - 1)) + 1;
-        let mut hit = false;
         let res = crate::sigbus::guarded(seg.base(), seg.len(), || {
             // SAFETY: `off..page_end` lies inside the mapping, which stays mapped while we are
             // pinned or hold the lock; loads past the file's end are caught by `guarded`.
             let rec = unsafe { RecordRef::parse(seg.base().add(off), page_end - off) }?;
-            rec.prefetch();
-            rec.verify()?;
-            if rec.key() == key {
-                f(&rec, Tier::Far);
-                hit = true;
+            if verify {
+                rec.prefetch();
+                rec.verify()?;
             }
-            Ok::<_, Bad>(())
+            Ok::<_, Bad>(f(&rec))
         });
         let reason = match res {
-            Ok(Ok(())) => return Ok(hit),
+            Ok(Ok(r)) => return Ok(r),
             Ok(Err(bad)) => seg.damage(off, &bad.to_string()),
             Err(()) => seg.damage(off, "the mapping could not be read"),
         };
@@ -493,63 +509,34 @@ impl Partition {
         })
     }
 
+    /// Lock held: a failed read as an error (with the lock held, the index never points
+    /// into a removed segment, so `Retry` is a bug too).
+    fn locked_err(&self, addr: u64, e: ReadErr) -> Error {
+        match e {
+            ReadErr::Fail(e) => e,
+            ReadErr::Retry => Error::Corrupt {
+                path: self.shared.far_dir.clone(),
+                offset: addr,
+                reason: "the index points into a segment that is gone (an engine bug)".into(),
+            },
+        }
+    }
+
     /// Lock held: does the record at `addr` hold `key`? (For index probes by writers.)
     fn locked_is_key(&self, addr: u64, key: &[u8]) -> Result<bool> {
-        match self.pinned_visit(addr, key, |_, _| ()) {
-            Ok(b) => Ok(b),
-            Err(ReadErr::Fail(e)) => Err(e),
-            Err(ReadErr::Retry) => Ok(false),
-        }
+        self.pinned_visit(addr, key, |_, _| ())
+            .map_err(|e| self.locked_err(addr, e))
     }
 
     /// Lock held (the `&State` proves it): the hash of the key of the record at `addr`, and
     /// its length.
     fn locked_hash_len(&self, _st: &State, addr: u64) -> Result<(u64, usize)> {
-        let mut out = None;
-        let shift = self.shared.page_shift;
-        let page = addr >> shift;
-        let off = (addr & ((1 << shift) - 1)) as usize;
         if addr & FAR == 0 {
-            let base = self.ring[(page % self.ring.len() as u64) as usize].load(Relaxed);
-            // SAFETY: lock held: the frame for a DRAM page cannot change under us.
-            let rec =
-                unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }.map_err(|b| {
-                    match self.dram_bug(addr, b) {
-                        ReadErr::Fail(e) => e,
-                        ReadErr::Retry => unreachable!(),
-                    }
-                })?;
+            let rec = self.dram_record(addr);
             return Ok((hash_key(rec.key()), rec.len()));
         }
-        let addr = addr & !FAR;
-        // SAFETY: lock held; see far_visit.
-        let segs = unsafe { &*self.segs.load(Acquire) };
-        let seg = segs
-            .get(addr >> self.shared.seg_shift)
-            .ok_or_else(|| Error::Corrupt {
-                path: self.shared.far_dir.clone(),
-                offset: addr,
-                reason: "the index points into a segment that is gone (an engine bug)".into(),
-            })?;
-        let soff = (addr & ((1 << self.shared.seg_shift) - 1)) as usize;
-        let page_end = (soff | (self.shared.page_bytes() - 1)) + 1;
-        let res = crate::sigbus::guarded(seg.base(), seg.len(), || {
-            // SAFETY: as in far_visit.
-            let rec = unsafe { RecordRef::parse(seg.base().add(soff), page_end - soff) }?;
-            rec.verify()?;
-            out = Some((hash_key(rec.key()), rec.len()));
-            Ok::<_, Bad>(())
-        });
-        let reason = match res {
-            Ok(Ok(())) => return Ok(out.expect("set on success")),
-            Ok(Err(b)) => seg.damage(soff, &b.to_string()),
-            Err(()) => seg.damage(soff, "the mapping could not be read"),
-        };
-        Err(Error::Corrupt {
-            path: seg.path.clone(),
-            offset: soff as u64,
-            reason,
-        })
+        self.far_record(addr, true, |rec| (hash_key(rec.key()), rec.len()))
+            .map_err(|e| self.locked_err(addr, e))
     }
 
     /// Copy a far record that proved hot to the tail, if it is still the key's newest version
@@ -695,35 +682,8 @@ impl Partition {
 
     /// Lock held: the length of the far record at `addr`, from its header alone.
     fn far_len(&self, addr: u64) -> Result<usize> {
-        let addr = addr & !FAR;
-        // SAFETY: lock held; segments are only removed by the lock holder.
-        let segs = unsafe { &*self.segs.load(Relaxed) };
-        let seg = segs
-            .get(addr >> self.shared.seg_shift)
-            .ok_or_else(|| Error::Corrupt {
-                path: self.shared.far_dir.clone(),
-                offset: addr,
-                reason: "the index points into a segment that is gone (an engine bug)".into(),
-            })?;
-        let off = (addr & ((1 << self.shared.seg_shift) - 1)) as usize;
-        let page_end = (off | (self.shared.page_bytes() - 1)) + 1;
-        let res = crate::sigbus::guarded(seg.base(), seg.len(), || {
-            // SAFETY: as in far_visit.
-            unsafe { RecordRef::parse(seg.base().add(off), page_end - off) }.map(|r| r.len())
-        });
-        match res {
-            Ok(Ok(len)) => Ok(len),
-            Ok(Err(b)) => Err(Error::Corrupt {
-                path: seg.path.clone(),
-                offset: off as u64,
-                reason: seg.damage(off, &b.to_string()),
-            }),
-            Err(()) => Err(Error::Corrupt {
-                path: seg.path.clone(),
-                offset: off as u64,
-                reason: seg.damage(off, "the mapping could not be read"),
-            }),
-        }
+        self.far_record(addr, false, |rec| rec.len())
+            .map_err(|e| self.locked_err(addr, e))
     }
 
     fn far_dead(&self, st: &mut State, addr: u64, len: usize) {
