@@ -95,6 +95,12 @@ impl Config {
                 self.segment_bytes
             ));
         }
+        if self.partitions > 1 << 16 {
+            return Err(format!(
+                "partitions = {}: at most 65536 (a key's partition comes from 16 bits of its hash)",
+                self.partitions
+            ));
+        }
         if self.max_key_bytes == 0 || self.max_key_bytes > MAX_KEY_BYTES {
             return Err(format!(
                 "max_key_bytes = {}: must be 1 to {MAX_KEY_BYTES}",

@@ -141,16 +141,20 @@ impl Db {
             wake: Condvar::new(),
             _far_lock: far_lock,
         });
-        let maintenance = if config.background_maintenance {
-            nodes
-                .iter()
-                .map(|&node| spawn_maintenance(inner.clone(), node))
-                .collect::<std::io::Result<Vec<_>>>()
-                .map_err(|e| Error::Config(format!("could not start a maintenance thread: {e}")))?
-        } else {
-            Vec::new()
+        let mut db = Db {
+            inner,
+            maintenance: Vec::new(),
         };
-        Ok(Db { inner, maintenance })
+        if config.background_maintenance {
+            for &node in &nodes {
+                // On failure, dropping `db` stops and joins the threads already started.
+                let h = spawn_maintenance(db.inner.clone(), node).map_err(|e| {
+                    Error::Config(format!("could not start a maintenance thread: {e}"))
+                })?;
+                db.maintenance.push(h);
+            }
+        }
+        Ok(db)
     }
 
     #[inline]
