@@ -130,6 +130,9 @@ fn impossible_budgets_and_configurations_say_what_to_change() {
         .unwrap_err()
         .to_string()
         .contains("segment_bytes"));
+    let mut c = tiny(dir.path(), 1 << 20);
+    c.partitions = 70_000;
+    assert!(Db::open(c).unwrap_err().to_string().contains("partitions"));
 }
 
 #[test]
