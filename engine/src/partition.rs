@@ -301,7 +301,16 @@ impl Partition {
     ) -> Result<Partition> {
         let page = shared.page_bytes();
         let ring_len = share / page + 1;
-        let table = Table::with_buckets(Table::buckets_for_expected(expected_keys.max(64)));
+        let buckets = Table::buckets_for_expected(expected_keys.max(64));
+        let index_bytes = buckets.saturating_mul(crate::index::BUCKET_BYTES);
+        if index_bytes >= share {
+            return Err(Error::BudgetExhausted(format!(
+                "partition {id}: {expected_keys} expected keys need an index of {index_bytes} \
+                 bytes, more than the partition's share of {share} bytes; raise \
+                 dram_budget_bytes or lower expected_records"
+            )));
+        }
+        let table = Table::with_buckets(buckets);
         let (p, n) = table.memory();
         bind_inner(p, n, node);
         let part = Partition {

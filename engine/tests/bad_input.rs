@@ -131,6 +131,10 @@ fn impossible_budgets_and_configurations_say_what_to_change() {
         .to_string()
         .contains("segment_bytes"));
     let mut c = tiny(dir.path(), 1 << 20);
+    c.expected_records = 1 << 40; // would be a 12 TB index: refused before allocating
+    let msg = Db::open(c).unwrap_err().to_string();
+    assert!(msg.contains("expected_records"), "{msg}");
+    let mut c = tiny(dir.path(), 1 << 20);
     c.partitions = 70_000;
     assert!(Db::open(c).unwrap_err().to_string().contains("partitions"));
 }
