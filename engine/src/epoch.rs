@@ -302,4 +302,50 @@ mod loom_models {
             // so the safety assertion above still holds for every real execution.
         });
     }
+
+    /// The reader's double check of `head` around the ring-slot load (partition.rs,
+    /// `pinned_visit`): page 1 lives in frame A at ring slot 0; the demoter moves `head` past
+    /// page 1, installs frame B in the same slot for a newer page and writes to it, and reuses
+    /// frame A once the epoch allows. A reader that passes both checks must be reading frame A
+    /// with page 1's contents.
+    #[test]
+    fn ring_slot_reuse_is_caught_by_the_second_head_check() {
+        const A: u64 = 1;
+        const B: u64 = 2;
+        loom::model(|| {
+            let epochs = Arc::new(Epochs::new(2));
+            let head = Arc::new(LAtomic::new(1));
+            let slot = Arc::new(LAtomic::new(A));
+            let frame_a = Arc::new(LAtomic::new(1)); // page 1's contents
+            let frame_b = Arc::new(LAtomic::new(0));
+            let (e2, h2, s2, fa, fb) = (
+                epochs.clone(),
+                head.clone(),
+                slot.clone(),
+                frame_a.clone(),
+                frame_b.clone(),
+            );
+            let reader = loom::thread::spawn(move || {
+                let local = e2.register().unwrap();
+                let _g = local.pin();
+                if h2.load(Acquire) <= 1 {
+                    let ptr = s2.load(Acquire);
+                    if h2.load(Acquire) <= 1 {
+                        assert_eq!(ptr, A, "the slot's new frame was taken for page 1");
+                        assert_eq!(fa.load(Acquire), 1, "frame A was reused under the reader");
+                    }
+                }
+                let _ = fb.load(Acquire);
+            });
+            // Demoter: page 1's records are already repointed; release the page.
+            head.store(2, Release);
+            let retired = epochs.advance();
+            slot.store(B, Release);
+            frame_b.store(7, Release); // writes into the newer page
+            if epochs.is_safe(retired) {
+                frame_a.store(99, Release); // frame A reused for yet another page
+            }
+            reader.join().unwrap();
+        });
+    }
 }
