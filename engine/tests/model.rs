@@ -91,7 +91,12 @@ fn run(ops: &[Op], policy: Arc<dyn HeatPolicy>) -> tera_engine::Stats {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    // 40 cases in `make test`; `PROPTEST_CASES=2000 cargo test --release --test model` digs
+    // deeper.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn matches_a_hashmap_with_frequency_admission(ops in proptest::collection::vec(op(), 1..700)) {
