@@ -445,7 +445,7 @@ impl Partition {
         // SAFETY: the frame holds `page` (checked above) and cannot be reused while we are
         // pinned (or hold the lock); records are immutable once published but for heat.
         let rec = unsafe { RecordRef::parse(base.add(off), (1 << shift) - off) }
-            .map_err(|b| self.dram_bug(addr, b))?;
+            .map_err(|b| ReadErr::Fail(self.dram_bug(addr, b)))?;
         if rec.key() != key {
             return Ok(false);
         }
@@ -510,12 +510,12 @@ impl Partition {
         }))
     }
 
-    fn dram_bug(&self, addr: u64, b: Bad) -> ReadErr {
-        ReadErr::Fail(Error::Corrupt {
+    fn dram_bug(&self, addr: u64, b: Bad) -> Error {
+        Error::Corrupt {
             path: PathBuf::from(format!("<partition {} DRAM frame>", self.id)),
             offset: addr,
             reason: format!("{b} (an engine bug: DRAM records are written by this process)"),
-        })
+        }
     }
 
     /// Lock held: a failed read as an error (with the lock held, the index never points
@@ -858,7 +858,7 @@ impl Partition {
                 let rec = match unsafe { RecordRef::parse(base.add(off), page_bytes - off) } {
                     Ok(r) => r,
                     Err(Bad::NoMagic) => break,
-                    Err(b) => return Err(self.dram_err((page << shift) | off as u64, b)),
+                    Err(b) => return Err(self.dram_bug((page << shift) | off as u64, b)),
                 };
                 let addr = (page << shift) | off as u64;
                 let len = rec.len();
@@ -958,7 +958,7 @@ impl Partition {
         for &(hash, from, len) in &list {
             // SAFETY: `bytes` is our own buffer holding whole records back to back.
             let rec = unsafe { RecordRef::parse(bytes[at..].as_ptr(), len) }
-                .map_err(|b| self.dram_err(from, b))?;
+                .map_err(|b| self.dram_bug(from, b))?;
             self.far_append(st, &rec, hash, from)?;
             at += len;
         }
@@ -980,13 +980,6 @@ impl Partition {
             let frame = st.frames[slot].take().expect("a DRAM page has a frame");
             st.retired.push_back((e, Retired::Frame(frame)));
             st.pages_demoted += 1;
-        }
-    }
-
-    fn dram_err(&self, addr: u64, b: Bad) -> Error {
-        match self.dram_bug(addr, b) {
-            ReadErr::Fail(e) => e,
-            ReadErr::Retry => unreachable!("dram_bug never retries"),
         }
     }
 
