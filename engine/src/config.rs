@@ -7,6 +7,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tera_numa::Topology;
 
+/// When a commit is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing is written to the data directory: the database lives in memory (DRAM and the
+    /// far tier) and starts empty every time. The only honest mode when the far directory is
+    /// on volatile memory and there is no data directory on durable storage.
+    None,
+    /// Committed batches go to the write-ahead log, which a background thread makes durable
+    /// every `interval`: a crash loses at most the last interval (plus one flush) of commits.
+    Periodic(std::time::Duration),
+    /// A commit returns once its batch is durable; concurrent committers share one flush
+    /// (group commit).
+    Commit,
+}
+
 /// How to open a database. Start from [`Config::new`] and set what you need.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -48,6 +63,19 @@ pub struct Config {
     /// it speeds DRAM reads (fewer TLB misses; see docs/benchmarks.md) but lets the kernel's
     /// huge-page compaction stall writers, which is why many databases advise against it.
     pub huge_pages: bool,
+    /// When a commit is durable (see [`Durability`]); `None` by default.
+    pub durability: Durability,
+    /// Directory for the write-ahead log and checkpoints (durable storage); `None` uses the
+    /// far directory. Unused with [`Durability::None`].
+    pub data_dir: Option<PathBuf>,
+    /// Size at which a write-ahead log file is closed and a new one started.
+    pub wal_file_bytes: u64,
+    /// A checkpoint is taken in the background once this many log bytes follow the last one
+    /// (0: only when [`crate::Db::checkpoint`] is called). Bounds recovery time.
+    pub checkpoint_wal_bytes: u64,
+    /// DRAM for the change logs of all keyspaces together (watch history), counted in the
+    /// budget; 0 picks 1/16 of the budget, at most 64 MiB.
+    pub changelog_bytes: usize,
 }
 
 /// Largest key the format allows.
@@ -73,6 +101,27 @@ impl Config {
             background_maintenance: true,
             storage: Arc::new(OsStorage),
             huge_pages: false,
+            durability: Durability::None,
+            data_dir: None,
+            wal_file_bytes: 64 << 20,
+            checkpoint_wal_bytes: 1 << 30,
+            changelog_bytes: 0,
+        }
+    }
+
+    /// The directory holding the log and checkpoints.
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| self.far_dir.clone())
+    }
+
+    /// Bytes the change logs may hold.
+    pub(crate) fn changelog_limit(&self) -> usize {
+        if self.changelog_bytes > 0 {
+            self.changelog_bytes
+        } else {
+            ((self.dram_budget_bytes / 16) as usize).min(64 << 20)
         }
     }
 
@@ -107,12 +156,30 @@ impl Config {
                 self.max_key_bytes
             ));
         }
-        let largest = crate::record::record_len(self.max_key_bytes, self.max_value_bytes);
+        let largest = crate::record::record_len(
+            self.max_key_bytes + crate::keyspace::KEY_PREFIX,
+            self.max_value_bytes + crate::keyspace::META,
+        );
         if largest > p {
             return Err(format!(
                 "page_bytes = {p} cannot hold the largest record ({largest} bytes for a \
                  {}-byte key and a {}-byte value): raise page_bytes or lower the maxima",
                 self.max_key_bytes, self.max_value_bytes
+            ));
+        }
+        if let Durability::Periodic(d) = self.durability {
+            if d.is_zero() {
+                return Err(
+                    "durability = periodic(0): the interval must be positive (use \
+                            commit to flush every commit)"
+                        .into(),
+                );
+            }
+        }
+        if self.wal_file_bytes < 1 << 16 {
+            return Err(format!(
+                "wal_file_bytes = {}: at least 65536",
+                self.wal_file_bytes
             ));
         }
         if !(0.0..1.0).contains(&self.compaction_live_ratio) {

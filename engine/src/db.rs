@@ -1,18 +1,40 @@
-//! [`Db`]: the partitions, their placement on NUMA nodes, the maintenance threads and the
-//! public operations. A key goes to the partition picked by its hash; each partition's frames
-//! and index are bound to its home node, and the maintenance thread of that node (pinned to
-//! its CPUs) compacts it.
+//! [`Db`] and [`Keyspace`]: the partitions and their placement on NUMA nodes, keyspaces, the
+//! commit path (revisions, rollback, the log, the change log), and the background threads.
+//!
+//! A key goes to the partition picked by the hash of its partition key; each partition's
+//! frames and index are bound to its home node, and the maintenance thread of that node
+//! (pinned to its CPUs) compacts it.
+//!
+//! A commit runs under its partition's lock: read the touched keys, take the keyspace's next
+//! revision, apply the writes (undoing those done if one fails), append the batch to the log
+//! and its events to the change log, release the lock, then wait for the log to be durable if
+//! the mode says so. Appending to the log under the partition lock keeps each key's frames in
+//! the order its writes were applied, which is what replay relies on.
 
-use crate::config::Config;
+use crate::changelog::{Change, Changelog, Event, EventKind, Visible, Watcher};
+use crate::config::{Config, Durability};
+use crate::durable::{encode_batch, encode_keyspace, KeyspaceDef, LoggedOp};
 use crate::error::{Error, Result};
+use crate::far::Storage;
 use crate::hash::{hash_key, partition_of};
 use crate::heat::{GhostAdmission, HeatPolicy};
-use crate::partition::{Partition, Shared, Tier};
+use crate::keyspace::{
+    prefix_end, Batch, Entry, KeyspaceOptions, Meta, Op, PartitionBy, Range, RangeResult, Txn,
+    TxnResult, KEY_PREFIX, META,
+};
+use crate::partition::{Locked, Partition, Shared, Tier};
 use crate::stats::{Stats, TierStats};
+use crate::wal::{Bell, Wal};
 use crossbeam_utils::CachePadded;
-use parking_lot::{Condvar, Mutex};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{
+    AtomicI64, AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tera_numa::Topology;
@@ -54,16 +76,65 @@ impl ReadCounters {
     }
 }
 
-struct Inner {
+/// A keyspace as the database keeps it.
+pub(crate) struct KsInfo {
+    pub(crate) id: u16,
+    pub(crate) name: String,
+    pub(crate) opts: KeyspaceOptions,
+    /// Last revision handed out.
+    pub(crate) rev: AtomicU64,
+    pub(crate) changelog: Arc<Changelog>,
+    /// Keys in the keyspace.
+    pub(crate) keys: AtomicI64,
+}
+
+#[derive(Default)]
+struct KsTable {
+    by_name: HashMap<String, Arc<KsInfo>>,
+    by_id: Vec<Option<Arc<KsInfo>>>,
+}
+
+/// The name of the keyspace behind [`Db::get`], [`Db::put`] and friends.
+pub const DEFAULT_KEYSPACE: &str = "default";
+
+/// Where watchers may read up to: the durable LSN, or everything without a log.
+struct VisibleLsn(Option<Arc<Wal>>);
+impl Visible for VisibleLsn {
+    fn visible_lsn(&self) -> u64 {
+        self.0.as_ref().map_or(u64::MAX, |w| w.durable())
+    }
+}
+
+pub(crate) struct Inner {
     parts: Vec<Partition>,
+    shared: Arc<Shared>,
     budget: u64,
     policy: Arc<dyn HeatPolicy>,
     topology: Topology,
     reads: ReadCounters,
     stop: Mutex<bool>,
     wake: Condvar,
-    /// Held for the database's life: the far directory's lock.
+    max_key: usize,
+    max_value: usize,
+    keyspaces: RwLock<KsTable>,
+    durability: Durability,
+    data_dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    wal: Option<Arc<Wal>>,
+    visible: Arc<VisibleLsn>,
+    poison: Arc<OnceLock<String>>,
+    bell: Arc<Bell>,
+    changelog_total: Arc<AtomicUsize>,
+    changelog_limit: usize,
+    wal_buffer_cap: usize,
+    checkpoint_wal_bytes: u64,
+    checkpoint_lock: Mutex<()>,
+    /// LSN replay would start from (the last checkpoint's).
+    checkpoint_lsn: AtomicU64,
+    checkpoints: AtomicU64,
+    /// Held for the database's life: the far directory's lock (and the data directory's).
     _far_lock: std::fs::File,
+    _data_lock: Option<std::fs::File>,
 }
 
 /// A tiered record store. See the crate docs for an example.
@@ -78,19 +149,82 @@ impl std::fmt::Debug for Db {
             .field("partitions", &self.inner.parts.len())
             .field("dram_budget_bytes", &self.inner.budget)
             .field("policy", &self.inner.policy.name())
+            .field("durability", &self.inner.durability)
             .finish_non_exhaustive()
     }
 }
 
+/// What [`Db::checkpoint`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// Log position recovery replays from.
+    pub lsn: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Partition slices scanned again because an index grew under the scan.
+    pub rescans: u64,
+}
+
+/// What a recovery found, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecoveryInfo {
+    pub checkpoint_records: u64,
+    pub log_frames: u64,
+    /// Bytes cut off the end of the log as a torn tail.
+    pub torn_bytes: u64,
+}
+
+/// What [`Keyspace::bulk_load`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkLoadInfo {
+    pub records: u64,
+    /// Key and value bytes loaded.
+    pub bytes: u64,
+    /// Records skipped because their key existed (written while the load ran).
+    pub skipped: u64,
+    /// The revision every loaded record carries.
+    pub revision: u64,
+}
+
+/// Totals of a [`Keyspace::scan_parallel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanInfo {
+    pub records: u64,
+    pub key_bytes: u64,
+    pub value_bytes: u64,
+    pub threads: usize,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 impl Db {
-    /// Open a database. The far directory is created if missing and must be writable.
-    ///
-    /// The far tier is scratch space in this version: segment files are removed when the
-    /// database is dropped, and a directory that still holds segment files is refused rather
-    /// than overwritten.
+    /// Open a database. The far directory is created if missing and must be writable. With a
+    /// durability other than `None`, the database is recovered from the data directory (the
+    /// newest checkpoint, then the write-ahead log after it).
     pub fn open(config: Config) -> Result<Db> {
+        Ok(Self::open_with_info(config)?.0)
+    }
+
+    /// [`Db::open`], also saying what recovery found.
+    pub fn open_with_info(config: Config) -> Result<(Db, RecoveryInfo)> {
         config.validate().map_err(Error::Config)?;
-        let far_lock = prepare_far_dir(&config)?;
+        let durable = config.durability != Durability::None;
+        let data_dir = config.data_dir();
+        let far_lock = prepare_far_dir(&config, durable)?;
+        let data_lock = if durable && data_dir != config.far_dir {
+            Some(lock_dir(&data_dir)?)
+        } else {
+            None
+        };
+        if !durable {
+            refuse_durable_files(&data_dir)?;
+        }
         crate::sigbus::init();
         if config.far_latency_ns > 0 {
             crate::emulate::calibrate();
@@ -114,33 +248,72 @@ impl Db {
         };
         let left = budget.saturating_sub(policy.dram_bytes() as u64);
         let share = (left / n as u64) as usize;
+        // The log's buffer (and the one being flushed) is charged to every partition.
+        let wal_buffer_cap = ((budget / 64) as usize).clamp(64 << 10, 4 << 20);
         let shared = Arc::new(Shared {
             page_shift: config.page_bytes.trailing_zeros(),
             seg_shift: config.segment_bytes.trailing_zeros(),
             far_ns: config.far_latency_ns,
-            max_key: config.max_key_bytes,
-            max_value: config.max_value_bytes,
+            max_key: config.max_key_bytes + KEY_PREFIX,
+            max_value: config.max_value_bytes + META,
             far_dir: config.far_dir.clone(),
             storage: config.storage.clone(),
             policy: policy.clone(),
             compaction_ratio: config.compaction_live_ratio,
             huge_pages: config.huge_pages,
+            partitions: n,
+            global_overhead: AtomicUsize::new(if durable { 2 * wal_buffer_cap } else { 0 }),
         });
         let per_part = config.expected_records.div_ceil(n);
         let per_part = per_part + per_part / 100;
         let parts = (0..n)
             .map(|i| Partition::open(i, nodes[i % nodes.len()], shared.clone(), share, per_part))
             .collect::<Result<Vec<_>>>()?;
-        let inner = Arc::new(Inner {
+        let bell = Arc::new(Bell::default());
+        let inner = Inner {
             parts,
+            shared,
             budget,
             policy,
             topology,
             reads: ReadCounters::new(),
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            max_key: config.max_key_bytes,
+            max_value: config.max_value_bytes,
+            keyspaces: RwLock::new(KsTable::default()),
+            durability: config.durability,
+            data_dir: data_dir.clone(),
+            storage: config.storage.clone(),
+            wal: None,
+            visible: Arc::new(VisibleLsn(None)),
+            poison: Arc::new(OnceLock::new()),
+            bell,
+            changelog_total: Arc::new(AtomicUsize::new(0)),
+            changelog_limit: config.changelog_limit(),
+            wal_buffer_cap,
+            checkpoint_wal_bytes: config.checkpoint_wal_bytes,
+            checkpoint_lock: Mutex::new(()),
+            checkpoint_lsn: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
             _far_lock: far_lock,
-        });
+            _data_lock: data_lock,
+        };
+        let mut inner = inner;
+        inner.add_keyspace(
+            KeyspaceDef {
+                id: 0,
+                name: DEFAULT_KEYSPACE.into(),
+                opts: KeyspaceOptions::hash(),
+                revision: 0,
+            },
+            false,
+        )?;
+        let mut info = RecoveryInfo::default();
+        if durable {
+            info = crate::recovery::recover(&mut inner, &config)?;
+        }
+        let inner = Arc::new(inner);
         let mut db = Db {
             inner,
             maintenance: Vec::new(),
@@ -154,65 +327,160 @@ impl Db {
                 db.maintenance.push(h);
             }
         }
-        Ok(db)
+        if durable {
+            let h = spawn_durability(db.inner.clone()).map_err(|e| {
+                Error::Config(format!("could not start the log flusher thread: {e}"))
+            })?;
+            db.maintenance.push(h);
+        }
+        Ok((db, info))
     }
 
-    #[inline]
-    fn part(&self, hash: u64) -> &Partition {
-        &self.inner.parts[partition_of(hash, self.inner.parts.len())]
+    /// The keyspace named `name`, created with `opts` if it does not exist. An existing
+    /// keyspace must have been created with the same options.
+    pub fn keyspace(&self, name: &str, opts: KeyspaceOptions) -> Result<Keyspace> {
+        let inner = &self.inner;
+        if let Some(ks) = inner.keyspaces.read().by_name.get(name) {
+            return check_opts(ks, opts).map(|()| self.handle(ks.clone()));
+        }
+        let bad = |reason: &str| Error::Keyspace {
+            name: name.into(),
+            reason: reason.into(),
+        };
+        if name.is_empty() || name.len() > 255 {
+            return Err(bad("a name is 1 to 255 bytes"));
+        }
+        if let PartitionBy::Prefix(0) = opts.partition_by {
+            return Err(bad("a partition prefix of 0 bytes would put every key in one partition; use a positive length"));
+        }
+        inner.writable()?;
+        let ks = {
+            let mut t = inner.keyspaces.write();
+            if let Some(ks) = t.by_name.get(name) {
+                let ks = ks.clone();
+                drop(t);
+                return check_opts(&ks, opts).map(|()| self.handle(ks));
+            }
+            let id = t.by_id.len();
+            if id > u16::MAX as usize {
+                return Err(bad("65536 keyspaces exist already"));
+            }
+            let def = KeyspaceDef {
+                id: id as u16,
+                name: name.into(),
+                opts,
+                revision: 0,
+            };
+            let ks = inner.new_ks(&def);
+            t.by_id.push(Some(ks.clone()));
+            t.by_name.insert(name.into(), ks.clone());
+            if let Some(wal) = &inner.wal {
+                let mut buf = Vec::new();
+                encode_keyspace(&def, &mut buf);
+                let lsn = wal.append(&buf);
+                drop(t);
+                wal.sync_to(lsn)?;
+            }
+            ks
+        };
+        Ok(self.handle(ks))
     }
 
-    /// The value of `key`, or `None`.
+    /// The keyspace named `name`, if it exists.
+    pub fn get_keyspace(&self, name: &str) -> Option<Keyspace> {
+        let ks = self.inner.keyspaces.read().by_name.get(name).cloned()?;
+        Some(self.handle(ks))
+    }
+
+    /// Names of all keyspaces, by id.
+    pub fn keyspace_names(&self) -> Vec<String> {
+        let t = self.inner.keyspaces.read();
+        t.by_id.iter().flatten().map(|k| k.name.clone()).collect()
+    }
+
+    fn handle(&self, ks: Arc<KsInfo>) -> Keyspace {
+        Keyspace {
+            inner: self.inner.clone(),
+            ks,
+        }
+    }
+
+    fn default_ks(&self) -> Keyspace {
+        self.get_keyspace(DEFAULT_KEYSPACE)
+            .expect("the default keyspace always exists")
+    }
+
+    /// The value of `key` in the default keyspace, or `None`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::new();
         Ok(self.get_into(key, &mut out)?.then_some(out))
     }
 
-    /// Copy the value of `key` into `out` (cleared first); returns whether the key exists.
-    /// Reusing `out` across calls saves an allocation per read.
+    /// Copy the value of `key` (default keyspace) into `out` (cleared first); returns whether
+    /// the key exists. Reusing `out` across calls saves an allocation per read.
     #[inline]
     pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
-        let hash = hash_key(key);
-        match self.part(hash).read(hash, key, out)? {
-            Some(found) => {
-                self.inner.reads.count(found.tier);
-                Ok(true)
-            }
-            None => {
-                out.clear();
-                Ok(false)
-            }
+        let ks = self.inner.keyspaces.read().by_id[0]
+            .clone()
+            .expect("default");
+        let found = self.inner.read_stored(&ks, key, out)?;
+        if found {
+            out.drain(..META.min(out.len()));
         }
+        Ok(found)
     }
 
-    /// Set `key` to `value`. Keys up to `max_key_bytes` (64 KiB), values up to
-    /// `max_value_bytes` (1 MiB by default); larger ones are refused.
+    /// Set `key` to `value` in the default keyspace. Keys up to `max_key_bytes` (64 KiB),
+    /// values up to `max_value_bytes` (1 MiB by default); larger ones are refused.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let hash = hash_key(key);
-        self.part(hash).put(hash, key, value)
+        self.default_ks().put(key, value).map(drop)
     }
 
-    /// Remove `key`; returns whether it existed.
+    /// Remove `key` from the default keyspace; returns whether it existed.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        let hash = hash_key(key);
-        self.part(hash).delete(hash, key)
+        Ok(self.default_ks().delete(key)?.is_some())
     }
 
-    /// Read-modify-write, atomic with respect to every other write of the key: `f` receives
-    /// the current value (or `None`) and returns the new value (or `None` to delete). `f` runs
-    /// under the lock of the key's partition: it must be short and must not call back into
-    /// this database (that would deadlock on the partition lock).
+    /// Read-modify-write in the default keyspace, atomic with respect to every other write of
+    /// the key: `f` receives the current value (or `None`) and returns the new value (or
+    /// `None` to delete). `f` runs under the lock of the key's partition: it must be short and
+    /// must not call back into this database (that would deadlock on the partition lock).
     pub fn update(
         &self,
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> Option<Vec<u8>>,
     ) -> Result<()> {
-        let hash = hash_key(key);
-        let mut scratch = Vec::new();
-        if let Some(tier) = self.part(hash).update(hash, key, &mut scratch, f)? {
-            self.inner.reads.count(tier);
+        self.default_ks()
+            .atomic(key, |tx| {
+                let cur = tx.get(key)?;
+                match f(cur.as_ref().map(|e| e.value.as_slice())) {
+                    Some(v) => tx.put(key, &v),
+                    None if cur.is_some() => tx.delete(key),
+                    None => Ok(()),
+                }
+            })
+            .map(drop)
+    }
+
+    /// Write a checkpoint: every record, so that recovery loads it and replays only the log
+    /// after it. Writers go on meanwhile (each partition is scanned a slice at a time under
+    /// its lock). Fails with durability `None`.
+    pub fn checkpoint(&self) -> Result<CheckpointInfo> {
+        crate::recovery::checkpoint(&self.inner)
+    }
+
+    /// Make every commit so far durable (with durability `periodic`, without waiting for the
+    /// interval). A no-op with durability `None`.
+    pub fn sync(&self) -> Result<()> {
+        match &self.inner.wal {
+            Some(w) => w.sync_to(w.end()),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Why writes are refused, if they are (after a log write or sync failed).
+    pub fn poisoned(&self) -> Option<String> {
+        self.inner.poison.get().cloned()
     }
 
     /// Run compaction until no far segment qualifies. Returns the steps taken (pages
@@ -230,13 +498,14 @@ impl Db {
 
     /// Counters per tier and the DRAM budget against its use.
     pub fn stats(&self) -> Stats {
+        let inner = &self.inner;
         let mut s = Stats {
-            partitions: self.inner.parts.len(),
-            dram_budget_bytes: self.inner.budget,
+            partitions: inner.parts.len(),
+            dram_budget_bytes: inner.budget,
             ..Stats::default()
         };
-        let mut used = self.inner.policy.dram_bytes() as u64;
-        for p in &self.inner.parts {
+        let mut used = inner.policy.dram_bytes() as u64;
+        for p in &inner.parts {
             let ps = p.stats();
             add(&mut s.dram, ps.dram);
             add(&mut s.far, ps.far);
@@ -247,12 +516,24 @@ impl Db {
             s.segments_compacted += ps.segments_compacted;
             s.far_file_bytes += ps.far_file_bytes;
             s.index_bytes += ps.index_bytes;
+            s.ordered_index_bytes += ps.ordered_index_bytes;
             s.frame_bytes += ps.frame_bytes;
             s.keys += ps.keys;
+            // Partitions each count their share of the global overhead; count it once.
             used += ps.used_bytes;
         }
+        let global = inner.shared.global_overhead.load(Relaxed) as u64;
+        let n = inner.parts.len() as u64;
+        used = used - (global / n.max(1)) * n + global;
         s.dram_used_bytes = used;
-        let (d, f) = self.inner.reads.totals();
+        s.changelog_bytes = inner.changelog_total.load(Relaxed) as u64;
+        if let Some(w) = &inner.wal {
+            let ws = w.stats();
+            s.wal_fsyncs = ws.fsyncs;
+            s.wal_durable_lsn = ws.durable_lsn;
+        }
+        s.checkpoints = inner.checkpoints.load(Relaxed);
+        let (d, f) = inner.reads.totals();
         s.dram.reads = d;
         s.far.reads = f;
         s
@@ -263,9 +544,13 @@ impl Db {
         self.inner.parts.iter().map(|p| p.node).collect()
     }
 
-    /// The partition a key belongs to.
+    /// The partition a key of the default keyspace belongs to.
     pub fn partition_of(&self, key: &[u8]) -> usize {
-        partition_of(hash_key(key), self.inner.parts.len())
+        let ks = self.inner.keyspaces.read().by_id[0]
+            .clone()
+            .expect("default");
+        let ik = ikey(&ks, key);
+        self.inner.partition_for(&ks, &ik, hash_key(&ik))
     }
 
     /// The topology partitions were placed on.
@@ -277,8 +562,823 @@ impl Db {
     pub fn policy_name(&self) -> &'static str {
         self.inner.policy.name()
     }
+
+    /// The durability mode.
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
 }
 
+fn check_opts(ks: &KsInfo, opts: KeyspaceOptions) -> Result<()> {
+    if ks.opts == opts {
+        Ok(())
+    } else {
+        Err(Error::Keyspace {
+            name: ks.name.clone(),
+            reason: format!(
+                "exists with options {:?}, not the {opts:?} asked for",
+                ks.opts
+            ),
+        })
+    }
+}
+
+/// The stored key of `key` in `ks`.
+pub(crate) fn ikey(ks: &KsInfo, key: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(KEY_PREFIX + key.len());
+    v.extend_from_slice(&ks.id.to_be_bytes());
+    v.extend_from_slice(key);
+    v
+}
+
+impl Inner {
+    pub(crate) fn new_ks(&self, def: &KeyspaceDef) -> Arc<KsInfo> {
+        Arc::new(KsInfo {
+            id: def.id,
+            name: def.name.clone(),
+            opts: def.opts,
+            rev: AtomicU64::new(def.revision),
+            changelog: Arc::new(Changelog::new(
+                def.revision + 1,
+                self.changelog_total.clone(),
+                self.changelog_limit,
+                self.bell.clone(),
+            )),
+            keys: AtomicI64::new(0),
+        })
+    }
+
+    /// Register a keyspace found by recovery (or the default one).
+    pub(crate) fn add_keyspace(&mut self, def: KeyspaceDef, replace: bool) -> Result<Arc<KsInfo>> {
+        let ks = self.new_ks(&def);
+        let t = self.keyspaces.get_mut();
+        let id = def.id as usize;
+        if t.by_id.len() <= id {
+            t.by_id.resize(id + 1, None);
+        }
+        if let Some(old) = &t.by_id[id] {
+            if old.name != def.name || old.opts != def.opts {
+                return Err(Error::Corrupt {
+                    path: self.data_dir.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "keyspace {id} is both {:?} and {:?} in the log",
+                        old.name, def.name
+                    ),
+                });
+            }
+            if !replace {
+                return Ok(old.clone());
+            }
+        }
+        t.by_id[id] = Some(ks.clone());
+        t.by_name.insert(def.name, ks.clone());
+        Ok(ks)
+    }
+
+    pub(crate) fn ks_by_id(&self, id: u16) -> Option<Arc<KsInfo>> {
+        self.keyspaces
+            .read()
+            .by_id
+            .get(id as usize)
+            .cloned()
+            .flatten()
+    }
+
+    pub(crate) fn all_ks(&self) -> Vec<Arc<KsInfo>> {
+        self.keyspaces
+            .read()
+            .by_id
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn parts(&self) -> &[Partition] {
+        &self.parts
+    }
+
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub(crate) fn wal(&self) -> Option<&Arc<Wal>> {
+        self.wal.as_ref()
+    }
+
+    pub(crate) fn set_wal(&mut self, wal: Arc<Wal>) {
+        self.visible = Arc::new(VisibleLsn(Some(wal.clone())));
+        self.wal = Some(wal);
+    }
+
+    pub(crate) fn poison_cell(&self) -> Arc<OnceLock<String>> {
+        self.poison.clone()
+    }
+
+    pub(crate) fn bell(&self) -> Arc<Bell> {
+        self.bell.clone()
+    }
+
+    pub(crate) fn checkpoint_lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.checkpoint_lock.lock()
+    }
+
+    pub(crate) fn set_checkpoint_lsn(&self, lsn: u64) {
+        self.checkpoint_lsn.store(lsn, Release);
+    }
+
+    pub(crate) fn count_checkpoint(&self) {
+        self.checkpoints.fetch_add(1, Relaxed);
+    }
+
+    /// The partition of a stored key.
+    #[inline]
+    pub(crate) fn partition_for(&self, ks: &KsInfo, ikey: &[u8], hash: u64) -> usize {
+        let n = self.parts.len();
+        match ks.opts.partition_by {
+            PartitionBy::Key => partition_of(hash, n),
+            PartitionBy::Prefix(p) => {
+                let end = (KEY_PREFIX + p as usize).min(ikey.len());
+                partition_of(hash_key(&ikey[..end]), n)
+            }
+        }
+    }
+
+    pub(crate) fn check_sizes(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_key(key)?;
+        self.check_value(value)
+    }
+
+    pub(crate) fn topology_ref(&self) -> &Topology {
+        &self.topology
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.len() > self.max_key {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: self.max_key,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        if value.len() > self.max_value {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                max: self.max_value,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuse writes after a log failure.
+    pub(crate) fn writable(&self) -> Result<()> {
+        match self.poison.get() {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Lock-free read of a stored value into `out`.
+    #[inline]
+    fn read_stored(&self, ks: &KsInfo, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+        if key.len() > self.max_key {
+            out.clear();
+            return Ok(false); // cannot have been written
+        }
+        thread_local! {
+            static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        KEY.with(|k| {
+            let mut ik = k.borrow_mut();
+            ik.clear();
+            ik.extend_from_slice(&ks.id.to_be_bytes());
+            ik.extend_from_slice(key);
+            let hash = hash_key(&ik);
+            let p = self.partition_for(ks, &ik, hash);
+            match self.parts[p].read(hash, &ik, out)? {
+                Some(found) => {
+                    self.reads.count(found.tier);
+                    Ok(true)
+                }
+                None => {
+                    out.clear();
+                    Ok(false)
+                }
+            }
+        })
+    }
+
+    /// Apply `writes` (stored keys, and user values or `None` for deletes) at the next
+    /// revision, all or nothing, under the partition lock `lk`; log them and add them to the
+    /// change log. Returns the revision and the log LSN to wait for, or `None` if the writes
+    /// change nothing (deletes of missing keys).
+    fn commit_locked(
+        &self,
+        ks: &KsInfo,
+        lk: &mut Locked<'_>,
+        writes: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) -> Result<Option<(u64, u64)>> {
+        self.writable()?;
+        // The state each touched key had before the batch (for rollback), and as the batch
+        // goes on (for versions and create revisions).
+        let mut before: HashMap<&[u8], (Option<Vec<u8>>, Option<Meta>)> = HashMap::new();
+        let mut effects: Vec<(&[u8], Option<Meta>, Option<&Vec<u8>>)> = Vec::new();
+        let mut scratch = Vec::new();
+        for (ik, value) in writes {
+            if !before.contains_key(ik.as_slice()) {
+                let hash = hash_key(ik);
+                let orig = lk.get(hash, ik, &mut scratch)?.map(|_| scratch.clone());
+                let meta = orig.as_deref().map(|s| Meta::decode(s).0);
+                before.insert(ik.as_slice(), (orig, meta));
+            }
+            let cur = &mut before.get_mut(ik.as_slice()).expect("inserted").1;
+            match value {
+                Some(v) => {
+                    // create 0 stands for "this batch's revision", filled in below.
+                    let m = Meta {
+                        create: cur.map_or(0, |c| c.create),
+                        modified: 0,
+                        version: cur.map_or(1, |c| c.version + 1),
+                    };
+                    *cur = Some(m);
+                    effects.push((ik.as_slice(), Some(m), Some(v)));
+                }
+                None => {
+                    if cur.take().is_some() {
+                        effects.push((ik.as_slice(), None, None));
+                    }
+                }
+            }
+        }
+        if effects.is_empty() {
+            return Ok(None);
+        }
+        let rev = ks.rev.fetch_add(1, AcqRel) + 1;
+        let ordered = ks.opts.ordered;
+        let mut applied = 0;
+        let mut failure = None;
+        for (ik, meta, value) in &effects {
+            let hash = hash_key(ik);
+            let r = match (meta, value) {
+                (Some(m), Some(v)) => {
+                    let m = Meta {
+                        create: if m.create == 0 { rev } else { m.create },
+                        modified: rev,
+                        version: m.version,
+                    };
+                    m.encode(v, &mut scratch);
+                    lk.put(hash, ik, &scratch, ordered).map(drop)
+                }
+                _ => lk.delete(hash, ik, ordered).map(drop),
+            };
+            if let Err(e) = r {
+                failure = Some(e);
+                break;
+            }
+            applied += 1;
+        }
+        if let Some(e) = failure {
+            // Undo the writes already applied, restoring each key's state from before.
+            let mut undone = std::collections::HashSet::new();
+            let mut undo_err = None;
+            for (ik, _, _) in effects[..applied].iter().rev() {
+                if !undone.insert(*ik) {
+                    continue;
+                }
+                let hash = hash_key(ik);
+                let r = match &before[ik].0 {
+                    Some(orig) => lk.put(hash, ik, orig, ordered).map(drop),
+                    None => lk.delete(hash, ik, ordered).map(drop),
+                };
+                if let Err(u) = r {
+                    undo_err = Some(u);
+                }
+            }
+            if let Some(u) = undo_err {
+                let _ = self.poison.set(format!(
+                    "a batch failed ({e}) and could not be undone ({u}); it is not logged, so \
+                     a reopen drops it"
+                ));
+            }
+            ks.changelog.insert(
+                rev,
+                Change {
+                    events: Vec::new(),
+                    lsn: 0,
+                },
+            );
+            return Err(e);
+        }
+        // Keys created and removed.
+        for (orig, fin) in before.values() {
+            match (orig.is_some(), fin.is_some()) {
+                (false, true) => ks.keys.fetch_add(1, Relaxed),
+                (true, false) => ks.keys.fetch_sub(1, Relaxed),
+                _ => 0,
+            };
+        }
+        let mut events = Vec::with_capacity(effects.len());
+        for (ik, meta, value) in &effects {
+            let key = ik[KEY_PREFIX..].to_vec();
+            events.push(match (meta, value) {
+                (Some(m), Some(v)) => Event {
+                    kind: EventKind::Put,
+                    key,
+                    value: (*v).clone(),
+                    mod_revision: rev,
+                    create_revision: if m.create == 0 { rev } else { m.create },
+                    version: m.version,
+                },
+                _ => Event {
+                    kind: EventKind::Delete,
+                    key,
+                    value: Vec::new(),
+                    mod_revision: rev,
+                    create_revision: 0,
+                    version: 0,
+                },
+            });
+        }
+        let lsn = match &self.wal {
+            Some(wal) => {
+                let ops: Vec<LoggedOp> = events
+                    .iter()
+                    .map(|e| LoggedOp {
+                        key: e.key.clone(),
+                        put: (e.kind == EventKind::Put)
+                            .then(|| (e.create_revision, e.version, e.value.clone())),
+                    })
+                    .collect();
+                encode_batch(ks.id, rev, &ops, &mut scratch);
+                wal.append(&scratch)
+            }
+            None => 0,
+        };
+        ks.changelog.insert(rev, Change { events, lsn });
+        Ok(Some((rev, lsn)))
+    }
+
+    /// After the partition lock is released: wait for durability as the mode says.
+    fn after_commit(&self, lsn: u64) -> Result<()> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        match self.durability {
+            Durability::Commit => wal.sync_to(lsn),
+            // Bound the buffer: a writer that outruns the flusher flushes itself.
+            _ if wal.buffered() > self.wal_buffer_cap => wal.sync_to(lsn),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A handle on one keyspace. Cheap to clone; keeps the database open.
+#[derive(Clone)]
+pub struct Keyspace {
+    inner: Arc<Inner>,
+    ks: Arc<KsInfo>,
+}
+
+impl std::fmt::Debug for Keyspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyspace")
+            .field("name", &self.ks.name)
+            .field("id", &self.ks.id)
+            .field("opts", &self.ks.opts)
+            .finish()
+    }
+}
+
+/// Reads and writes inside one partition, under its lock, committed at one revision when
+/// the closure given to [`Keyspace::atomic`] returns. Reads see the state before this
+/// transaction's own writes.
+pub struct Tx<'a> {
+    inner: &'a Inner,
+    ks: &'a KsInfo,
+    part: usize,
+    lk: Locked<'a>,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("partition", &self.part)
+            .field("writes", &self.writes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tx<'_> {
+    fn own(&self, key: &[u8]) -> Result<(Vec<u8>, u64)> {
+        self.inner.check_key(key)?;
+        let ik = ikey(self.ks, key);
+        let hash = hash_key(&ik);
+        let got = self.inner.partition_for(self.ks, &ik, hash);
+        if got != self.part {
+            return Err(Error::CrossPartition {
+                key: String::from_utf8_lossy(key).into_owned(),
+                want: self.part,
+                got,
+            });
+        }
+        Ok((ik, hash))
+    }
+
+    /// The entry of `key` (which must be in this partition), as before this transaction.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Entry>> {
+        let (ik, hash) = self.own(key)?;
+        if self.lk.get(hash, &ik, &mut self.scratch)?.is_none() {
+            return Ok(None);
+        }
+        let (m, v) = Meta::decode(&self.scratch);
+        Ok(Some(Entry {
+            key: key.to_vec(),
+            value: v.to_vec(),
+            create_revision: m.create,
+            mod_revision: m.modified,
+            version: m.version,
+        }))
+    }
+
+    /// Entries of an ordered keyspace in `range` within this partition.
+    pub fn range(&mut self, range: &Range) -> Result<Vec<Entry>> {
+        require_ordered(self.ks)?;
+        let (lo, hi) = stored_bounds(self.ks, range);
+        let mut out = Vec::new();
+        let limit = if range.limit == 0 {
+            usize::MAX
+        } else {
+            range.limit
+        };
+        self.lk
+            .range(as_ref(&lo), as_ref(&hi), range.reverse, |k, v| {
+                out.push(entry_of(k, v));
+                out.len() < limit
+            })?;
+        Ok(out)
+    }
+
+    /// Set `key` to `value` when the transaction commits.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.inner.check_value(value)?;
+        let (ik, _) = self.own(key)?;
+        self.writes.push((ik, Some(value.to_vec())));
+        Ok(())
+    }
+
+    /// Delete `key` when the transaction commits.
+    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        let (ik, _) = self.own(key)?;
+        self.writes.push((ik, None));
+        Ok(())
+    }
+
+    /// The keyspace's current revision.
+    pub fn revision(&self) -> u64 {
+        self.ks.rev.load(Acquire)
+    }
+}
+
+fn require_ordered(ks: &KsInfo) -> Result<()> {
+    if ks.opts.ordered {
+        Ok(())
+    } else {
+        Err(Error::Keyspace {
+            name: ks.name.clone(),
+            reason: "range scans and counts need an ordered keyspace (KeyspaceOptions::ordered)"
+                .into(),
+        })
+    }
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The stored-key bounds of a user range (the end of the keyspace if it has no end).
+fn stored_bounds(ks: &KsInfo, r: &Range) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let lo = Bound::Included(ikey(ks, &r.start));
+    let hi = match &r.end {
+        Some(e) => Bound::Excluded(ikey(ks, e)),
+        None => match ks.id.checked_add(1) {
+            Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        },
+    };
+    (lo, hi)
+}
+
+fn entry_of(stored_key: &[u8], stored: &[u8]) -> Entry {
+    let (m, v) = Meta::decode(stored);
+    Entry {
+        key: stored_key[KEY_PREFIX..].to_vec(),
+        value: v.to_vec(),
+        create_revision: m.create,
+        mod_revision: m.modified,
+        version: m.version,
+    }
+}
+
+impl Keyspace {
+    /// The keyspace's name.
+    pub fn name(&self) -> &str {
+        &self.ks.name
+    }
+
+    /// The options it was created with.
+    pub fn options(&self) -> KeyspaceOptions {
+        self.ks.opts
+    }
+
+    /// The revision of the last committed batch.
+    pub fn revision(&self) -> u64 {
+        self.ks.rev.load(Acquire)
+    }
+
+    /// Keys in the keyspace.
+    pub fn len(&self) -> u64 {
+        self.ks.keys.load(Relaxed).max(0) as u64
+    }
+
+    /// Whether the keyspace has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry of `key`, or `None`. Lock-free.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let mut out = Vec::new();
+        if !self.inner.read_stored(&self.ks, key, &mut out)? {
+            return Ok(None);
+        }
+        let (m, v) = Meta::decode(&out);
+        Ok(Some(Entry {
+            key: key.to_vec(),
+            value: v.to_vec(),
+            create_revision: m.create,
+            mod_revision: m.modified,
+            version: m.version,
+        }))
+    }
+
+    /// Copy the value of `key` into `out`; returns whether it exists. Lock-free.
+    #[inline]
+    pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+        let found = self.inner.read_stored(&self.ks, key, out)?;
+        if found {
+            out.drain(..META.min(out.len()));
+        }
+        Ok(found)
+    }
+
+    /// The partition of `key`.
+    pub fn partition_of(&self, key: &[u8]) -> usize {
+        let ik = ikey(&self.ks, key);
+        self.inner.partition_for(&self.ks, &ik, hash_key(&ik))
+    }
+
+    /// Run `f` under the lock of the partition of `partition_key`; its writes commit at one
+    /// revision, all or nothing, when it returns `Ok` (and are dropped when it returns an
+    /// error). Returns `f`'s result and the revision, or `None` if nothing changed. `f` must
+    /// not call back into the database.
+    pub fn atomic<R>(
+        &self,
+        partition_key: &[u8],
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
+    ) -> Result<(R, Option<u64>)> {
+        let inner = &*self.inner;
+        let ik = ikey(&self.ks, partition_key);
+        let part = inner.partition_for(&self.ks, &ik, hash_key(&ik));
+        let mut tx = Tx {
+            inner,
+            ks: &self.ks,
+            part,
+            lk: inner.parts[part].lock(),
+            writes: Vec::new(),
+            scratch: Vec::new(),
+        };
+        let r = f(&mut tx)?;
+        if tx.writes.is_empty() {
+            return Ok((r, None));
+        }
+        let writes = std::mem::take(&mut tx.writes);
+        let committed = inner.commit_locked(&self.ks, &mut tx.lk, &writes)?;
+        drop(tx);
+        match committed {
+            Some((rev, lsn)) => {
+                inner.after_commit(lsn)?;
+                Ok((r, Some(rev)))
+            }
+            None => Ok((r, None)),
+        }
+    }
+
+    /// Set `key` to `value`; returns the revision.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
+        let (_, rev) = self.atomic(key, |tx| tx.put(key, value))?;
+        Ok(rev.expect("a put always writes"))
+    }
+
+    /// Delete `key`; returns the revision, or `None` if it did not exist.
+    pub fn delete(&self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self.atomic(key, |tx| tx.delete(key))?.1)
+    }
+
+    /// Apply a batch, all or nothing, at one revision. Its keys must share a partition.
+    /// Returns the revision, or `None` if it changed nothing.
+    pub fn write(&self, batch: &Batch) -> Result<Option<u64>> {
+        let Some(first) = batch.ops.first() else {
+            return Ok(None);
+        };
+        Ok(self
+            .atomic(first.key(), |tx| {
+                for op in &batch.ops {
+                    match op {
+                        Op::Put { key, value } => tx.put(key, value)?,
+                        Op::Delete { key } => tx.delete(key)?,
+                    }
+                }
+                Ok(())
+            })?
+            .1)
+    }
+
+    /// A conditional batch (etcd `Txn`): all compares and writes must share a partition.
+    pub fn txn(&self, txn: &Txn) -> Result<TxnResult> {
+        let first = txn
+            .compares
+            .first()
+            .map(|c| c.key.as_slice())
+            .or_else(|| txn.success.first().map(Op::key))
+            .or_else(|| txn.failure.first().map(Op::key));
+        let Some(first) = first else {
+            return Ok(TxnResult {
+                succeeded: true,
+                revision: self.revision(),
+            });
+        };
+        let (succeeded, rev) = self.atomic(first, |tx| {
+            let mut ok = true;
+            for c in &txn.compares {
+                let cur = tx.get(&c.key)?;
+                let m = cur.as_ref().map(|e| {
+                    (
+                        Meta {
+                            create: e.create_revision,
+                            modified: e.mod_revision,
+                            version: e.version,
+                        },
+                        e.value.as_slice(),
+                    )
+                });
+                if !c.holds(m.as_ref().map(|(m, v)| (m, *v))) {
+                    ok = false;
+                    break;
+                }
+            }
+            for op in if ok { &txn.success } else { &txn.failure } {
+                match op {
+                    Op::Put { key, value } => tx.put(key, value)?,
+                    Op::Delete { key } => tx.delete(key)?,
+                }
+            }
+            Ok(ok)
+        })?;
+        Ok(TxnResult {
+            succeeded,
+            revision: rev.unwrap_or_else(|| self.revision()),
+        })
+    }
+
+    /// The partitions a range can touch: one if it stays within one partition key.
+    fn range_parts(&self, r: &Range) -> Vec<usize> {
+        if let PartitionBy::Prefix(n) = self.ks.opts.partition_by {
+            let n = n as usize;
+            if r.start.len() >= n {
+                let pk = &r.start[..n];
+                let within = match (&r.end, prefix_end(pk)) {
+                    (Some(e), Some(pe)) => e.as_slice() <= pe.as_slice(),
+                    (_, None) => true,
+                    (None, Some(_)) => false,
+                };
+                if within {
+                    return vec![self.partition_of(pk)];
+                }
+            }
+        }
+        (0..self.inner.parts.len()).collect()
+    }
+
+    /// Entries of an ordered keyspace in `range`, in key order (or reverse), up to its limit.
+    /// Each partition is read under its lock, so a batch is seen whole or not at all.
+    pub fn range(&self, range: &Range) -> Result<RangeResult> {
+        require_ordered(&self.ks)?;
+        let (lo, hi) = stored_bounds(&self.ks, range);
+        let want = if range.limit == 0 {
+            usize::MAX
+        } else {
+            range.limit + 1
+        };
+        let parts = self.range_parts(range);
+        let revision = self.revision();
+        let mut all = Vec::new();
+        for p in parts {
+            let mut lk = self.inner.parts[p].lock();
+            let mut n = 0;
+            lk.range(as_ref(&lo), as_ref(&hi), range.reverse, |k, v| {
+                all.push(entry_of(k, v));
+                n += 1;
+                n < want
+            })?;
+        }
+        if range.reverse {
+            all.sort_unstable_by(|a, b| b.key.cmp(&a.key));
+        } else {
+            all.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        }
+        let more = range.limit != 0 && all.len() > range.limit;
+        if more {
+            all.truncate(range.limit);
+        }
+        Ok(RangeResult {
+            entries: all,
+            more,
+            revision,
+        })
+    }
+
+    /// Keys of an ordered keyspace in `range` (its limit and direction are ignored).
+    pub fn count(&self, range: &Range) -> Result<u64> {
+        require_ordered(&self.ks)?;
+        let (lo, hi) = stored_bounds(&self.ks, range);
+        Ok(self
+            .range_parts(range)
+            .into_iter()
+            .map(|p| self.inner.parts[p].lock().count(as_ref(&lo), as_ref(&hi)) as u64)
+            .sum())
+    }
+
+    /// Watch the changes to keys in `start..end` (`end` `None`: no upper bound) made after
+    /// revision `after`: each once, in revision order, deletes included. Fails with
+    /// [`Error::Compacted`] if the change log no longer holds them.
+    pub fn watch(&self, start: &[u8], end: Option<&[u8]>, after: u64) -> Result<Watcher> {
+        Watcher::new(
+            self.ks.changelog.clone(),
+            self.inner.visible.clone(),
+            self.inner.bell.clone(),
+            Bound::Included(start.to_vec()),
+            end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec())),
+            after,
+        )
+    }
+
+    /// The oldest revision a watch can start after.
+    pub fn oldest_watchable(&self) -> u64 {
+        self.ks.changelog.oldest()
+    }
+
+    /// Load sorted records fast: one revision for the whole load, records grouped by
+    /// partition and inserted under one lock hold per group, in parallel (one thread per
+    /// CPU), logged in large frames. The keyspace must be empty when the load starts; a key
+    /// written by someone else while the load runs is kept and the loaded record skipped.
+    /// Input that is not strictly ascending stops the load with [`Error::Unsorted`] after the
+    /// records before it are loaded. Watchers from before the load get
+    /// [`Error::Compacted`]: they must read the keyspace again.
+    pub fn bulk_load<K, V>(&self, records: impl IntoIterator<Item = (K, V)>) -> Result<BulkLoadInfo>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        crate::bulk::bulk_load(&self.inner, &self.ks, records)
+    }
+
+    /// Visit every entry of the keyspace, in parallel: one thread per CPU, pinned to its NUMA
+    /// node, each scanning partitions of that node. `init` makes each thread's accumulator
+    /// and `f` folds an entry (key, value, mod revision) into it; the accumulators are
+    /// returned. Each partition is scanned under its lock (writers to it wait), so a batch is
+    /// seen whole or not at all; entries come in no particular order.
+    pub fn scan_parallel<A: Send>(
+        &self,
+        init: impl Fn() -> A + Sync,
+        f: impl Fn(&mut A, &[u8], &[u8], u64) + Sync,
+    ) -> Result<(Vec<A>, ScanInfo)> {
+        crate::bulk::scan_parallel(&self.inner, &self.ks, init, f)
+    }
+}
 fn add(t: &mut TierStats, l: crate::partition::Live) {
     t.records += l.records;
     t.bytes += l.bytes;
@@ -293,7 +1393,56 @@ impl Drop for Db {
                 tracing::error!("a maintenance thread panicked");
             }
         }
+        // With durability `periodic`, commits since the last interval are made durable now.
+        if let Some(w) = &self.inner.wal {
+            if self.inner.poison.get().is_none() {
+                if let Err(e) = w.sync_to(w.end()) {
+                    tracing::error!(error = %e, "the log could not be flushed at close");
+                }
+            }
+        }
     }
+}
+
+/// The log's background work: the flush of `periodic` durability, and checkpoints once the
+/// log has grown by `checkpoint_wal_bytes` since the last one.
+fn spawn_durability(inner: Arc<Inner>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("tera-log".into())
+        .spawn(move || {
+            let tick = match inner.durability {
+                Durability::Periodic(d) => d,
+                _ => Duration::from_millis(100),
+            };
+            let Some(wal) = inner.wal.clone() else {
+                return;
+            };
+            loop {
+                {
+                    let mut stop = inner.stop.lock();
+                    if *stop {
+                        return;
+                    }
+                    inner.wake.wait_for(&mut stop, tick);
+                    if *stop {
+                        return;
+                    }
+                }
+                if inner.poison.get().is_some() {
+                    continue;
+                }
+                if matches!(inner.durability, Durability::Periodic(_)) {
+                    // An error poisons the log and is reported to the next writer.
+                    let _ = wal.sync_to(wal.end());
+                }
+                let since = wal.end() - inner.checkpoint_lsn.load(Acquire);
+                if inner.checkpoint_wal_bytes > 0 && since >= inner.checkpoint_wal_bytes {
+                    if let Err(e) = crate::recovery::checkpoint(&inner) {
+                        tracing::error!(error = %e, "background checkpoint failed");
+                    }
+                }
+            }
+        })
 }
 
 fn spawn_maintenance(inner: Arc<Inner>, node: u32) -> std::io::Result<JoinHandle<()>> {
@@ -332,13 +1481,64 @@ fn spawn_maintenance(inner: Arc<Inner>, node: u32) -> std::io::Result<JoinHandle
         })
 }
 
-/// Create the far directory if needed, check that it is writable and holds no segment files,
-/// and lock it for this database (an exclusive `flock` on `.tera.lock`, held while the
-/// returned file is open) so that two databases never share one far directory.
-fn prepare_far_dir(config: &Config) -> Result<std::fs::File> {
+/// Create the far directory if needed, check that it is writable, and lock it. Segment files
+/// left there by an earlier run are refused without durability (the directory may be the
+/// wrong one) and removed with it (the far tier is rebuilt from the checkpoint and the log).
+fn prepare_far_dir(config: &Config, durable: bool) -> Result<std::fs::File> {
     let dir = &config.far_dir;
+    let lock = lock_dir(dir)?;
     let err = |reason: String| Error::FarDir {
         path: dir.clone(),
+        reason,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot list it: {e}")))?;
+    for entry in entries.flatten() {
+        if let Some(name) = entry.file_name().to_str() {
+            if crate::far::is_segment_name(name) {
+                if durable {
+                    config
+                        .storage
+                        .remove(&entry.path())
+                        .map_err(io_err("remove stale segment", &entry.path()))?;
+                    continue;
+                }
+                return Err(err(format!(
+                    "it holds segment files ({name}, ...) from another run; with durability \
+                     none the far tier is scratch space and is not recovered. Remove them or \
+                     choose an empty directory"
+                )));
+            }
+        }
+    }
+    Ok(lock)
+}
+
+/// A directory with durable files must be opened with durability.
+fn refuse_durable_files(dir: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if crate::wal::parse_wal_name(&name).is_some()
+            || crate::durable::parse_ckpt_name(&name).is_some()
+        {
+            return Err(Error::Config(format!(
+                "{} holds a durable database ({name}); open it with durability periodic or \
+                 commit, or choose another directory",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Create `dir` if needed and lock it for this database (an exclusive `flock` on
+/// `.tera.lock`, held while the returned file is open) so that two databases never share it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let err = |reason: String| Error::FarDir {
+        path: dir.to_path_buf(),
         reason,
     };
     std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
@@ -365,18 +1565,6 @@ fn prepare_far_dir(config: &Config) -> Result<std::fs::File> {
         } else {
             format!("cannot lock .tera.lock: {e}")
         }));
-    }
-    let entries = std::fs::read_dir(dir).map_err(|e| err(format!("cannot list it: {e}")))?;
-    for entry in entries.flatten() {
-        if let Some(name) = entry.file_name().to_str() {
-            if crate::far::is_segment_name(name) {
-                return Err(err(format!(
-                    "it holds segment files ({name}, ...) from another run; this version keeps \
-                     the far tier as scratch space and does not recover it. Remove them or \
-                     choose an empty directory"
-                )));
-            }
-        }
     }
     Ok(lock)
 }

@@ -19,17 +19,18 @@ pub enum Error {
     /// The far directory cannot be used.
     #[error("far-tier directory {path}: {reason}")]
     FarDir { path: PathBuf, reason: String },
-    /// An I/O call on a far-tier file failed.
-    #[error("far-tier I/O failed: {op} {path}: {source}")]
+    /// An I/O call on a far-tier, log or checkpoint file failed.
+    #[error("I/O failed: {op} {path}: {source}")]
     Io {
         op: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// A far-tier file no longer holds what the engine wrote (truncated, overwritten or
-    /// damaged under the engine). The read is refused rather than answered wrongly.
-    #[error("far-tier file {path} is damaged at offset {offset}: {reason}; the records stored there cannot be read")]
+    /// A far-tier, log or checkpoint file no longer holds what the engine wrote (truncated,
+    /// overwritten or damaged under the engine). The read is refused rather than answered
+    /// wrongly.
+    #[error("file {path} is damaged at offset {offset}: {reason}")]
     Corrupt {
         path: PathBuf,
         offset: u64,
@@ -38,6 +39,26 @@ pub enum Error {
     /// A partition's log has used all of its 2^47 bytes of addresses.
     #[error("address space exhausted: {0}")]
     AddressSpaceExhausted(String),
+    /// A write-ahead log write or sync failed earlier: the database refuses writes (reads go
+    /// on) until it is reopened. The text says what failed.
+    #[error("writes are refused: {0}")]
+    Poisoned(String),
+    /// A watch asked for changes after a revision the change log no longer holds.
+    #[error("revision {requested} is compacted: the change log holds changes after revision {oldest} only; read the keyspace again and watch from its revision")]
+    Compacted { requested: u64, oldest: u64 },
+    /// A batch or transaction names keys in more than one partition.
+    #[error("key {key:?} is in partition {got}, not in partition {want} of the rest of the batch: a batch is atomic within one partition (choose a partition key that groups these keys)")]
+    CrossPartition {
+        key: String,
+        want: usize,
+        got: usize,
+    },
+    /// A keyspace operation that the keyspace cannot do, or a bad keyspace name or option.
+    #[error("keyspace {name:?}: {reason}")]
+    Keyspace { name: String, reason: String },
+    /// Bulk load input was not strictly ascending; the records before it are loaded.
+    #[error("bulk load input is not sorted: record {index} is not greater than the one before it; the {index} records before it are loaded")]
+    Unsorted { index: u64 },
     /// The DRAM budget cannot hold the index and the minimum number of log frames.
     #[error("DRAM budget exhausted: {0}")]
     BudgetExhausted(String),

@@ -18,7 +18,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
-/// All far-tier file I/O goes through this trait (the one seam for fault injection).
+/// All file I/O that changes files goes through this trait: far-tier segments, the write-ahead
+/// log and checkpoints. It is the one seam for fault injection: a test wraps [`OsStorage`]
+/// and fails the Nth write or sync, cuts a write short, or returns `ENOSPC`.
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Create (or truncate) a segment file of `len` bytes, readable and writable.
     fn create(&self, path: &Path, len: u64) -> std::io::Result<File> {
@@ -35,9 +37,34 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
         file.write_all_at(buf, offset)
     }
-    /// Remove a segment file.
+    /// Remove a file.
     fn remove(&self, path: &Path) -> std::io::Result<()> {
         std::fs::remove_file(path)
+    }
+    /// Open a file for reading and writing, creating it empty if missing, keeping its bytes.
+    fn open(&self, path: &Path) -> std::io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    }
+    /// Make a file's data durable (`fdatasync`).
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        file.sync_data()
+    }
+    /// Cut or extend a file to `len` bytes.
+    fn set_len(&self, file: &File, len: u64) -> std::io::Result<()> {
+        file.set_len(len)
+    }
+    /// Rename a file (atomically, within one directory).
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    /// Make a directory's entries (created, renamed and removed files) durable.
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        File::open(dir)?.sync_all()
     }
 }
 

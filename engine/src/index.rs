@@ -234,6 +234,25 @@ impl Table {
         })
     }
 
+    /// Number of buckets.
+    pub(crate) fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The live addresses in buckets `start..start + n` (clamped to the table), for scans
+    /// that visit a table a slice at a time.
+    pub(crate) fn addresses_in(&self, start: usize, n: usize, out: &mut Vec<u64>) {
+        let end = start.saturating_add(n).min(self.buckets.len());
+        for b in &self.buckets[start.min(end)..end] {
+            for s in &b.0 {
+                let v = s.load(Relaxed);
+                if v > DELETED {
+                    out.push(v & ADDR_MASK);
+                }
+            }
+        }
+    }
+
     /// Build a table for this one's live entries (and room for `extra` more); `hash_of(addr)`
     /// recomputes an entry's hash from its record.
     pub(crate) fn rebuilt<E>(

@@ -24,9 +24,15 @@
 
 // Under `--cfg tera_loom` only the modules with loom models are built (see `make loom`).
 #[cfg(not(tera_loom))]
+mod bulk;
+#[cfg(not(tera_loom))]
+mod changelog;
+#[cfg(not(tera_loom))]
 mod config;
 #[cfg(not(tera_loom))]
 mod db;
+#[cfg(not(tera_loom))]
+mod durable;
 #[cfg(not(tera_loom))]
 mod emulate;
 mod epoch;
@@ -39,19 +45,29 @@ mod hash;
 mod heat;
 mod index;
 #[cfg(not(tera_loom))]
+mod keyspace;
+#[cfg(not(tera_loom))]
 mod partition;
 #[cfg(not(tera_loom))]
 mod record;
+#[cfg(not(tera_loom))]
+mod recovery;
 #[cfg(not(tera_loom))]
 mod sigbus;
 #[cfg(not(tera_loom))]
 mod stats;
 mod sync;
+#[cfg(not(tera_loom))]
+mod wal;
 
 #[cfg(not(tera_loom))]
-pub use config::{Config, MAX_KEY_BYTES};
+pub use changelog::{Event, EventKind, Watcher};
 #[cfg(not(tera_loom))]
-pub use db::Db;
+pub use config::{Config, Durability, MAX_KEY_BYTES};
+#[cfg(not(tera_loom))]
+pub use db::{
+    BulkLoadInfo, CheckpointInfo, Db, Keyspace, RecoveryInfo, ScanInfo, Tx, DEFAULT_KEYSPACE,
+};
 #[cfg(not(tera_loom))]
 pub use error::{Error, Result};
 #[cfg(not(tera_loom))]
@@ -60,6 +76,11 @@ pub use hash::hash_key;
 #[cfg(not(tera_loom))]
 pub use heat::{
     AlwaysPromote, FrequencyAdmission, GhostAdmission, HeatPolicy, NeverPromote, MAX_HEAT,
+};
+#[cfg(not(tera_loom))]
+pub use keyspace::{
+    prefix_end, Batch, Compare, CompareOp, CompareTarget, Entry, KeyspaceOptions, Op, PartitionBy,
+    Range, RangeResult, Txn, TxnResult,
 };
 #[cfg(not(tera_loom))]
 pub use stats::{Stats, TierStats};

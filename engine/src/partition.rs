@@ -39,10 +39,12 @@ use crate::sync::AtomicPtr;
 use crossbeam_utils::CachePadded;
 use memmap2::MmapMut;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, VecDeque};
+use parking_lot::MutexGuard;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 /// Fewest frames a partition can work with: the tail page, one being demoted, one spare.
@@ -64,6 +66,11 @@ pub(crate) struct Shared {
     pub(crate) policy: Arc<dyn HeatPolicy>,
     pub(crate) compaction_ratio: f64,
     pub(crate) huge_pages: bool,
+    /// Number of partitions, which share `global_overhead` equally.
+    pub(crate) partitions: usize,
+    /// DRAM the database holds outside partitions (change log, WAL buffers), charged to every
+    /// partition's share in equal parts.
+    pub(crate) global_overhead: AtomicUsize,
 }
 
 impl Shared {
@@ -242,6 +249,12 @@ struct State {
     pub(crate) pages_demoted: u64,
     pub(crate) compaction_bytes: u64,
     pub(crate) segments_compacted: u64,
+    /// Keys of ordered keyspaces, in order (the ordered index), and its estimated DRAM.
+    ordered: BTreeSet<Box<[u8]>>,
+    ordered_bytes: usize,
+    /// Bumped whenever the index table is replaced, so that a scan done a slice at a time
+    /// can tell that bucket positions changed.
+    index_generation: u64,
 }
 
 /// A snapshot of one partition's counters.
@@ -257,6 +270,7 @@ pub(crate) struct PartitionStats {
     pub(crate) far_file_bytes: u64,
     pub(crate) used_bytes: u64,
     pub(crate) index_bytes: u64,
+    pub(crate) ordered_index_bytes: u64,
     pub(crate) frame_bytes: u64,
     pub(crate) keys: u64,
 }
@@ -350,6 +364,9 @@ impl Partition {
                 pages_demoted: 0,
                 compaction_bytes: 0,
                 segments_compacted: 0,
+                ordered: BTreeSet::new(),
+                ordered_bytes: 0,
+                index_generation: 0,
             }),
             shared,
         };
@@ -591,13 +608,14 @@ impl Partition {
         Ok(())
     }
 
-    pub(crate) fn put(&self, hash: u64, key: &[u8], value: &[u8]) -> Result<()> {
-        self.check_sizes(key, value.len())?;
-        let mut st = self.state.lock();
-        self.put_locked(&mut st, hash, key, value)
-    }
-
-    fn put_locked(&self, st: &mut State, hash: u64, key: &[u8], value: &[u8]) -> Result<()> {
+    fn put_locked(
+        &self,
+        st: &mut State,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        ordered: bool,
+    ) -> Result<bool> {
         self.ensure_index_room(st)?;
         st.seq += 1;
         let seq = st.seq;
@@ -608,69 +626,37 @@ impl Partition {
         let len = record::record_len(key.len(), value.len()) as u64;
         st.dram.records += 1;
         st.dram.bytes += len;
-        if let Some(old) = old {
-            self.dead(st, old)?;
+        match old {
+            Some(old) => self.dead(st, old)?,
+            None if ordered => {
+                st.ordered_bytes += ordered_key_bytes(key.len());
+                st.ordered.insert(key.into());
+            }
+            None => {}
         }
-        Ok(())
+        Ok(old.is_some())
     }
 
-    pub(crate) fn delete(&self, hash: u64, key: &[u8]) -> Result<bool> {
-        self.check_sizes(key, 0)?;
-        let mut st = self.state.lock();
-        self.delete_locked(&mut st, hash, key)
-    }
-
-    fn delete_locked(&self, st: &mut State, hash: u64, key: &[u8]) -> Result<bool> {
+    fn delete_locked(&self, st: &mut State, hash: u64, key: &[u8], ordered: bool) -> Result<bool> {
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
         let Some(old) = table.remove(hash, |a| self.locked_is_key(a, key))? else {
             return Ok(false);
         };
         self.dead(st, old)?;
-        // The tombstone is for the log's readers to come (recovery); nothing indexes it.
-        st.seq += 1;
-        let seq = st.seq;
-        self.append(st, key, &[], record::FLAG_TOMBSTONE, seq, 0)?;
+        if ordered && st.ordered.remove(key) {
+            st.ordered_bytes -= ordered_key_bytes(key.len());
+        }
         Ok(true)
     }
 
-    /// Read-modify-write under the lock. `f` gets the current value and returns the new one
-    /// (`None` deletes). Returns where the old value was read from.
-    pub(crate) fn update(
-        &self,
-        hash: u64,
-        key: &[u8],
-        scratch: &mut Vec<u8>,
-        f: impl FnOnce(Option<&[u8]>) -> Option<Vec<u8>>,
-    ) -> Result<Option<Tier>> {
-        self.check_sizes(key, 0)?;
-        let mut st = self.state.lock();
-        // SAFETY: lock held.
-        let table = unsafe { self.index.table() };
-        let mut tier = None;
-        let found = table.find(hash, |a| {
-            match self.pinned_visit(a, key, |rec, t| {
-                scratch.clear();
-                scratch.extend_from_slice(rec.value());
-                tier = Some(t);
-            }) {
-                Ok(b) => Ok(b),
-                Err(ReadErr::Fail(e)) => Err(e),
-                Err(ReadErr::Retry) => Ok(false),
-            }
-        })?;
-        match f(found.map(|_| scratch.as_slice())) {
-            Some(v) => {
-                self.check_sizes(key, v.len())?;
-                self.put_locked(&mut st, hash, key, &v)?;
-            }
-            None => {
-                if found.is_some() {
-                    self.delete_locked(&mut st, hash, key)?;
-                }
-            }
+    /// Take the partition lock for a sequence of reads and writes that no other writer can
+    /// interleave with (a batch, a scan, a slice of a checkpoint).
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked {
+            part: self,
+            st: self.state.lock(),
         }
-        Ok(tier)
     }
 
     /// Account for a record that is no longer the newest version of its key.
@@ -1119,6 +1105,8 @@ impl Partition {
             + self.ring.len() * (8 + std::mem::size_of::<Option<Frame>>())
             + readmit_cap(self.shared.page_bytes())
             + self.shared.page_bytes() // the far log's open page
+            + st.ordered_bytes
+            + self.shared.global_overhead.load(Relaxed) / self.shared.partitions.max(1)
     }
 
     /// Frames the partition may hold now.
@@ -1238,6 +1226,7 @@ impl Partition {
         let (p, n) = new.memory();
         bind_inner(p, n, self.node);
         let old = self.index.swap(new);
+        st.index_generation += 1;
         st.retired_index_bytes += old.bytes();
         let e = epoch().advance();
         st.retired.push_back((e, Retired::Table(old)));
@@ -1371,6 +1360,7 @@ impl Partition {
             far_file_bytes: st.segs.len() as u64 * self.shared.seg_bytes() as u64,
             used_bytes: frame_bytes + overhead,
             index_bytes: (table.bytes() + st.retired_index_bytes) as u64,
+            ordered_index_bytes: st.ordered_bytes as u64,
             frame_bytes,
             keys: table.live() as u64,
         }
@@ -1387,6 +1377,157 @@ impl Drop for Partition {
             }
         }
     }
+}
+
+/// The held lock of a partition: reads, writes and scans that see and make one consistent
+/// state. Writes here are single-key and unconditional; batches, revisions and logging are
+/// the job of `db.rs`, which holds this for the whole batch.
+pub(crate) struct Locked<'a> {
+    part: &'a Partition,
+    st: MutexGuard<'a, State>,
+}
+
+impl Locked<'_> {
+    /// Copy the value of `key` into `out`; returns where it was found.
+    pub(crate) fn get(&mut self, hash: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Tier>> {
+        let p = self.part;
+        // SAFETY: lock held.
+        let table = unsafe { p.index.table() };
+        let mut tier = None;
+        table.find(hash, |a| {
+            match p.pinned_visit(a, key, |rec, t| {
+                out.clear();
+                out.extend_from_slice(rec.value());
+                tier = Some(t);
+            }) {
+                Ok(b) => Ok(b),
+                Err(e) => Err(p.locked_err(a, e)),
+            }
+        })?;
+        Ok(tier)
+    }
+
+    /// Set `key` to `value`; `ordered` keeps the key in the ordered index. Returns whether the
+    /// key existed.
+    pub(crate) fn put(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        ordered: bool,
+    ) -> Result<bool> {
+        self.part.check_sizes(key, value.len())?;
+        self.part
+            .put_locked(&mut self.st, hash, key, value, ordered)
+    }
+
+    /// Remove `key`; returns whether it existed.
+    pub(crate) fn delete(&mut self, hash: u64, key: &[u8], ordered: bool) -> Result<bool> {
+        self.part.delete_locked(&mut self.st, hash, key, ordered)
+    }
+
+    /// Visit the ordered index's keys in `lo..hi` (backward if `reverse`) with their values,
+    /// until `f` returns false.
+    pub(crate) fn range(
+        &mut self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        reverse: bool,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let p = self.part;
+        let st = &*self.st;
+        if matches!((lo, hi), (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) if a > b)
+        {
+            return Ok(());
+        }
+        let range = st.ordered.range::<[u8], _>((lo, hi));
+        let mut visit = |key: &Box<[u8]>| -> Result<bool> {
+            // SAFETY: lock held.
+            let table = unsafe { p.index.table() };
+            let mut more = true;
+            let found = table.find(hash_key(key), |a| {
+                p.pinned_visit(a, key, |rec, _| more = f(key, rec.value()))
+                    .map_err(|e| p.locked_err(a, e))
+            })?;
+            if found.is_none() {
+                return Err(Error::Corrupt {
+                    path: PathBuf::from(format!("<partition {} ordered index>", p.id)),
+                    offset: 0,
+                    reason: "a key of the ordered index is missing from the hash index (an \
+                             engine bug)"
+                        .into(),
+                });
+            }
+            Ok(more)
+        };
+        if reverse {
+            for k in range.rev() {
+                if !visit(k)? {
+                    break;
+                }
+            }
+        } else {
+            for k in range {
+                if !visit(k)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys of the ordered index in `lo..hi`.
+    pub(crate) fn count(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> usize {
+        if matches!((lo, hi), (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) if a > b)
+        {
+            return 0;
+        }
+        self.st.ordered.range::<[u8], _>((lo, hi)).count()
+    }
+
+    /// Visit the records indexed from buckets `start..start + n` of the current index table.
+    /// Returns the table's bucket count and generation: a caller that goes on with the next
+    /// slice later must start again if the generation changed (the table was rebuilt and
+    /// bucket positions moved).
+    pub(crate) fn scan_buckets(
+        &mut self,
+        start: usize,
+        n: usize,
+        scratch: &mut Vec<u64>,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(usize, u64)> {
+        let p = self.part;
+        // SAFETY: lock held.
+        let table = unsafe { p.index.table() };
+        scratch.clear();
+        table.addresses_in(start, n, scratch);
+        for &a in scratch.iter() {
+            if a & FAR == 0 {
+                let rec = p.dram_record(a);
+                f(rec.key(), rec.value());
+            } else {
+                p.far_record(a, true, |rec| f(rec.key(), rec.value()))
+                    .map_err(|e| p.locked_err(a, e))?;
+            }
+        }
+        Ok((table.buckets(), self.st.index_generation))
+    }
+
+    /// Whether `key` is in the index.
+    pub(crate) fn contains(&mut self, hash: u64, key: &[u8]) -> Result<bool> {
+        let p = self.part;
+        // SAFETY: lock held.
+        let table = unsafe { p.index.table() };
+        Ok(table.find(hash, |a| p.locked_is_key(a, key))?.is_some())
+    }
+}
+
+/// Estimated DRAM of one key in the ordered index: the boxed key's allocation (malloc rounds
+/// to 16 bytes, with 8 of header, 32 at least) plus its 16-byte slot in a B-tree node and that
+/// node's share of the rest (nodes are 2/3 full on average).
+pub(crate) fn ordered_key_bytes(key_len: usize) -> usize {
+    (key_len + 8).div_ceil(16).max(2) * 16 + 24
 }
 
 /// Bytes of readmitted records one page advance may carry into the new tail page.

@@ -40,8 +40,18 @@ pub struct Stats {
     pub dram_used_bytes: u64,
     /// Of which: hash index tables (including replaced tables not yet freed).
     pub index_bytes: u64,
+    /// Of which: ordered indexes (estimated: see `partition::ordered_key_bytes`).
+    pub ordered_index_bytes: u64,
     /// Of which: log frames (in use, spare and awaiting reuse).
     pub frame_bytes: u64,
+    /// Of which: the keyspaces' change logs (watch history).
+    pub changelog_bytes: u64,
+    /// `fdatasync` calls made on the write-ahead log.
+    pub wal_fsyncs: u64,
+    /// Log position up to which commits are durable.
+    pub wal_durable_lsn: u64,
+    /// Checkpoints written since open.
+    pub checkpoints: u64,
     /// Live keys.
     pub keys: u64,
     /// Partitions.

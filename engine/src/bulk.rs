@@ -1,0 +1,317 @@
+//! Engulfing a dataset: bulk load of sorted input, and parallel full scans.
+//!
+//! Bulk load reads the input in chunks, checks order and sizes, groups each chunk's records
+//! by partition, and inserts every group under one hold of its partition's lock, groups
+//! spread over one thread per CPU. The whole load is one revision; each group's records are
+//! logged as one frame, appended under the lock like any batch, and the log is synced after
+//! each chunk, so a crash keeps a prefix of whole groups.
+//!
+//! A parallel scan runs one thread per CPU, pinned to that CPU's NUMA node, and each thread
+//! takes the partitions homed on its node, so every byte it reads is local.
+
+use crate::db::{BulkLoadInfo, Inner, KsInfo, ScanInfo};
+use crate::durable::{finish_batch, push_put, start_batch};
+use crate::error::{Error, Result};
+use crate::hash::hash_key;
+use crate::keyspace::{Meta, KEY_PREFIX};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
+
+/// Records read from the input per chunk.
+const CHUNK: usize = 1 << 16;
+
+struct Staged {
+    /// Stored keys and values, back to back.
+    bytes: Vec<u8>,
+    /// (partition, hash, key start, key len, value len).
+    recs: Vec<(usize, u64, usize, usize, usize)>,
+}
+
+pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    inner: &Inner,
+    ks: &KsInfo,
+    records: impl IntoIterator<Item = (K, V)>,
+) -> Result<BulkLoadInfo> {
+    inner.writable()?;
+    let existing = ks.keys.load(Relaxed);
+    if existing > 0 {
+        return Err(Error::Keyspace {
+            name: ks.name.clone(),
+            reason: format!(
+                "bulk load needs an empty keyspace, and this one has {existing} keys; load \
+                 into a new keyspace, or write with batches"
+            ),
+        });
+    }
+    let rev = ks.rev.fetch_add(1, AcqRel) + 1;
+    // Watchers from before the load cannot replay it: they must read the keyspace again.
+    ks.changelog.compact_through(rev);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut info = BulkLoadInfo {
+        records: 0,
+        bytes: 0,
+        skipped: 0,
+        revision: rev,
+    };
+    let mut prev: Vec<u8> = Vec::new();
+    let mut first = true;
+    let mut index = 0u64;
+    let mut it = records.into_iter();
+    let mut staged = Staged {
+        bytes: Vec::new(),
+        recs: Vec::new(),
+    };
+    loop {
+        staged.bytes.clear();
+        staged.recs.clear();
+        let mut stop: Option<Error> = None;
+        for (k, v) in it.by_ref() {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            if let Err(e) = inner.check_sizes(k, v) {
+                stop = Some(e);
+                break;
+            }
+            if !first && k <= prev.as_slice() {
+                stop = Some(Error::Unsorted { index });
+                break;
+            }
+            first = false;
+            prev.clear();
+            prev.extend_from_slice(k);
+            index += 1;
+            let start = staged.bytes.len();
+            staged.bytes.extend_from_slice(&ks.id.to_be_bytes());
+            staged.bytes.extend_from_slice(k);
+            let ik = &staged.bytes[start..];
+            let hash = hash_key(ik);
+            let p = inner.partition_for(ks, ik, hash);
+            staged.bytes.extend_from_slice(v);
+            staged
+                .recs
+                .push((p, hash, start, KEY_PREFIX + k.len(), v.len()));
+            if staged.recs.len() == CHUNK {
+                break;
+            }
+        }
+        if staged.recs.is_empty() && stop.is_none() {
+            break;
+        }
+        let n = staged.recs.len();
+        let (loaded, skipped, bytes) = load_chunk(inner, ks, rev, &mut staged, threads)?;
+        info.records += loaded;
+        info.skipped += skipped;
+        info.bytes += bytes;
+        ks.keys.fetch_add(loaded as i64, Relaxed);
+        if let Some(w) = inner.wal() {
+            w.sync_to(w.end())?;
+        }
+        if let Some(e) = stop {
+            return Err(e);
+        }
+        if n < CHUNK {
+            break;
+        }
+    }
+    Ok(info)
+}
+
+fn load_chunk(
+    inner: &Inner,
+    ks: &KsInfo,
+    rev: u64,
+    staged: &mut Staged,
+    threads: usize,
+) -> Result<(u64, u64, u64)> {
+    staged.recs.sort_by_key(|r| r.0); // stable: keeps key order within a partition
+    let mut groups = Vec::new();
+    let mut i = 0;
+    while i < staged.recs.len() {
+        let p = staged.recs[i].0;
+        let j = i + staged.recs[i..].iter().take_while(|r| r.0 == p).count();
+        groups.push(i..j);
+        i = j;
+    }
+    let next = AtomicUsize::new(0);
+    let loaded = AtomicU64::new(0);
+    let skipped = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let failure = parking_lot::Mutex::new(None);
+    let staged = &*staged;
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(groups.len()) {
+            s.spawn(|| {
+                let mut value = Vec::new();
+                let mut frame = Vec::new();
+                let meta = Meta {
+                    create: rev,
+                    modified: rev,
+                    version: 1,
+                };
+                loop {
+                    let g = next.fetch_add(1, Relaxed);
+                    let Some(range) = groups.get(g) else { break };
+                    let p = staged.recs[range.start].0;
+                    let mut lk = inner.parts()[p].lock();
+                    start_batch(ks.id, rev, &mut frame);
+                    let mut n = 0u32;
+                    let r = (|| {
+                        for &(_, hash, ks_at, kl, vl) in &staged.recs[range.clone()] {
+                            let ik = &staged.bytes[ks_at..ks_at + kl];
+                            let v = &staged.bytes[ks_at + kl..ks_at + kl + vl];
+                            if lk.contains(hash, ik)? {
+                                skipped.fetch_add(1, Relaxed);
+                                continue;
+                            }
+                            meta.encode(v, &mut value);
+                            lk.put(hash, ik, &value, ks.opts.ordered)?;
+                            push_put(&mut frame, &ik[KEY_PREFIX..], rev, 1, v);
+                            n += 1;
+                            bytes.fetch_add((kl - KEY_PREFIX + vl) as u64, Relaxed);
+                        }
+                        Ok::<_, Error>(())
+                    })();
+                    if n > 0 {
+                        loaded.fetch_add(u64::from(n), Relaxed);
+                        if let Some(w) = inner.wal() {
+                            finish_batch(&mut frame, n);
+                            w.append(&frame);
+                        }
+                    }
+                    drop(lk);
+                    if let Err(e) = r {
+                        failure.lock().get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
+    Ok((
+        loaded.into_inner(),
+        skipped.into_inner(),
+        bytes.into_inner(),
+    ))
+}
+
+pub(crate) fn scan_parallel<A: Send>(
+    inner: &Inner,
+    ks: &KsInfo,
+    init: impl Fn() -> A + Sync,
+    f: impl Fn(&mut A, &[u8], &[u8], u64) + Sync,
+) -> Result<(Vec<A>, ScanInfo)> {
+    let topo = inner.topology_ref();
+    let mut nodes: Vec<(u32, usize)> = topo
+        .cpu_nodes()
+        .iter()
+        .map(|&n| (n, topo.node(n).map_or(1, |x| x.cpus.len().max(1))))
+        .collect();
+    if nodes.is_empty() {
+        nodes.push((0, 1));
+    }
+    let prefix = ks.id.to_be_bytes();
+    let records = AtomicU64::new(0);
+    let key_bytes = AtomicU64::new(0);
+    let value_bytes = AtomicU64::new(0);
+    let failure = parking_lot::Mutex::new(None);
+    let queues: Vec<(u32, Vec<usize>, AtomicUsize)> = nodes
+        .iter()
+        .map(|&(n, _)| {
+            let parts: Vec<usize> = inner
+                .parts()
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.node == n)
+                .map(|(i, _)| i)
+                .collect();
+            (n, parts, AtomicUsize::new(0))
+        })
+        .collect();
+    // Partitions homed on a node with no CPUs in the list go to the first queue.
+    let orphan: Vec<usize> = inner
+        .parts()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !nodes.iter().any(|n| n.0 == p.node))
+        .map(|(i, _)| i)
+        .collect();
+    let orphan_next = AtomicUsize::new(0);
+    let threads: usize = nodes.iter().map(|n| n.1).sum();
+    let accs = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (qi, &(node, cpus)) in nodes.iter().enumerate() {
+            for _ in 0..cpus {
+                let queues = &queues;
+                let (init, f) = (&init, &f);
+                let (records, key_bytes, value_bytes) = (&records, &key_bytes, &value_bytes);
+                let (failure, orphan, orphan_next) = (&failure, &orphan, &orphan_next);
+                handles.push(s.spawn(move || {
+                    if let Err(e) = tera_numa::pin_current_thread(topo, node) {
+                        tracing::debug!(node, error = %e, "scan thread not pinned");
+                    }
+                    let mut acc = init();
+                    let mut addrs = Vec::new();
+                    let (_, parts, next) = &queues[qi];
+                    loop {
+                        let i = next.fetch_add(1, Relaxed);
+                        let p = match parts.get(i) {
+                            Some(&p) => p,
+                            None => match orphan.get(orphan_next.fetch_add(1, Relaxed)) {
+                                Some(&p) => p,
+                                None => break,
+                            },
+                        };
+                        let mut lk = inner.parts()[p].lock();
+                        let (mut n, mut kb, mut vb) = (0u64, 0u64, 0u64);
+                        let mut start = 0;
+                        loop {
+                            let r = lk.scan_buckets(start, 4096, &mut addrs, |k, v| {
+                                if k.len() >= KEY_PREFIX && k[..KEY_PREFIX] == prefix {
+                                    let (m, v) = Meta::decode(v);
+                                    f(&mut acc, &k[KEY_PREFIX..], v, m.modified);
+                                    n += 1;
+                                    kb += (k.len() - KEY_PREFIX) as u64;
+                                    vb += v.len() as u64;
+                                }
+                            });
+                            match r {
+                                Ok((buckets, _)) => {
+                                    start += 4096;
+                                    if start >= buckets {
+                                        break;
+                                    }
+                                }
+                                Err(e) => {
+                                    failure.lock().get_or_insert(e);
+                                    break;
+                                }
+                            }
+                        }
+                        drop(lk);
+                        records.fetch_add(n, Relaxed);
+                        key_bytes.fetch_add(kb, Relaxed);
+                        value_bytes.fetch_add(vb, Relaxed);
+                    }
+                    acc
+                }));
+            }
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a scan thread panicked"))
+            .collect::<Vec<A>>()
+    });
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
+    Ok((
+        accs,
+        ScanInfo {
+            records: records.into_inner(),
+            key_bytes: key_bytes.into_inner(),
+            value_bytes: value_bytes.into_inner(),
+            threads,
+        },
+    ))
+}

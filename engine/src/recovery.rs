@@ -1,0 +1,505 @@
+//! Checkpoints and recovery.
+//!
+//! A checkpoint records the log position `L` first, then scans every partition's index a slice
+//! at a time (the partition lock is held for one slice, so writers wait at most a slice) and
+//! writes every record to `ckpt-L.tmp`. It is fuzzy: a record may be captured before or after
+//! a write made during the scan. That is safe because every batch applied before a slice was
+//! scanned has its log frame appended already (the frame is appended under the partition
+//! lock), so after the scan the log is synced, and replaying it from `L` redoes every write
+//! made since `L` with its exact revisions: the state after replay is the same whichever
+//! version the scan caught, and a batch the scan caught half of is completed by the replay.
+//! Then the file is synced, renamed to `ckpt-L.tck`, the directory synced, and older
+//! checkpoints and log files wholly before `L` removed.
+//!
+//! Recovery loads the newest complete checkpoint (in parallel, one thread per CPU, each
+//! inserting a chunk of records a partition at a time), replays the log from its `L`, cutting
+//! a torn tail, and sets each keyspace's revision to the highest it saw. The far tier is not
+//! recovered: it is a cache of the data, rebuilt as the loaded records overflow DRAM.
+
+use crate::db::{ikey, Inner, KsInfo, RecoveryInfo};
+use crate::durable::{
+    ckpt_name, decode_ck, decode_log, encode_ck_header, encode_ck_trailer, parse_ckpt_name,
+    LogRecord, Reader, CK_HEADER, CK_RECORDS, CK_TRAILER,
+};
+use crate::error::{Error, Result};
+use crate::hash::hash_key;
+use crate::keyspace::{Meta, KEY_PREFIX};
+use crate::wal::{get_frame, put_frame, read_wal, Wal, FRAME_HEADER};
+use crate::{CheckpointInfo, Config};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Buckets scanned per lock hold (8 slots each: about 6,500 records at a table's usual load).
+const SLICE_BUCKETS: usize = 1024;
+/// A checkpoint chunk frame is written once it holds this much.
+const CHUNK_BYTES: usize = 1 << 20;
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn list_ckpts(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io("list", dir))?.flatten() {
+        if let Some(l) = e.file_name().to_str().and_then(parse_ckpt_name) {
+            v.push((l, e.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Write a checkpoint. See the module docs.
+pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
+    let Some(wal) = inner.wal() else {
+        return Err(Error::Config(
+            "a checkpoint needs durability periodic or commit (with none, nothing is written)"
+                .into(),
+        ));
+    };
+    let _one = inner.checkpoint_lock();
+    inner.writable()?;
+    let storage = inner.storage().clone();
+    let dir = inner.data_dir().to_path_buf();
+    let lsn = wal.end();
+    let tmp = dir.join(format!("ckpt-{lsn:020}.tmp"));
+    let file = storage.create(&tmp, 0).map_err(io("create", &tmp))?;
+    let result = (|| {
+        let mut off = 0u64;
+        let mut out = Vec::with_capacity(CHUNK_BYTES + (1 << 16));
+        let mut payload = Vec::with_capacity(CHUNK_BYTES + (1 << 16));
+        let write = |out: &mut Vec<u8>, off: &mut u64| -> Result<()> {
+            storage
+                .write_at(&file, out, *off)
+                .map_err(io("write", &tmp))?;
+            *off += out.len() as u64;
+            out.clear();
+            Ok(())
+        };
+        let defs: Vec<_> = inner
+            .all_ks()
+            .iter()
+            .map(|k| crate::durable::KeyspaceDef {
+                id: k.id,
+                name: k.name.clone(),
+                opts: k.opts,
+                revision: 0,
+            })
+            .collect();
+        encode_ck_header(lsn, &defs, &mut payload);
+        put_frame(&mut out, off, &payload);
+        write(&mut out, &mut off)?;
+        let mut records = 0u64;
+        let mut rescans = 0u64;
+        let mut addrs = Vec::new();
+        for part in inner.parts() {
+            let mut start = 0;
+            let mut generation = None;
+            let mut rescan = false;
+            loop {
+                let mut n = 0u32;
+                payload.clear();
+                payload.push(CK_RECORDS);
+                payload.push(u8::from(rescan));
+                payload.extend_from_slice(&0u32.to_le_bytes());
+                let (buckets, g) = {
+                    let mut lk = part.lock();
+                    lk.scan_buckets(start, SLICE_BUCKETS, &mut addrs, |k, v| {
+                        payload.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                        payload.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        payload.extend_from_slice(k);
+                        payload.extend_from_slice(v);
+                        n += 1;
+                    })?
+                };
+                payload[2..6].copy_from_slice(&n.to_le_bytes());
+                records += u64::from(n);
+                if n > 0 {
+                    let at = off + out.len() as u64;
+                    put_frame(&mut out, at, &payload);
+                }
+                if out.len() >= CHUNK_BYTES {
+                    write(&mut out, &mut off)?;
+                }
+                if generation.is_some_and(|old| old != g) {
+                    // The index was rebuilt between slices: bucket positions moved. Scan the
+                    // partition again; duplicates are resolved by mod revision at load.
+                    rescans += 1;
+                    rescan = true;
+                    start = 0;
+                    generation = Some(g);
+                    continue;
+                }
+                generation = Some(g);
+                start += SLICE_BUCKETS;
+                if start >= buckets {
+                    break;
+                }
+            }
+        }
+        // Every batch the scan saw is in the log buffer: make it durable before the
+        // checkpoint counts, so replay can complete a batch caught half-applied.
+        wal.sync_to(wal.end())?;
+        let defs: Vec<_> = inner.all_ks().iter().map(|k| def_of(k)).collect();
+        encode_ck_trailer(records, &defs, &mut payload);
+        let at = off + out.len() as u64;
+        put_frame(&mut out, at, &payload);
+        write(&mut out, &mut off)?;
+        storage.sync(&file).map_err(io("fsync", &tmp))?;
+        Ok((records, off, rescans))
+    })();
+    let (records, bytes, rescans) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = storage.remove(&tmp);
+            return Err(e);
+        }
+    };
+    let done = dir.join(ckpt_name(lsn));
+    storage.rename(&tmp, &done).map_err(io("rename", &tmp))?;
+    storage.sync_dir(&dir).map_err(io("sync directory", &dir))?;
+    inner.set_checkpoint_lsn(lsn);
+    inner.count_checkpoint();
+    // The new checkpoint is durable: older ones and the log before it are not needed.
+    for (l, path) in list_ckpts(&dir)? {
+        if l < lsn {
+            storage.remove(&path).map_err(io("remove", &path))?;
+        }
+    }
+    wal.remove_before(lsn)?;
+    tracing::info!(lsn, records, bytes, rescans, "checkpoint written");
+    Ok(CheckpointInfo {
+        lsn,
+        records,
+        bytes,
+        rescans,
+    })
+}
+
+fn def_of(k: &KsInfo) -> crate::durable::KeyspaceDef {
+    crate::durable::KeyspaceDef {
+        id: k.id,
+        name: k.name.clone(),
+        opts: k.opts,
+        revision: k.rev.load(Relaxed),
+    }
+}
+
+/// Recover `inner` from its data directory. See the module docs.
+pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo> {
+    let dir = inner.data_dir().to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let storage = inner.storage().clone();
+    // A checkpoint that never completed.
+    for e in std::fs::read_dir(&dir).map_err(io("list", &dir))?.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("ckpt-") && name.ends_with(".tmp") {
+            storage
+                .remove(&e.path())
+                .map_err(io("remove incomplete checkpoint", &e.path()))?;
+        }
+    }
+    let mut info = RecoveryInfo::default();
+    let mut from = 0;
+    if let Some((lsn, path)) = list_ckpts(&dir)?.pop() {
+        info.checkpoint_records = load_checkpoint(inner, &path)?;
+        from = lsn;
+    }
+    let contents = read_wal(&dir, &*storage, from)?;
+    info.torn_bytes = contents.torn_bytes;
+    info.log_frames = contents.frames.len() as u64;
+    let mut max_rev: HashMap<u16, u64> = HashMap::new();
+    let mut replayed: Vec<(u16, u64, u64, Vec<crate::changelog::Event>)> = Vec::new();
+    let mut buf = Vec::new();
+    for (lsn, payload) in &contents.frames {
+        let end = lsn + (FRAME_HEADER + payload.len()) as u64;
+        let wal_path = dir.join(crate::wal::wal_name(contents.file_start));
+        match decode_log(payload) {
+            Some(LogRecord::Keyspace(d)) => {
+                inner.add_keyspace(d, false)?;
+            }
+            Some(LogRecord::Batch { ks, rev, ops }) => {
+                let info = inner.ks_by_id(ks).ok_or_else(|| {
+                    corrupt(
+                        &wal_path,
+                        *lsn,
+                        format!("a batch of keyspace {ks}, which the log never created"),
+                    )
+                })?;
+                let mut events = Vec::with_capacity(ops.len());
+                for op in ops {
+                    let ik = ikey(&info, &op.key);
+                    let hash = hash_key(&ik);
+                    let p = inner.partition_for(&info, &ik, hash);
+                    let mut lk = inner.parts()[p].lock();
+                    match op.put {
+                        Some((create, version, value)) => {
+                            let m = Meta {
+                                create,
+                                modified: rev,
+                                version,
+                            };
+                            m.encode(&value, &mut buf);
+                            if !lk.put(hash, &ik, &buf, info.opts.ordered)? {
+                                info.keys.fetch_add(1, Relaxed);
+                            }
+                            events.push(crate::changelog::Event {
+                                kind: crate::changelog::EventKind::Put,
+                                key: op.key,
+                                value,
+                                mod_revision: rev,
+                                create_revision: create,
+                                version,
+                            });
+                        }
+                        None => {
+                            if lk.delete(hash, &ik, info.opts.ordered)? {
+                                info.keys.fetch_sub(1, Relaxed);
+                            }
+                            events.push(crate::changelog::Event {
+                                kind: crate::changelog::EventKind::Delete,
+                                key: op.key,
+                                value: Vec::new(),
+                                mod_revision: rev,
+                                create_revision: 0,
+                                version: 0,
+                            });
+                        }
+                    }
+                }
+                let m = max_rev.entry(ks).or_default();
+                *m = (*m).max(rev);
+                replayed.push((ks, rev, end, events));
+            }
+            None => {
+                return Err(corrupt(
+                    &wal_path,
+                    *lsn,
+                    "a log frame with an intact checksum holds a record this version does not \
+                     know (written by a newer version?)",
+                ))
+            }
+        }
+    }
+    // Revisions continue from the highest seen; replayed batches newer than the checkpoint
+    // go back into the change logs, and revisions with no batch (rolled back, or lost
+    // unacknowledged) become empty changes.
+    let mut by_ks: HashMap<u16, Vec<(u64, u64, Vec<crate::changelog::Event>)>> = HashMap::new();
+    for (ks, rev, end, ev) in replayed {
+        by_ks.entry(ks).or_default().push((rev, end, ev));
+    }
+    for ks in inner.all_ks() {
+        let top = max_rev.get(&ks.id).copied().unwrap_or(0);
+        let start = ks.rev.load(Relaxed);
+        if top > start {
+            ks.rev.store(top, Relaxed);
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(list) = by_ks.remove(&ks.id) {
+            for (rev, end, events) in list {
+                if rev > start && seen.insert(rev) {
+                    ks.changelog
+                        .insert(rev, crate::changelog::Change { events, lsn: end });
+                }
+            }
+        }
+        for rev in start + 1..=top {
+            if !seen.contains(&rev) {
+                ks.changelog.insert(
+                    rev,
+                    crate::changelog::Change {
+                        events: Vec::new(),
+                        lsn: 0,
+                    },
+                );
+            }
+        }
+    }
+    let wal = Wal::open(
+        &dir,
+        storage,
+        config.wal_file_bytes,
+        contents.file_start,
+        contents.end,
+        inner.poison_cell(),
+        inner.bell(),
+    )?;
+    inner.set_wal(Arc::new(wal));
+    inner.set_checkpoint_lsn(from);
+    if info.checkpoint_records > 0 || info.log_frames > 0 {
+        tracing::info!(
+            checkpoint_records = info.checkpoint_records,
+            log_frames = info.log_frames,
+            torn_bytes = info.torn_bytes,
+            "recovered"
+        );
+    }
+    Ok(info)
+}
+
+/// Load a checkpoint file into the partitions; returns the records read.
+fn load_checkpoint(inner: &mut Inner, path: &Path) -> Result<u64> {
+    let file = std::fs::File::open(path).map_err(io("open", path))?;
+    // SAFETY: the data directory is locked by this process, and checkpoints are never
+    // written in place; a file cut under us would raise SIGBUS, which we accept at recovery.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("mmap", path))?;
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let bytes: &[u8] = &map;
+    let mut off = 0usize;
+    let mut chunks = Vec::new();
+    let mut header = None;
+    let mut trailer = None;
+    while off < bytes.len() {
+        let Some(p) = get_frame(&bytes[off..], off as u64) else {
+            return Err(corrupt(
+                path,
+                off as u64,
+                "a damaged frame in a checkpoint (it was complete when renamed): the file was \
+                 changed after it was written; restore it or remove it to recover from the log \
+                 alone (only if the log reaches back to its start)",
+            ));
+        };
+        match p.first() {
+            Some(&CK_HEADER) => header = decode_ck(CK_HEADER, p),
+            Some(&CK_RECORDS) => chunks.push(p),
+            Some(&CK_TRAILER) => trailer = decode_ck(CK_TRAILER, p),
+            _ => return Err(corrupt(path, off as u64, "an unknown checkpoint frame")),
+        }
+        off += FRAME_HEADER + p.len();
+    }
+    let (Some(_), Some((records, defs))) = (header, trailer) else {
+        return Err(corrupt(
+            path,
+            off as u64,
+            "the checkpoint has no header or trailer",
+        ));
+    };
+    for d in defs {
+        inner.add_keyspace(d, true)?;
+    }
+    let by_id: Vec<Option<Arc<KsInfo>>> = {
+        let all = inner.all_ks();
+        let n = all.iter().map(|k| k.id as usize + 1).max().unwrap_or(0);
+        let mut v = vec![None; n];
+        for k in all {
+            let id = k.id as usize;
+            v[id] = Some(k);
+        }
+        v
+    };
+    let inner: &Inner = inner;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = AtomicUsize::new(0);
+    let loaded = AtomicU64::new(0);
+    let failure = parking_lot::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut counts: HashMap<u16, i64> = HashMap::new();
+                let mut recs: Vec<(usize, u64, &[u8], &[u8])> = Vec::new();
+                let mut scratch = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Relaxed);
+                    let Some(chunk) = chunks.get(i) else { break };
+                    if let Err(e) =
+                        load_chunk(inner, &by_id, chunk, &mut recs, &mut counts, &mut scratch)
+                    {
+                        failure.lock().get_or_insert(e);
+                        break;
+                    }
+                    loaded.fetch_add(recs.len() as u64, Relaxed);
+                }
+                for (id, n) in counts {
+                    if let Some(Some(k)) = by_id.get(id as usize) {
+                        k.keys.fetch_add(n, Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
+    let loaded = loaded.into_inner();
+    if loaded != records {
+        return Err(corrupt(
+            path,
+            0,
+            format!("the trailer counts {records} records but the chunks hold {loaded}"),
+        ));
+    }
+    Ok(loaded)
+}
+
+fn load_chunk<'a>(
+    inner: &Inner,
+    by_id: &[Option<Arc<KsInfo>>],
+    chunk: &'a [u8],
+    recs: &mut Vec<(usize, u64, &'a [u8], &'a [u8])>,
+    counts: &mut HashMap<u16, i64>,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
+    let bad = || Error::Corrupt {
+        path: PathBuf::from("<checkpoint chunk>"),
+        offset: 0,
+        reason: "a record chunk does not parse".into(),
+    };
+    let mut r = Reader::new(&chunk[1..]);
+    let rescan = r.u8().ok_or_else(bad)? != 0;
+    let n = r.u32().ok_or_else(bad)?;
+    recs.clear();
+    for _ in 0..n {
+        let kl = r.u32().ok_or_else(bad)? as usize;
+        let vl = r.u32().ok_or_else(bad)? as usize;
+        let k = r.bytes(kl).ok_or_else(bad)?;
+        let v = r.bytes(vl).ok_or_else(bad)?;
+        if k.len() < KEY_PREFIX {
+            return Err(bad());
+        }
+        let id = u16::from_be_bytes([k[0], k[1]]);
+        let ks = by_id
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(bad)?;
+        let hash = hash_key(k);
+        recs.push((inner.partition_for(ks, k, hash), hash, k, v));
+    }
+    // One lock hold per partition run.
+    recs.sort_unstable_by_key(|r| r.0);
+    let mut i = 0;
+    while i < recs.len() {
+        let p = recs[i].0;
+        let mut lk = inner.parts()[p].lock();
+        while i < recs.len() && recs[i].0 == p {
+            let (_, hash, k, v) = recs[i];
+            i += 1;
+            let id = u16::from_be_bytes([k[0], k[1]]);
+            let ks = by_id[id as usize].as_ref().expect("checked");
+            if rescan && lk.get(hash, k, scratch)?.is_some() {
+                // Two copies: keep the newer.
+                if Meta::decode(scratch).0.modified >= Meta::decode(v).0.modified {
+                    continue;
+                }
+            }
+            if !lk.put(hash, k, v, ks.opts.ordered)? {
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+    }
+    Ok(())
+}

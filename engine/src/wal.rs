@@ -1,0 +1,456 @@
+//! The write-ahead log: committed batches, framed and checksummed, appended to `wal-*.log`
+//! files in the data directory, and made durable by group commit.
+//!
+//! Committers append a frame to an in-memory buffer (under a short lock) and get the log
+//! sequence number (LSN, a byte position in the log) at which their frame ends. Making it
+//! durable is [`Wal::sync_to`]: the first committer to arrive becomes the leader, takes the
+//! whole buffer, writes it with one `pwrite` and one `fdatasync`, and publishes the new durable
+//! LSN; committers that arrive meanwhile wait on the flush lock and usually find their frame
+//! already covered when they get it, so many commits share one flush. In `periodic` mode a
+//! background thread does the same every interval instead.
+//!
+//! A frame is `len: u32 | crc32c: u32 | lsn: u64 | payload[len]`, the checksum covering the
+//! LSN and the payload. Recovery reads frames in LSN order and stops at the first one whose
+//! length, LSN or checksum is wrong: that is the torn tail of the last flush, which is cut off
+//! (the file is truncated there) and never replayed. A bad frame followed by another file is
+//! not a torn tail but damage, and opening fails rather than drop committed batches.
+//!
+//! After a write or sync fails, the log is poisoned: nothing more is written, and the database
+//! refuses writes with the first error's text (a failed `fsync` cannot be retried safely).
+
+use crate::error::{Error, Result};
+use crate::far::Storage;
+use parking_lot::{Condvar, Mutex};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Release};
+use std::sync::{Arc, OnceLock};
+
+/// Bytes of a frame header.
+pub(crate) const FRAME_HEADER: usize = 16;
+/// Largest frame payload accepted by the reader (a bulk-load chunk is the largest writer).
+pub(crate) const MAX_FRAME: usize = 1 << 30;
+
+/// Append one frame to `out`.
+pub(crate) fn put_frame(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
+    let mut crc = crc32c::crc32c(&lsn.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Parse the frame at the start of `buf`, expected at `lsn`. `None` if it is not a whole,
+/// intact frame written at that position.
+pub(crate) fn get_frame(buf: &[u8], lsn: u64) -> Option<&[u8]> {
+    if buf.len() < FRAME_HEADER {
+        return None;
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().ok()?);
+    let at = u64::from_le_bytes(buf[8..16].try_into().ok()?);
+    if at != lsn || len > MAX_FRAME || buf.len() < FRAME_HEADER + len {
+        return None;
+    }
+    let payload = &buf[FRAME_HEADER..FRAME_HEADER + len];
+    let want = crc32c::crc32c_append(crc32c::crc32c(&lsn.to_le_bytes()), payload);
+    (want == crc).then_some(payload)
+}
+
+/// The name of the log file whose first frame is at `lsn`.
+pub(crate) fn wal_name(lsn: u64) -> String {
+    format!("wal-{lsn:020}.log")
+}
+
+/// The starting LSN of a log file's name, if it is one.
+pub(crate) fn parse_wal_name(name: &str) -> Option<u64> {
+    let n = name.strip_prefix("wal-")?.strip_suffix(".log")?;
+    (n.len() == 20).then(|| n.parse().ok())?
+}
+
+/// A wake-up shared by the log and the change logs: watchers wait on it, and it rings when a
+/// change is added or the durable LSN moves.
+#[derive(Debug, Default)]
+pub(crate) struct Bell {
+    rung: Mutex<u64>,
+    cond: Condvar,
+}
+
+impl Bell {
+    pub(crate) fn ring(&self) {
+        *self.rung.lock() += 1;
+        self.cond.notify_all();
+    }
+
+    /// The current ring count, to pass to `wait`.
+    pub(crate) fn count(&self) -> u64 {
+        *self.rung.lock()
+    }
+
+    /// Wait until the bell rings after `seen` or `until` passes.
+    pub(crate) fn wait(&self, seen: u64, until: std::time::Instant) {
+        let mut r = self.rung.lock();
+        while *r == seen {
+            if self.cond.wait_until(&mut r, until).timed_out() {
+                return;
+            }
+        }
+    }
+}
+
+struct Buffer {
+    data: Vec<u8>,
+    /// LSN of `data[0]`.
+    start: u64,
+}
+
+struct Io {
+    file: File,
+    path: PathBuf,
+    /// LSN of the file's first byte.
+    file_start: u64,
+}
+
+/// Counters of the log.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct WalStats {
+    pub(crate) fsyncs: u64,
+    pub(crate) durable_lsn: u64,
+}
+
+/// The write-ahead log of one database. See the module docs.
+pub(crate) struct Wal {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    segment_bytes: u64,
+    buf: Mutex<Buffer>,
+    io: Mutex<Io>,
+    durable: AtomicU64,
+    fsyncs: AtomicU64,
+    poison: Arc<OnceLock<String>>,
+    bell: Arc<Bell>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("durable", &self.durable.load(Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Open the log for appending at `end` (the end of the last intact frame), in the file
+    /// `file_start` (created if missing); the caller has cut any torn tail already.
+    pub(crate) fn open(
+        dir: &Path,
+        storage: Arc<dyn Storage>,
+        segment_bytes: u64,
+        file_start: u64,
+        end: u64,
+        poison: Arc<OnceLock<String>>,
+        bell: Arc<Bell>,
+    ) -> Result<Wal> {
+        let path = dir.join(wal_name(file_start));
+        let file = storage.open(&path).map_err(|source| Error::Io {
+            op: "open",
+            path: path.clone(),
+            source,
+        })?;
+        storage.sync_dir(dir).map_err(|source| Error::Io {
+            op: "sync directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            storage,
+            segment_bytes,
+            buf: Mutex::new(Buffer {
+                data: Vec::new(),
+                start: end,
+            }),
+            io: Mutex::new(Io {
+                file,
+                path,
+                file_start,
+            }),
+            durable: AtomicU64::new(end),
+            fsyncs: AtomicU64::new(0),
+            poison,
+            bell,
+        })
+    }
+
+    /// Append a frame; returns the LSN at which it ends. Called with the partition lock held,
+    /// so that frames of one key are in the order their writes were applied.
+    pub(crate) fn append(&self, payload: &[u8]) -> u64 {
+        let mut b = self.buf.lock();
+        let lsn = b.start + b.data.len() as u64;
+        put_frame(&mut b.data, lsn, payload);
+        b.start + b.data.len() as u64
+    }
+
+    /// LSN after the last appended frame.
+    pub(crate) fn end(&self) -> u64 {
+        let b = self.buf.lock();
+        b.start + b.data.len() as u64
+    }
+
+    /// Bytes waiting in the buffer.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.lock().data.len()
+    }
+
+    /// LSN up to which the log is durable.
+    pub(crate) fn durable(&self) -> u64 {
+        self.durable.load(Acquire)
+    }
+
+    pub(crate) fn stats(&self) -> WalStats {
+        WalStats {
+            fsyncs: self.fsyncs.load(Acquire),
+            durable_lsn: self.durable(),
+        }
+    }
+
+    fn poisoned(&self) -> Result<()> {
+        match self.poison.get() {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Make everything up to `lsn` durable, sharing the flush with concurrent callers.
+    pub(crate) fn sync_to(&self, lsn: u64) -> Result<()> {
+        if self.durable() >= lsn {
+            return Ok(());
+        }
+        self.poisoned()?;
+        let mut io = self.io.lock();
+        // Whoever held the lock before us may have flushed our frame.
+        if self.durable() >= lsn {
+            return Ok(());
+        }
+        self.poisoned()?;
+        let (data, start) = {
+            let mut b = self.buf.lock();
+            let start = b.start;
+            let data = std::mem::take(&mut b.data);
+            b.start += data.len() as u64;
+            (data, start)
+        };
+        let end = start + data.len() as u64;
+        match self.write_out(&mut io, &data, start) {
+            Ok(()) => {
+                self.durable.store(end, Release);
+                self.bell.ring();
+                // Hand the buffer's allocation back, unless someone refilled it meanwhile.
+                let mut b = self.buf.lock();
+                if b.data.is_empty() && b.data.capacity() < data.capacity() {
+                    let mut data = data;
+                    data.clear();
+                    b.data = data;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let _ = self.poison.set(format!(
+                    "the write-ahead log could not be made durable ({why}); the database \
+                     refuses writes until it is reopened, and recovery keeps every \
+                     acknowledged write"
+                ));
+                self.bell.ring();
+                tracing::error!(error = %why, "write-ahead log failed; writes are refused from now on");
+                Err(e)
+            }
+        }
+    }
+
+    fn write_out(&self, io: &mut Io, data: &[u8], start: u64) -> Result<()> {
+        let err = |op, path: &Path, source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        };
+        if start - io.file_start >= self.segment_bytes {
+            // Start a new file at a frame boundary; the old one is complete and durable.
+            let path = self.dir.join(wal_name(start));
+            let file = self
+                .storage
+                .open(&path)
+                .map_err(|e| err("create", &path, e))?;
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(|e| err("sync directory", &self.dir, e))?;
+            *io = Io {
+                file,
+                path,
+                file_start: start,
+            };
+        }
+        if !data.is_empty() {
+            self.storage
+                .write_at(&io.file, data, start - io.file_start)
+                .map_err(|e| err("write", &io.path, e))?;
+        }
+        self.storage
+            .sync(&io.file)
+            .map_err(|e| err("fsync", &io.path, e))?;
+        self.fsyncs.fetch_add(1, Release);
+        Ok(())
+    }
+
+    /// Remove log files that hold only frames before `lsn` (covered by a checkpoint).
+    pub(crate) fn remove_before(&self, lsn: u64) -> Result<usize> {
+        let current = self.io.lock().file_start;
+        let files = list_wal(&self.dir)?;
+        let mut removed = 0;
+        for (i, (start, path)) in files.iter().enumerate() {
+            let next = files.get(i + 1).map(|f| f.0);
+            if *start < current && next.is_some_and(|n| n <= lsn) {
+                self.storage.remove(path).map_err(|source| Error::Io {
+                    op: "remove",
+                    path: path.clone(),
+                    source,
+                })?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The log files in `dir`, by starting LSN.
+pub(crate) fn list_wal(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut v = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        op: "list",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for e in rd.flatten() {
+        if let Some(lsn) = e.file_name().to_str().and_then(parse_wal_name) {
+            v.push((lsn, e.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// What [`read_wal`] found: the frames from `from` on, and where appending resumes.
+pub(crate) struct WalContents {
+    pub(crate) frames: Vec<(u64, Vec<u8>)>,
+    /// The file to go on appending to, and the LSN after the last intact frame.
+    pub(crate) file_start: u64,
+    pub(crate) end: u64,
+    /// Bytes cut off the end as a torn tail.
+    pub(crate) torn_bytes: u64,
+}
+
+/// Read the log from LSN `from` (a checkpoint's start; 0 without one), cutting a torn tail.
+pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<WalContents> {
+    let files = list_wal(dir)?;
+    let mut out = WalContents {
+        frames: Vec::new(),
+        file_start: from,
+        end: from,
+        torn_bytes: 0,
+    };
+    if files.is_empty() {
+        return Ok(out);
+    }
+    let first = files.iter().rposition(|f| f.0 <= from).unwrap_or(0);
+    if files[first].0 > from {
+        return Err(Error::Corrupt {
+            path: files[first].1.clone(),
+            offset: 0,
+            reason: format!(
+                "the log starts at LSN {} but recovery needs it from LSN {from}: log files are \
+                 missing",
+                files[first].0
+            ),
+        });
+    }
+    for (i, (start, path)) in files.iter().enumerate().skip(first) {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            op: "read",
+            path: path.clone(),
+            source,
+        })?;
+        let mut pos = 0usize;
+        // Frames before `from` are skipped by position: walk them to keep alignment.
+        let mut lsn = *start;
+        while let Some(payload) = get_frame(&bytes[pos..], lsn) {
+            let len = FRAME_HEADER + payload.len();
+            if lsn >= from {
+                out.frames.push((lsn, payload.to_vec()));
+            }
+            pos += len;
+            lsn += len as u64;
+        }
+        let last = i + 1 == files.len();
+        if pos < bytes.len() || (!last && lsn != files[i + 1].0) {
+            if !last {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    offset: pos as u64,
+                    reason: "a damaged frame in the middle of the log (later log files \
+                             follow it), not a torn tail; refusing to drop committed batches"
+                        .into(),
+                });
+            }
+            // The torn tail of the last flush: cut it off.
+            out.torn_bytes = (bytes.len() - pos) as u64;
+            let f = storage.open(path).map_err(|source| Error::Io {
+                op: "open",
+                path: path.clone(),
+                source,
+            })?;
+            storage
+                .set_len(&f, pos as u64)
+                .and_then(|()| storage.sync(&f))
+                .map_err(|source| Error::Io {
+                    op: "truncate torn tail",
+                    path: path.clone(),
+                    source,
+                })?;
+            tracing::warn!(path = %path.display(), offset = pos, bytes = out.torn_bytes, "cut a torn tail off the write-ahead log");
+        }
+        out.file_start = *start;
+        out.end = lsn;
+    }
+    if out.end < from {
+        return Err(Error::Corrupt {
+            path: files.last().map(|f| f.1.clone()).unwrap_or_default(),
+            offset: 0,
+            reason: format!(
+                "the log ends at LSN {} but the checkpoint says it reached {from}",
+                out.end
+            ),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_reject_damage() {
+        let mut b = Vec::new();
+        put_frame(&mut b, 100, b"hello");
+        assert_eq!(get_frame(&b, 100), Some(&b"hello"[..]));
+        assert_eq!(get_frame(&b, 101), None, "a frame read at the wrong LSN");
+        assert_eq!(get_frame(&b[..b.len() - 1], 100), None, "a short frame");
+        let mut bad = b.clone();
+        bad[FRAME_HEADER] ^= 1;
+        assert_eq!(get_frame(&bad, 100), None, "a flipped payload bit");
+        assert_eq!(parse_wal_name(&wal_name(42)), Some(42));
+        assert_eq!(parse_wal_name("wal-1.log"), None);
+    }
+}
