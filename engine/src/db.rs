@@ -940,7 +940,10 @@ impl Inner {
     }
 }
 
-/// A handle on one keyspace. Cheap to clone; keeps the database open.
+/// A handle on one keyspace. Cheap to clone. It keeps the database open: the files stay
+/// locked, and with durability `periodic` the last flush happens, when the last handle (this
+/// or the [`Db`]) is dropped. After the `Db` is dropped its background threads are stopped,
+/// so drop keyspace handles with it.
 #[derive(Clone)]
 pub struct Keyspace {
     inner: Arc<Inner>,
@@ -1393,9 +1396,15 @@ impl Drop for Db {
                 tracing::error!("a maintenance thread panicked");
             }
         }
-        // With durability `periodic`, commits since the last interval are made durable now.
-        if let Some(w) = &self.inner.wal {
-            if self.inner.poison.get().is_none() {
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone. With durability `periodic`, commits since the last
+        // interval are made durable now.
+        if let Some(w) = &self.wal {
+            if self.poison.get().is_none() {
                 if let Err(e) = w.sync_to(w.end()) {
                     tracing::error!(error = %e, "the log could not be flushed at close");
                 }

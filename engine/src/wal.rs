@@ -393,6 +393,20 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
             lsn += len as u64;
         }
         let last = i + 1 == files.len();
+        if pos < bytes.len() {
+            // A torn tail is the end of the last flush: nothing intact follows it. An intact
+            // frame after a bad one means damage in the middle of the log.
+            if let Some(at) = intact_frame_after(&bytes, pos, *start) {
+                return Err(Error::Corrupt {
+                    path: path.clone(),
+                    offset: pos as u64,
+                    reason: format!(
+                        "a damaged frame with an intact frame after it (at offset {at}): \
+                         this is damage, not a torn tail; refusing to drop committed batches"
+                    ),
+                });
+            }
+        }
         if pos < bytes.len() || (!last && lsn != files[i + 1].0) {
             if !last {
                 return Err(Error::Corrupt {
@@ -434,6 +448,15 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
         });
     }
     Ok(out)
+}
+
+/// The offset of an intact frame somewhere after `pos` in a file starting at LSN `start`.
+fn intact_frame_after(bytes: &[u8], pos: usize, start: u64) -> Option<usize> {
+    (pos + 1..bytes.len().saturating_sub(FRAME_HEADER - 1)).find(|&p| {
+        // The LSN field must equal the frame's own position: a cheap filter before the CRC.
+        bytes[p + 8..p + 16] == (start + p as u64).to_le_bytes()
+            && get_frame(&bytes[p..], start + p as u64).is_some()
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,397 @@
+//! Durability in one process: what is committed survives a reopen, with and without a
+//! checkpoint, with tiering active; a torn log tail is cut; revisions continue upward;
+//! keyspaces and ordered indexes come back; the modes refuse what they cannot honour.
+//! (Crashes of a real process are in tests/tests/crash.rs.)
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tera_engine::{Batch, Compare, Config, Db, Durability, Error, KeyspaceOptions, Op, Range, Txn};
+
+fn durable(dir: &std::path::Path, budget: u64, mode: Durability) -> Config {
+    let mut c = tiny(dir, budget);
+    c.durability = mode;
+    c.checkpoint_wal_bytes = 0; // tests take checkpoints themselves
+    c
+}
+
+/// Write a mix of puts, overwrites, deletes and batches over two keyspaces; returns the
+/// expected state of the ordered one.
+fn workload(db: &Db, n: u32) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    let kv = db.keyspace("kv", KeyspaceOptions::hash()).unwrap();
+    let ord = db.keyspace("ord", KeyspaceOptions::ordered()).unwrap();
+    let mut model = std::collections::BTreeMap::new();
+    for i in 0..n {
+        kv.put(&key(i), &value_for(i, 1, 200)).unwrap();
+        ord.put(&key(i), &value_for(i, 1, 64)).unwrap();
+        model.insert(key(i), value_for(i, 1, 64));
+    }
+    for i in (0..n).step_by(3) {
+        kv.put(&key(i), &value_for(i, 2, 300)).unwrap();
+        ord.delete(&key(i)).unwrap();
+        model.remove(&key(i));
+    }
+    model
+}
+
+fn check(db: &Db, n: u32, model: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) {
+    let kv = db.get_keyspace("kv").expect("keyspace kv recovered");
+    let ord = db.get_keyspace("ord").expect("keyspace ord recovered");
+    assert_eq!(ord.options(), KeyspaceOptions::ordered());
+    for i in 0..n {
+        let e = kv.get(&key(i)).unwrap().expect("acknowledged put");
+        let (k, ver) = check_value(&e.value);
+        assert_eq!(k, i);
+        assert_eq!(ver, if i % 3 == 0 { 2 } else { 1 });
+        assert_eq!(e.version, u64::from(ver));
+        assert_eq!(
+            ord.get(&key(i)).unwrap().map(|e| e.value),
+            model.get(&key(i)).cloned()
+        );
+    }
+    let all = ord.range(&Range::prefix(b"")).unwrap();
+    let got: Vec<_> = all
+        .entries
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(got, want, "the ordered index is rebuilt exactly");
+    assert_eq!(ord.len(), model.len() as u64);
+    assert_eq!(kv.len(), u64::from(n));
+}
+
+#[test]
+fn commits_survive_reopen_with_and_without_a_checkpoint() {
+    for with_checkpoint in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 600;
+        let (model, revs) = {
+            let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+            let model = workload(&db, n / 2);
+            if with_checkpoint {
+                let info = db.checkpoint().unwrap();
+                assert!(info.records >= u64::from(n / 2));
+            }
+            // More after the checkpoint: replayed from the log.
+            let kv = db.get_keyspace("kv").unwrap();
+            for i in n / 2..n {
+                kv.put(&key(i), &value_for(i, 1, 200)).unwrap();
+            }
+            for i in (n / 2..n).step_by(3) {
+                kv.put(&key(i), &value_for(i, 2, 300)).unwrap();
+            }
+            let s = db.stats();
+            assert!(s.far.records > 0, "tiering is active: {s:?}");
+            let revs = (kv.revision(), db.get_keyspace("ord").unwrap().revision());
+            (model, revs)
+        };
+        let (db, info) =
+            Db::open_with_info(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+        if with_checkpoint {
+            assert!(info.checkpoint_records > 0, "{info:?}");
+        }
+        // Reads of the second half of kv come from the log in both cases.
+        let kv = db.get_keyspace("kv").unwrap();
+        for i in n / 2..n {
+            let e = kv.get(&key(i)).unwrap().unwrap();
+            assert_eq!(check_value(&e.value), (i, if i % 3 == 0 { 2 } else { 1 }));
+        }
+        // First half: ord model only covers n/2 keys.
+        let ord = db.get_keyspace("ord").unwrap();
+        assert_eq!(ord.len(), model.len() as u64);
+        assert_eq!(
+            (kv.revision(), ord.revision()),
+            revs,
+            "revisions are recovered"
+        );
+        let r = kv.put(b"next", b"v").unwrap();
+        assert_eq!(r, revs.0 + 1, "revisions continue upward");
+    }
+}
+
+#[test]
+fn reopen_with_checkpoint_and_log_gives_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 500;
+    let model = {
+        let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+        let m = workload(&db, n);
+        db.checkpoint().unwrap();
+        m
+    };
+    let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    check(&db, n, &model);
+    // And once more, now from the log written after the first recovery.
+    let ord = db.get_keyspace("ord").unwrap();
+    ord.put(b"zz", b"last").unwrap();
+    drop(ord); // a keyspace handle keeps the database open
+    drop(db);
+    let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    let mut model = model;
+    model.insert(b"zz".to_vec(), b"last".to_vec());
+    check(&db, n, &model);
+}
+
+#[test]
+fn versions_and_revisions_follow_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    let ks = db.keyspace("k", KeyspaceOptions::ordered()).unwrap();
+    let r1 = ks.put(b"a", b"1").unwrap();
+    let r2 = ks.put(b"a", b"2").unwrap();
+    let e = ks.get(b"a").unwrap().unwrap();
+    assert_eq!((e.create_revision, e.mod_revision, e.version), (r1, r2, 2));
+    let r3 = ks.delete(b"a").unwrap().unwrap();
+    assert_eq!(r3, r2 + 1);
+    assert_eq!(
+        ks.delete(b"a").unwrap(),
+        None,
+        "deleting a missing key makes no revision"
+    );
+    let r4 = ks.put(b"a", b"3").unwrap();
+    let e = ks.get(b"a").unwrap().unwrap();
+    assert_eq!(
+        (e.create_revision, e.mod_revision, e.version),
+        (r4, r4, 1),
+        "version restarts"
+    );
+    drop(ks);
+    drop(db);
+    let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    let ks = db.get_keyspace("k").unwrap();
+    let e = ks.get(b"a").unwrap().unwrap();
+    assert_eq!((e.create_revision, e.mod_revision, e.version), (r4, r4, 1));
+}
+
+#[test]
+fn a_torn_log_tail_is_cut_and_never_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+        for i in 0..50 {
+            db.put(&key(i), &value_for(i, 1, 100)).unwrap();
+        }
+    }
+    // Append half a frame and some garbage, as a crash in the middle of a flush would.
+    let wal = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max()
+        .unwrap();
+    let len = std::fs::metadata(&wal).unwrap().len();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&wal).unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    }
+    let (db, info) =
+        Db::open_with_info(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    assert_eq!(info.torn_bytes, 11);
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        len,
+        "the tail was cut off"
+    );
+    for i in 0..50 {
+        assert_eq!(check_value(&db.get(&key(i)).unwrap().unwrap()), (i, 1));
+    }
+    db.put(b"after", b"x").unwrap();
+    drop(db);
+    let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    assert_eq!(db.get(b"after").unwrap().as_deref(), Some(&b"x"[..]));
+}
+
+#[test]
+fn damage_in_the_middle_of_the_log_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+        for i in 0..50 {
+            db.put(&key(i), &value_for(i, 1, 100)).unwrap();
+        }
+    }
+    let wal = dir.path().join(format!("wal-{:020}.log", 0));
+    let mut bytes = std::fs::read(&wal).unwrap();
+    bytes[40] ^= 0xff; // inside the first frame; whole frames follow
+    std::fs::write(&wal, &bytes).unwrap();
+    // A bad frame followed by intact ones is damage, not a torn tail: opening refuses
+    // rather than drop the 49 committed writes after it.
+    let e = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("not a torn tail"), "{e}");
+}
+
+#[test]
+fn batches_and_transactions_are_all_or_nothing_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = KeyspaceOptions::ordered().partition_prefix(4);
+    {
+        let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+        let ks = db.keyspace("ns", opts).unwrap();
+        let mut b = Batch::new();
+        b.put(b"u001/a".to_vec(), b"1".to_vec())
+            .put(b"u001/b".to_vec(), b"2".to_vec());
+        let r = ks.write(&b).unwrap().unwrap();
+        let t = Txn {
+            compares: vec![Compare::absent(b"u001/c".to_vec())],
+            success: vec![
+                Op::Put {
+                    key: b"u001/c".to_vec(),
+                    value: b"3".to_vec(),
+                },
+                Op::Delete {
+                    key: b"u001/a".to_vec(),
+                },
+            ],
+            failure: vec![],
+        };
+        let out = ks.txn(&t).unwrap();
+        assert!(out.succeeded);
+        assert_eq!(out.revision, r + 1);
+        let again = ks.txn(&t).unwrap();
+        assert!(!again.succeeded, "the compare now fails");
+        assert_eq!(
+            again.revision,
+            r + 1,
+            "a transaction that writes nothing takes no revision"
+        );
+        // A batch across partition keys is refused whole.
+        let mut cross = Batch::new();
+        cross.put(b"u001/x".to_vec(), b"1".to_vec());
+        for i in 0..64 {
+            cross.put(format!("u{i:03}/x").into_bytes(), b"1".to_vec());
+        }
+        assert!(matches!(
+            ks.write(&cross),
+            Err(Error::CrossPartition { .. })
+        ));
+        assert_eq!(ks.get(b"u001/x").unwrap(), None);
+    }
+    let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    let ks = db.keyspace("ns", opts).unwrap();
+    let keys: Vec<_> = ks
+        .range(&Range::prefix(b"u001/"))
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            (b"u001/b".to_vec(), b"2".to_vec()),
+            (b"u001/c".to_vec(), b"3".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn periodic_durability_flushes_on_its_interval_and_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(durable(
+            dir.path(),
+            256 << 10,
+            Durability::Periodic(Duration::from_millis(20)),
+        ))
+        .unwrap();
+        db.put(b"a", b"1").unwrap();
+        let before = db.stats().wal_fsyncs;
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(db.stats().wal_fsyncs > before, "the flusher ran");
+        db.put(b"b", b"2").unwrap(); // flushed by close
+    }
+    let db = Db::open(durable(
+        dir.path(),
+        256 << 10,
+        Durability::Periodic(Duration::from_millis(20)),
+    ))
+    .unwrap();
+    assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(db.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
+fn modes_refuse_what_they_cannot_honour() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+        db.put(b"a", b"1").unwrap();
+    }
+    // Opening a durable database without durability would fork its history.
+    let e = Db::open(tiny(dir.path(), 256 << 10)).unwrap_err();
+    assert!(e.to_string().contains("holds a durable database"), "{e}");
+    // Without durability there is nothing to checkpoint.
+    let other = tempfile::tempdir().unwrap();
+    let db = Db::open(tiny(other.path(), 256 << 10)).unwrap();
+    assert!(matches!(db.checkpoint(), Err(Error::Config(_))));
+    // A zero interval is not a mode.
+    let mut c = durable(
+        other.path(),
+        256 << 10,
+        Durability::Periodic(Duration::ZERO),
+    );
+    c.far_dir = other.path().join("x");
+    assert!(matches!(Db::open(c), Err(Error::Config(_))));
+}
+
+#[test]
+fn bulk_load_then_recover_and_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000u32;
+    {
+        let db = Db::open(durable(dir.path(), 512 << 10, Durability::Commit)).unwrap();
+        let ks = db.keyspace("bulk", KeyspaceOptions::ordered()).unwrap();
+        let info = ks
+            .bulk_load((0..n).map(|i| (key(i), value_for(i, 1, 100))))
+            .unwrap();
+        assert_eq!(info.records, u64::from(n));
+        assert_eq!(info.skipped, 0);
+        let again = ks.bulk_load([(b"x".to_vec(), b"y".to_vec())]);
+        assert!(
+            matches!(again, Err(Error::Keyspace { .. })),
+            "a second load into a full keyspace"
+        );
+        let bad = db.keyspace("bad", KeyspaceOptions::hash()).unwrap();
+        let e = bad
+            .bulk_load([
+                (b"b".to_vec(), b"1".to_vec()),
+                (b"a".to_vec(), b"2".to_vec()),
+            ])
+            .unwrap_err();
+        assert!(matches!(e, Error::Unsorted { index: 1 }), "{e}");
+        assert_eq!(
+            bad.get(b"b").unwrap().map(|e| e.value),
+            Some(b"1".to_vec()),
+            "the sorted prefix is loaded"
+        );
+    }
+    let db = Db::open(durable(dir.path(), 512 << 10, Durability::Commit)).unwrap();
+    let ks = db.get_keyspace("bulk").unwrap();
+    assert_eq!(ks.count(&Range::prefix(b"")).unwrap(), u64::from(n));
+    let (accs, info) = ks
+        .scan_parallel(
+            || (0u64, 0u64),
+            |a, k, v, _| {
+                let (i, ver) = check_value(v);
+                assert_eq!(k, key(i).as_slice());
+                assert_eq!(ver, 1);
+                a.0 += 1;
+                a.1 += u64::from(i);
+            },
+        )
+        .unwrap();
+    let total: u64 = accs.iter().map(|a| a.0).sum();
+    let sum: u64 = accs.iter().map(|a| a.1).sum();
+    assert_eq!(total, u64::from(n));
+    assert_eq!(
+        sum,
+        u64::from(n) * u64::from(n - 1) / 2,
+        "every record once"
+    );
+    assert_eq!(info.records, u64::from(n));
+}
