@@ -249,7 +249,7 @@ impl Db {
         let left = budget.saturating_sub(policy.dram_bytes() as u64);
         let share = (left / n as u64) as usize;
         // The log's buffer (and the one being flushed) is charged to every partition.
-        let wal_buffer_cap = ((budget / 64) as usize).clamp(64 << 10, 4 << 20);
+        let wal_buffer_cap = ((budget / 64) as usize).clamp(4 << 10, 4 << 20);
         let shared = Arc::new(Shared {
             page_shift: config.page_bytes.trailing_zeros(),
             seg_shift: config.segment_bytes.trailing_zeros(),
