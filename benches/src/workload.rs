@@ -2,8 +2,9 @@
 //! stream of operations from several threads for a fixed time, and report throughput,
 //! latency percentiles and where reads were served.
 //!
-//! Workloads (YCSB core): A = 50% read / 50% update, B = 95/5, C = 100% read, F = 50% read /
-//! 50% read-modify-write. Request keys follow a Zipf distribution over popularity ranks (or a
+//! Workloads (YCSB core): A = 50% read / 50% update, B = 95/5, C = 100% read, E = 95% short
+//! range scan (1 to 100 records from a chosen key, on an ordered keyspace) / 5% insert of a new
+//! record, F = 50% read / 50% read-modify-write. Request keys follow a Zipf distribution over popularity ranks (or a
 //! uniform one); ranks are scattered over records by [`crate::keys::scatter`], so the hottest
 //! records are neither adjacent in the key space nor in load order.
 
@@ -14,7 +15,7 @@ use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use tera_engine::{Db, Result};
+use tera_engine::{Db, Keyspace, Range, Result};
 
 /// A YCSB core workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,7 @@ pub enum Workload {
     A,
     B,
     C,
+    E,
     F,
 }
 
@@ -31,6 +33,7 @@ impl Workload {
             "A" => Some(Workload::A),
             "B" => Some(Workload::B),
             "C" => Some(Workload::C),
+            "E" => Some(Workload::E),
             "F" => Some(Workload::F),
             _ => None,
         }
@@ -40,6 +43,7 @@ impl Workload {
             Workload::A => "A",
             Workload::B => "B",
             Workload::C => "C",
+            Workload::E => "E",
             Workload::F => "F",
         }
     }
@@ -47,7 +51,7 @@ impl Workload {
     fn read_percent(self) -> u32 {
         match self {
             Workload::A | Workload::F => 50,
-            Workload::B => 95,
+            Workload::B | Workload::E => 95,
             Workload::C => 100,
         }
     }
@@ -91,6 +95,12 @@ impl KeyChooser {
         }
     }
 
+    /// A scan length, uniform in 1..=max.
+    #[inline]
+    pub fn scan_len(&mut self, max: usize) -> usize {
+        self.rng.random_range(1..=max.max(1))
+    }
+
     /// A number in 0..100, for the operation mix.
     #[inline]
     pub fn percent(&mut self) -> u32 {
@@ -98,9 +108,12 @@ impl KeyChooser {
     }
 }
 
-/// Load records `0..records` in order; `progress(done)` is called every 1% or so.
+/// Longest YCSB-E scan.
+pub const MAX_SCAN: usize = 100;
+
+/// Load records `0..records` in order, one put each; `progress(done)` is called every 1% or so.
 pub fn load(
-    db: &Db,
+    db: &Keyspace,
     records: u64,
     value_bytes: usize,
     mut progress: impl FnMut(u64),
@@ -118,6 +131,25 @@ pub fn load(
     }
     progress(records);
     Ok(())
+}
+
+/// Load records `0..records` through [`Keyspace::bulk_load`] (keys sorted first); returns
+/// the bytes loaded.
+pub fn load_bulk(ks: &Keyspace, records: u64, value_bytes: usize) -> Result<u64> {
+    let mut order: Vec<([u8; KEY_LEN], u64)> = (0..records)
+        .map(|i| {
+            let mut k = [0u8; KEY_LEN];
+            key_into(i, &mut k);
+            (k, i)
+        })
+        .collect();
+    order.sort_unstable();
+    let mut v = Vec::with_capacity(value_bytes);
+    let info = ks.bulk_load(order.into_iter().map(|(k, i)| {
+        value_into(i, 0, &mut v, value_bytes);
+        (k, v.clone())
+    }))?;
+    Ok(info.bytes)
 }
 
 /// One timed phase.
@@ -146,7 +178,7 @@ pub struct Measured {
 
 /// Run a phase: `threads` threads, each with its own seeded stream (the same streams for the
 /// same seed, whatever the database), until `duration` has passed.
-pub fn run(db: &Db, p: &Phase) -> Result<Measured> {
+pub fn run(db: &Db, ks: &Keyspace, p: &Phase) -> Result<Measured> {
     let stop = AtomicBool::new(false);
     let ops = AtomicU64::new(0);
     let start = Instant::now();
@@ -156,7 +188,7 @@ pub fn run(db: &Db, p: &Phase) -> Result<Measured> {
         let handles: Vec<_> = (0..p.threads)
             .map(|t| {
                 let (stop, ops) = (&stop, &ops);
-                s.spawn(move || worker(db, p, t as u64, stop, ops))
+                s.spawn(move || worker(ks, p, t as u64, stop, ops))
             })
             .collect();
         let deadline = start + p.duration;
@@ -191,7 +223,7 @@ pub fn run(db: &Db, p: &Phase) -> Result<Measured> {
 }
 
 fn worker(
-    db: &Db,
+    db: &Keyspace,
     p: &Phase,
     t: u64,
     stop: &AtomicBool,
@@ -217,15 +249,31 @@ fn worker(
             let write = read_pct < 100 && chooser.percent() >= read_pct;
             let timed = i % 4 == 0;
             let t0 = timed.then(Instant::now);
-            if !write {
+            if !write && p.workload == Workload::E {
+                let r = Range {
+                    start: key.to_vec(),
+                    end: None,
+                    reverse: false,
+                    limit: chooser.scan_len(MAX_SCAN),
+                };
+                std::hint::black_box(db.range(&r)?);
+            } else if !write {
                 db.get_into(&key, &mut out)?;
+            } else if p.workload == Workload::E {
+                // Insert a new record, numbered past the loaded ones (a process-wide counter,
+                // so that no two inserts, in any phase or thread, share a key).
+                static INSERTED: AtomicU64 = AtomicU64::new(0);
+                let n = p.records + INSERTED.fetch_add(1, Relaxed);
+                key_into(n, &mut key);
+                value_into(n, 0, &mut out, p.value_bytes);
+                db.put(&key, &out)?;
             } else if p.workload == Workload::F {
-                db.update(&key, |old| {
-                    let mut v = old.map(<[u8]>::to_vec).unwrap_or_default();
+                db.atomic(&key, |tx| {
+                    let mut v = tx.get(&key)?.map(|e| e.value).unwrap_or_default();
                     if let Some(b) = v.first_mut() {
                         *b = b.wrapping_add(1);
                     }
-                    Some(v)
+                    tx.put(&key, &v)
                 })?;
             } else {
                 // A new version: the record number and a counter in the first 12 bytes of

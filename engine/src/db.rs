@@ -69,6 +69,17 @@ impl ReadCounters {
         self.stripes[s][i].fetch_add(1, Relaxed);
     }
 
+    /// Count `dram` and `far` reads at once (a scan).
+    fn count_n(&self, dram: u64, far: u64) {
+        let s = &self.stripes[0];
+        if dram > 0 {
+            s[0].fetch_add(dram, Relaxed);
+        }
+        if far > 0 {
+            s[1].fetch_add(far, Relaxed);
+        }
+    }
+
     fn totals(&self) -> (u64, u64) {
         self.stripes.iter().fold((0, 0), |(d, f), s| {
             (d + s[0].load(Relaxed), f + s[1].load(Relaxed))
@@ -1017,17 +1028,30 @@ impl Tx<'_> {
     pub fn range(&mut self, range: &Range) -> Result<Vec<Entry>> {
         require_ordered(self.ks)?;
         let (lo, hi) = stored_bounds(self.ks, range);
-        let mut out = Vec::new();
         let limit = if range.limit == 0 {
             usize::MAX
         } else {
             range.limit
         };
-        self.lk
-            .range(as_ref(&lo), as_ref(&hi), range.reverse, |k, v| {
-                out.push(entry_of(k, v));
-                out.len() < limit
-            })?;
+        let (mut buf, mut spans) = (Vec::new(), Vec::new());
+        self.lk.ordered_keys(
+            as_ref(&lo),
+            as_ref(&hi),
+            range.reverse,
+            limit,
+            0,
+            &mut buf,
+            &mut spans,
+        );
+        let keys: Vec<&[u8]> = spans
+            .iter()
+            .map(|&(_, s, l)| &buf[s as usize..(s + l) as usize])
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        let (d, f) = self
+            .lk
+            .get_many(&keys, |_, k, v| out.push(entry_of(k, v)))?;
+        self.inner.reads.count_n(d, f);
         Ok(out)
     }
 
@@ -1298,27 +1322,53 @@ impl Keyspace {
         };
         let parts = self.range_parts(range);
         let revision = self.revision();
-        let mut all = Vec::new();
-        for p in parts {
-            let mut lk = self.inner.parts[p].lock();
-            let mut n = 0;
-            lk.range(as_ref(&lo), as_ref(&hi), range.reverse, |k, v| {
-                all.push(entry_of(k, v));
-                n += 1;
-                n < want
-            })?;
+        // Lock every partition the range touches (in ascending order, the only order in
+        // which anyone holds two), so that the result is one consistent state. Take the keys
+        // first, merge, and read values only for the keys that make the cut.
+        let mut locks: Vec<Locked<'_>> =
+            parts.iter().map(|&p| self.inner.parts[p].lock()).collect();
+        let (mut buf, mut spans) = (Vec::new(), Vec::new());
+        for (i, lk) in locks.iter().enumerate() {
+            lk.ordered_keys(
+                as_ref(&lo),
+                as_ref(&hi),
+                range.reverse,
+                want,
+                i as u32,
+                &mut buf,
+                &mut spans,
+            );
         }
-        if range.reverse {
-            all.sort_unstable_by(|a, b| b.key.cmp(&a.key));
-        } else {
-            all.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let key = |s: &(u32, u32, u32)| &buf[s.1 as usize..(s.1 + s.2) as usize];
+        if locks.len() > 1 {
+            if range.reverse {
+                spans.sort_unstable_by(|a, b| key(b).cmp(key(a)));
+            } else {
+                spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+            }
         }
-        let more = range.limit != 0 && all.len() > range.limit;
+        let more = range.limit != 0 && spans.len() > range.limit;
         if more {
-            all.truncate(range.limit);
+            spans.truncate(range.limit);
         }
+        let mut out: Vec<Option<Entry>> = vec![None; spans.len()];
+        for (li, lk) in locks.iter_mut().enumerate() {
+            let idx: Vec<usize> = (0..spans.len())
+                .filter(|&j| spans[j].0 == li as u32)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let keys: Vec<&[u8]> = idx.iter().map(|&j| key(&spans[j])).collect();
+            let (d, f) = lk.get_many(&keys, |n, k, v| out[idx[n]] = Some(entry_of(k, v)))?;
+            self.inner.reads.count_n(d, f);
+        }
+        drop(locks);
         Ok(RangeResult {
-            entries: all,
+            entries: out
+                .into_iter()
+                .map(|e| e.expect("every key read"))
+                .collect(),
             more,
             revision,
         })

@@ -121,6 +121,35 @@ impl Table {
         Ok(None)
     }
 
+    /// Prefetch the home bucket of `hash` (for batched lookups).
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        let b = crate::hash::bucket_of(hash, self.buckets.len());
+        crate::record::prefetch_line(self.buckets[b].0.as_ptr().cast());
+    }
+
+    /// The first entry on `hash`'s probe path whose tag matches: the key's address unless two
+    /// keys' tags collide (the caller checks the record's key and falls back to `find`).
+    #[inline]
+    pub(crate) fn candidate(&self, hash: u64) -> Option<u64> {
+        let tag = crate::hash::tag_of(hash);
+        let n = self.buckets.len();
+        let mut b = crate::hash::bucket_of(hash, n);
+        for _ in 0..n {
+            for slot in &self.buckets[b].0 {
+                let v = slot.load(Acquire);
+                if v == EMPTY {
+                    return None;
+                }
+                if (v >> ADDR_BITS) as u16 == tag {
+                    return Some(v & ADDR_MASK);
+                }
+            }
+            b = if b + 1 == n { 0 } else { b + 1 };
+        }
+        None
+    }
+
     /// Writer side: the slot holding the key, or the first reusable slot on its probe path.
     fn locate<E>(
         &self,

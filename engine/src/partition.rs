@@ -250,7 +250,7 @@ struct State {
     pub(crate) compaction_bytes: u64,
     pub(crate) segments_compacted: u64,
     /// Keys of ordered keyspaces, in order (the ordered index), and its estimated DRAM.
-    ordered: BTreeSet<Box<[u8]>>,
+    ordered: BTreeSet<OrdKey>,
     ordered_bytes: usize,
     /// Bumped whenever the index table is replaced, so that a scan done a slice at a time
     /// can tell that bucket positions changed.
@@ -471,6 +471,28 @@ impl Partition {
         Ok(true)
     }
 
+    /// Lock held: prefetch the first lines of the record at `addr`.
+    fn prefetch_record(&self, addr: u64) {
+        let shift = self.shared.page_shift;
+        if addr & FAR == 0 {
+            let page = addr >> shift;
+            let base = self.ring[(page % self.ring.len() as u64) as usize].load(Relaxed);
+            if !base.is_null() {
+                let p = base.wrapping_add((addr & ((1 << shift) - 1)) as usize);
+                crate::record::prefetch_line(p);
+                crate::record::prefetch_line(p.wrapping_add(64));
+            }
+        } else {
+            let a = addr & !FAR;
+            // SAFETY: lock held; segment tables are retired through the epoch.
+            let segs = unsafe { &*self.segs.load(Acquire) };
+            if let Some(seg) = segs.get(a >> self.shared.seg_shift) {
+                let off = (a & ((1 << self.shared.seg_shift) - 1)) as usize;
+                crate::record::prefetch_line(seg.base().wrapping_add(off));
+            }
+        }
+    }
+
     fn far_visit(
         &self,
         addr: u64,
@@ -571,17 +593,29 @@ impl Partition {
         let Some(mut st) = self.state.try_lock() else {
             return;
         };
+        self.promote_locked(&mut st, hash, key, value, from, seq);
+    }
+
+    fn promote_locked(
+        &self,
+        st: &mut State,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        from: u64,
+        seq: u64,
+    ) {
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
         if table.find::<()>(hash, |a| Ok(a == from)) != Ok(Some(from)) {
             return;
         }
         let len = record::record_len(key.len(), value.len());
-        match self.append(&mut st, key, value, 0, seq, 0) {
+        match self.append(st, key, value, 0, seq, 0) {
             Ok(to) => {
                 let moved = table.replace(hash, from, to);
                 debug_assert!(moved, "lock held: the entry cannot have changed");
-                self.far_dead(&mut st, from, len);
+                self.far_dead(st, from, len);
                 st.dram.records += 1;
                 st.dram.bytes += len as u64;
                 st.promotions += 1;
@@ -630,7 +664,7 @@ impl Partition {
             Some(old) => self.dead(st, old)?,
             None if ordered => {
                 st.ordered_bytes += ordered_key_bytes(key.len());
-                st.ordered.insert(key.into());
+                st.ordered.insert(OrdKey::new(key));
             }
             None => {}
         }
@@ -644,7 +678,7 @@ impl Partition {
             return Ok(false);
         };
         self.dead(st, old)?;
-        if ordered && st.ordered.remove(key) {
+        if ordered && st.ordered.remove(&OrdKey::new(key)) {
             st.ordered_bytes -= ordered_key_bytes(key.len());
         }
         Ok(true)
@@ -1426,31 +1460,84 @@ impl Locked<'_> {
         self.part.delete_locked(&mut self.st, hash, key, ordered)
     }
 
-    /// Visit the ordered index's keys in `lo..hi` (backward if `reverse`) with their values,
-    /// until `f` returns false.
-    pub(crate) fn range(
-        &mut self,
+    /// Copy up to `max` keys of the ordered index in `lo..hi` (backward if `reverse`) into
+    /// `buf`, recording `(tag, start, len)` of each in `spans`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ordered_keys(
+        &self,
         lo: Bound<&[u8]>,
         hi: Bound<&[u8]>,
         reverse: bool,
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
-        let p = self.part;
-        let st = &*self.st;
+        max: usize,
+        tag: u32,
+        buf: &mut Vec<u8>,
+        spans: &mut Vec<(u32, u32, u32)>,
+    ) {
         if matches!((lo, hi), (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) if a > b)
         {
-            return Ok(());
+            return;
         }
-        let range = st.ordered.range::<[u8], _>((lo, hi));
-        let mut visit = |key: &Box<[u8]>| -> Result<bool> {
-            // SAFETY: lock held.
-            let table = unsafe { p.index.table() };
-            let mut more = true;
-            let found = table.find(hash_key(key), |a| {
-                p.pinned_visit(a, key, |rec, _| more = f(key, rec.value()))
-                    .map_err(|e| p.locked_err(a, e))
-            })?;
-            if found.is_none() {
+        let (lo, hi) = (ord_bound(lo), ord_bound(hi));
+        let range = self
+            .st
+            .ordered
+            .range::<OrdKey, _>((as_ord(&lo), as_ord(&hi)));
+        let keys: Vec<&OrdKey> = if reverse {
+            range.rev().take(max).collect()
+        } else {
+            range.take(max).collect()
+        };
+        for k in keys {
+            let start = buf.len();
+            k.append_to(buf);
+            spans.push((tag, start as u32, (buf.len() - start) as u32));
+        }
+    }
+
+    /// Read the values of `keys` (all in the index, e.g. from [`Locked::ordered_keys`]),
+    /// calling `f(i, key, value)` for each, with the memory loads of all keys overlapped: every
+    /// index bucket is prefetched, then every record. Far records the heat policy admits are
+    /// promoted. Returns the records read from DRAM and from the far tier.
+    pub(crate) fn get_many(
+        &mut self,
+        keys: &[&[u8]],
+        mut f: impl FnMut(usize, &[u8], &[u8]),
+    ) -> Result<(u64, u64)> {
+        let p = self.part;
+        // SAFETY: lock held.
+        let table = unsafe { p.index.table() };
+        let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
+        for &h in &hashes {
+            table.prefetch(h);
+        }
+        let cands: Vec<Option<u64>> = hashes.iter().map(|&h| table.candidate(h)).collect();
+        for a in cands.iter().flatten() {
+            p.prefetch_record(*a);
+        }
+        let (mut dram, mut far) = (0u64, 0u64);
+        let mut promote: Vec<(u64, Vec<u8>, Vec<u8>, u64, u64)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hash = hashes[i];
+            let mut visit = |a: u64| -> Result<bool> {
+                p.pinned_visit(a, key, |rec, t| {
+                    f(i, key, rec.value());
+                    if t == Tier::Far {
+                        far += 1;
+                        if p.shared.policy.admit_far(hash) {
+                            promote.push((hash, key.to_vec(), rec.value().to_vec(), a, rec.seq()));
+                        }
+                    } else {
+                        dram += 1;
+                    }
+                })
+                .map_err(|e| p.locked_err(a, e))
+            };
+            let hit = match cands[i] {
+                Some(a) => visit(a)?,
+                None => false,
+            };
+            // A tag collision: probe properly.
+            if !hit && table.find(hash, &mut visit)?.is_none() {
                 return Err(Error::Corrupt {
                     path: PathBuf::from(format!("<partition {} ordered index>", p.id)),
                     offset: 0,
@@ -1459,22 +1546,11 @@ impl Locked<'_> {
                         .into(),
                 });
             }
-            Ok(more)
-        };
-        if reverse {
-            for k in range.rev() {
-                if !visit(k)? {
-                    break;
-                }
-            }
-        } else {
-            for k in range {
-                if !visit(k)? {
-                    break;
-                }
-            }
         }
-        Ok(())
+        for (hash, key, value, from, seq) in promote {
+            p.promote_locked(&mut self.st, hash, &key, &value, from, seq);
+        }
+        Ok((dram, far))
     }
 
     /// Keys of the ordered index in `lo..hi`.
@@ -1483,7 +1559,11 @@ impl Locked<'_> {
         {
             return 0;
         }
-        self.st.ordered.range::<[u8], _>((lo, hi)).count()
+        let (lo, hi) = (ord_bound(lo), ord_bound(hi));
+        self.st
+            .ordered
+            .range::<OrdKey, _>((as_ord(&lo), as_ord(&hi)))
+            .count()
     }
 
     /// Visit the records indexed from buckets `start..start + n` of the current index table.
@@ -1523,11 +1603,115 @@ impl Locked<'_> {
     }
 }
 
-/// Estimated DRAM of one key in the ordered index: the boxed key's allocation (malloc rounds
-/// to 16 bytes, with 8 of header, 32 at least) plus its 16-byte slot in a B-tree node and that
-/// node's share of the rest (nodes are 2/3 full on average).
+/// A key in the ordered index: its first [`ORD_INLINE`] bytes inline, so that a B-tree
+/// search compares bytes inside the node it is reading instead of following a pointer per
+/// comparison (each a likely cache miss); the rest, for longer keys, on the heap.
+#[derive(Debug, Clone)]
+pub(crate) struct OrdKey {
+    inline: [u8; ORD_INLINE],
+    len: u32,
+    rest: Option<Box<[u8]>>,
+}
+
+/// Key bytes an [`OrdKey`] holds inline.
+pub(crate) const ORD_INLINE: usize = 24;
+
+impl OrdKey {
+    pub(crate) fn new(key: &[u8]) -> OrdKey {
+        let n = key.len().min(ORD_INLINE);
+        let mut inline = [0u8; ORD_INLINE];
+        inline[..n].copy_from_slice(&key[..n]);
+        OrdKey {
+            inline,
+            len: key.len() as u32,
+            rest: (key.len() > ORD_INLINE).then(|| key[ORD_INLINE..].into()),
+        }
+    }
+
+    fn head(&self) -> &[u8] {
+        &self.inline[..(self.len as usize).min(ORD_INLINE)]
+    }
+
+    pub(crate) fn append_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.head());
+        if let Some(r) = &self.rest {
+            out.extend_from_slice(r);
+        }
+    }
+}
+
+impl Ord for OrdKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Byte order of the whole keys: the inline heads first; only two keys that agree on
+        // all inline bytes and both go on need their heap parts.
+        match self.head().cmp(other.head()) {
+            std::cmp::Ordering::Equal => {}
+            o => return o,
+        }
+        match (&self.rest, &other.rest) {
+            (Some(a), Some(b)) => a.cmp(b),
+            _ => self.len.cmp(&other.len),
+        }
+    }
+}
+
+impl PartialOrd for OrdKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for OrdKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for OrdKey {}
+
+fn ord_bound(b: Bound<&[u8]>) -> Bound<OrdKey> {
+    match b {
+        Bound::Included(k) => Bound::Included(OrdKey::new(k)),
+        Bound::Excluded(k) => Bound::Excluded(OrdKey::new(k)),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn as_ord(b: &Bound<OrdKey>) -> Bound<&OrdKey> {
+    match b {
+        Bound::Included(k) => Bound::Included(k),
+        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Estimated DRAM of one key in the ordered index: its 48-byte [`OrdKey`] in a B-tree node,
+/// scaled for nodes being about 2/3 full on average (72 bytes), plus the heap part of a key
+/// longer than [`ORD_INLINE`] (malloc rounds to 16 bytes, with 8 of header).
 pub(crate) fn ordered_key_bytes(key_len: usize) -> usize {
-    (key_len + 8).div_ceil(16).max(2) * 16 + 24
+    let heap = if key_len > ORD_INLINE {
+        (key_len - ORD_INLINE + 8).div_ceil(16).max(2) * 16
+    } else {
+        0
+    };
+    72 + heap
+}
+
+#[cfg(test)]
+mod ord_tests {
+    use super::OrdKey;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn ordkey_orders_like_bytes(a in proptest::collection::vec(0u8..3, 0..40), b in proptest::collection::vec(0u8..3, 0..40)) {
+            let (x, y) = (OrdKey::new(&a), OrdKey::new(&b));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            let mut out = Vec::new();
+            x.append_to(&mut out);
+            prop_assert_eq!(out, a);
+        }
+    }
 }
 
 /// Bytes of readmitted records one page advance may carry into the new tail page.

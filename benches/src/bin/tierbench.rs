@@ -9,7 +9,8 @@ use tera_benches::keys::{self, KEY_LEN};
 use tera_benches::probe;
 use tera_benches::workload::{self, Dist, Phase, Workload};
 use tera_engine::{
-    AlwaysPromote, Config, Db, FrequencyAdmission, GhostAdmission, HeatPolicy, NeverPromote,
+    AlwaysPromote, Config, Db, Durability, FrequencyAdmission, GhostAdmission, HeatPolicy,
+    KeyspaceOptions, NeverPromote,
 };
 
 #[derive(Parser, Debug)]
@@ -19,6 +20,7 @@ use tera_engine::{
 )]
 struct Args {
     /// Workloads to run, comma separated: A (50% read, 50% update), B (95/5), C (read only),
+    /// E (95% short range scans of 1-100 records on an ordered keyspace, 5% inserts),
     /// F (50% read, 50% read-modify-write).
     #[arg(long, default_value = "C", value_delimiter = ',')]
     workload: Vec<String>,
@@ -79,6 +81,35 @@ struct Args {
     /// Skip the machine probes (DRAM latency, sequential bandwidth).
     #[arg(long)]
     no_probes: bool,
+    /// When a write is durable: none (the default: in memory only), periodic:<ms> (the log
+    /// is synced every <ms> milliseconds) or commit (group commit; every write waits for its
+    /// sync). With a durable mode the data is bulk loaded (one put per record would be one
+    /// sync per record).
+    #[arg(long, default_value = "none")]
+    durability: String,
+    /// Directory for the write-ahead log and checkpoints (default: the far directory).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// How to load: puts (one put per record, in record order) or bulk (sorted bulk load).
+    /// Default: puts with durability none, bulk otherwise.
+    #[arg(long)]
+    load: Option<String>,
+}
+
+fn durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "none" => Ok(Durability::None),
+        "commit" => Ok(Durability::Commit),
+        _ => match s
+            .strip_prefix("periodic:")
+            .and_then(|ms| ms.parse::<u64>().ok())
+        {
+            Some(ms) if ms > 0 => Ok(Durability::Periodic(Duration::from_millis(ms))),
+            _ => Err(format!(
+                "unknown durability {s:?}: use none, periodic:<ms> (ms > 0) or commit"
+            )),
+        },
+    }
 }
 
 fn main() {
@@ -126,7 +157,7 @@ fn real_main() -> Result<(), String> {
         .workload
         .iter()
         .map(|w| {
-            Workload::parse(w).ok_or_else(|| format!("unknown workload {w:?}: use A, B, C or F"))
+            Workload::parse(w).ok_or_else(|| format!("unknown workload {w:?}: use A, B, C, E or F"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let dist = match a.dist.as_str() {
@@ -141,6 +172,13 @@ fn real_main() -> Result<(), String> {
         return Err("--dram-fractions must be positive".into());
     }
     let data_bytes = a.records * (KEY_LEN + a.value_bytes) as u64;
+    let mode = durability(&a.durability)?;
+    let bulk = match a.load.as_deref() {
+        None => mode != Durability::None,
+        Some("bulk") => true,
+        Some("puts") => false,
+        Some(l) => return Err(format!("unknown --load {l:?}: use puts or bulk")),
+    };
     let emulation = if a.far_ns > 0 { "emulated" } else { "none" };
 
     if !a.no_probes {
@@ -215,17 +253,33 @@ fn real_main() -> Result<(), String> {
             c.huge_pages = a.huge_pages;
             c.expected_records = a.records as usize;
             c.policy = Some(policy(&a.policy, budget, a.ghost_slot_bytes)?);
+            c.durability = mode;
+            c.data_dir = a
+                .data_dir
+                .as_ref()
+                .map(|d| d.join(format!("{}-{i}", w.name())));
             let page = c.page_bytes;
             let db = Db::open(c).map_err(|e| format!("fraction {fraction}: {e}"))?;
+            // E scans an ordered keyspace; the others use the hash-only default keyspace.
+            let ks = if w == Workload::E {
+                db.keyspace("usertable", KeyspaceOptions::ordered())
+            } else {
+                db.keyspace(tera_engine::DEFAULT_KEYSPACE, KeyspaceOptions::hash())
+            }
+            .map_err(|e| e.to_string())?;
 
             let t = Instant::now();
             let show = !a.json && std::io::stderr().is_terminal();
-            workload::load(&db, a.records, a.value_bytes, |done| {
-                if show {
-                    progress(done, a.records);
-                }
-            })
-            .map_err(|e| e.to_string())?;
+            if bulk {
+                workload::load_bulk(&ks, a.records, a.value_bytes).map_err(|e| e.to_string())?;
+            } else {
+                workload::load(&ks, a.records, a.value_bytes, |done| {
+                    if show {
+                        progress(done, a.records);
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            }
             let load_s = t.elapsed().as_secs_f64();
             if show {
                 eprint!("\r{:80}\r", "");
@@ -241,7 +295,7 @@ fn real_main() -> Result<(), String> {
                 duration: Duration::from_secs_f64(secs),
                 seed: keys::mix(a.seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             };
-            let (warmup, trace) = warm_up(&db, a.warmup_seconds, a.warmup_slice, phase)?;
+            let (warmup, trace) = warm_up(&db, &ks, a.warmup_seconds, a.warmup_slice, phase)?;
             if !a.json && !trace.is_empty() {
                 let t: Vec<String> = trace.iter().map(|h| format!("{h:.3}")).collect();
                 eprintln!(
@@ -251,7 +305,7 @@ fn real_main() -> Result<(), String> {
                 );
             }
             let before = db.stats();
-            let m = workload::run(&db, &phase(a.seconds, 0)).map_err(|e| e.to_string())?;
+            let m = workload::run(&db, &ks, &phase(a.seconds, 0)).map_err(|e| e.to_string())?;
             let after = db.stats();
             let hit = after.dram_hit_ratio_since(&before);
             let ops_s = m.ops as f64 / m.elapsed.as_secs_f64();
@@ -295,6 +349,10 @@ fn real_main() -> Result<(), String> {
                     "seconds": m.elapsed.as_secs_f64(),
                     "warmup_seconds": warmup,
                     "load_seconds": load_s,
+                    "load": if bulk { "bulk" } else { "puts" },
+                    "durability": a.durability,
+                    "wal_fsyncs": after.wal_fsyncs - before.wal_fsyncs,
+                    "ordered_index_bytes": after.ordered_index_bytes,
                     "seed": a.seed,
                 });
                 println!("{line}");
@@ -318,7 +376,11 @@ fn real_main() -> Result<(), String> {
                 );
             }
             let _ = std::io::stdout().flush();
+            drop(ks);
             drop(db);
+            if let Some(d) = &a.data_dir {
+                let _ = std::fs::remove_dir_all(d.join(format!("{}-{i}", w.name())));
+            }
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
@@ -332,6 +394,7 @@ fn real_main() -> Result<(), String> {
 /// best of the two before it, by 0.001) or `most` seconds pass; returns the seconds spent.
 fn warm_up(
     db: &Db,
+    ks: &tera_engine::Keyspace,
     most: f64,
     slice: f64,
     phase: impl Fn(f64, u64) -> Phase,
@@ -340,7 +403,7 @@ fn warm_up(
     let mut hits: Vec<f64> = Vec::new();
     while slice > 0.0 && t.elapsed().as_secs_f64() + slice <= most + 1e-9 {
         let before = db.stats();
-        workload::run(db, &phase(slice, hits.len() as u64 + 1)).map_err(|e| e.to_string())?;
+        workload::run(db, ks, &phase(slice, hits.len() as u64 + 1)).map_err(|e| e.to_string())?;
         let hit = db.stats().dram_hit_ratio_since(&before);
         let n = hits.len();
         hits.push(hit);
