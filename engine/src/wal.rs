@@ -126,6 +126,9 @@ pub(crate) struct Wal {
     segment_bytes: u64,
     buf: Mutex<Buffer>,
     io: Mutex<Io>,
+    /// Whether a flush is under way, and the signal that one ended.
+    leader: Mutex<bool>,
+    flushed: Condvar,
     durable: AtomicU64,
     fsyncs: AtomicU64,
     poison: Arc<OnceLock<String>>,
@@ -177,6 +180,8 @@ impl Wal {
                 path,
                 file_start,
             }),
+            leader: Mutex::new(false),
+            flushed: Condvar::new(),
             durable: AtomicU64::new(end),
             fsyncs: AtomicU64::new(0),
             poison,
@@ -224,17 +229,39 @@ impl Wal {
     }
 
     /// Make everything up to `lsn` durable, sharing the flush with concurrent callers.
+    ///
+    /// One caller at a time is the leader: it takes the whole buffer, writes and syncs it.
+    /// The others wait on a condition variable, not on the I/O lock, so that when a flush
+    /// ends every committer it covered returns at once, and one of those it did not cover
+    /// leads the next flush, taking everything appended meanwhile.
     pub(crate) fn sync_to(&self, lsn: u64) -> Result<()> {
-        if self.durable() >= lsn {
-            return Ok(());
+        loop {
+            if self.durable() >= lsn {
+                return Ok(());
+            }
+            self.poisoned()?;
+            {
+                let mut leading = self.leader.lock();
+                if self.durable() >= lsn {
+                    return Ok(());
+                }
+                if *leading {
+                    self.flushed.wait(&mut leading);
+                    continue;
+                }
+                *leading = true;
+            }
+            let r = self.flush();
+            *self.leader.lock() = false;
+            self.flushed.notify_all();
+            r?;
         }
+    }
+
+    /// Write and sync everything buffered. Only the leader calls this.
+    fn flush(&self) -> Result<()> {
         self.poisoned()?;
         let mut io = self.io.lock();
-        // Whoever held the lock before us may have flushed our frame.
-        if self.durable() >= lsn {
-            return Ok(());
-        }
-        self.poisoned()?;
         let (data, start) = {
             let mut b = self.buf.lock();
             let start = b.start;
