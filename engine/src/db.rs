@@ -800,8 +800,8 @@ impl Inner {
         self.writable()?;
         // The state each touched key had before the batch (for rollback), and as the batch
         // goes on (for versions and create revisions).
-        let mut before: HashMap<&[u8], (Option<Vec<u8>>, Option<Meta>)> = HashMap::new();
-        let mut effects: Vec<(&[u8], Option<Meta>, Option<&Vec<u8>>)> = Vec::new();
+        let mut before: HashMap<&[u8], Before> = HashMap::new();
+        let mut effects: Vec<Effect<'_>> = Vec::new();
         let mut scratch = Vec::new();
         for (ik, value) in writes {
             if !before.contains_key(ik.as_slice()) {
@@ -950,6 +950,12 @@ impl Inner {
         }
     }
 }
+
+/// A touched key's stored value before a batch (for undo), and its revisions as the batch
+/// goes on.
+type Before = (Option<Vec<u8>>, Option<Meta>);
+/// One write's effect: the stored key, and for a put its new revisions and value.
+type Effect<'a> = (&'a [u8], Option<Meta>, Option<&'a Vec<u8>>);
 
 /// A handle on one keyspace. Cheap to clone. It keeps the database open: the files stay
 /// locked, and with durability `periodic` the last flush happens, when the last handle (this

@@ -1515,7 +1515,7 @@ impl Locked<'_> {
             p.prefetch_record(*a);
         }
         let (mut dram, mut far) = (0u64, 0u64);
-        let mut promote: Vec<(u64, Vec<u8>, Vec<u8>, u64, u64)> = Vec::new();
+        let mut promote: Vec<Promotion> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let hash = hashes[i];
             let mut visit = |a: u64| -> Result<bool> {
@@ -1685,6 +1685,9 @@ fn as_ord(b: &Bound<OrdKey>) -> Bound<&OrdKey> {
     }
 }
 
+/// A far record to promote once a scan is done: hash, key, value, address and sequence.
+type Promotion = (u64, Vec<u8>, Vec<u8>, u64, u64);
+
 /// Estimated DRAM of one key in the ordered index: its 48-byte [`OrdKey`] in a B-tree node,
 /// scaled for nodes being about 2/3 full on average (72 bytes), plus the heap part of a key
 /// longer than [`ORD_INLINE`] (malloc rounds to 16 bytes, with 8 of header).
@@ -1695,6 +1698,21 @@ pub(crate) fn ordered_key_bytes(key_len: usize) -> usize {
         0
     };
     72 + heap
+}
+
+/// Bytes of readmitted records one page advance may carry into the new tail page.
+fn readmit_cap(page_bytes: usize) -> usize {
+    page_bytes / 4 * 3
+}
+
+/// Bind the page-aligned interior of `[ptr, ptr+len)` to `node`.
+fn bind_inner(ptr: *const u8, len: usize, node: u32) {
+    let page = 4096usize;
+    let start = (ptr as usize + page - 1) & !(page - 1);
+    let end = (ptr as usize + len) & !(page - 1);
+    if end > start {
+        tera_numa::bind_memory_or_log(start as *const u8, end - start, node);
+    }
 }
 
 #[cfg(test)]
@@ -1711,20 +1729,5 @@ mod ord_tests {
             x.append_to(&mut out);
             prop_assert_eq!(out, a);
         }
-    }
-}
-
-/// Bytes of readmitted records one page advance may carry into the new tail page.
-fn readmit_cap(page_bytes: usize) -> usize {
-    page_bytes / 4 * 3
-}
-
-/// Bind the page-aligned interior of `[ptr, ptr+len)` to `node`.
-fn bind_inner(ptr: *const u8, len: usize, node: u32) {
-    let page = 4096usize;
-    let start = (ptr as usize + page - 1) & !(page - 1);
-    let end = (ptr as usize + len) & !(page - 1);
-    if end > start {
-        tera_numa::bind_memory_or_log(start as *const u8, end - start, node);
     }
 }
