@@ -39,8 +39,10 @@ pub enum Error {
     /// A partition's log has used all of its 2^47 bytes of addresses.
     #[error("address space exhausted: {0}")]
     AddressSpaceExhausted(String),
-    /// A write-ahead log write or sync failed earlier: the database refuses writes (reads go
-    /// on) until it is reopened. The text says what failed.
+    /// A write-ahead log write or sync failed: the database refuses writes (reads go on) until
+    /// it is reopened. The text says what failed. A commit that gets this error (or the `Io`
+    /// error of the failed flush it waited on) was not acknowledged: after a reopen it is
+    /// there whole or not at all.
     #[error("writes are refused: {0}")]
     Poisoned(String),
     /// A watch asked for changes after a revision the change log no longer holds.
