@@ -154,7 +154,11 @@ fn load_chunk(
                     start_batch(ks.id, rev, &mut frame);
                     let mut n = 0u32;
                     let r = (|| {
-                        for &(_, hash, ks_at, kl, vl) in &staged.recs[range.clone()] {
+                        let group = &staged.recs[range.clone()];
+                        for (j, &(_, hash, ks_at, kl, vl)) in group.iter().enumerate() {
+                            if let Some(ahead) = group.get(j + 8) {
+                                lk.prefetch(ahead.1);
+                            }
                             let ik = &staged.bytes[ks_at..ks_at + kl];
                             let v = &staged.bytes[ks_at + kl..ks_at + kl + vl];
                             if lk.contains(hash, ik)? {

@@ -160,6 +160,19 @@ impl Arena {
         unsafe { self.base.add(f.0 * self.page) }
     }
 
+    /// Fault a fresh frame's pages in with one call (`MADV_POPULATE_WRITE`, Linux 5.14)
+    /// instead of one page fault per 4 KiB as the tail fills it. Advice only: on an older
+    /// kernel the pages fault in as before.
+    fn populate(&self, f: &Frame) {
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        // SAFETY: the range is one frame inside our mapping; populating writes zeros to pages
+        // that read as zeros already, so no byte anyone can see changes.
+        let r = unsafe { libc::madvise(self.ptr(f).cast(), self.page, MADV_POPULATE_WRITE) };
+        if r != 0 {
+            tracing::trace!(error = %std::io::Error::last_os_error(), "MADV_POPULATE_WRITE refused");
+        }
+    }
+
     /// Give a frame's memory back to the kernel (it reads as zeros when next touched).
     fn release(&self, f: &Frame) {
         // SAFETY: the range is one frame inside our mapping, and the caller owns the frame:
@@ -1157,6 +1170,7 @@ impl Partition {
             ))
         })?;
         st.allocated_frames += 1;
+        self.arena.populate(&f);
         Ok(f)
     }
 
@@ -1592,6 +1606,14 @@ impl Locked<'_> {
             }
         }
         Ok((table.buckets(), self.st.index_generation))
+    }
+
+    /// Prefetch the index bucket of `hash`, ahead of a `put` or `contains` of it (loaders
+    /// run a few records ahead, so that the bucket's cache miss overlaps other work).
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        // SAFETY: lock held.
+        unsafe { self.part.index.table() }.prefetch(hash);
     }
 
     /// Whether `key` is in the index.

@@ -58,6 +58,27 @@ pub(crate) fn get_frame(buf: &[u8], lsn: u64) -> Option<&[u8]> {
     (want == crc).then_some(payload)
 }
 
+/// Parse the frame header at the start of `buf`, expected at `lsn`, without checking the
+/// payload's checksum: the payload and the checksum to verify with [`frame_ok`] (so that
+/// large files can be checked in parallel).
+pub(crate) fn frame_unchecked(buf: &[u8], lsn: u64) -> Option<(&[u8], u32)> {
+    if buf.len() < FRAME_HEADER {
+        return None;
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().ok()?);
+    let at = u64::from_le_bytes(buf[8..16].try_into().ok()?);
+    if at != lsn || len > MAX_FRAME || buf.len() < FRAME_HEADER + len {
+        return None;
+    }
+    Some((&buf[FRAME_HEADER..FRAME_HEADER + len], crc))
+}
+
+/// Whether a payload read by [`frame_unchecked`] at `lsn` matches its checksum.
+pub(crate) fn frame_ok(payload: &[u8], lsn: u64, crc: u32) -> bool {
+    crc32c::crc32c_append(crc32c::crc32c(&lsn.to_le_bytes()), payload) == crc
+}
+
 /// The name of the log file whose first frame is at `lsn`.
 pub(crate) fn wal_name(lsn: u64) -> String {
     format!("wal-{lsn:020}.log")
