@@ -1596,7 +1596,15 @@ impl Locked<'_> {
         let table = unsafe { p.index.table() };
         scratch.clear();
         table.addresses_in(start, n, scratch);
-        for &a in scratch.iter() {
+        // Ask for the records a little ahead of copying them, so that their cache misses
+        // overlap (a slice's records are scattered over the frames and segments).
+        for &a in scratch.iter().take(16) {
+            p.prefetch_record(a);
+        }
+        for (i, &a) in scratch.iter().enumerate() {
+            if let Some(&ahead) = scratch.get(i + 16) {
+                p.prefetch_record(ahead);
+            }
             if a & FAR == 0 {
                 let rec = p.dram_record(a);
                 f(rec.key(), rec.value());
