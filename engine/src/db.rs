@@ -339,10 +339,9 @@ impl Db {
             }
         }
         if durable {
-            let h = spawn_durability(db.inner.clone()).map_err(|e| {
-                Error::Config(format!("could not start the log flusher thread: {e}"))
-            })?;
-            db.maintenance.push(h);
+            let hs = spawn_durability(db.inner.clone())
+                .map_err(|e| Error::Config(format!("could not start the log threads: {e}")))?;
+            db.maintenance.extend(hs);
         }
         Ok((db, info))
     }
@@ -1469,45 +1468,55 @@ impl Drop for Inner {
     }
 }
 
-/// The log's background work: the flush of `periodic` durability, and checkpoints once the
-/// log has grown by `checkpoint_wal_bytes` since the last one.
-fn spawn_durability(inner: Arc<Inner>) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("tera-log".into())
-        .spawn(move || {
-            let tick = match inner.durability {
-                Durability::Periodic(d) => d,
-                _ => Duration::from_millis(100),
-            };
-            let Some(wal) = inner.wal.clone() else {
-                return;
-            };
-            loop {
-                {
-                    let mut stop = inner.stop.lock();
-                    if *stop {
-                        return;
+/// The log's background work, in two threads so that a long checkpoint never delays the
+/// flush of `periodic` durability: the flusher syncs every interval; the checkpointer writes
+/// a checkpoint once the log has grown by `checkpoint_wal_bytes` since the last one.
+fn spawn_durability(inner: Arc<Inner>) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    if let Durability::Periodic(tick) = inner.durability {
+        let inner = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("tera-log".into())
+                .spawn(move || {
+                    while wait_or_stop(&inner, tick) {
+                        if let Some(wal) = &inner.wal {
+                            if inner.poison.get().is_none() {
+                                // An error poisons the log and is reported to the next writer.
+                                let _ = wal.sync_to(wal.end());
+                            }
+                        }
                     }
-                    inner.wake.wait_for(&mut stop, tick);
-                    if *stop {
-                        return;
+                })?,
+        );
+    }
+    if inner.checkpoint_wal_bytes > 0 {
+        threads.push(
+            std::thread::Builder::new()
+                .name("tera-ckpt".into())
+                .spawn(move || {
+                    while wait_or_stop(&inner, Duration::from_millis(100)) {
+                        let Some(wal) = &inner.wal else { return };
+                        let since = wal.end() - inner.checkpoint_lsn.load(Acquire);
+                        if inner.poison.get().is_none() && since >= inner.checkpoint_wal_bytes {
+                            if let Err(e) = crate::recovery::checkpoint(&inner) {
+                                tracing::error!(error = %e, "background checkpoint failed");
+                            }
+                        }
                     }
-                }
-                if inner.poison.get().is_some() {
-                    continue;
-                }
-                if matches!(inner.durability, Durability::Periodic(_)) {
-                    // An error poisons the log and is reported to the next writer.
-                    let _ = wal.sync_to(wal.end());
-                }
-                let since = wal.end() - inner.checkpoint_lsn.load(Acquire);
-                if inner.checkpoint_wal_bytes > 0 && since >= inner.checkpoint_wal_bytes {
-                    if let Err(e) = crate::recovery::checkpoint(&inner) {
-                        tracing::error!(error = %e, "background checkpoint failed");
-                    }
-                }
-            }
-        })
+                })?,
+        );
+    }
+    Ok(threads)
+}
+
+/// Sleep for `tick` unless the database is closing; false once it is.
+fn wait_or_stop(inner: &Inner, tick: Duration) -> bool {
+    let mut stop = inner.stop.lock();
+    if !*stop {
+        inner.wake.wait_for(&mut stop, tick);
+    }
+    !*stop
 }
 
 fn spawn_maintenance(inner: Arc<Inner>, node: u32) -> std::io::Result<JoinHandle<()>> {

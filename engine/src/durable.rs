@@ -15,6 +15,8 @@
 //! scanning each partition's index a slice at a time; when an index is rebuilt under the scan
 //! the partition is scanned again, and the chunks from then on have `rescan` set: the loader
 //! then keeps, of two copies of a key, the one with the higher mod revision.
+//! A frame `6` before the trailer holds `n u32 | n × records u64`, the records written per
+//! partition, so that recovery can size each partition's index before loading.
 //! A checkpoint without its trailer is incomplete and ignored; it is written as `.tmp`,
 //! synced, and renamed, so a complete name always means a complete file.
 
@@ -25,6 +27,7 @@ pub(crate) const REC_KEYSPACE: u8 = 2;
 pub(crate) const CK_HEADER: u8 = 3;
 pub(crate) const CK_RECORDS: u8 = 4;
 pub(crate) const CK_TRAILER: u8 = 5;
+pub(crate) const CK_PARTS: u8 = 6;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 

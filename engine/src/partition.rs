@@ -1281,6 +1281,41 @@ impl Partition {
         Ok(())
     }
 
+    /// Before recovery loads about `keys` keys into this (empty) partition: size the index for
+    /// them up front, at the load a presized table aims for. A table grown by rebuilds as the
+    /// keys arrive would need the old and the new table side by side, more than the running
+    /// database that wrote them needed, and could refuse to reopen a full database.
+    pub(crate) fn reserve(&self, keys: usize) -> Result<()> {
+        let mut st = self.state.lock();
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let want = Table::buckets_for_expected(keys.max(64));
+        if table.buckets() >= want || table.live() > 0 {
+            return Ok(());
+        }
+        let new = Table::with_buckets(want);
+        let (p, n) = new.memory();
+        bind_inner(p, n, self.node);
+        let old = self.index.swap(new);
+        st.index_generation += 1;
+        st.retired_index_bytes += old.bytes();
+        let e = epoch().advance();
+        st.retired.push_back((e, Retired::Table(old)));
+        self.reclaim(&mut st);
+        let q = self.quota(&st);
+        if q < MIN_FRAMES {
+            return Err(Error::BudgetExhausted(format!(
+                "partition {}: recovering about {keys} keys needs an index of {} bytes, which \
+                 leaves room for {q} log frames in a share of {} bytes (at least {MIN_FRAMES} \
+                 are needed); raise dram_budget_bytes",
+                self.id,
+                want * crate::index::BUCKET_BYTES,
+                self.share
+            )));
+        }
+        Ok(())
+    }
+
     // ----- compaction --------------------------------------------------------------------
 
     /// Do one page of compaction work if a segment qualifies. Returns whether it did any.

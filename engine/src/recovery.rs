@@ -19,7 +19,7 @@
 use crate::db::{ikey, Inner, KsInfo, RecoveryInfo};
 use crate::durable::{
     ckpt_name, decode_ck, decode_log, encode_ck_header, encode_ck_trailer, parse_ckpt_name,
-    LogRecord, Reader, CK_HEADER, CK_RECORDS, CK_TRAILER,
+    LogRecord, Reader, CK_HEADER, CK_PARTS, CK_RECORDS, CK_TRAILER,
 };
 use crate::error::{Error, Result};
 use crate::hash::hash_key;
@@ -109,7 +109,9 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
         let mut records = 0u64;
         let mut rescans = 0u64;
         let mut addrs = Vec::new();
+        let mut per_part = Vec::with_capacity(inner.parts().len());
         for part in inner.parts() {
+            let first = records;
             let mut start = 0;
             let mut generation = None;
             let mut rescan = false;
@@ -153,7 +155,16 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
                     break;
                 }
             }
+            per_part.push(records - first);
         }
+        payload.clear();
+        payload.push(CK_PARTS);
+        payload.extend_from_slice(&(per_part.len() as u32).to_le_bytes());
+        for n in &per_part {
+            payload.extend_from_slice(&n.to_le_bytes());
+        }
+        let at = off + out.len() as u64;
+        put_frame(&mut out, at, &payload);
         // Every batch the scan saw is in the log buffer: make it durable before the
         // checkpoint counts, so replay can complete a batch caught half-applied.
         wal.sync_to(wal.end())?;
@@ -218,29 +229,79 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
         }
     }
     let mut info = RecoveryInfo::default();
-    let mut from = 0;
-    if let Some((lsn, path)) = list_ckpts(&dir)?.pop() {
-        info.checkpoint_records = load_checkpoint(inner, &path)?;
-        from = lsn;
-    }
+    let ckpt = list_ckpts(&dir)?.pop();
+    let from = ckpt.as_ref().map_or(0, |c| c.0);
     let contents = read_wal(&dir, &*storage, from)?;
     info.torn_bytes = contents.torn_bytes;
     info.log_frames = contents.frames.len() as u64;
+    let wal_path = dir.join(crate::wal::wal_name(contents.file_start));
+    let mut records = Vec::with_capacity(contents.frames.len());
+    for (lsn, payload) in &contents.frames {
+        let end = lsn + (FRAME_HEADER + payload.len()) as u64;
+        let rec = decode_log(payload).ok_or_else(|| {
+            corrupt(
+                &wal_path,
+                *lsn,
+                "a log frame with an intact checksum holds a record this version does not \
+                 know (written by a newer version?)",
+            )
+        })?;
+        records.push((*lsn, end, rec));
+    }
+    drop(contents.frames);
+    let parsed = match &ckpt {
+        Some((_, path)) => Some(parse_checkpoint(path)?),
+        None => None,
+    };
+    if let Some(c) = &parsed {
+        for d in &c.defs {
+            inner.add_keyspace(d.clone(), true)?;
+        }
+    }
+    for (_, _, r) in &records {
+        if let LogRecord::Keyspace(d) = r {
+            inner.add_keyspace(d.clone(), false)?;
+        }
+    }
+    // Size every partition's index for what it is about to receive.
+    let n = inner.parts().len();
+    let mut expect = vec![0u64; n];
+    if let Some(c) = &parsed {
+        if c.per_part.len() == n {
+            expect.copy_from_slice(&c.per_part);
+        } else {
+            // Written with another partition count: assume an even spread, with room.
+            let each = c.records / n as u64 + c.records / n as u64 / 8 + 64;
+            expect.iter_mut().for_each(|e| *e = each);
+        }
+    }
+    for (_, _, r) in &records {
+        if let LogRecord::Batch { ks, ops, .. } = r {
+            if let Some(info) = inner.ks_by_id(*ks) {
+                for op in ops.iter().filter(|o| o.put.is_some()) {
+                    let ik = ikey(&info, &op.key);
+                    expect[inner.partition_for(&info, &ik, hash_key(&ik))] += 1;
+                }
+            }
+        }
+    }
+    for (p, &e) in inner.parts().iter().zip(&expect) {
+        p.reserve(e as usize)?;
+    }
+    if let Some(c) = parsed {
+        info.checkpoint_records = load_checkpoint(inner, c)?;
+    }
     let mut max_rev: HashMap<u16, u64> = HashMap::new();
     let mut replayed: Vec<(u16, u64, u64, Vec<crate::changelog::Event>)> = Vec::new();
     let mut buf = Vec::new();
-    for (lsn, payload) in &contents.frames {
-        let end = lsn + (FRAME_HEADER + payload.len()) as u64;
-        let wal_path = dir.join(crate::wal::wal_name(contents.file_start));
-        match decode_log(payload) {
-            Some(LogRecord::Keyspace(d)) => {
-                inner.add_keyspace(d, false)?;
-            }
-            Some(LogRecord::Batch { ks, rev, ops }) => {
+    for (lsn, end, rec) in records {
+        match rec {
+            LogRecord::Keyspace(_) => {}
+            LogRecord::Batch { ks, rev, ops } => {
                 let info = inner.ks_by_id(ks).ok_or_else(|| {
                     corrupt(
                         &wal_path,
-                        *lsn,
+                        lsn,
                         format!("a batch of keyspace {ks}, which the log never created"),
                     )
                 })?;
@@ -288,14 +349,6 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
                 let m = max_rev.entry(ks).or_default();
                 *m = (*m).max(rev);
                 replayed.push((ks, rev, end, events));
-            }
-            None => {
-                return Err(corrupt(
-                    &wal_path,
-                    *lsn,
-                    "a log frame with an intact checksum holds a record this version does not \
-                     know (written by a newer version?)",
-                ))
             }
         }
     }
@@ -355,8 +408,19 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
     Ok(info)
 }
 
-/// Load a checkpoint file into the partitions; returns the records read.
-fn load_checkpoint(inner: &mut Inner, path: &Path) -> Result<u64> {
+/// A checkpoint file, mapped and checked frame by frame (record chunks are checksummed
+/// later, by the loader threads).
+struct Parsed {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    /// (offset, payload start, payload length, checksum) of each record chunk.
+    chunks: Vec<(u64, usize, usize, u32)>,
+    defs: Vec<crate::durable::KeyspaceDef>,
+    records: u64,
+    per_part: Vec<u64>,
+}
+
+fn parse_checkpoint(path: &Path) -> Result<Parsed> {
     let file = std::fs::File::open(path).map_err(io("open", path))?;
     // SAFETY: the data directory is locked by this process, and checkpoints are never
     // written in place; a file cut under us would raise SIGBUS, which we accept at recovery.
@@ -367,25 +431,25 @@ fn load_checkpoint(inner: &mut Inner, path: &Path) -> Result<u64> {
     let mut chunks = Vec::new();
     let mut header = None;
     let mut trailer = None;
-    let damaged = |off: u64| {
-        corrupt(
-            path,
-            off,
-            "a damaged frame in a checkpoint (it was complete when renamed): the file was \
-             changed after it was written; restore it, or remove it to recover from the log \
-             alone (only if the log reaches back to its start)",
-        )
-    };
+    let mut per_part = Vec::new();
     while off < bytes.len() {
         let Some((p, crc)) = frame_unchecked(&bytes[off..], off as u64) else {
-            return Err(damaged(off as u64));
+            return Err(damaged(path, off as u64));
         };
         match p.first() {
             // Record chunks are checked by the loader threads, in parallel.
-            Some(&CK_RECORDS) => chunks.push((off as u64, p, crc)),
-            _ if !frame_ok(p, off as u64, crc) => return Err(damaged(off as u64)),
+            Some(&CK_RECORDS) => chunks.push((off as u64, off + FRAME_HEADER, p.len(), crc)),
+            _ if !frame_ok(p, off as u64, crc) => return Err(damaged(path, off as u64)),
             Some(&CK_HEADER) => header = decode_ck(CK_HEADER, p),
             Some(&CK_TRAILER) => trailer = decode_ck(CK_TRAILER, p),
+            Some(&CK_PARTS) => {
+                let mut r = Reader::new(&p[1..]);
+                let n = r.u32().ok_or_else(|| damaged(path, off as u64))?;
+                per_part = (0..n)
+                    .map(|_| r.u64())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| damaged(path, off as u64))?;
+            }
             _ => return Err(corrupt(path, off as u64, "an unknown checkpoint frame")),
         }
         off += FRAME_HEADER + p.len();
@@ -397,9 +461,36 @@ fn load_checkpoint(inner: &mut Inner, path: &Path) -> Result<u64> {
             "the checkpoint has no header or trailer",
         ));
     };
-    for d in defs {
-        inner.add_keyspace(d, true)?;
-    }
+    Ok(Parsed {
+        path: path.to_path_buf(),
+        map,
+        chunks,
+        defs,
+        records,
+        per_part,
+    })
+}
+
+fn damaged(path: &Path, off: u64) -> Error {
+    corrupt(
+        path,
+        off,
+        "a damaged frame in a checkpoint (it was complete when renamed): the file was changed \
+         after it was written; restore it, or remove it to recover from the log alone (only \
+         if the log reaches back to its start)",
+    )
+}
+
+/// Load a parsed checkpoint into the partitions; returns the records read.
+fn load_checkpoint(inner: &mut Inner, c: Parsed) -> Result<u64> {
+    let bytes: &[u8] = &c.map;
+    let path = c.path.as_path();
+    let records = c.records;
+    let chunks: Vec<(u64, &[u8], u32)> = c
+        .chunks
+        .iter()
+        .map(|&(at, start, len, crc)| (at, &bytes[start..start + len], crc))
+        .collect();
     let by_id: Vec<Option<Arc<KsInfo>>> = {
         let all = inner.all_ks();
         let n = all.iter().map(|k| k.id as usize + 1).max().unwrap_or(0);
@@ -427,7 +518,7 @@ fn load_checkpoint(inner: &mut Inner, path: &Path) -> Result<u64> {
                         break;
                     };
                     if !frame_ok(chunk, at, crc) {
-                        failure.lock().get_or_insert(damaged(at));
+                        failure.lock().get_or_insert(damaged(path, at));
                         break;
                     }
                     if let Err(e) =

@@ -395,3 +395,53 @@ fn bulk_load_then_recover_and_scan() {
     );
     assert_eq!(info.records, u64::from(n));
 }
+
+/// A database written until its budget refuses a write must reopen with the same budget.
+/// (Recovery once grew each index by rebuilds as keys arrived, needing old and new tables
+/// side by side, more than the running database had needed.)
+#[test]
+fn a_database_filled_to_its_budget_reopens_with_the_same_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = durable(dir.path(), 4 << 20, Durability::Commit);
+        c.partitions = 4;
+        c.page_bytes = 64 << 10;
+        c.segment_bytes = 256 << 10;
+        c.max_key_bytes = 64;
+        c.max_value_bytes = 16 << 10;
+        c.checkpoint_wal_bytes = 1 << 20;
+        c
+    };
+    let opts = KeyspaceOptions::ordered().partition_prefix(4);
+    let mut written = 0u64;
+    {
+        let db = Db::open(config()).unwrap();
+        let ks = db.keyspace("full", opts).unwrap();
+        for i in 0u64.. {
+            let p = format!("{:04}", i % 97);
+            let mut b = Batch::new();
+            for j in 0..3 {
+                b.put(
+                    format!("{p}/b{i:08}/{j}"),
+                    vec![b'x'; 10 + ((i * 7 + j * 13) % 1000) as usize],
+                );
+            }
+            if i % 4 == 0 && i >= 291 {
+                b.delete(format!("{p}/b{:08}/2", i - 291));
+            }
+            match ks.write(&b) {
+                Ok(_) => written = i + 1,
+                Err(Error::BudgetExhausted(_)) => break,
+                Err(e) => panic!("batch {i}: {e}"),
+            }
+        }
+        assert!(written > 100, "the budget filled after {written} batches");
+    }
+    let db = Db::open(config()).unwrap_or_else(|e| panic!("reopen after {written} batches: {e}"));
+    let ks = db.keyspace("full", opts).unwrap();
+    let last = format!("{:04}/b{:08}/0", (written - 1) % 97, written - 1);
+    assert!(
+        ks.get(last.as_bytes()).unwrap().is_some(),
+        "the last batch is there"
+    );
+}
