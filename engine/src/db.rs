@@ -646,6 +646,10 @@ impl Inner {
         Ok(ks)
     }
 
+    pub(crate) fn changelog_limit(&self) -> usize {
+        self.changelog_limit
+    }
+
     pub(crate) fn ks_by_id(&self, id: u16) -> Option<Arc<KsInfo>> {
         self.keyspaces
             .read()

@@ -291,99 +291,72 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
     if let Some(c) = parsed {
         info.checkpoint_records = load_checkpoint(inner, c)?;
     }
+    // Check every batch's keyspace first, so that replay cannot fail half way on it.
     let mut max_rev: HashMap<u16, u64> = HashMap::new();
-    let mut replayed: Vec<(u16, u64, u64, Vec<crate::changelog::Event>)> = Vec::new();
-    let mut buf = Vec::new();
-    for (lsn, end, rec) in records {
-        match rec {
-            LogRecord::Keyspace(_) => {}
-            LogRecord::Batch { ks, rev, ops } => {
-                let info = inner.ks_by_id(ks).ok_or_else(|| {
-                    corrupt(
-                        &wal_path,
-                        lsn,
-                        format!("a batch of keyspace {ks}, which the log never created"),
-                    )
-                })?;
-                let mut events = Vec::with_capacity(ops.len());
-                for op in ops {
-                    let ik = ikey(&info, &op.key);
-                    let hash = hash_key(&ik);
-                    let p = inner.partition_for(&info, &ik, hash);
-                    let mut lk = inner.parts()[p].lock();
-                    match op.put {
-                        Some((create, version, value)) => {
-                            let m = Meta {
-                                create,
-                                modified: rev,
-                                version,
-                            };
-                            m.encode(&value, &mut buf);
-                            if !lk.put(hash, &ik, &buf, info.opts.ordered)? {
-                                info.keys.fetch_add(1, Relaxed);
-                            }
-                            events.push(crate::changelog::Event {
-                                kind: crate::changelog::EventKind::Put,
-                                key: op.key,
-                                value,
-                                mod_revision: rev,
-                                create_revision: create,
-                                version,
-                            });
-                        }
-                        None => {
-                            if lk.delete(hash, &ik, info.opts.ordered)? {
-                                info.keys.fetch_sub(1, Relaxed);
-                            }
-                            events.push(crate::changelog::Event {
-                                kind: crate::changelog::EventKind::Delete,
-                                key: op.key,
-                                value: Vec::new(),
-                                mod_revision: rev,
-                                create_revision: 0,
-                                version: 0,
-                            });
-                        }
-                    }
-                }
-                let m = max_rev.entry(ks).or_default();
-                *m = (*m).max(rev);
-                replayed.push((ks, rev, end, events));
+    for (lsn, _, rec) in &records {
+        if let LogRecord::Batch { ks, rev, .. } = rec {
+            if inner.ks_by_id(*ks).is_none() {
+                return Err(corrupt(
+                    &wal_path,
+                    *lsn,
+                    format!("a batch of keyspace {ks}, which the log never created"),
+                ));
             }
+            let m = max_rev.entry(*ks).or_default();
+            *m = (*m).max(*rev);
         }
     }
-    // Revisions continue from the highest seen; replayed batches newer than the checkpoint
-    // go back into the change logs, and revisions with no batch (rolled back, or lost
-    // unacknowledged) become empty changes.
-    let mut by_ks: HashMap<u16, Vec<(u64, u64, Vec<crate::changelog::Event>)>> = HashMap::new();
-    for (ks, rev, end, ev) in replayed {
-        by_ks.entry(ks).or_default().push((rev, end, ev));
-    }
+    replay(inner, &records)?;
+    // Revisions continue from the highest seen. The newest replayed batches newer than the
+    // checkpoint go back into the change logs (as many as their byte limit holds), and
+    // revisions with no batch (rolled back, or lost unacknowledged) become empty changes.
+    let limit = inner.changelog_limit();
     for ks in inner.all_ks() {
         let top = max_rev.get(&ks.id).copied().unwrap_or(0);
         let start = ks.rev.load(Relaxed);
-        if top > start {
-            ks.rev.store(top, Relaxed);
+        if top <= start {
+            continue;
         }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(list) = by_ks.remove(&ks.id) {
-            for (rev, end, events) in list {
-                if rev > start && seen.insert(rev) {
-                    ks.changelog
-                        .insert(rev, crate::changelog::Change { events, lsn: end });
+        ks.rev.store(top, Relaxed);
+        let mut kept: Vec<(u64, u64, &Vec<crate::durable::LoggedOp>)> = Vec::new();
+        let mut bytes = 0usize;
+        for (_, end, rec) in records.iter().rev() {
+            if let LogRecord::Batch { ks: id, rev, ops } = rec {
+                if *id != ks.id || *rev <= start {
+                    continue;
                 }
+                bytes += ops
+                    .iter()
+                    .map(|o| o.key.len() + o.put.as_ref().map_or(0, |p| p.2.len()) + 96)
+                    .sum::<usize>();
+                if bytes > limit {
+                    break;
+                }
+                kept.push((*rev, *end, ops));
             }
         }
-        for rev in start + 1..=top {
-            if !seen.contains(&rev) {
-                ks.changelog.insert(
-                    rev,
-                    crate::changelog::Change {
-                        events: Vec::new(),
-                        lsn: 0,
-                    },
-                );
-            }
+        kept.sort_by_key(|k| k.0);
+        kept.dedup_by_key(|k| k.0);
+        // Revisions before the oldest kept one are not in the history.
+        let oldest = if bytes > limit {
+            kept.first().map_or(top, |k| k.0 - 1)
+        } else {
+            start
+        };
+        ks.changelog.compact_through(oldest);
+        let mut next = kept.iter().peekable();
+        for rev in oldest + 1..=top {
+            let change = match next.next_if(|k| k.0 == rev) {
+                Some(&(rev, end, ops)) => crate::changelog::Change {
+                    events: ops.iter().map(|o| event_of(o, rev)).collect(),
+                    lsn: end,
+                },
+                None => crate::changelog::Change {
+                    events: Vec::new(),
+                    lsn: 0,
+                },
+            };
+            ks.changelog.insert(rev, change);
         }
     }
     let wal = Wal::open(
@@ -406,6 +379,95 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
         );
     }
     Ok(info)
+}
+
+/// The change a replayed op made.
+fn event_of(o: &crate::durable::LoggedOp, rev: u64) -> crate::changelog::Event {
+    use crate::changelog::{Event, EventKind};
+    match &o.put {
+        Some((create, version, value)) => Event {
+            kind: EventKind::Put,
+            key: o.key.clone(),
+            value: value.clone(),
+            mod_revision: rev,
+            create_revision: *create,
+            version: *version,
+        },
+        None => Event {
+            kind: EventKind::Delete,
+            key: o.key.clone(),
+            value: Vec::new(),
+            mod_revision: rev,
+            create_revision: 0,
+            version: 0,
+        },
+    }
+}
+
+/// Apply the log's batches, in parallel: thread `t` of `T` applies, in log order, the ops
+/// whose partition is `t` mod `T`. A key's ops are all in one partition and in log order
+/// there, so the result is that of a serial replay.
+fn replay(inner: &Inner, records: &[(u64, u64, LogRecord)]) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(inner.parts().len());
+    let failure = parking_lot::Mutex::new(None);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let failure = &failure;
+            s.spawn(move || {
+                let mut buf = Vec::new();
+                let r = (|| -> Result<()> {
+                    for (_, _, rec) in records {
+                        let LogRecord::Batch { ks, rev, ops } = rec else {
+                            continue;
+                        };
+                        let info = inner.ks_by_id(*ks).expect("checked before replay");
+                        let mut held: Option<(usize, crate::partition::Locked<'_>)> = None;
+                        for op in ops {
+                            let ik = ikey(&info, &op.key);
+                            let hash = hash_key(&ik);
+                            let p = inner.partition_for(&info, &ik, hash);
+                            if p % threads != t {
+                                continue;
+                            }
+                            if held.as_ref().is_none_or(|h| h.0 != p) {
+                                drop(held.take()); // one partition lock at a time
+                                held = Some((p, inner.parts()[p].lock()));
+                            }
+                            let lk = &mut held.as_mut().expect("held").1;
+                            match &op.put {
+                                Some((create, version, value)) => {
+                                    let m = Meta {
+                                        create: *create,
+                                        modified: *rev,
+                                        version: *version,
+                                    };
+                                    m.encode(value, &mut buf);
+                                    if !lk.put(hash, &ik, &buf, info.opts.ordered)? {
+                                        info.keys.fetch_add(1, Relaxed);
+                                    }
+                                }
+                                None => {
+                                    if lk.delete(hash, &ik, info.opts.ordered)? {
+                                        info.keys.fetch_sub(1, Relaxed);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = r {
+                    failure.lock().get_or_insert(e);
+                }
+            });
+        }
+    });
+    match failure.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A checkpoint file, mapped and checked frame by frame (record chunks are checksummed
@@ -491,6 +553,10 @@ fn load_checkpoint(inner: &mut Inner, c: Parsed) -> Result<u64> {
         .iter()
         .map(|&(at, start, len, crc)| (at, &bytes[start..start + len], crc))
         .collect();
+    // A chunk holds one slice of one partition, and the file has each partition's chunks
+    // together. Deal them out round-robin over partitions, so that loader threads taking
+    // chunks in turn work on different partitions instead of queueing on one lock.
+    let chunks = interleave(inner, chunks);
     let by_id: Vec<Option<Arc<KsInfo>>> = {
         let all = inner.all_ks();
         let n = all.iter().map(|k| k.id as usize + 1).max().unwrap_or(0);
@@ -509,7 +575,7 @@ fn load_checkpoint(inner: &mut Inner, c: Parsed) -> Result<u64> {
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                let mut counts: HashMap<u16, i64> = HashMap::new();
+                let mut counts = vec![0i64; by_id.len()];
                 let mut recs: Vec<(usize, u64, &[u8], &[u8])> = Vec::new();
                 let mut scratch = Vec::new();
                 loop {
@@ -529,8 +595,8 @@ fn load_checkpoint(inner: &mut Inner, c: Parsed) -> Result<u64> {
                     }
                     loaded.fetch_add(recs.len() as u64, Relaxed);
                 }
-                for (id, n) in counts {
-                    if let Some(Some(k)) = by_id.get(id as usize) {
+                for (id, n) in counts.into_iter().enumerate() {
+                    if let Some(Some(k)) = by_id.get(id) {
                         k.keys.fetch_add(n, Relaxed);
                     }
                 }
@@ -551,12 +617,44 @@ fn load_checkpoint(inner: &mut Inner, c: Parsed) -> Result<u64> {
     Ok(loaded)
 }
 
+/// Reorder chunks round-robin by the partition of their first record.
+fn interleave<'a>(inner: &Inner, chunks: Vec<(u64, &'a [u8], u32)>) -> Vec<(u64, &'a [u8], u32)> {
+    let n = inner.parts().len();
+    let mut by_part: Vec<Vec<(u64, &[u8], u32)>> = vec![Vec::new(); n];
+    for c in chunks {
+        // rescan u8 | n u32 | klen u32 | vlen u32 | key: the first key, if the chunk parses
+        // (a chunk that does not is reported by the loader).
+        let mut r = Reader::new(&c.1[1..]);
+        let first = (|| {
+            r.bytes(5)?;
+            let kl = r.u32()? as usize;
+            r.u32()?;
+            let k = r.bytes(kl)?;
+            let id = u16::from_be_bytes([*k.first()?, *k.get(1)?]);
+            let ks = inner.ks_by_id(id)?;
+            Some(inner.partition_for(&ks, k, hash_key(k)))
+        })();
+        by_part[first.unwrap_or(0)].push(c);
+    }
+    let mut out = Vec::new();
+    let mut iters: Vec<_> = by_part.into_iter().map(Vec::into_iter).collect();
+    loop {
+        let before = out.len();
+        for it in &mut iters {
+            out.extend(it.next());
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
 fn load_chunk<'a>(
     inner: &Inner,
     by_id: &[Option<Arc<KsInfo>>],
     chunk: &'a [u8],
     recs: &mut Vec<(usize, u64, &'a [u8], &'a [u8])>,
-    counts: &mut HashMap<u16, i64>,
+    counts: &mut [i64],
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
     let bad = || Error::Corrupt {
@@ -607,7 +705,7 @@ fn load_chunk<'a>(
                 }
             }
             if !lk.put(hash, k, v, ks.opts.ordered)? {
-                *counts.entry(id).or_default() += 1;
+                counts[id as usize] += 1;
             }
         }
     }

@@ -41,6 +41,13 @@ enum Cmd {
         #[arg(long)]
         budget_mib: Option<u64>,
     },
+    /// Time one open (recovery) of an existing directory (`--dir`), e.g. one `reopen` left.
+    Open {
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+    },
     /// Group commit: commits/s and fsyncs/s with many writers.
     Commit {
         #[arg(long, default_value_t = 64)]
@@ -90,6 +97,20 @@ fn main() {
             value_bytes,
             budget_mib,
         } => reopen(&dir, records, value_bytes, budget_mib),
+        Cmd::Open {
+            records,
+            value_bytes,
+        } => {
+            let t = Instant::now();
+            Db::open_with_info(config(
+                &dir,
+                budget_for(records, value_bytes),
+                records,
+                Durability::Commit,
+            ))
+            .map(|(_, info)| eprintln!("open: {:.2}s, {info:?}", t.elapsed().as_secs_f64()))
+            .map_err(|e| e.to_string())
+        }
         Cmd::Commit {
             writers,
             seconds,
