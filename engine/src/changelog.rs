@@ -1,21 +1,28 @@
 //! The change log of a keyspace: every committed batch, by revision, kept in DRAM for a
 //! bounded number of bytes, and the [`Watcher`]s that read it.
 //!
+//! Changes are kept encoded, back to back, in one ring of bytes per keyspace (a `VecDeque<u8>`)
+//! with an index of revisions: one allocation that grows to the history's size and is
+//! charged to the budget exactly, instead of several small allocations per change whose
+//! freeing in arrival order fragments the heap (measured: 34-72 MiB of resident memory beyond
+//! a 31 MiB history).
+//!
 //! Revisions are taken from an atomic counter while the batch's partition lock is held, so
-//! batches of different partitions can reach the change log out of revision order. Each change
-//! is put in its revision's slot, and watchers read only the prefix with no empty slot, so they
-//! see revisions in order and none twice. A revision whose batch failed and was rolled back is
-//! filled with an empty change.
+//! batches of different partitions can reach the change log out of revision order. A change
+//! that arrives before a lower revision is held aside until the gap fills, so the ring is in
+//! revision order and watchers see revisions in order and none twice. A revision whose batch
+//! failed and was rolled back is filled with an empty change.
 //!
 //! A change becomes visible to watchers once the log holds it durably (its frame's end LSN is
 //! at or below the durable LSN), so a watcher never sees a change that a crash could take back.
-//! The oldest changes are dropped when the database's change logs together pass their byte
-//! limit; a watcher that asks for a dropped revision gets [`Error::Compacted`].
+//! The oldest changes are dropped when the database's change logs together hold more than half
+//! of `Config::changelog_bytes` of changes (the rings' spare capacity, at most as much again,
+//! takes the other half); what they hold is charged to the DRAM budget; a watcher that asks for a dropped revision gets [`Error::Compacted`].
 
 use crate::error::{Error, Result};
 use crate::wal::Bell;
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -45,12 +52,6 @@ pub struct Event {
     pub version: u64,
 }
 
-impl Event {
-    fn bytes(&self) -> usize {
-        self.key.len() + self.value.len() + std::mem::size_of::<Event>()
-    }
-}
-
 /// The changes of one revision, and the LSN its log frame ends at.
 #[derive(Debug)]
 pub(crate) struct Change {
@@ -58,20 +59,83 @@ pub(crate) struct Change {
     pub(crate) lsn: u64,
 }
 
+/// One revision in the ring: its log LSN, and where its encoded events start (a position in
+/// the stream of bytes ever appended to the ring) and how long they are.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    lsn: u64,
+    at: u64,
+    len: u32,
+}
+
 struct State {
-    /// Revision of `slots[0]`.
+    /// Revision of `index[0]`: every revision from `first` on is in `index` (in order,
+    /// none missing) or still to come.
     first: u64,
-    slots: VecDeque<Option<Arc<Change>>>,
-    /// Slots from the front that are filled.
-    filled: usize,
-    bytes: usize,
+    index: VecDeque<Entry>,
+    /// The encoded events of `index`, back to back; `ring[0]` is stream position `ring_at`.
+    ring: VecDeque<u8>,
+    ring_at: u64,
+    /// Changes that arrived before a revision below them (another partition's commit still
+    /// under way): held here until the gap fills.
+    pending: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Bytes charged to the database's totals.
+    charged: usize,
+    content: usize,
+}
+
+impl State {
+    fn next(&self) -> u64 {
+        self.first + self.index.len() as u64
+    }
+
+    fn append(&mut self, lsn: u64, bytes: &[u8]) {
+        let at = self.ring_at + self.ring.len() as u64;
+        self.ring.extend(bytes);
+        self.index.push_back(Entry {
+            lsn,
+            at,
+            len: bytes.len() as u32,
+        });
+    }
+
+    fn pop(&mut self) {
+        if let Some(e) = self.index.pop_front() {
+            self.ring.drain(..e.len as usize);
+            self.ring_at += u64::from(e.len);
+            self.first += 1;
+        }
+    }
+
+    /// What this change log holds in DRAM: the ring's and index's allocations, and the held
+    /// changes.
+    fn size(&self) -> usize {
+        self.ring.capacity()
+            + self.index.capacity() * std::mem::size_of::<Entry>()
+            + self
+                .pending
+                .values()
+                .map(|p| p.1.capacity() + 48)
+                .sum::<usize>()
+    }
+}
+
+/// The database-wide counters every change log adds to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Accounts {
+    /// Encoded change bytes held by all change logs: trimmed to the limit.
+    pub(crate) content: Arc<AtomicUsize>,
+    /// DRAM all change logs hold (their allocations): reported.
+    pub(crate) held: Arc<AtomicUsize>,
+    /// The DRAM the database charges to its partitions' shares, to which `held` is added.
+    pub(crate) overhead: Arc<AtomicUsize>,
 }
 
 /// A keyspace's change log. See the module docs.
 pub(crate) struct Changelog {
     state: Mutex<State>,
-    /// Bytes held by all change logs of the database, and their limit.
-    total: Arc<AtomicUsize>,
+    accounts: Accounts,
+    /// Limit of `accounts.content`.
     limit: usize,
     bell: Arc<Bell>,
 }
@@ -81,53 +145,122 @@ impl std::fmt::Debug for Changelog {
         let st = self.state.lock();
         f.debug_struct("Changelog")
             .field("first", &st.first)
-            .field("filled", &st.filled)
+            .field("revisions", &st.index.len())
             .finish_non_exhaustive()
+    }
+}
+
+fn encode(events: &[Event], out: &mut Vec<u8>) {
+    for e in events {
+        out.push(u8::from(e.kind == EventKind::Delete));
+        out.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.key);
+        out.extend_from_slice(&(e.value.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.value);
+        out.extend_from_slice(&e.create_revision.to_le_bytes());
+        out.extend_from_slice(&e.version.to_le_bytes());
+    }
+}
+
+/// Decode the events of revision `rev` written by `encode`.
+fn decode(mut b: &[u8], rev: u64, out: &mut Vec<Event>) {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
+        let (h, t) = b.split_at(n);
+        *b = t;
+        h
+    }
+    let u32_of = |s: &[u8]| u32::from_le_bytes(s.try_into().expect("4 bytes")) as usize;
+    let u64_of = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
+    while !b.is_empty() {
+        let delete = take(&mut b, 1)[0] == 1;
+        let kl = u32_of(take(&mut b, 4));
+        let key = take(&mut b, kl).to_vec();
+        let vl = u32_of(take(&mut b, 4));
+        let value = take(&mut b, vl).to_vec();
+        let create_revision = u64_of(take(&mut b, 8));
+        let version = u64_of(take(&mut b, 8));
+        out.push(Event {
+            kind: if delete {
+                EventKind::Delete
+            } else {
+                EventKind::Put
+            },
+            key,
+            value,
+            mod_revision: rev,
+            create_revision,
+            version,
+        });
     }
 }
 
 impl Changelog {
     /// A change log whose next change is revision `next`.
-    pub(crate) fn new(next: u64, total: Arc<AtomicUsize>, limit: usize, bell: Arc<Bell>) -> Self {
+    pub(crate) fn new(next: u64, accounts: Accounts, limit: usize, bell: Arc<Bell>) -> Self {
         Changelog {
             state: Mutex::new(State {
                 first: next,
-                slots: VecDeque::new(),
-                filled: 0,
-                bytes: 0,
+                index: VecDeque::new(),
+                ring: VecDeque::new(),
+                ring_at: 0,
+                pending: BTreeMap::new(),
+                charged: 0,
+                content: 0,
             }),
-            total,
+            accounts,
             limit,
             bell,
         }
     }
 
+    /// Bring the database's totals up to date with this log's size.
+    fn recharge(&self, st: &mut State) {
+        fn adjust(a: &AtomicUsize, from: usize, to: usize) {
+            if to >= from {
+                a.fetch_add(to - from, Relaxed);
+            } else {
+                a.fetch_sub(from - to, Relaxed);
+            }
+        }
+        let held = st.size();
+        adjust(&self.accounts.held, st.charged, held);
+        adjust(&self.accounts.overhead, st.charged, held);
+        st.charged = held;
+        let content = st.ring.len();
+        adjust(&self.accounts.content, st.content, content);
+        st.content = content;
+    }
+
     /// Record revision `rev`'s change (an empty one for a rolled-back revision).
     pub(crate) fn insert(&self, rev: u64, change: Change) {
-        let size = change.events.iter().map(Event::bytes).sum::<usize>() + 64;
+        let mut bytes = Vec::new();
+        encode(&change.events, &mut bytes);
         let mut st = self.state.lock();
-        if rev < st.first {
+        let next = st.next();
+        if rev < next {
             return; // dropped already (a bulk load compacted past it)
         }
-        let i = (rev - st.first) as usize;
-        while st.slots.len() <= i {
-            st.slots.push_back(None);
+        if rev > next {
+            st.pending.insert(rev, (change.lsn, bytes));
+        } else {
+            st.append(change.lsn, &bytes);
+            while let Some((lsn, b)) = {
+                let n = st.next();
+                st.pending.remove(&n)
+            } {
+                st.append(lsn, &b);
+            }
         }
-        debug_assert!(st.slots[i].is_none(), "one change per revision");
-        st.slots[i] = Some(Arc::new(change));
-        while st.filled < st.slots.len() && st.slots[st.filled].is_some() {
-            st.filled += 1;
-        }
-        st.bytes += size;
-        self.total.fetch_add(size, Relaxed);
-        // Drop the oldest filled changes while all change logs are over their limit.
-        while self.total.load(Relaxed) > self.limit && st.filled > 1 {
-            let old = st.slots.pop_front().flatten().expect("filled slot");
-            let s = old.events.iter().map(Event::bytes).sum::<usize>() + 64;
-            st.bytes -= s;
-            self.total.fetch_sub(s, Relaxed);
-            st.first += 1;
-            st.filled -= 1;
+        // Drop the oldest changes while all change logs are over their limit. A ring whose
+        // content shrank a lot gives memory back.
+        self.recharge(&mut st);
+        while self.accounts.content.load(Relaxed) > self.limit && st.index.len() > 1 {
+            st.pop();
+            if st.ring.capacity() > 4 * st.ring.len() && st.ring.capacity() > 4096 {
+                let keep = 2 * st.ring.len();
+                st.ring.shrink_to(keep);
+            }
+            self.recharge(&mut st);
         }
         drop(st);
         self.bell.ring();
@@ -137,23 +270,20 @@ impl Changelog {
     /// replay: a watcher must read the keyspace again).
     pub(crate) fn compact_through(&self, rev: u64) {
         let mut st = self.state.lock();
-        while st.first <= rev {
-            match st.slots.pop_front() {
-                Some(slot) => {
-                    if let Some(c) = slot {
-                        let s = c.events.iter().map(Event::bytes).sum::<usize>() + 64;
-                        st.bytes -= s;
-                        self.total.fetch_sub(s, Relaxed);
-                    }
-                    st.filled = st.filled.saturating_sub(1);
-                }
-                None => st.filled = 0,
-            }
-            st.first += 1;
+        while st.first <= rev && !st.index.is_empty() {
+            st.pop();
         }
-        while st.filled < st.slots.len() && st.slots[st.filled].is_some() {
-            st.filled += 1;
+        if st.first <= rev {
+            st.first = rev + 1;
+            st.pending = st.pending.split_off(&(rev + 1));
         }
+        while let Some((lsn, b)) = {
+            let n = st.next();
+            st.pending.remove(&n)
+        } {
+            st.append(lsn, &b);
+        }
+        self.recharge(&mut st);
     }
 
     /// The oldest revision a watcher can still start after (changes after it are all kept).
@@ -163,7 +293,7 @@ impl Changelog {
 
     /// Changes after `after`, in revision order, up to `max` of them and only those whose
     /// frame ends at or below `visible` LSN.
-    fn read(&self, after: u64, visible: u64, max: usize) -> Result<Vec<(u64, Arc<Change>)>> {
+    fn read(&self, after: u64, visible: u64, max: usize) -> Result<Vec<(u64, Vec<Event>)>> {
         let st = self.state.lock();
         if after + 1 < st.first {
             return Err(Error::Compacted {
@@ -173,12 +303,19 @@ impl Changelog {
         }
         let mut out = Vec::new();
         let mut i = (after + 1 - st.first) as usize;
-        while i < st.filled && out.len() < max {
-            let c = st.slots[i].as_ref().expect("filled");
-            if c.lsn > visible {
+        let mut buf = Vec::new();
+        while i < st.index.len() && out.len() < max {
+            let e = st.index[i];
+            if e.lsn > visible {
                 break;
             }
-            out.push((st.first + i as u64, c.clone()));
+            let from = (e.at - st.ring_at) as usize;
+            buf.clear();
+            buf.extend(st.ring.range(from..from + e.len as usize));
+            let mut events = Vec::new();
+            let rev = st.first + i as u64;
+            decode(&buf, rev, &mut events);
+            out.push((rev, events));
             i += 1;
         }
         Ok(out)
@@ -267,8 +404,8 @@ impl Watcher {
                 self.log
                     .read(self.after, self.visible.visible_lsn(), max_revisions.max(1))?;
             let mut out = Vec::new();
-            for (rev, c) in changes {
-                out.extend(c.events.iter().filter(|e| self.in_range(&e.key)).cloned());
+            for (rev, events) in changes {
+                out.extend(events.into_iter().filter(|e| self.in_range(&e.key)));
                 self.after = rev;
             }
             if !out.is_empty() || Instant::now() >= until {

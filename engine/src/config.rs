@@ -74,7 +74,7 @@ pub struct Config {
     /// (0: only when [`crate::Db::checkpoint`] is called). Bounds recovery time.
     pub checkpoint_wal_bytes: u64,
     /// DRAM for the change logs of all keyspaces together (watch history), counted in the
-    /// budget; 0 picks 1/16 of the budget, at most 64 MiB.
+    /// budget; 0 picks 1/32 of the budget, at most 64 MiB. About half of it holds changes.
     pub changelog_bytes: usize,
 }
 
@@ -121,7 +121,7 @@ impl Config {
         if self.changelog_bytes > 0 {
             self.changelog_bytes
         } else {
-            ((self.dram_budget_bytes / 16) as usize).min(64 << 20)
+            ((self.dram_budget_bytes / 32) as usize).min(64 << 20)
         }
     }
 

@@ -135,7 +135,7 @@ pub(crate) struct Inner {
     visible: Arc<VisibleLsn>,
     poison: Arc<OnceLock<String>>,
     bell: Arc<Bell>,
-    changelog_total: Arc<AtomicUsize>,
+    changelog_accounts: crate::changelog::Accounts,
     changelog_limit: usize,
     wal_buffer_cap: usize,
     checkpoint_wal_bytes: u64,
@@ -261,6 +261,11 @@ impl Db {
         let share = (left / n as u64) as usize;
         // The log's buffer (and the one being flushed) is charged to every partition.
         let wal_buffer_cap = ((budget / 64) as usize).clamp(4 << 10, 4 << 20);
+        let overhead = Arc::new(AtomicUsize::new(if durable {
+            2 * wal_buffer_cap
+        } else {
+            0
+        }));
         let shared = Arc::new(Shared {
             page_shift: config.page_bytes.trailing_zeros(),
             seg_shift: config.segment_bytes.trailing_zeros(),
@@ -273,7 +278,7 @@ impl Db {
             compaction_ratio: config.compaction_live_ratio,
             huge_pages: config.huge_pages,
             partitions: n,
-            global_overhead: AtomicUsize::new(if durable { 2 * wal_buffer_cap } else { 0 }),
+            global_overhead: overhead.clone(),
         });
         let per_part = config.expected_records.div_ceil(n);
         let per_part = per_part + per_part / 100;
@@ -300,7 +305,10 @@ impl Db {
             visible: Arc::new(VisibleLsn(None)),
             poison: Arc::new(OnceLock::new()),
             bell,
-            changelog_total: Arc::new(AtomicUsize::new(0)),
+            changelog_accounts: crate::changelog::Accounts {
+                overhead: overhead.clone(),
+                ..Default::default()
+            },
             changelog_limit: config.changelog_limit(),
             wal_buffer_cap,
             checkpoint_wal_bytes: config.checkpoint_wal_bytes,
@@ -536,7 +544,7 @@ impl Db {
         let n = inner.parts.len() as u64;
         used = used - (global / n.max(1)) * n + global;
         s.dram_used_bytes = used;
-        s.changelog_bytes = inner.changelog_total.load(Relaxed) as u64;
+        s.changelog_bytes = inner.changelog_accounts.held.load(Relaxed) as u64;
         if let Some(w) = &inner.wal {
             let ws = w.stats();
             s.wal_fsyncs = ws.fsyncs;
@@ -610,8 +618,8 @@ impl Inner {
             rev: AtomicU64::new(def.revision),
             changelog: Arc::new(Changelog::new(
                 def.revision + 1,
-                self.changelog_total.clone(),
-                self.changelog_limit,
+                self.changelog_accounts.clone(),
+                self.changelog_limit / 2,
                 self.bell.clone(),
             )),
             keys: AtomicI64::new(0),

@@ -70,7 +70,7 @@ pub(crate) struct Shared {
     pub(crate) partitions: usize,
     /// DRAM the database holds outside partitions (change log, WAL buffers), charged to every
     /// partition's share in equal parts.
-    pub(crate) global_overhead: AtomicUsize,
+    pub(crate) global_overhead: Arc<AtomicUsize>,
 }
 
 impl Shared {

@@ -44,18 +44,8 @@ pub(crate) fn put_frame(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
 /// Parse the frame at the start of `buf`, expected at `lsn`. `None` if it is not a whole,
 /// intact frame written at that position.
 pub(crate) fn get_frame(buf: &[u8], lsn: u64) -> Option<&[u8]> {
-    if buf.len() < FRAME_HEADER {
-        return None;
-    }
-    let len = u32::from_le_bytes(buf[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(buf[4..8].try_into().ok()?);
-    let at = u64::from_le_bytes(buf[8..16].try_into().ok()?);
-    if at != lsn || len > MAX_FRAME || buf.len() < FRAME_HEADER + len {
-        return None;
-    }
-    let payload = &buf[FRAME_HEADER..FRAME_HEADER + len];
-    let want = crc32c::crc32c_append(crc32c::crc32c(&lsn.to_le_bytes()), payload);
-    (want == crc).then_some(payload)
+    let (payload, crc) = frame_unchecked(buf, lsn)?;
+    frame_ok(payload, lsn, crc).then_some(payload)
 }
 
 /// Parse the frame header at the start of `buf`, expected at `lsn`, without checking the

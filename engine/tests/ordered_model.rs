@@ -1,7 +1,7 @@
 //! Model-based test of ordered keyspaces: random puts, deletes, batches, conditional
 //! transactions, range scans (forward and backward, with limits), prefix scans and counts,
 //! against a `BTreeMap` that also tracks each key's create revision, mod revision and version.
-//! The DRAM budget is small enough that records are demoted, promoted and compacted while the
+//! The DRAM budget (80 KiB) is small enough that records are demoted, promoted and compacted while the
 //! test runs, and half the cases run with durability `commit` and reopen the database in the
 //! middle, so recovery is checked against the same model.
 
@@ -137,7 +137,7 @@ fn entries(m: &Model, lo: &[u8], hi: Option<&[u8]>) -> Vec<(Vec<u8>, M)> {
 }
 
 fn config(dir: &std::path::Path, durable: bool) -> tera_engine::Config {
-    let mut c = tiny(dir, 64 << 10);
+    let mut c = tiny(dir, 80 << 10);
     if durable {
         c.durability = Durability::Commit;
         c.checkpoint_wal_bytes = 32 << 10; // background checkpoints during the run
