@@ -151,6 +151,8 @@ pub(crate) struct Inner {
 /// A tiered record store. See the crate docs for an example.
 pub struct Db {
     inner: Arc<Inner>,
+    /// The default keyspace (looked up once, so that `Db::get` takes no lock).
+    default: Arc<KsInfo>,
     maintenance: Vec<JoinHandle<()>>,
 }
 
@@ -333,8 +335,12 @@ impl Db {
             info = crate::recovery::recover(&mut inner, &config)?;
         }
         let inner = Arc::new(inner);
+        let default = inner
+            .ks_by_id(0)
+            .expect("the default keyspace always exists");
         let mut db = Db {
             inner,
+            default,
             maintenance: Vec::new(),
         };
         if config.background_maintenance {
@@ -424,8 +430,7 @@ impl Db {
     }
 
     fn default_ks(&self) -> Keyspace {
-        self.get_keyspace(DEFAULT_KEYSPACE)
-            .expect("the default keyspace always exists")
+        self.handle(self.default.clone())
     }
 
     /// The value of `key` in the default keyspace, or `None`.
@@ -438,14 +443,8 @@ impl Db {
     /// the key exists. Reusing `out` across calls saves an allocation per read.
     #[inline]
     pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
-        let ks = self.inner.keyspaces.read().by_id[0]
-            .clone()
-            .expect("default");
-        let found = self.inner.read_stored(&ks, key, out)?;
-        if found {
-            out.drain(..META.min(out.len()));
-        }
-        Ok(found)
+        self.inner
+            .read_stored(&self.default, key, out, &mut [0; META])
     }
 
     /// Set `key` to `value` in the default keyspace. Keys up to `max_key_bytes` (64 KiB),
@@ -564,11 +563,8 @@ impl Db {
 
     /// The partition a key of the default keyspace belongs to.
     pub fn partition_of(&self, key: &[u8]) -> usize {
-        let ks = self.inner.keyspaces.read().by_id[0]
-            .clone()
-            .expect("default");
-        let ik = ikey(&ks, key);
-        self.inner.partition_for(&ks, &ik, hash_key(&ik))
+        let ik = ikey(&self.default, key);
+        self.inner.partition_for(&self.default, &ik, hash_key(&ik))
     }
 
     /// The topology partitions were placed on.
@@ -768,9 +764,16 @@ impl Inner {
         }
     }
 
-    /// Lock-free read of a stored value into `out`.
+    /// Lock-free read of a stored value: its revisions into `head`, the user's value into
+    /// `out`.
     #[inline]
-    fn read_stored(&self, ks: &KsInfo, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+    fn read_stored(
+        &self,
+        ks: &KsInfo,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        head: &mut [u8; META],
+    ) -> Result<bool> {
         if key.len() > self.max_key {
             out.clear();
             return Ok(false); // cannot have been written
@@ -785,7 +788,7 @@ impl Inner {
             ik.extend_from_slice(key);
             let hash = hash_key(&ik);
             let p = self.partition_for(ks, &ik, hash);
-            match self.parts[p].read(hash, &ik, out)? {
+            match self.parts[p].read(hash, &ik, out, head)? {
                 Some(found) => {
                     self.reads.count(found.tier);
                     Ok(true)
@@ -1165,14 +1168,18 @@ impl Keyspace {
 
     /// The entry of `key`, or `None`. Lock-free.
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
-        let mut out = Vec::new();
-        if !self.inner.read_stored(&self.ks, key, &mut out)? {
+        let mut value = Vec::new();
+        let mut head = [0; META];
+        if !self
+            .inner
+            .read_stored(&self.ks, key, &mut value, &mut head)?
+        {
             return Ok(None);
         }
-        let (m, v) = Meta::decode(&out);
+        let (m, _) = Meta::decode(&head);
         Ok(Some(Entry {
             key: key.to_vec(),
-            value: v.to_vec(),
+            value,
             create_revision: m.create,
             mod_revision: m.modified,
             version: m.version,
@@ -1182,11 +1189,7 @@ impl Keyspace {
     /// Copy the value of `key` into `out`; returns whether it exists. Lock-free.
     #[inline]
     pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
-        let found = self.inner.read_stored(&self.ks, key, out)?;
-        if found {
-            out.drain(..META.min(out.len()));
-        }
-        Ok(found)
+        self.inner.read_stored(&self.ks, key, out, &mut [0; META])
     }
 
     /// The partition of `key`.

@@ -404,7 +404,18 @@ impl Partition {
     // ----- reads -------------------------------------------------------------------------
 
     /// Copy the value of `key` into `out`. Returns where it was found, or `None`.
-    pub(crate) fn read(&self, hash: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Found>> {
+    ///
+    /// The value's first `head.len()` bytes go into `head` and only the rest into `out` (the
+    /// keyspace layer keeps revisions there, and most reads want the user's value alone: this
+    /// saves moving it down afterwards).
+    pub(crate) fn read(
+        &self,
+        hash: u64,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        head: &mut [u8],
+    ) -> Result<Option<Found>> {
+        let skip = head.len();
         loop {
             let r = crate::epoch::with_pin(|_| {
                 // SAFETY: pinned; tables are freed only after every pinned reader is gone.
@@ -413,8 +424,11 @@ impl Partition {
                 let mut seq = 0;
                 let hit = table.find(hash, |addr| {
                     self.pinned_visit(addr, key, |rec, t| {
+                        let v = rec.value();
+                        let n = skip.min(v.len());
+                        head[..n].copy_from_slice(&v[..n]);
                         out.clear();
-                        out.extend_from_slice(rec.value());
+                        out.extend_from_slice(&v[n..]);
                         tier = t;
                         seq = rec.seq();
                         if t == Tier::Dram {
@@ -438,7 +452,13 @@ impl Partition {
                     }) = found
                     {
                         if self.shared.policy.admit_far(hash) {
-                            self.promote(hash, key, out, addr, seq);
+                            if skip == 0 {
+                                self.promote(hash, key, out, addr, seq);
+                            } else {
+                                // Rare (an admitted far read): put the value back together.
+                                let whole = [&head[..], &out[..]].concat();
+                                self.promote(hash, key, &whole, addr, seq);
+                            }
                         }
                     }
                     return Ok(found);
