@@ -24,17 +24,8 @@ use std::sync::atomic::AtomicU8;
 
 pub(crate) const HEADER: usize = 24;
 
-/// Ask the CPU to bring the cache line at `p` in (a hint: never faults, may do nothing).
-#[inline]
-pub(crate) fn prefetch_line(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults, whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+pub(crate) use crate::index::prefetch_line;
+
 pub(crate) const MAGIC: u8 = 0xA5;
 pub(crate) const FLAG_TOMBSTONE: u8 = 1;
 const OFF_HEAT: usize = 4;
