@@ -47,6 +47,8 @@ mod index;
 #[cfg(not(tera_loom))]
 mod keyspace;
 #[cfg(not(tera_loom))]
+pub mod meta;
+#[cfg(not(tera_loom))]
 mod partition;
 #[cfg(not(tera_loom))]
 mod record;

@@ -1,0 +1,776 @@
+//! The sync-and-share metadata model (DESIGN.md §5), first part: namespaces of folders and
+//! files on one ordered keyspace, each mutation one atomic batch in the namespace's partition.
+//!
+//! Layout, in the keyspace `meta` (ordered, partitioned by the first 8 bytes, the namespace id
+//! big-endian, so a namespace is one partition):
+//!
+//! - `ns | 0x00` → the namespace's counters: next id `u64`, next etag `u64`;
+//! - `ns | 0x01 | id` → the entry with that id (see [`encode`]);
+//! - `ns | 0x02 | parent id | name` → the child's id: a folder's listing is a range scan in
+//!   name order, and a move is a relink of one child key, whatever the subtree's size.
+//!
+//! Ids are never reused (the counter only grows) and never change on rename or move. Etags
+//! come from the same kind of counter, so no value repeats, and every change gives a new etag
+//! to the entry and to each of its ancestors up to the root, in the same batch; tree size and
+//! tree mtime of every ancestor change with it.
+//!
+//! Not yet here (issue 4 goes on): attributes, the change feed and its watch, usage per
+//! namespace, and the model and concurrency tests and benchmarks the issue asks for.
+
+use crate::db::{Db, Keyspace, Tx};
+use crate::keyspace::{KeyspaceOptions, Range};
+use std::fmt;
+
+/// The id of every namespace's root folder.
+pub const ROOT_ID: u64 = 1;
+/// Longest name of an entry, in bytes.
+pub const MAX_NAME: usize = 255;
+/// Longest path, in bytes.
+pub const MAX_PATH: usize = 4096;
+/// Largest page of a listing.
+pub const MAX_PAGE: usize = 10_000;
+
+/// What a metadata operation can refuse; the server maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("not a folder: {0}")]
+    NotAFolder(String),
+    #[error("is a folder: {0}")]
+    IsAFolder(String),
+    #[error("folder not empty: {0} (delete it recursively, or empty it first)")]
+    NotEmpty(String),
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: String },
+    #[error(transparent)]
+    Engine(#[from] crate::Error),
+}
+
+pub type MetaResult<T> = std::result::Result<T, MetaError>;
+
+/// A file or a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Folder,
+}
+
+/// One entry of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaEntry {
+    pub id: u64,
+    /// 0 for the root.
+    pub parent: u64,
+    /// Empty for the root.
+    pub name: String,
+    pub kind: Kind,
+    /// A file's size; 0 for a folder.
+    pub size: u64,
+    /// Modification time, in the caller's units (microseconds since the epoch, say).
+    pub mtime: i64,
+    pub etag: String,
+    /// A file's checksum, e.g. `("sha256", hex)`; empty for a folder.
+    pub checksum: (String, String),
+    pub mime: String,
+    /// A folder's total size of the files below it; a file's own size.
+    pub tree_size: u64,
+    /// The newest mtime below a folder (or of the folder itself).
+    pub tree_mtime: i64,
+}
+
+/// What a committed upload says about a file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Upload {
+    pub size: u64,
+    pub mtime: i64,
+    pub checksum: (String, String),
+    pub mime: String,
+}
+
+/// A condition on the current entry at a path.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// No condition.
+    #[default]
+    None,
+    /// The entry exists with this etag (HTTP `If-Match`).
+    IfMatch(String),
+    /// No entry exists at the path (HTTP `If-None-Match: *`).
+    IfNoneMatch,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    pub entries: Vec<MetaEntry>,
+    /// Pass to the next call to continue after the last entry; `None` at the end.
+    pub next: Option<String>,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::File => "file",
+            Kind::Folder => "folder",
+        })
+    }
+}
+
+/// Split and check a path: absolute, no empty, `.` or `..` components, no NUL, names up to
+/// [`MAX_NAME`] bytes, the whole up to [`MAX_PATH`]. `/` is the root (no components).
+pub fn parse_path(path: &str) -> MetaResult<Vec<&str>> {
+    let bad = |reason: &str| MetaError::InvalidPath {
+        path: path.chars().take(200).collect(),
+        reason: reason.into(),
+    };
+    if path.len() > MAX_PATH {
+        return Err(bad(&format!("longer than {MAX_PATH} bytes")));
+    }
+    if path.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(bad("not absolute (it must start with /)"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    for p in &parts {
+        match *p {
+            "" => return Err(bad("has an empty component (//)")),
+            "." | ".." => return Err(bad("has a . or .. component")),
+            p if p.len() > MAX_NAME => {
+                return Err(bad(&format!("has a name longer than {MAX_NAME} bytes")))
+            }
+            _ => {}
+        }
+    }
+    Ok(parts)
+}
+
+fn ns_key(ns: u64) -> Vec<u8> {
+    let mut k = ns.to_be_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn entry_key(ns: u64, id: u64) -> Vec<u8> {
+    let mut k = ns.to_be_bytes().to_vec();
+    k.push(1);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn child_key(ns: u64, parent: u64, name: &str) -> Vec<u8> {
+    let mut k = ns.to_be_bytes().to_vec();
+    k.push(2);
+    k.extend_from_slice(&parent.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// An entry's stored form: `id, parent, kind u8, size, mtime, etag counter, tree_size,
+/// tree_mtime` (u64/i64 little-endian), then `name, checksum algorithm, checksum, mime` as
+/// length-prefixed strings.
+fn encode(e: &MetaEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80 + e.name.len() + e.mime.len());
+    out.extend_from_slice(&e.id.to_le_bytes());
+    out.extend_from_slice(&e.parent.to_le_bytes());
+    out.push(u8::from(e.kind == Kind::Folder));
+    out.extend_from_slice(&e.size.to_le_bytes());
+    out.extend_from_slice(&e.mtime.to_le_bytes());
+    let etag = u64::from_str_radix(&e.etag, 16).unwrap_or(0);
+    out.extend_from_slice(&etag.to_le_bytes());
+    out.extend_from_slice(&e.tree_size.to_le_bytes());
+    out.extend_from_slice(&e.tree_mtime.to_le_bytes());
+    put_str(&mut out, &e.name);
+    put_str(&mut out, &e.checksum.0);
+    put_str(&mut out, &e.checksum.1);
+    put_str(&mut out, &e.mime);
+    out
+}
+
+fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
+    let bad = || {
+        MetaError::Engine(crate::Error::Keyspace {
+            name: "meta".into(),
+            reason: "an entry record does not parse (written by another version?)".into(),
+        })
+    };
+    let mut r = crate::durable::Reader::new(b);
+    let id = r.u64().ok_or_else(bad)?;
+    let parent = r.u64().ok_or_else(bad)?;
+    let kind = if r.u8().ok_or_else(bad)? == 1 {
+        Kind::Folder
+    } else {
+        Kind::File
+    };
+    let size = r.u64().ok_or_else(bad)?;
+    let mtime = r.u64().ok_or_else(bad)? as i64;
+    let etag = r.u64().ok_or_else(bad)?;
+    let tree_size = r.u64().ok_or_else(bad)?;
+    let tree_mtime = r.u64().ok_or_else(bad)? as i64;
+    let mut s = || -> MetaResult<String> {
+        let n = r.u32().ok_or_else(bad)? as usize;
+        String::from_utf8(r.bytes(n).ok_or_else(bad)?.to_vec()).map_err(|_| bad())
+    };
+    let name = s()?;
+    let alg = s()?;
+    let sum = s()?;
+    let mime = s()?;
+    Ok(MetaEntry {
+        id,
+        parent,
+        name,
+        kind,
+        size,
+        mtime,
+        etag: format!("{etag:016x}"),
+        checksum: (alg, sum),
+        mime,
+        tree_size,
+        tree_mtime,
+    })
+}
+
+/// The metadata store: namespaces of folders and files. See the module docs.
+#[derive(Debug, Clone)]
+pub struct MetaStore {
+    ks: Keyspace,
+}
+
+/// One mutation's working state inside its namespace's atomic batch.
+struct Op<'a, 'b> {
+    tx: &'a mut Tx<'b>,
+    ns: u64,
+    next_id: u64,
+    next_etag: u64,
+    /// Entries read or changed so far, written back at the end.
+    dirty: Vec<MetaEntry>,
+}
+
+impl<'a, 'b> Op<'a, 'b> {
+    fn begin(tx: &'a mut Tx<'b>, ns: u64) -> MetaResult<Op<'a, 'b>> {
+        let Some(h) = tx.get(&ns_key(ns))? else {
+            return Err(MetaError::NotFound(format!("namespace {ns}")));
+        };
+        let mut r = crate::durable::Reader::new(&h.value);
+        let (Some(next_id), Some(next_etag)) = (r.u64(), r.u64()) else {
+            return Err(MetaError::NotFound(format!(
+                "namespace {ns} (damaged header)"
+            )));
+        };
+        Ok(Op {
+            tx,
+            ns,
+            next_id,
+            next_etag,
+            dirty: Vec::new(),
+        })
+    }
+
+    fn etag(&mut self) -> String {
+        let e = self.next_etag;
+        self.next_etag += 1;
+        format!("{e:016x}")
+    }
+
+    fn entry(&mut self, id: u64) -> MetaResult<MetaEntry> {
+        if let Some(e) = self.dirty.iter().find(|e| e.id == id) {
+            return Ok(e.clone());
+        }
+        match self.tx.get(&entry_key(self.ns, id))? {
+            Some(v) => decode(&v.value),
+            None => Err(MetaError::NotFound(format!("entry {id}"))),
+        }
+    }
+
+    fn child(&mut self, parent: u64, name: &str) -> MetaResult<Option<u64>> {
+        Ok(self
+            .tx
+            .get(&child_key(self.ns, parent, name))?
+            .map(|v| u64::from_le_bytes(v.value[..8].try_into().unwrap_or([0; 8]))))
+    }
+
+    /// The entry at `parts`, or the error naming the first missing component.
+    fn resolve(&mut self, path: &str, parts: &[&str]) -> MetaResult<MetaEntry> {
+        let mut cur = self.entry(ROOT_ID)?;
+        for (i, p) in parts.iter().enumerate() {
+            if cur.kind != Kind::Folder {
+                return Err(MetaError::NotAFolder(format!("/{}", parts[..i].join("/"))));
+            }
+            match self.child(cur.id, p)? {
+                Some(id) => cur = self.entry(id)?,
+                None => return Err(MetaError::NotFound(path.to_string())),
+            }
+        }
+        Ok(cur)
+    }
+
+    fn save(&mut self, e: MetaEntry) {
+        match self.dirty.iter_mut().find(|d| d.id == e.id) {
+            Some(d) => *d = e,
+            None => self.dirty.push(e),
+        }
+    }
+
+    /// Give `from` and each of its ancestors a new etag, add `size_delta` to their tree
+    /// sizes, and raise their tree mtimes to `mtime`.
+    fn touch_up(&mut self, from: u64, size_delta: i64, mtime: i64) -> MetaResult<()> {
+        let mut id = from;
+        while id != 0 {
+            let mut e = self.entry(id)?;
+            e.etag = self.etag();
+            e.tree_size = (e.tree_size as i64 + size_delta).max(0) as u64;
+            e.tree_mtime = e.tree_mtime.max(mtime);
+            id = e.parent;
+            self.save(e);
+        }
+        Ok(())
+    }
+
+    fn link(&mut self, parent: u64, name: &str, id: u64) -> MetaResult<()> {
+        self.tx
+            .put(&child_key(self.ns, parent, name), &id.to_le_bytes())?;
+        Ok(())
+    }
+
+    fn unlink(&mut self, parent: u64, name: &str) -> MetaResult<()> {
+        self.tx.delete(&child_key(self.ns, parent, name))?;
+        Ok(())
+    }
+
+    /// Write the changed entries and the counters.
+    fn commit(self) -> MetaResult<()> {
+        for e in &self.dirty {
+            self.tx.put(&entry_key(self.ns, e.id), &encode(e))?;
+        }
+        let mut h = self.next_id.to_le_bytes().to_vec();
+        h.extend_from_slice(&self.next_etag.to_le_bytes());
+        self.tx.put(&ns_key(self.ns), &h)?;
+        Ok(())
+    }
+}
+
+fn folder(id: u64, parent: u64, name: &str, mtime: i64, etag: String) -> MetaEntry {
+    MetaEntry {
+        id,
+        parent,
+        name: name.into(),
+        kind: Kind::Folder,
+        size: 0,
+        mtime,
+        etag,
+        checksum: Default::default(),
+        mime: String::new(),
+        tree_size: 0,
+        tree_mtime: mtime,
+    }
+}
+
+impl MetaStore {
+    /// The metadata store of `db` (its keyspace `meta`, created if missing).
+    pub fn open(db: &Db) -> MetaResult<MetaStore> {
+        let ks = db.keyspace("meta", KeyspaceOptions::ordered().partition_prefix(8))?;
+        Ok(MetaStore { ks })
+    }
+
+    fn atomic<R>(
+        &self,
+        ns: u64,
+        f: impl FnOnce(&mut Op<'_, '_>) -> MetaResult<R>,
+    ) -> MetaResult<R> {
+        let mut out = None;
+        let mut err = None;
+        let pk = ns.to_be_bytes();
+        self.ks
+            .atomic(&pk, |tx| {
+                let r = Op::begin(tx, ns).and_then(|mut op| {
+                    let v = f(&mut op)?;
+                    op.commit()?;
+                    Ok(v)
+                });
+                match r {
+                    Ok(v) => {
+                        out = Some(v);
+                        Ok(())
+                    }
+                    Err(MetaError::Engine(e)) => Err(e),
+                    Err(e) => {
+                        err = Some(e);
+                        // Abort the batch: nothing is written.
+                        Err(crate::Error::Keyspace {
+                            name: "meta".into(),
+                            reason: "aborted".into(),
+                        })
+                    }
+                }
+            })
+            .map_err(|e| err.take().unwrap_or(MetaError::Engine(e)))?;
+        Ok(out.expect("set on success"))
+    }
+
+    /// Create namespace `ns` with an empty root folder; an existing one is left as it is.
+    pub fn create_namespace(&self, ns: u64, mtime: i64) -> MetaResult<MetaEntry> {
+        let pk = ns.to_be_bytes();
+        let (root, _) = self.ks.atomic(&pk, |tx| {
+            if tx.get(&ns_key(ns))?.is_some() {
+                return Ok(None);
+            }
+            let root = folder(ROOT_ID, 0, "", mtime, format!("{:016x}", 1));
+            tx.put(&entry_key(ns, ROOT_ID), &encode(&root))?;
+            let mut h = (ROOT_ID + 1).to_le_bytes().to_vec();
+            h.extend_from_slice(&2u64.to_le_bytes());
+            tx.put(&ns_key(ns), &h)?;
+            Ok(Some(root))
+        })?;
+        match root {
+            Some(r) => Ok(r),
+            None => self.stat(ns, "/"),
+        }
+    }
+
+    /// The entry at `path`.
+    pub fn stat(&self, ns: u64, path: &str) -> MetaResult<MetaEntry> {
+        let parts = parse_path(path)?;
+        self.atomic_read(ns, |op| op.resolve(path, &parts))
+    }
+
+    /// The entry with id `id`.
+    pub fn stat_id(&self, ns: u64, id: u64) -> MetaResult<MetaEntry> {
+        self.atomic_read(ns, |op| op.entry(id))
+    }
+
+    /// Reads under the namespace's lock (one consistent state), writing nothing.
+    fn atomic_read<R>(
+        &self,
+        ns: u64,
+        f: impl FnOnce(&mut Op<'_, '_>) -> MetaResult<R>,
+    ) -> MetaResult<R> {
+        let mut out = None;
+        let pk = ns.to_be_bytes();
+        self.ks.atomic(&pk, |tx| {
+            out = Some(Op::begin(tx, ns).and_then(|mut op| f(&mut op)));
+            Ok(())
+        })?;
+        out.expect("ran")
+    }
+
+    /// A page of the folder at `path`, in name order: up to `page` entries (1 to
+    /// [`MAX_PAGE`]) after the name in `after` (a previous page's `next`).
+    pub fn list(
+        &self,
+        ns: u64,
+        path: &str,
+        page: usize,
+        after: Option<&str>,
+    ) -> MetaResult<ListPage> {
+        let parts = parse_path(path)?;
+        let page = page.clamp(1, MAX_PAGE);
+        self.atomic_read(ns, |op| {
+            let dir = op.resolve(path, &parts)?;
+            if dir.kind != Kind::Folder {
+                return Err(MetaError::NotAFolder(path.into()));
+            }
+            let prefix = child_key(ns, dir.id, "");
+            let start = match after {
+                Some(name) => {
+                    let mut k = child_key(ns, dir.id, name);
+                    k.push(0); // just after `name`
+                    k
+                }
+                None => prefix.clone(),
+            };
+            let end = crate::keyspace::prefix_end(&prefix);
+            let r = Range {
+                start,
+                end,
+                reverse: false,
+                limit: page + 1,
+            };
+            let kids = op.tx.range(&r)?;
+            let more = kids.len() > page;
+            let mut entries = Vec::with_capacity(page);
+            for k in kids.iter().take(page) {
+                let id = u64::from_le_bytes(k.value[..8].try_into().unwrap_or([0; 8]));
+                entries.push(op.entry(id)?);
+            }
+            let next = more
+                .then(|| entries.last().map(|e| e.name.clone()))
+                .flatten();
+            Ok(ListPage { entries, next })
+        })
+    }
+
+    /// Create the folder at `path` (and, with `parents`, the folders above it that are
+    /// missing). An existing folder at `path` is `AlreadyExists` unless `parents` is set.
+    pub fn mkdir(&self, ns: u64, path: &str, parents: bool, mtime: i64) -> MetaResult<MetaEntry> {
+        let parts = parse_path(path)?;
+        if parts.is_empty() {
+            return if parents {
+                self.stat(ns, "/")
+            } else {
+                Err(MetaError::AlreadyExists("/".into()))
+            };
+        }
+        self.atomic(ns, |op| {
+            let mut cur = op.entry(ROOT_ID)?;
+            let mut created = None;
+            for (i, p) in parts.iter().enumerate() {
+                let last = i + 1 == parts.len();
+                if cur.kind != Kind::Folder {
+                    return Err(MetaError::NotAFolder(format!("/{}", parts[..i].join("/"))));
+                }
+                match op.child(cur.id, p)? {
+                    Some(id) => {
+                        let e = op.entry(id)?;
+                        if last {
+                            if !parents || e.kind != Kind::Folder {
+                                return Err(MetaError::AlreadyExists(path.into()));
+                            }
+                            return Ok(e);
+                        }
+                        cur = e;
+                    }
+                    None => {
+                        if !last && !parents {
+                            return Err(MetaError::NotFound(format!(
+                                "/{} (create it first, or pass parents)",
+                                parts[..=i].join("/")
+                            )));
+                        }
+                        let id = op.next_id;
+                        op.next_id += 1;
+                        let etag = op.etag();
+                        let f = folder(id, cur.id, p, mtime, etag);
+                        op.link(cur.id, p, id)?;
+                        op.save(f.clone());
+                        created.get_or_insert(cur.id);
+                        cur = f;
+                    }
+                }
+            }
+            if let Some(top) = created {
+                op.touch_up(top, 0, mtime)?;
+            }
+            op.entry(cur.id)
+        })
+    }
+
+    /// Commit an upload: create or overwrite the file at `path` (its parent must exist).
+    pub fn upload(
+        &self,
+        ns: u64,
+        path: &str,
+        up: &Upload,
+        pre: &Precondition,
+    ) -> MetaResult<MetaEntry> {
+        let parts = parse_path(path)?;
+        let Some((name, dir)) = parts.split_last() else {
+            return Err(MetaError::IsAFolder("/".into()));
+        };
+        self.atomic(ns, |op| {
+            let parent = op.resolve(path, dir).map_err(|e| match e {
+                MetaError::NotFound(_) => {
+                    MetaError::NotFound(format!("/{} (the parent folder)", dir.join("/")))
+                }
+                e => e,
+            })?;
+            if parent.kind != Kind::Folder {
+                return Err(MetaError::NotAFolder(format!("/{}", dir.join("/"))));
+            }
+            let existing = match op.child(parent.id, name)? {
+                Some(id) => Some(op.entry(id)?),
+                None => None,
+            };
+            match (pre, &existing) {
+                (Precondition::IfMatch(t), Some(e)) if &e.etag != t => {
+                    return Err(MetaError::PreconditionFailed(format!(
+                        "{path} has etag {}, not {t}",
+                        e.etag
+                    )))
+                }
+                (Precondition::IfMatch(t), None) => {
+                    return Err(MetaError::PreconditionFailed(format!(
+                        "{path} does not exist (If-Match {t})"
+                    )))
+                }
+                (Precondition::IfNoneMatch, Some(_)) => {
+                    return Err(MetaError::PreconditionFailed(format!(
+                        "{path} exists (If-None-Match)"
+                    )))
+                }
+                _ => {}
+            }
+            if existing.as_ref().is_some_and(|e| e.kind == Kind::Folder) {
+                return Err(MetaError::IsAFolder(path.into()));
+            }
+            let old_size = existing.as_ref().map_or(0, |e| e.size);
+            let id = match &existing {
+                Some(e) => e.id,
+                None => {
+                    let id = op.next_id;
+                    op.next_id += 1;
+                    op.link(parent.id, name, id)?;
+                    id
+                }
+            };
+            let etag = op.etag();
+            op.save(MetaEntry {
+                id,
+                parent: parent.id,
+                name: (*name).into(),
+                kind: Kind::File,
+                size: up.size,
+                mtime: up.mtime,
+                etag,
+                checksum: up.checksum.clone(),
+                mime: up.mime.clone(),
+                tree_size: up.size,
+                tree_mtime: up.mtime,
+            });
+            op.touch_up(parent.id, up.size as i64 - old_size as i64, up.mtime)?;
+            op.entry(id)
+        })
+    }
+
+    /// Move (or rename) the entry at `from` to `to`, whose parent must exist and where
+    /// nothing may exist. A folder cannot move into itself or below itself. With `if_match`,
+    /// the entry's etag must match.
+    pub fn rename(
+        &self,
+        ns: u64,
+        from: &str,
+        to: &str,
+        if_match: Option<&str>,
+        mtime: i64,
+    ) -> MetaResult<MetaEntry> {
+        let src = parse_path(from)?;
+        let dst = parse_path(to)?;
+        if src.is_empty() {
+            return Err(MetaError::InvalidPath {
+                path: from.into(),
+                reason: "the root cannot move".into(),
+            });
+        }
+        let Some((new_name, new_dir)) = dst.split_last() else {
+            return Err(MetaError::AlreadyExists("/".into()));
+        };
+        if dst.len() > src.len() && dst[..src.len()] == src[..] {
+            return Err(MetaError::InvalidPath {
+                path: to.into(),
+                reason: format!("{from} cannot move into itself or below itself"),
+            });
+        }
+        self.atomic(ns, |op| {
+            let e = op.resolve(from, &src)?;
+            if let Some(t) = if_match {
+                if e.etag != t {
+                    return Err(MetaError::PreconditionFailed(format!(
+                        "{from} has etag {}, not {t}",
+                        e.etag
+                    )));
+                }
+            }
+            let target = op.resolve(to, new_dir).map_err(|err| match err {
+                MetaError::NotFound(_) => {
+                    MetaError::NotFound(format!("/{} (the target folder)", new_dir.join("/")))
+                }
+                err => err,
+            })?;
+            if target.kind != Kind::Folder {
+                return Err(MetaError::NotAFolder(format!("/{}", new_dir.join("/"))));
+            }
+            if src == dst {
+                return Ok(e); // nothing changes: etags stay
+            }
+            if op.child(target.id, new_name)?.is_some() {
+                return Err(MetaError::AlreadyExists(to.into()));
+            }
+            let size = e.tree_size as i64;
+            op.unlink(e.parent, &e.name)?;
+            op.touch_up(e.parent, -size, mtime)?;
+            op.link(target.id, new_name, e.id)?;
+            let mut moved = op.entry(e.id)?;
+            moved.parent = target.id;
+            moved.name = (*new_name).into();
+            op.save(moved);
+            // The moved entry, its new parent and the new parent's ancestors get new etags
+            // (the entry's own tree size does not change).
+            let mut m = op.entry(e.id)?;
+            m.etag = op.etag();
+            op.save(m);
+            op.touch_up(target.id, size, mtime)?;
+            op.entry(e.id)
+        })
+    }
+
+    /// Delete the entry at `path`: a file, an empty folder, or with `recursive` a folder and
+    /// everything below it (all in one batch).
+    pub fn delete(
+        &self,
+        ns: u64,
+        path: &str,
+        recursive: bool,
+        if_match: Option<&str>,
+        mtime: i64,
+    ) -> MetaResult<()> {
+        let parts = parse_path(path)?;
+        if parts.is_empty() {
+            return Err(MetaError::InvalidPath {
+                path: path.into(),
+                reason: "the root cannot be deleted".into(),
+            });
+        }
+        self.atomic(ns, |op| {
+            let e = op.resolve(path, &parts)?;
+            if let Some(t) = if_match {
+                if e.etag != t {
+                    return Err(MetaError::PreconditionFailed(format!(
+                        "{path} has etag {}, not {t}",
+                        e.etag
+                    )));
+                }
+            }
+            if e.kind == Kind::Folder {
+                let prefix = child_key(ns, e.id, "");
+                let any = op.tx.range(&Range::prefix(&prefix).limit(1))?;
+                if !any.is_empty() && !recursive {
+                    return Err(MetaError::NotEmpty(path.into()));
+                }
+                // Everything below, depth first.
+                let mut stack = vec![e.id];
+                while let Some(dir) = stack.pop() {
+                    let prefix = child_key(ns, dir, "");
+                    for k in op.tx.range(&Range::prefix(&prefix))? {
+                        let id = u64::from_le_bytes(k.value[..8].try_into().unwrap_or([0; 8]));
+                        let c = op.entry(id)?;
+                        if c.kind == Kind::Folder {
+                            stack.push(id);
+                        }
+                        op.tx.delete(&k.key)?;
+                        op.tx.delete(&entry_key(ns, id))?;
+                    }
+                }
+            }
+            op.unlink(e.parent, &e.name)?;
+            op.tx.delete(&entry_key(ns, e.id))?;
+            op.dirty.retain(|d| d.id != e.id);
+            op.touch_up(e.parent, -(e.tree_size as i64), mtime)?;
+            Ok(())
+        })
+    }
+}

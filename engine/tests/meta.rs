@@ -1,0 +1,364 @@
+//! The metadata model's operations and errors, one by one: namespaces, stat by path and by
+//! id, folder creation (with and without parents), uploads with their preconditions, listings
+//! in name order page by page, moves and renames (ids stable, a folder never into itself),
+//! deletes (file, empty folder, recursive), etags on every ancestor and never repeated, tree
+//! sizes, bad paths, and a namespace surviving a reopen.
+
+mod common;
+
+use common::tiny;
+use std::collections::HashSet;
+use tera_engine::meta::{Kind, MetaError, MetaStore, Precondition, Upload};
+use tera_engine::{Db, Durability};
+
+const NS: u64 = 7;
+
+fn store(dir: &std::path::Path) -> (Db, MetaStore) {
+    let mut c = tiny(dir, 4 << 20);
+    c.max_key_bytes = 4200;
+    c.max_value_bytes = 2048;
+    c.page_bytes = 64 << 10;
+    c.segment_bytes = 256 << 10;
+    let db = Db::open(c).unwrap();
+    let m = MetaStore::open(&db).unwrap();
+    m.create_namespace(NS, 1).unwrap();
+    (db, m)
+}
+
+fn up(size: u64, mtime: i64) -> Upload {
+    Upload {
+        size,
+        mtime,
+        checksum: ("sha256".into(), format!("{size:064x}")),
+        mime: "text/plain".into(),
+    }
+}
+
+#[test]
+fn folders_and_uploads_stat_and_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    let root = m.stat(NS, "/").unwrap();
+    assert_eq!(
+        (root.kind, root.id),
+        (Kind::Folder, tera_engine::meta::ROOT_ID)
+    );
+    assert_eq!(
+        m.create_namespace(NS, 5).unwrap(),
+        root,
+        "creating it again changes nothing"
+    );
+
+    let a = m.mkdir(NS, "/a", false, 10).unwrap();
+    assert_eq!(
+        (a.kind, a.name.as_str(), a.parent),
+        (Kind::Folder, "a", root.id)
+    );
+    assert!(matches!(
+        m.mkdir(NS, "/a", false, 10),
+        Err(MetaError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        m.mkdir(NS, "/a", true, 10).unwrap().id,
+        a.id,
+        "parents: an existing folder is fine"
+    );
+    assert!(matches!(
+        m.mkdir(NS, "/x/y", false, 10),
+        Err(MetaError::NotFound(_))
+    ));
+    let deep = m.mkdir(NS, "/x/y/z", true, 11).unwrap();
+    assert_eq!(m.stat(NS, "/x/y/z").unwrap(), deep);
+    assert_eq!(m.stat_id(NS, deep.id).unwrap(), deep);
+
+    let f = m
+        .upload(NS, "/a/f.txt", &up(100, 20), &Precondition::None)
+        .unwrap();
+    assert_eq!((f.kind, f.size, f.mtime), (Kind::File, 100, 20));
+    assert_eq!(f.checksum.0, "sha256");
+    assert!(matches!(
+        m.mkdir(NS, "/a/f.txt/sub", true, 1),
+        Err(MetaError::NotAFolder(_))
+    ));
+    assert!(matches!(
+        m.upload(NS, "/a", &up(1, 1), &Precondition::None),
+        Err(MetaError::IsAFolder(_))
+    ));
+    assert!(matches!(
+        m.upload(NS, "/nope/f", &up(1, 1), &Precondition::None),
+        Err(MetaError::NotFound(_))
+    ));
+    assert!(matches!(
+        m.upload(NS, "/a/f.txt/g", &up(1, 1), &Precondition::None),
+        Err(MetaError::NotAFolder(_))
+    ));
+    assert!(matches!(
+        m.stat(NS, "/a/missing"),
+        Err(MetaError::NotFound(_))
+    ));
+    assert!(
+        matches!(m.stat(99, "/"), Err(MetaError::NotFound(_))),
+        "unknown namespace"
+    );
+
+    // Overwrite keeps the id; preconditions.
+    let f2 = m
+        .upload(
+            NS,
+            "/a/f.txt",
+            &up(50, 30),
+            &Precondition::IfMatch(f.etag.clone()),
+        )
+        .unwrap();
+    assert_eq!(f2.id, f.id);
+    assert_ne!(f2.etag, f.etag);
+    assert!(
+        matches!(
+            m.upload(
+                NS,
+                "/a/f.txt",
+                &up(1, 1),
+                &Precondition::IfMatch(f.etag.clone())
+            ),
+            Err(MetaError::PreconditionFailed(_))
+        ),
+        "a stale etag loses"
+    );
+    assert!(matches!(
+        m.upload(NS, "/a/f.txt", &up(1, 1), &Precondition::IfNoneMatch),
+        Err(MetaError::PreconditionFailed(_))
+    ));
+    assert!(matches!(
+        m.upload(NS, "/a/new", &up(1, 1), &Precondition::IfMatch("0".into())),
+        Err(MetaError::PreconditionFailed(_))
+    ));
+    m.upload(NS, "/a/new", &up(7, 40), &Precondition::IfNoneMatch)
+        .unwrap();
+    assert_eq!(
+        m.stat(NS, "/a/f.txt").unwrap().size,
+        50,
+        "failed uploads changed nothing"
+    );
+
+    // Tree sizes and mtimes.
+    assert_eq!(m.stat(NS, "/a").unwrap().tree_size, 57);
+    assert_eq!(m.stat(NS, "/").unwrap().tree_size, 57);
+    assert_eq!(m.stat(NS, "/").unwrap().tree_mtime, 40);
+
+    // Listing: name order, pages.
+    for i in (0..25).rev() {
+        m.upload(NS, &format!("/x/f{i:02}"), &up(1, 1), &Precondition::None)
+            .unwrap();
+    }
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let p = m.list(NS, "/x", 10, after.as_deref()).unwrap();
+        pages += 1;
+        names.extend(p.entries.iter().map(|e| e.name.clone()));
+        match p.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut want: Vec<String> = (0..25).map(|i| format!("f{i:02}")).collect();
+    want.push("y".into());
+    assert_eq!(names, want);
+    assert_eq!(pages, 3);
+    assert!(matches!(
+        m.list(NS, "/a/f.txt", 10, None),
+        Err(MetaError::NotAFolder(_))
+    ));
+}
+
+#[test]
+fn moves_keep_ids_and_refuse_cycles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    let src = m.mkdir(NS, "/src/inner", true, 1).unwrap();
+    let f = m
+        .upload(NS, "/src/inner/f", &up(10, 2), &Precondition::None)
+        .unwrap();
+    m.mkdir(NS, "/dst", false, 1).unwrap();
+    let top = m.stat(NS, "/src").unwrap();
+
+    assert!(matches!(
+        m.rename(NS, "/src", "/src/inner/x", None, 3),
+        Err(MetaError::InvalidPath { .. })
+    ));
+    assert!(matches!(
+        m.rename(NS, "/src", "/src/x", None, 3),
+        Err(MetaError::InvalidPath { .. })
+    ));
+    assert!(matches!(
+        m.rename(NS, "/src", "/dst", None, 3),
+        Err(MetaError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        m.rename(NS, "/src", "/nope/src", None, 3),
+        Err(MetaError::NotFound(_))
+    ));
+    assert!(matches!(
+        m.rename(NS, "/nope", "/dst/x", None, 3),
+        Err(MetaError::NotFound(_))
+    ));
+    assert!(matches!(
+        m.rename(NS, "/src", "/dst/src", Some("00"), 3),
+        Err(MetaError::PreconditionFailed(_))
+    ));
+    let same = m.rename(NS, "/src", "/src", None, 3).unwrap();
+    assert_eq!(same.etag, top.etag, "a move to where it is changes nothing");
+
+    let moved = m
+        .rename(NS, "/src", "/dst/renamed", Some(&top.etag), 4)
+        .unwrap();
+    assert_eq!(moved.id, top.id, "ids never change on a move");
+    assert_ne!(moved.etag, top.etag);
+    assert_eq!(m.stat(NS, "/dst/renamed/inner").unwrap().id, src.id);
+    assert_eq!(m.stat(NS, "/dst/renamed/inner/f").unwrap().id, f.id);
+    assert!(matches!(m.stat(NS, "/src"), Err(MetaError::NotFound(_))));
+    assert_eq!(m.stat(NS, "/dst").unwrap().tree_size, 10);
+    assert_eq!(m.stat(NS, "/").unwrap().tree_size, 10);
+    // Rename a file in place.
+    let r = m
+        .rename(NS, "/dst/renamed/inner/f", "/dst/renamed/inner/g", None, 5)
+        .unwrap();
+    assert_eq!((r.id, r.name.as_str()), (f.id, "g"));
+    assert!(matches!(
+        m.rename(NS, "/", "/x", None, 1),
+        Err(MetaError::InvalidPath { .. })
+    ));
+}
+
+#[test]
+fn deletes_and_tree_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    m.mkdir(NS, "/d/e/f", true, 1).unwrap();
+    m.upload(NS, "/d/e/f/1", &up(5, 1), &Precondition::None)
+        .unwrap();
+    m.upload(NS, "/d/2", &up(7, 1), &Precondition::None)
+        .unwrap();
+    m.mkdir(NS, "/empty", false, 1).unwrap();
+    assert_eq!(m.stat(NS, "/").unwrap().tree_size, 12);
+
+    assert!(matches!(
+        m.delete(NS, "/d", false, None, 2),
+        Err(MetaError::NotEmpty(_))
+    ));
+    m.delete(NS, "/empty", false, None, 2).unwrap();
+    let two = m.stat(NS, "/d/2").unwrap();
+    assert!(matches!(
+        m.delete(NS, "/d/2", false, Some("00"), 2),
+        Err(MetaError::PreconditionFailed(_))
+    ));
+    m.delete(NS, "/d/2", false, Some(&two.etag), 2).unwrap();
+    assert_eq!(m.stat(NS, "/d").unwrap().tree_size, 5);
+    m.delete(NS, "/d", true, None, 3).unwrap();
+    assert!(matches!(
+        m.stat(NS, "/d/e/f/1"),
+        Err(MetaError::NotFound(_))
+    ));
+    assert_eq!(m.stat(NS, "/").unwrap().tree_size, 0);
+    assert!(m.list(NS, "/", 100, None).unwrap().entries.is_empty());
+    assert!(matches!(
+        m.delete(NS, "/", true, None, 3),
+        Err(MetaError::InvalidPath { .. })
+    ));
+    assert!(matches!(
+        m.delete(NS, "/gone", false, None, 3),
+        Err(MetaError::NotFound(_))
+    ));
+    // Ids are never reused.
+    let again = m.mkdir(NS, "/d", false, 4).unwrap();
+    assert!(again.id > two.id);
+}
+
+#[test]
+fn etags_change_on_every_ancestor_and_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    m.mkdir(NS, "/a/b", true, 1).unwrap();
+    m.mkdir(NS, "/other", false, 1).unwrap();
+    let mut seen = HashSet::new();
+    let snap = |m: &MetaStore| ["/", "/a", "/a/b", "/other"].map(|p| m.stat(NS, p).unwrap().etag);
+    for i in 0..20 {
+        let before = snap(&m);
+        let f = m
+            .upload(NS, "/a/b/f", &up(i, i as i64), &Precondition::None)
+            .unwrap();
+        let after = snap(&m);
+        assert_ne!(before[0], after[0]);
+        assert_ne!(before[1], after[1]);
+        assert_ne!(before[2], after[2]);
+        assert_eq!(before[3], after[3], "an unrelated folder keeps its etag");
+        for e in after.iter().take(3).chain([&f.etag]) {
+            assert!(seen.insert(e.clone()), "etag {e} repeated");
+        }
+    }
+    // A failed operation changes no etag.
+    let before = snap(&m);
+    let _ = m.mkdir(NS, "/a", false, 1);
+    assert_eq!(before, snap(&m));
+}
+
+#[test]
+fn bad_paths_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    let long_name = format!("/{}", "n".repeat(256));
+    let long_path = "/abc".repeat(1025);
+    for (p, why) in [
+        ("", "not absolute"),
+        ("relative/x", "not absolute"),
+        ("/a//b", "empty component"),
+        ("/a/./b", ". or .."),
+        ("/a/../b", ". or .."),
+        ("/a\0b", "NUL"),
+        (long_name.as_str(), "longer than 255"),
+        (long_path.as_str(), "longer than 4096"),
+    ] {
+        match m.mkdir(NS, p, true, 1) {
+            Err(MetaError::InvalidPath { reason, .. }) => {
+                assert!(reason.contains(why), "{p:?}: {reason}")
+            }
+            other => panic!("{p:?}: {other:?}"),
+        }
+        assert!(matches!(m.stat(NS, p), Err(MetaError::InvalidPath { .. })));
+    }
+    assert_eq!(m.stat(NS, "/").unwrap().tree_size, 0);
+}
+
+#[test]
+fn a_namespace_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = tiny(dir.path(), 4 << 20);
+        c.max_key_bytes = 4200;
+        c.max_value_bytes = 2048;
+        c.page_bytes = 64 << 10;
+        c.segment_bytes = 256 << 10;
+        c.durability = Durability::Commit;
+        c
+    };
+    let (f, root) = {
+        let db = Db::open(cfg()).unwrap();
+        let m = MetaStore::open(&db).unwrap();
+        m.create_namespace(NS, 1).unwrap();
+        m.mkdir(NS, "/docs", false, 1).unwrap();
+        let f = m
+            .upload(NS, "/docs/r.txt", &up(3, 2), &Precondition::None)
+            .unwrap();
+        (f, m.stat(NS, "/").unwrap())
+    };
+    let db = Db::open(cfg()).unwrap();
+    let m = MetaStore::open(&db).unwrap();
+    assert_eq!(m.stat(NS, "/docs/r.txt").unwrap(), f);
+    assert_eq!(m.stat(NS, "/").unwrap(), root);
+    let g = m
+        .upload(NS, "/docs/s.txt", &up(1, 3), &Precondition::None)
+        .unwrap();
+    assert!(g.id > f.id, "ids go on after a reopen");
+    assert!(g.etag > root.etag, "etags go on after a reopen");
+}
