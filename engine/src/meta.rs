@@ -14,8 +14,11 @@
 //! to the entry and to each of its ancestors up to the root, in the same batch; tree size and
 //! tree mtime of every ancestor change with it.
 //!
-//! Not yet here (issue 4 goes on): attributes, the change feed and its watch, usage per
-//! namespace, and the model and concurrency tests and benchmarks the issue asks for.
+//! The change feed is the keyspace's change log filtered to a namespace's entry keys: a
+//! cursor is a revision, and a cursor older than the log's history is [`MetaError::CursorTooOld`].
+//!
+//! Not yet here (issue 4 goes on): the model and concurrency tests and the benchmarks the
+//! issue asks for.
 
 use crate::db::{Db, Keyspace, Tx};
 use crate::keyspace::{KeyspaceOptions, Range};
@@ -48,8 +51,37 @@ pub enum MetaError {
     PreconditionFailed(String),
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath { path: String, reason: String },
+    #[error("cursor {cursor} is too old: the change history starts after revision {oldest}; list the namespace again and follow changes from its revision")]
+    CursorTooOld { cursor: u64, oldest: u64 },
     #[error(transparent)]
     Engine(#[from] crate::Error),
+}
+
+/// One change of the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The entry was created or changed; its state after the change.
+    Upsert(MetaEntry),
+    /// The entry with this id was deleted.
+    Delete(u64),
+}
+
+/// A page of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangePage {
+    /// (revision, change), in revision order.
+    pub changes: Vec<(u64, Change)>,
+    /// The cursor to pass next (the last revision read).
+    pub cursor: u64,
+}
+
+/// A namespace's totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Total size of its files (the root's tree size).
+    pub bytes: u64,
+    /// The revision the figure is from.
+    pub revision: u64,
 }
 
 pub type MetaResult<T> = std::result::Result<T, MetaError>;
@@ -82,6 +114,8 @@ pub struct MetaEntry {
     pub tree_size: u64,
     /// The newest mtime below a folder (or of the folder itself).
     pub tree_mtime: i64,
+    /// Arbitrary attributes, by name.
+    pub attrs: std::collections::BTreeMap<String, String>,
 }
 
 /// What a committed upload says about a file.
@@ -200,6 +234,11 @@ fn encode(e: &MetaEntry) -> Vec<u8> {
     put_str(&mut out, &e.checksum.0);
     put_str(&mut out, &e.checksum.1);
     put_str(&mut out, &e.mime);
+    out.extend_from_slice(&(e.attrs.len() as u32).to_le_bytes());
+    for (k, v) in &e.attrs {
+        put_str(&mut out, k);
+        put_str(&mut out, v);
+    }
     out
 }
 
@@ -231,6 +270,17 @@ fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
     let alg = s()?;
     let sum = s()?;
     let mime = s()?;
+    drop(s);
+    let mut attrs = std::collections::BTreeMap::new();
+    let n = r.u32().ok_or_else(bad)?;
+    for _ in 0..n {
+        let mut s = || -> MetaResult<String> {
+            let n = r.u32().ok_or_else(bad)? as usize;
+            String::from_utf8(r.bytes(n).ok_or_else(bad)?.to_vec()).map_err(|_| bad())
+        };
+        let k = s()?;
+        attrs.insert(k, s()?);
+    }
     Ok(MetaEntry {
         id,
         parent,
@@ -243,6 +293,7 @@ fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
         mime,
         tree_size,
         tree_mtime,
+        attrs,
     })
 }
 
@@ -378,10 +429,94 @@ fn folder(id: u64, parent: u64, name: &str, mtime: i64, etag: String) -> MetaEnt
         mime: String::new(),
         tree_size: 0,
         tree_mtime: mtime,
+        attrs: Default::default(),
     }
 }
 
 impl MetaStore {
+    /// Set (`Some`) or remove (`None`) attributes of the entry at `path`.
+    pub fn set_attrs(
+        &self,
+        ns: u64,
+        path: &str,
+        attrs: &[(&str, Option<&str>)],
+        mtime: i64,
+    ) -> MetaResult<MetaEntry> {
+        let parts = parse_path(path)?;
+        self.atomic(ns, |op| {
+            let mut e = op.resolve(path, &parts)?;
+            let before = e.attrs.clone();
+            for (k, v) in attrs {
+                match v {
+                    Some(v) => e.attrs.insert((*k).into(), (*v).into()),
+                    None => e.attrs.remove(*k),
+                };
+            }
+            if e.attrs == before {
+                return Ok(e); // nothing changed: etags stay
+            }
+            let id = e.id;
+            op.save(e);
+            op.touch_up(id, 0, mtime)?;
+            op.entry(id)
+        })
+    }
+
+    /// The namespace's total file size.
+    pub fn usage(&self, ns: u64) -> MetaResult<Usage> {
+        let revision = self.ks.revision();
+        let root = self.stat(ns, "/")?;
+        Ok(Usage {
+            bytes: root.tree_size,
+            revision,
+        })
+    }
+
+    /// The keyspace's current revision: a cursor from which [`MetaStore::changes`] returns
+    /// every later change.
+    pub fn cursor(&self) -> u64 {
+        self.ks.revision()
+    }
+
+    /// Changes to namespace `ns` after `cursor`, from at most `max_revisions` revisions,
+    /// waiting up to `wait` for the first (zero: return at once). Deleting a folder
+    /// recursively shows as one delete per entry below it.
+    pub fn changes(
+        &self,
+        ns: u64,
+        cursor: u64,
+        max_revisions: usize,
+        wait: std::time::Duration,
+    ) -> MetaResult<ChangePage> {
+        let mut lo = ns.to_be_bytes().to_vec();
+        lo.push(1);
+        let mut hi = ns.to_be_bytes().to_vec();
+        hi.push(2);
+        let too_old = |e| match e {
+            crate::Error::Compacted { requested, oldest } => MetaError::CursorTooOld {
+                cursor: requested,
+                oldest,
+            },
+            e => MetaError::Engine(e),
+        };
+        let mut w = self.ks.watch(&lo, Some(&hi), cursor).map_err(too_old)?;
+        let events = w.next(wait, max_revisions).map_err(too_old)?;
+        let mut changes = Vec::with_capacity(events.len());
+        for e in events {
+            let change = match e.kind {
+                crate::EventKind::Put => Change::Upsert(decode(&e.value)?),
+                crate::EventKind::Delete => Change::Delete(u64::from_be_bytes(
+                    e.key[9..17].try_into().unwrap_or([0; 8]),
+                )),
+            };
+            changes.push((e.mod_revision, change));
+        }
+        Ok(ChangePage {
+            changes,
+            cursor: w.revision(),
+        })
+    }
+
     /// The metadata store of `db` (its keyspace `meta`, created if missing).
     pub fn open(db: &Db) -> MetaResult<MetaStore> {
         let ks = db.keyspace("meta", KeyspaceOptions::ordered().partition_prefix(8))?;
@@ -641,6 +776,10 @@ impl MetaStore {
                 mime: up.mime.clone(),
                 tree_size: up.size,
                 tree_mtime: up.mtime,
+                attrs: existing
+                    .as_ref()
+                    .map(|e| e.attrs.clone())
+                    .unwrap_or_default(),
             });
             op.touch_up(parent.id, up.size as i64 - old_size as i64, up.mtime)?;
             op.entry(id)

@@ -362,3 +362,109 @@ fn a_namespace_survives_reopen() {
     assert!(g.id > f.id, "ids go on after a reopen");
     assert!(g.etag > root.etag, "etags go on after a reopen");
 }
+
+#[test]
+fn attributes_usage_and_the_change_feed() {
+    use std::time::Duration;
+    use tera_engine::meta::Change;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    let start = m.cursor();
+    m.mkdir(NS, "/p", false, 1).unwrap();
+    let f = m
+        .upload(NS, "/p/f", &up(9, 2), &Precondition::None)
+        .unwrap();
+    let tagged = m
+        .set_attrs(NS, "/p/f", &[("color", Some("red")), ("x", Some("1"))], 3)
+        .unwrap();
+    assert_eq!(tagged.attrs.get("color").map(String::as_str), Some("red"));
+    assert_ne!(tagged.etag, f.etag);
+    let same = m
+        .set_attrs(NS, "/p/f", &[("color", Some("red"))], 4)
+        .unwrap();
+    assert_eq!(
+        same.etag, tagged.etag,
+        "setting what is there changes nothing"
+    );
+    let untagged = m.set_attrs(NS, "/p/f", &[("x", None)], 5).unwrap();
+    assert!(!untagged.attrs.contains_key("x"));
+    let kept = m
+        .upload(NS, "/p/f", &up(4, 6), &Precondition::None)
+        .unwrap();
+    assert_eq!(kept.attrs, untagged.attrs, "an overwrite keeps attributes");
+    assert_eq!(m.usage(NS).unwrap().bytes, 4);
+
+    // Another namespace's changes stay out of this one's feed.
+    m.create_namespace(NS + 1, 1).unwrap();
+    m.mkdir(NS + 1, "/other", false, 1).unwrap();
+    m.delete(NS, "/p", true, None, 7).unwrap();
+
+    // Read the feed a revision at a time and rebuild the namespace from it.
+    let mut cursor = start;
+    let mut live = std::collections::BTreeMap::new();
+    let mut pages = 0;
+    loop {
+        let page = m.changes(NS, cursor, 1, Duration::ZERO).unwrap();
+        if page.cursor == cursor {
+            break;
+        }
+        pages += 1;
+        for (_, c) in page.changes {
+            match c {
+                Change::Upsert(e) => {
+                    assert!(e.name != "other", "a change of another namespace");
+                    live.insert(e.id, e);
+                }
+                Change::Delete(id) => {
+                    live.remove(&id);
+                }
+            }
+        }
+        cursor = page.cursor;
+    }
+    assert!(pages >= 7);
+    let names: Vec<_> = live.values().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![""],
+        "only the root is left, as in the namespace"
+    );
+    assert_eq!(live[&tera_engine::meta::ROOT_ID], m.stat(NS, "/").unwrap());
+
+    // Waiting for the next change.
+    let now = m.cursor();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            m.mkdir(NS, "/later", false, 8).unwrap();
+        });
+        let page = m.changes(NS, now, 10, Duration::from_secs(10)).unwrap();
+        assert!(page
+            .changes
+            .iter()
+            .any(|(_, c)| matches!(c, Change::Upsert(e) if e.name == "later")));
+    });
+}
+
+#[test]
+fn a_cursor_older_than_the_history_is_too_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny(dir.path(), 4 << 20);
+    c.max_key_bytes = 4200;
+    c.max_value_bytes = 2048;
+    c.page_bytes = 64 << 10;
+    c.segment_bytes = 256 << 10;
+    c.changelog_bytes = 32 << 10;
+    let db = Db::open(c).unwrap();
+    let m = MetaStore::open(&db).unwrap();
+    m.create_namespace(NS, 1).unwrap();
+    let start = m.cursor();
+    for i in 0..300 {
+        m.upload(NS, &format!("/f{i}"), &up(i, i as i64), &Precondition::None)
+            .unwrap();
+    }
+    match m.changes(NS, start, 10, std::time::Duration::ZERO) {
+        Err(MetaError::CursorTooOld { cursor, oldest }) => assert!(cursor < oldest),
+        other => panic!("expected CursorTooOld, got {other:?}"),
+    }
+}
