@@ -468,3 +468,96 @@ fn a_cursor_older_than_the_history_is_too_old() {
         other => panic!("expected CursorTooOld, got {other:?}"),
     }
 }
+
+/// Sum of file sizes below `path`, checking every folder's tree size on the way.
+fn check_tree(m: &MetaStore, path: &str) -> u64 {
+    let e = m.stat(NS, path).unwrap();
+    if e.kind == Kind::File {
+        return e.size;
+    }
+    let mut sum = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = m.list(NS, path, 100, after.as_deref()).unwrap();
+        for c in &page.entries {
+            let child = if path == "/" {
+                format!("/{}", c.name)
+            } else {
+                format!("{path}/{}", c.name)
+            };
+            assert_eq!(c.parent, e.id);
+            sum += check_tree(m, &child);
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(e.tree_size, sum, "tree size of {path}");
+    sum
+}
+
+#[test]
+fn concurrent_writers_lose_no_update_and_keep_the_invariants() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    m.upload(NS, "/counter", &up(0, 0), &Precondition::None)
+        .unwrap();
+    let threads = 8;
+    let per = 60;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let m = &m;
+            s.spawn(move || {
+                let home = format!("/t{t}");
+                m.mkdir(NS, &home, false, 1).unwrap();
+                for i in 0..per {
+                    // A compare-and-set increment of the shared counter: retried until it
+                    // wins, never lost.
+                    loop {
+                        let cur = m.stat(NS, "/counter").unwrap();
+                        match m.upload(
+                            NS,
+                            "/counter",
+                            &up(cur.size + 1, i),
+                            &Precondition::IfMatch(cur.etag),
+                        ) {
+                            Ok(_) => break,
+                            Err(MetaError::PreconditionFailed(_)) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    // Own files and folders: upload, move, delete.
+                    let f = format!("{home}/f{i}");
+                    m.upload(NS, &f, &up(i as u64 + 1, i), &Precondition::None)
+                        .unwrap();
+                    if i % 3 == 0 {
+                        m.mkdir(NS, &format!("{home}/d{i}"), false, i).unwrap();
+                        m.rename(NS, &f, &format!("{home}/d{i}/moved"), None, i)
+                            .unwrap();
+                    }
+                    if i % 5 == 0 && i > 0 {
+                        let _ = m.delete(NS, &format!("{home}/f{}", i - 1), false, None, i);
+                    }
+                    if i % 12 == 6 {
+                        m.rename(
+                            NS,
+                            &format!("{home}/d{}", i - 6),
+                            &format!("/t{t}/d{i}/inner"),
+                            None,
+                            i,
+                        )
+                        .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        m.stat(NS, "/counter").unwrap().size,
+        (threads * per) as u64,
+        "no lost update"
+    );
+    let total = check_tree(&m, "/");
+    assert_eq!(total, m.usage(NS).unwrap().bytes);
+}
