@@ -217,8 +217,9 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// An entry's stored form: `id, parent, kind u8, size, mtime, etag counter, tree_size,
-/// tree_mtime` (u64/i64 little-endian), then `name, checksum algorithm, checksum, mime` as
-/// length-prefixed strings.
+/// tree_mtime` (u64/i64 little-endian), then as length-prefixed strings `name, checksum
+/// algorithm, checksum, mime`, then the number of attributes (`u32`) and each attribute's
+/// name and value as length-prefixed strings.
 fn encode(e: &MetaEntry) -> Vec<u8> {
     let mut out = Vec::with_capacity(80 + e.name.len() + e.mime.len());
     out.extend_from_slice(&e.id.to_le_bytes());
@@ -242,6 +243,11 @@ fn encode(e: &MetaEntry) -> Vec<u8> {
     out
 }
 
+fn read_str(r: &mut crate::durable::Reader<'_>) -> Option<String> {
+    let n = r.u32()? as usize;
+    String::from_utf8(r.bytes(n)?.to_vec()).ok()
+}
+
 fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
     let bad = || {
         MetaError::Engine(crate::Error::Keyspace {
@@ -262,24 +268,14 @@ fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
     let etag = r.u64().ok_or_else(bad)?;
     let tree_size = r.u64().ok_or_else(bad)?;
     let tree_mtime = r.u64().ok_or_else(bad)? as i64;
-    let mut s = || -> MetaResult<String> {
-        let n = r.u32().ok_or_else(bad)? as usize;
-        String::from_utf8(r.bytes(n).ok_or_else(bad)?.to_vec()).map_err(|_| bad())
-    };
-    let name = s()?;
-    let alg = s()?;
-    let sum = s()?;
-    let mime = s()?;
-    drop(s);
+    let name = read_str(&mut r).ok_or_else(bad)?;
+    let alg = read_str(&mut r).ok_or_else(bad)?;
+    let sum = read_str(&mut r).ok_or_else(bad)?;
+    let mime = read_str(&mut r).ok_or_else(bad)?;
     let mut attrs = std::collections::BTreeMap::new();
-    let n = r.u32().ok_or_else(bad)?;
-    for _ in 0..n {
-        let mut s = || -> MetaResult<String> {
-            let n = r.u32().ok_or_else(bad)? as usize;
-            String::from_utf8(r.bytes(n).ok_or_else(bad)?.to_vec()).map_err(|_| bad())
-        };
-        let k = s()?;
-        attrs.insert(k, s()?);
+    for _ in 0..r.u32().ok_or_else(bad)? {
+        let k = read_str(&mut r).ok_or_else(bad)?;
+        attrs.insert(k, read_str(&mut r).ok_or_else(bad)?);
     }
     Ok(MetaEntry {
         id,
