@@ -1,16 +1,38 @@
 //! `metabench`: figures of the metadata model (`tera_engine::meta`).
 //!
-//! `bigfolder` fills one folder with N files, lists it page by page, and times moving it (N
-//! descendants) against moving an empty folder: a move is a relink, so both should take about
-//! as long. One JSON object on stdout, a summary on stderr. No latency emulation.
+//! - `bigfolder` fills one folder with N files, lists it page by page, and times moving it (N
+//!   descendants) against moving an empty folder: a move is a relink, so both should take
+//!   about as long.
+//! - `throughput` fills namespaces of folders of files, then runs each operation (stat, list
+//!   of a folder, create folder, commit upload, move) alone from 1, 2, ... threads for a fixed
+//!   time, on random namespaces: ops/s and latency percentiles.
+//!
+//! One JSON object per figure on stdout, a summary on stderr. The far-tier latency is
+//! emulated only when `--far-ns` says so, and the JSON says which.
 
-use clap::Parser;
-use std::time::Instant;
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 use tera_engine::meta::{MetaStore, Precondition, Upload};
 use tera_engine::{Config, Db};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Metadata model figures for Teraservices")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One folder of many children: listing and moving it.
+    Bigfolder(Args),
+    /// Operation throughput over many namespaces.
+    Throughput(Tp),
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Files in the big folder.
     #[arg(long, default_value_t = 1_000_000)]
@@ -23,8 +45,214 @@ struct Args {
     budget_mib: u64,
 }
 
+#[derive(clap::Args, Debug)]
+struct Tp {
+    #[arg(long, default_value_t = 1000)]
+    namespaces: u64,
+    /// Folders per namespace.
+    #[arg(long, default_value_t = 100)]
+    folders: u64,
+    /// Files per folder.
+    #[arg(long, default_value_t = 99)]
+    files: u64,
+    /// Thread counts to run each operation with.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Seconds per operation and thread count.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// DRAM budget, MiB.
+    #[arg(long, default_value_t = 8192)]
+    budget_mib: u64,
+    /// Emulated far-tier latency per record read, ns (0: none).
+    #[arg(long, default_value_t = 0)]
+    far_ns: u64,
+}
+
 fn main() {
-    let a = Args::parse();
+    match Cli::parse().cmd {
+        Cmd::Bigfolder(a) => bigfolder(a),
+        Cmd::Throughput(t) => throughput(t),
+    }
+}
+
+fn throughput(a: Tp) {
+    let dir = tempfile::Builder::new()
+        .prefix("metabench-")
+        .tempdir()
+        .expect("temp dir");
+    let mut c = Config::new(dir.path());
+    c.dram_budget_bytes = a.budget_mib << 20;
+    c.max_key_bytes = 4200;
+    c.max_value_bytes = 16 << 10;
+    c.changelog_bytes = 16 << 20;
+    c.far_latency_ns = a.far_ns;
+    let db = Db::open(c).expect("open");
+    let m = MetaStore::open(&db).expect("meta");
+    let up = |i: u64| Upload {
+        size: 1000 + i % 1000,
+        mtime: i as i64,
+        checksum: ("sha256".into(), format!("{i:064x}")),
+        mime: "application/octet-stream".into(),
+    };
+    // Fill: namespaces split over the threads of the largest count.
+    let t = Instant::now();
+    let fillers = a.threads.iter().copied().max().unwrap_or(1);
+    std::thread::scope(|s| {
+        for f in 0..fillers as u64 {
+            let (m, a, up) = (&m, &a, &up);
+            s.spawn(move || {
+                for ns in (f..a.namespaces).step_by(fillers) {
+                    m.create_namespace(ns, 0).expect("namespace");
+                    m.mkdir(ns, "/new", false, 0).expect("mkdir");
+                    m.mkdir(ns, "/mv", false, 0).expect("mkdir");
+                    for d in 0..a.folders {
+                        m.mkdir(ns, &format!("/d{d:04}"), false, 0).expect("mkdir");
+                        for i in 0..a.files {
+                            m.upload(
+                                ns,
+                                &format!("/d{d:04}/f{i:04}"),
+                                &up(i),
+                                &Precondition::None,
+                            )
+                            .expect("upload");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let entries = a.namespaces * a.folders * (a.files + 1);
+    let st = db.stats();
+    eprintln!(
+        "filled {entries} entries over {} namespaces in {:.1}s; DRAM used {:.0} MiB of {} MiB (index {:.0}, ordered index {:.0}), far records {}",
+        a.namespaces,
+        t.elapsed().as_secs_f64(),
+        st.dram_used_bytes as f64 / (1 << 20) as f64,
+        a.budget_mib,
+        st.index_bytes as f64 / (1 << 20) as f64,
+        st.ordered_index_bytes as f64 / (1 << 20) as f64,
+        st.far.records
+    );
+    let next_dir = AtomicU64::new(0);
+    for op in ["stat", "list", "mkdir", "upload", "move"] {
+        for &threads in &a.threads {
+            let stop = AtomicBool::new(false);
+            let before = db.stats();
+            let t = Instant::now();
+            let hists: Vec<(u64, Histogram<u64>)> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..threads as u64)
+                    .map(|th| {
+                        let (m, a, stop, next_dir, up) = (&m, &a, &stop, &next_dir, &up);
+                        s.spawn(move || {
+                            let mut h =
+                                Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+                            let mut x = 0x9e37_79b9_7f4a_7c15u64
+                                ^ (th + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                            let mut n = 0u64;
+                            let mut flip = false;
+                            while !stop.load(Relaxed) {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                let ns = x % a.namespaces;
+                                let d = (x >> 20) % a.folders;
+                                let f = (x >> 40) % a.files;
+                                let t0 = Instant::now();
+                                match op {
+                                    "stat" => {
+                                        m.stat(ns, &format!("/d{d:04}/f{f:04}")).expect("stat");
+                                    }
+                                    "list" => {
+                                        let p = m
+                                            .list(ns, &format!("/d{d:04}"), 100, None)
+                                            .expect("list");
+                                        assert_eq!(p.entries.len() as u64, a.files.min(100));
+                                    }
+                                    "mkdir" => {
+                                        let i = next_dir.fetch_add(1, Relaxed);
+                                        m.mkdir(ns, &format!("/new/n{i}"), false, 1)
+                                            .expect("mkdir");
+                                    }
+                                    "upload" => {
+                                        m.upload(
+                                            ns,
+                                            &format!("/d{d:04}/f{f:04}"),
+                                            &up(n),
+                                            &Precondition::None,
+                                        )
+                                        .expect("upload");
+                                    }
+                                    _ => {
+                                        // Each thread moves its own file back and forth in
+                                        // namespace `ns`, creating it on first use.
+                                        let (a_, b_) =
+                                            (format!("/mv/t{th}-a"), format!("/mv/t{th}-b"));
+                                        let (from, to) = if flip { (&b_, &a_) } else { (&a_, &b_) };
+                                        match m.rename(ns, from, to, None, 1) {
+                                            Ok(_) => {}
+                                            Err(tera_engine::meta::MetaError::NotFound(_)) => {
+                                                let _ =
+                                                    m.upload(ns, from, &up(0), &Precondition::None);
+                                                let _ = m.delete(ns, to, false, None, 1);
+                                            }
+                                            Err(tera_engine::meta::MetaError::AlreadyExists(_)) => {
+                                                let _ = m.delete(ns, to, false, None, 1);
+                                            }
+                                            Err(e) => panic!("move: {e}"),
+                                        }
+                                        flip = !flip;
+                                    }
+                                }
+                                let _ = h.record(t0.elapsed().as_nanos().max(1) as u64);
+                                n += 1;
+                            }
+                            (n, h)
+                        })
+                    })
+                    .collect();
+                std::thread::sleep(Duration::from_secs_f64(a.seconds));
+                stop.store(true, Relaxed);
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let secs = t.elapsed().as_secs_f64();
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+            let mut n = 0;
+            for (k, x) in hists {
+                n += k;
+                h.add(x).unwrap();
+            }
+            let after = db.stats();
+            let hit = after.dram_hit_ratio_since(&before);
+            eprintln!(
+                "{op:<7} {threads} threads: {:>9.0} ops/s  p50 {:>7.1} µs  p99 {:>8.1} µs  DRAM hit {hit:.3}",
+                n as f64 / secs,
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3
+            );
+            println!(
+                "{}",
+                serde_json::json!({
+                    "bench": "meta-throughput",
+                    "op": op,
+                    "threads": threads,
+                    "ops_per_sec": (n as f64 / secs).round(),
+                    "p50_ns": h.value_at_quantile(0.5),
+                    "p99_ns": h.value_at_quantile(0.99),
+                    "dram_hit_ratio": (hit * 10000.0).round() / 10000.0,
+                    "entries": entries,
+                    "namespaces": a.namespaces,
+                    "dram_budget_bytes": a.budget_mib << 20,
+                    "dram_used_bytes": after.dram_used_bytes,
+                    "far_ns": a.far_ns,
+                    "far_latency": if a.far_ns > 0 { "emulated" } else { "none" },
+                })
+            );
+        }
+    }
+}
+
+fn bigfolder(a: Args) {
     let dir = tempfile::Builder::new()
         .prefix("metabench-")
         .tempdir()
