@@ -99,6 +99,16 @@ impl State {
         });
     }
 
+    /// Append the held changes that now follow in revision order.
+    fn append_held(&mut self) {
+        while let Some((lsn, b)) = {
+            let n = self.next();
+            self.pending.remove(&n)
+        } {
+            self.append(lsn, &b);
+        }
+    }
+
     fn pop(&mut self) {
         if let Some(e) = self.index.pop_front() {
             self.ring.drain(..e.len as usize);
@@ -244,12 +254,7 @@ impl Changelog {
             st.pending.insert(rev, (change.lsn, bytes));
         } else {
             st.append(change.lsn, &bytes);
-            while let Some((lsn, b)) = {
-                let n = st.next();
-                st.pending.remove(&n)
-            } {
-                st.append(lsn, &b);
-            }
+            st.append_held();
         }
         // Drop the oldest changes while all change logs are over their limit. A ring whose
         // content shrank a lot gives memory back.
@@ -277,12 +282,7 @@ impl Changelog {
             st.first = rev + 1;
             st.pending = st.pending.split_off(&(rev + 1));
         }
-        while let Some((lsn, b)) = {
-            let n = st.next();
-            st.pending.remove(&n)
-        } {
-            st.append(lsn, &b);
-        }
+        st.append_held();
         self.recharge(&mut st);
     }
 

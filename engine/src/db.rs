@@ -13,7 +13,9 @@
 
 use crate::changelog::{Change, Changelog, Event, EventKind, Visible, Watcher};
 use crate::config::{Config, Durability};
-use crate::durable::{encode_batch, encode_keyspace, KeyspaceDef, LoggedOp};
+use crate::durable::{
+    encode_keyspace, finish_batch, push_delete, push_put, start_batch, KeyspaceDef,
+};
 use crate::error::{Error, Result};
 use crate::far::Storage;
 use crate::hash::{hash_key, partition_of};
@@ -934,15 +936,16 @@ impl Inner {
         }
         let lsn = match &self.wal {
             Some(wal) => {
-                let ops: Vec<LoggedOp> = events
-                    .iter()
-                    .map(|e| LoggedOp {
-                        key: e.key.clone(),
-                        put: (e.kind == EventKind::Put)
-                            .then(|| (e.create_revision, e.version, e.value.clone())),
-                    })
-                    .collect();
-                encode_batch(ks.id, rev, &ops, &mut scratch);
+                start_batch(ks.id, rev, &mut scratch);
+                for e in &events {
+                    match e.kind {
+                        EventKind::Put => {
+                            push_put(&mut scratch, &e.key, e.create_revision, e.version, &e.value)
+                        }
+                        EventKind::Delete => push_delete(&mut scratch, &e.key),
+                    }
+                }
+                finish_batch(&mut scratch, events.len() as u32);
                 wal.append(&scratch)
             }
             None => 0,

@@ -60,34 +60,8 @@ pub(crate) enum LogRecord {
     Keyspace(KeyspaceDef),
 }
 
-pub(crate) fn encode_batch(ks: u16, rev: u64, ops: &[LoggedOp], out: &mut Vec<u8>) {
-    out.clear();
-    out.push(REC_BATCH);
-    out.extend_from_slice(&ks.to_le_bytes());
-    out.extend_from_slice(&rev.to_le_bytes());
-    out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
-    for op in ops {
-        match &op.put {
-            Some((create, version, value)) => {
-                out.push(OP_PUT);
-                out.extend_from_slice(&(op.key.len() as u32).to_le_bytes());
-                out.extend_from_slice(&op.key);
-                out.extend_from_slice(&create.to_le_bytes());
-                out.extend_from_slice(&version.to_le_bytes());
-                out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-                out.extend_from_slice(value);
-            }
-            None => {
-                out.push(OP_DELETE);
-                out.extend_from_slice(&(op.key.len() as u32).to_le_bytes());
-                out.extend_from_slice(&op.key);
-            }
-        }
-    }
-}
-
-/// Start a batch payload whose ops are added with [`push_put`]; [`finish_batch`] writes the
-/// count.
+/// Start a batch payload whose ops are added with [`push_put`] and [`push_delete`];
+/// [`finish_batch`] writes the count.
 pub(crate) fn start_batch(ks: u16, rev: u64, out: &mut Vec<u8>) {
     out.clear();
     out.push(REC_BATCH);
@@ -104,6 +78,12 @@ pub(crate) fn push_put(out: &mut Vec<u8>, key: &[u8], create: u64, version: u64,
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(value.len() as u32).to_le_bytes());
     out.extend_from_slice(value);
+}
+
+pub(crate) fn push_delete(out: &mut Vec<u8>, key: &[u8]) {
+    out.push(OP_DELETE);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key);
 }
 
 pub(crate) fn finish_batch(out: &mut [u8], n: u32) {
@@ -274,6 +254,17 @@ pub(crate) fn parse_ckpt_name(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode_batch(ks: u16, rev: u64, ops: &[LoggedOp], out: &mut Vec<u8>) {
+        start_batch(ks, rev, out);
+        for op in ops {
+            match &op.put {
+                Some((create, version, value)) => push_put(out, &op.key, *create, *version, value),
+                None => push_delete(out, &op.key),
+            }
+        }
+        finish_batch(out, ops.len() as u32);
+    }
 
     #[test]
     fn log_records_round_trip() {

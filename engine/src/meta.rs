@@ -412,6 +412,17 @@ impl<'a, 'b> Op<'a, 'b> {
     }
 }
 
+/// With `if_match`, the entry at `path` must carry that etag.
+fn if_match_etag(path: &str, e: &MetaEntry, if_match: Option<&str>) -> MetaResult<()> {
+    match if_match {
+        Some(t) if e.etag != t => Err(MetaError::PreconditionFailed(format!(
+            "{path} has etag {}, not {t}",
+            e.etag
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn folder(id: u64, parent: u64, name: &str, mtime: i64, etag: String) -> MetaEntry {
     MetaEntry {
         id,
@@ -728,12 +739,7 @@ impl MetaStore {
                 None => None,
             };
             match (pre, &existing) {
-                (Precondition::IfMatch(t), Some(e)) if &e.etag != t => {
-                    return Err(MetaError::PreconditionFailed(format!(
-                        "{path} has etag {}, not {t}",
-                        e.etag
-                    )))
-                }
+                (Precondition::IfMatch(t), Some(e)) => if_match_etag(path, e, Some(t))?,
                 (Precondition::IfMatch(t), None) => {
                     return Err(MetaError::PreconditionFailed(format!(
                         "{path} does not exist (If-Match {t})"
@@ -812,14 +818,7 @@ impl MetaStore {
         }
         self.atomic(ns, |op| {
             let e = op.resolve(from, &src)?;
-            if let Some(t) = if_match {
-                if e.etag != t {
-                    return Err(MetaError::PreconditionFailed(format!(
-                        "{from} has etag {}, not {t}",
-                        e.etag
-                    )));
-                }
-            }
+            if_match_etag(from, &e, if_match)?;
             let target = op.resolve(to, new_dir).map_err(|err| match err {
                 MetaError::NotFound(_) => {
                     MetaError::NotFound(format!("/{} (the target folder)", new_dir.join("/")))
@@ -872,14 +871,7 @@ impl MetaStore {
         }
         self.atomic(ns, |op| {
             let e = op.resolve(path, &parts)?;
-            if let Some(t) = if_match {
-                if e.etag != t {
-                    return Err(MetaError::PreconditionFailed(format!(
-                        "{path} has etag {}, not {t}",
-                        e.etag
-                    )));
-                }
-            }
+            if_match_etag(path, &e, if_match)?;
             if e.kind == Kind::Folder {
                 let prefix = child_key(ns, e.id, "");
                 let any = op.tx.range(&Range::prefix(&prefix).limit(1))?;

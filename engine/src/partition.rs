@@ -1291,6 +1291,13 @@ impl Partition {
             }
         }
         let new = table.rebuilt(1, |a| self.locked_hash_len(st, a).map(|(h, _)| h))?;
+        self.install_table(st, new);
+        Ok(())
+    }
+
+    /// Lock held: make `new` the index table (bound to the home node) and retire the old one
+    /// until no reader can be in it.
+    fn install_table(&self, st: &mut State, new: Box<Table>) {
         let (p, n) = new.memory();
         bind_inner(p, n, self.node);
         let old = self.index.swap(new);
@@ -1298,7 +1305,6 @@ impl Partition {
         st.retired_index_bytes += old.bytes();
         let e = epoch().advance();
         st.retired.push_back((e, Retired::Table(old)));
-        Ok(())
     }
 
     /// Before recovery loads about `keys` keys into this (empty) partition: size the index for
@@ -1313,14 +1319,7 @@ impl Partition {
         if table.buckets() >= want || table.live() > 0 {
             return Ok(());
         }
-        let new = Table::with_buckets(want);
-        let (p, n) = new.memory();
-        bind_inner(p, n, self.node);
-        let old = self.index.swap(new);
-        st.index_generation += 1;
-        st.retired_index_bytes += old.bytes();
-        let e = epoch().advance();
-        st.retired.push_back((e, Retired::Table(old)));
+        self.install_table(&mut st, Table::with_buckets(want));
         self.reclaim(&mut st);
         let q = self.quota(&st);
         if q < MIN_FRAMES {
@@ -1542,8 +1541,7 @@ impl Locked<'_> {
         buf: &mut Vec<u8>,
         spans: &mut Vec<(u32, u32, u32)>,
     ) {
-        if matches!((lo, hi), (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) if a > b)
-        {
+        if inverted(lo, hi) {
             return;
         }
         let (lo, hi) = (ord_bound(lo), ord_bound(hi));
@@ -1624,8 +1622,7 @@ impl Locked<'_> {
 
     /// Keys of the ordered index in `lo..hi`.
     pub(crate) fn count(&self, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> usize {
-        if matches!((lo, hi), (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) if a > b)
-        {
+        if inverted(lo, hi) {
             return 0;
         }
         let (lo, hi) = (ord_bound(lo), ord_bound(hi));
@@ -1686,6 +1683,12 @@ impl Locked<'_> {
         let table = unsafe { p.index.table() };
         Ok(table.find(hash, |a| p.locked_is_key(a, key))?.is_some())
     }
+}
+
+/// Whether `lo..hi` is a range whose start lies past its end (`BTreeSet::range` panics on
+/// those; they hold nothing).
+fn inverted(lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
+    matches!((lo, hi), (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) if a > b)
 }
 
 /// A key in the ordered index: its first [`ORD_INLINE`] bytes inline, so that a B-tree

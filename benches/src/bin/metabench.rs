@@ -76,18 +76,24 @@ fn main() {
     }
 }
 
-fn throughput(a: Tp) {
+/// A fresh database in a temporary directory (kept while the returned guard lives).
+fn open(budget_mib: u64, far_ns: u64) -> (tempfile::TempDir, Db) {
     let dir = tempfile::Builder::new()
         .prefix("metabench-")
         .tempdir()
         .expect("temp dir");
     let mut c = Config::new(dir.path());
-    c.dram_budget_bytes = a.budget_mib << 20;
+    c.dram_budget_bytes = budget_mib << 20;
     c.max_key_bytes = 4200;
     c.max_value_bytes = 16 << 10;
     c.changelog_bytes = 16 << 20;
-    c.far_latency_ns = a.far_ns;
+    c.far_latency_ns = far_ns;
     let db = Db::open(c).expect("open");
+    (dir, db)
+}
+
+fn throughput(a: Tp) {
+    let (_dir, db) = open(a.budget_mib, a.far_ns);
     let m = MetaStore::open(&db).expect("meta");
     let up = |i: u64| Upload {
         size: 1000 + i % 1000,
@@ -253,16 +259,7 @@ fn throughput(a: Tp) {
 }
 
 fn bigfolder(a: Args) {
-    let dir = tempfile::Builder::new()
-        .prefix("metabench-")
-        .tempdir()
-        .expect("temp dir");
-    let mut c = Config::new(dir.path());
-    c.dram_budget_bytes = a.budget_mib << 20;
-    c.max_key_bytes = 4200;
-    c.max_value_bytes = 16 << 10;
-    c.changelog_bytes = 16 << 20;
-    let db = Db::open(c).expect("open");
+    let (_dir, db) = open(a.budget_mib, 0);
     let m = MetaStore::open(&db).expect("meta");
     let ns = 1;
     m.create_namespace(ns, 0).expect("namespace");
