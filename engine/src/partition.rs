@@ -837,15 +837,29 @@ impl Partition {
         }
         let frame = match self.take_frame(st) {
             Ok(f) => f,
-            Err(_) if demote > 0 => {
-                // No frame left beside the pages being demoted (the quota shrank): send the
-                // records meant for readmission far too, release the pages, and wait for one
-                // of their frames.
-                self.readmitted_to_far(st)?;
-                self.release_pages(st, demote);
-                return self.install_page(st, next, None);
+            Err(e) => {
+                // No frame left: the quota shrank (while draining, the far segment table or
+                // the change logs grew). Send the records meant for readmission far too,
+                // release the drained pages, and demote more of the oldest pages, one at a
+                // time, until a frame comes free.
+                if demote > 0 {
+                    self.readmitted_to_far(st)?;
+                    self.release_pages(st, demote);
+                }
+                loop {
+                    match self.take_frame(st) {
+                        Ok(f) => return self.install_page(st, next, Some(f)),
+                        Err(e2) => {
+                            let head = self.head.load(Relaxed);
+                            if head >= next {
+                                return Err(if demote > 0 { e2 } else { e });
+                            }
+                            self.drain_pages(st, head, 1, 0)?;
+                            self.release_pages(st, 1);
+                        }
+                    }
+                }
             }
-            Err(e) => return Err(e),
         };
         self.install_page(st, next, Some(frame))?;
         self.place_readmitted(st);
@@ -900,9 +914,15 @@ impl Partition {
         let shift = self.shared.page_shift;
         let page_bytes = self.shared.page_bytes();
         let policy = &self.shared.policy;
+        // While the live records in DRAM fill at most half of its quota, the pages leave DRAM
+        // only because dead records (overwritten or deleted) fill the rest: then every live
+        // record is carried forward, whatever its heat, so that a data set that fits is not
+        // sent far by its own garbage (the drain works as a copying cleaner). Records beyond
+        // the readmission room still go far.
+        let clean = readmit && st.dram.bytes * 2 <= (self.quota(st) * page_bytes) as u64;
         // Live records the policy would keep: (heat, address, length, hash).
         let mut keep: Vec<(u8, u64, usize, u64)> = Vec::new();
-        let mut live = 0;
+        let (mut live, mut hot) = (0, 0);
         for page in first..first + count {
             let base = self.frame_ptr(st, page);
             let mut off = 0;
@@ -928,7 +948,9 @@ impl Partition {
                 );
                 live += 1;
                 let heat = rec.heat().load(Relaxed);
-                if readmit && policy.readmit(heat) {
+                let is_hot = readmit && policy.readmit(heat);
+                hot += usize::from(is_hot);
+                if is_hot || clean {
                     keep.push((heat, addr, len, hash));
                 } else {
                     self.far_append(st, &rec, hash, addr)?;
@@ -936,7 +958,6 @@ impl Partition {
             }
         }
         keep.sort_unstable_by_key(|k| std::cmp::Reverse(k.0));
-        let readmitted_before = st.readmit.len();
         for (heat, addr, len, hash) in keep {
             let rec = self.dram_record(addr);
             if st.readmit_bytes.len() + len <= readmit_room {
@@ -950,7 +971,8 @@ impl Partition {
             }
         }
         if readmit {
-            policy.on_drain(live, st.readmit.len() - readmitted_before);
+            // The policy learns how hot DRAM is from the records it chose itself.
+            policy.on_drain(live, hot);
         }
         self.far_flush(st)
     }
@@ -1606,10 +1628,11 @@ impl Locked<'_> {
             // A tag collision: probe properly.
             if !hit && table.find(hash, &mut visit)?.is_none() {
                 return Err(Error::Corrupt {
-                    path: PathBuf::from(format!("<partition {} ordered index>", p.id)),
+                    path: PathBuf::from(format!("<partition {}>", p.id)),
                     offset: 0,
-                    reason: "a key of the ordered index is missing from the hash index (an \
-                             engine bug)"
+                    reason: "a key read by a batched read is missing from the hash index (the \
+                             ordered index, or a caller's own directory, names a record that \
+                             does not exist)"
                         .into(),
                 });
             }
