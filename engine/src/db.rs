@@ -1078,6 +1078,30 @@ impl Tx<'_> {
         Ok(out)
     }
 
+    /// Call `f` with the value of `key` (which must be in this partition), as before this
+    /// transaction, without copying it out; `None` if the key is absent.
+    pub fn read<R>(&mut self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
+        let (ik, hash) = self.own(key)?;
+        if self.lk.get(hash, &ik, &mut self.scratch)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(f(&self.scratch[META..])))
+    }
+
+    /// The values of `keys` (each in this partition, and each present: a missing one is
+    /// [`Error::Corrupt`]), as before this transaction, with their memory loads overlapped;
+    /// `f(i, value)` for each, in order.
+    pub fn get_many(&mut self, keys: &[&[u8]], mut f: impl FnMut(usize, &[u8])) -> Result<()> {
+        let mut stored = Vec::with_capacity(keys.len());
+        for k in keys {
+            stored.push(self.own(k)?.0);
+        }
+        let refs: Vec<&[u8]> = stored.iter().map(Vec::as_slice).collect();
+        let (d, f_) = self.lk.get_many(&refs, |i, _, v| f(i, &v[META..]))?;
+        self.inner.reads.count_n(d, f_);
+        Ok(())
+    }
+
     /// Set `key` to `value` when the transaction commits.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.inner.check_value(value)?;
@@ -1144,6 +1168,11 @@ fn entry_of(stored_key: &[u8], stored: &[u8]) -> Entry {
 }
 
 impl Keyspace {
+    /// The largest value a put accepts (the configuration's `max_value_bytes`).
+    pub fn max_value_bytes(&self) -> usize {
+        self.inner.max_value
+    }
+
     /// The keyspace's name.
     pub fn name(&self) -> &str {
         &self.ks.name

@@ -61,12 +61,23 @@ struct Tp {
     /// Seconds per operation and thread count.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// DRAM budget, MiB.
+    /// DRAM budget of the fraction-1 run, MiB: it must hold every record.
     #[arg(long, default_value_t = 8192)]
     budget_mib: u64,
+    /// DRAM budgets to run at, as fractions of the record bytes the fraction-1 run stored
+    /// (which always runs first, to measure them).
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    dram_fractions: Vec<f64>,
     /// Emulated far-tier latency per record read, ns (0: none).
     #[arg(long, default_value_t = 0)]
     far_ns: u64,
+    /// Operations to run, in order.
+    #[arg(
+        long,
+        default_value = "stat,list,mkdir,upload,move",
+        value_delimiter = ','
+    )]
+    ops: Vec<String>,
 }
 
 fn main() {
@@ -78,12 +89,16 @@ fn main() {
 
 /// A fresh database in a temporary directory (kept while the returned guard lives).
 fn open(budget_mib: u64, far_ns: u64) -> (tempfile::TempDir, Db) {
+    open_bytes(budget_mib << 20, far_ns)
+}
+
+fn open_bytes(budget: u64, far_ns: u64) -> (tempfile::TempDir, Db) {
     let dir = tempfile::Builder::new()
         .prefix("metabench-")
         .tempdir()
         .expect("temp dir");
     let mut c = Config::new(dir.path());
-    c.dram_budget_bytes = budget_mib << 20;
+    c.dram_budget_bytes = budget;
     c.max_key_bytes = 4200;
     c.max_value_bytes = 16 << 10;
     c.changelog_bytes = 16 << 20;
@@ -93,7 +108,27 @@ fn open(budget_mib: u64, far_ns: u64) -> (tempfile::TempDir, Db) {
 }
 
 fn throughput(a: Tp) {
-    let (_dir, db) = open(a.budget_mib, a.far_ns);
+    let mut fractions = a.dram_fractions.clone();
+    fractions.retain(|&f| f != 1.0);
+    fractions.insert(0, 1.0);
+    let mut record_bytes = 0;
+    for f in fractions {
+        let budget = if f == 1.0 {
+            a.budget_mib << 20
+        } else {
+            (record_bytes as f64 * f) as u64
+        };
+        let stored = throughput_at(&a, f, budget);
+        if f == 1.0 {
+            record_bytes = stored;
+        }
+    }
+}
+
+/// Fill a fresh database with budget `budget` and run every operation; returns the record
+/// bytes stored after the fill.
+fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
+    let (_dir, db) = open_bytes(budget, a.far_ns);
     let m = MetaStore::open(&db).expect("meta");
     let up = |i: u64| Upload {
         size: 1000 + i % 1000,
@@ -106,7 +141,7 @@ fn throughput(a: Tp) {
     let fillers = a.threads.iter().copied().max().unwrap_or(1);
     std::thread::scope(|s| {
         for f in 0..fillers as u64 {
-            let (m, a, up) = (&m, &a, &up);
+            let (m, up) = (&m, &up);
             s.spawn(move || {
                 for ns in (f..a.namespaces).step_by(fillers) {
                     m.create_namespace(ns, 0).expect("namespace");
@@ -130,18 +165,25 @@ fn throughput(a: Tp) {
     });
     let entries = a.namespaces * a.folders * (a.files + 1);
     let st = db.stats();
+    let record_bytes = st.dram.bytes + st.far.bytes;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     eprintln!(
-        "filled {entries} entries over {} namespaces in {:.1}s; DRAM used {:.0} MiB of {} MiB (index {:.0}, ordered index {:.0}), far records {}",
+        "fraction {fraction}: filled {entries} entries over {} namespaces in {:.1}s; {:.0} MiB of records ({} keys); DRAM used {:.0} MiB of {:.0} MiB (index {:.0}, ordered index {:.0}); far records {}",
         a.namespaces,
         t.elapsed().as_secs_f64(),
-        st.dram_used_bytes as f64 / (1 << 20) as f64,
-        a.budget_mib,
-        st.index_bytes as f64 / (1 << 20) as f64,
-        st.ordered_index_bytes as f64 / (1 << 20) as f64,
+        mib(record_bytes),
+        st.keys,
+        mib(st.dram_used_bytes),
+        mib(budget),
+        mib(st.index_bytes),
+        mib(st.ordered_index_bytes),
         st.far.records
     );
+    if fraction == 1.0 && st.far.records > 0 {
+        eprintln!("warning: the fraction-1 run tiered records to far memory: raise --budget-mib");
+    }
     let next_dir = AtomicU64::new(0);
-    for op in ["stat", "list", "mkdir", "upload", "move"] {
+    for op in a.ops.iter().map(String::as_str) {
         for &threads in &a.threads {
             let stop = AtomicBool::new(false);
             let before = db.stats();
@@ -149,7 +191,7 @@ fn throughput(a: Tp) {
             let hists: Vec<(u64, Histogram<u64>)> = std::thread::scope(|s| {
                 let hs: Vec<_> = (0..threads as u64)
                     .map(|th| {
-                        let (m, a, stop, next_dir, up) = (&m, &a, &stop, &next_dir, &up);
+                        let (m, stop, next_dir, up) = (&m, &stop, &next_dir, &up);
                         s.spawn(move || {
                             let mut h =
                                 Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
@@ -189,7 +231,7 @@ fn throughput(a: Tp) {
                                         )
                                         .expect("upload");
                                     }
-                                    _ => {
+                                    "move" => {
                                         // Each thread moves its own file back and forth in
                                         // namespace `ns`, creating it on first use.
                                         let (a_, b_) =
@@ -209,6 +251,7 @@ fn throughput(a: Tp) {
                                         }
                                         flip = !flip;
                                     }
+                                    other => panic!("unknown operation {other}"),
                                 }
                                 let _ = h.record(t0.elapsed().as_nanos().max(1) as u64);
                                 n += 1;
@@ -231,7 +274,7 @@ fn throughput(a: Tp) {
             let after = db.stats();
             let hit = after.dram_hit_ratio_since(&before);
             eprintln!(
-                "{op:<7} {threads} threads: {:>9.0} ops/s  p50 {:>7.1} µs  p99 {:>8.1} µs  DRAM hit {hit:.3}",
+                "fraction {fraction}: {op:<7} {threads} threads: {:>9.0} ops/s  p50 {:>7.1} µs  p99 {:>8.1} µs  DRAM hit {hit:.3}",
                 n as f64 / secs,
                 h.value_at_quantile(0.5) as f64 / 1e3,
                 h.value_at_quantile(0.99) as f64 / 1e3
@@ -248,7 +291,10 @@ fn throughput(a: Tp) {
                     "dram_hit_ratio": (hit * 10000.0).round() / 10000.0,
                     "entries": entries,
                     "namespaces": a.namespaces,
-                    "dram_budget_bytes": a.budget_mib << 20,
+                    "dram_fraction": fraction,
+                    "record_bytes": record_bytes,
+                    "index_bytes": after.index_bytes,
+                    "dram_budget_bytes": budget,
                     "dram_used_bytes": after.dram_used_bytes,
                     "far_ns": a.far_ns,
                     "far_latency": if a.far_ns > 0 { "emulated" } else { "none" },
@@ -256,6 +302,7 @@ fn throughput(a: Tp) {
             );
         }
     }
+    record_bytes
 }
 
 fn bigfolder(a: Args) {

@@ -1,13 +1,18 @@
-//! The sync-and-share metadata model (DESIGN.md §5), first part: namespaces of folders and
-//! files on one ordered keyspace, each mutation one atomic batch in the namespace's partition.
+//! The sync-and-share metadata model (DESIGN.md §5): namespaces of folders and files, each
+//! mutation one atomic batch in the namespace's partition.
 //!
-//! Layout, in the keyspace `meta` (ordered, partitioned by the first 8 bytes, the namespace id
-//! big-endian, so a namespace is one partition):
+//! Layout, in the keyspace `meta` (hash-indexed, partitioned by the first 8 bytes, the
+//! namespace id big-endian, so a namespace is one partition):
 //!
 //! - `ns | 0x00` → the namespace's counters: next id `u64`, next etag `u64`;
 //! - `ns | 0x01 | id` → the entry with that id (see [`encode`]);
-//! - `ns | 0x02 | parent id | name` → the child's id: a folder's listing is a range scan in
-//!   name order, and a move is a relink of one child key, whatever the subtree's size.
+//! - `ns | 0x02 | folder id | node u32` → a node of the folder's directory, a B+tree of its
+//!   children's names and ids (see [`dir`]): a listing reads a few nodes in name order, and a
+//!   move is a relink of one name, whatever the subtree's size.
+//!
+//! The directories are records like any other, so they tier to far memory when cold; the
+//! keyspace needs no ordered index, whose DRAM per key would not fit a namespace of millions
+//! of entries into a small budget.
 //!
 //! Ids are never reused (the counter only grows) and never change on rename or move. Etags
 //! come from the same kind of counter, so no value repeats, and every change gives a new etag
@@ -16,12 +21,12 @@
 //!
 //! The change feed is the keyspace's change log filtered to a namespace's entry keys: a
 //! cursor is a revision, and a cursor older than the log's history is [`MetaError::CursorTooOld`].
-//!
-//! Not yet here (issue 4 goes on): the model and concurrency tests and the benchmarks the
-//! issue asks for.
+
+mod dir;
 
 use crate::db::{Db, Keyspace, Tx};
-use crate::keyspace::{KeyspaceOptions, Range};
+use crate::keyspace::KeyspaceOptions;
+use std::collections::HashMap;
 use std::fmt;
 
 /// The id of every namespace's root folder.
@@ -191,24 +196,38 @@ pub fn parse_path(path: &str) -> MetaResult<Vec<&str>> {
 }
 
 fn ns_key(ns: u64) -> Vec<u8> {
-    let mut k = ns.to_be_bytes().to_vec();
+    let mut k = Vec::with_capacity(9);
+    k.extend_from_slice(&ns.to_be_bytes());
     k.push(0);
     k
 }
 
 fn entry_key(ns: u64, id: u64) -> Vec<u8> {
-    let mut k = ns.to_be_bytes().to_vec();
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&ns.to_be_bytes());
     k.push(1);
     k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
-fn child_key(ns: u64, parent: u64, name: &str) -> Vec<u8> {
-    let mut k = ns.to_be_bytes().to_vec();
+fn node_key(ns: u64, folder: u64, no: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(21);
+    k.extend_from_slice(&ns.to_be_bytes());
     k.push(2);
-    k.extend_from_slice(&parent.to_be_bytes());
-    k.extend_from_slice(name.as_bytes());
+    k.extend_from_slice(&folder.to_be_bytes());
+    k.extend_from_slice(&no.to_be_bytes());
     k
+}
+
+/// An etag counter value as the 16 lowercase hex digits clients see (`format!` with padding
+/// costs several times as much, and listings make one per entry).
+fn etag_string(v: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(16);
+    for i in (0..16).rev() {
+        s.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    }
+    s
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -248,13 +267,15 @@ fn read_str(r: &mut crate::durable::Reader<'_>) -> Option<String> {
     String::from_utf8(r.bytes(n)?.to_vec()).ok()
 }
 
+fn damaged_entry() -> MetaError {
+    MetaError::Engine(crate::Error::Keyspace {
+        name: "meta".into(),
+        reason: "an entry record does not parse (written by another version?)".into(),
+    })
+}
+
 fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
-    let bad = || {
-        MetaError::Engine(crate::Error::Keyspace {
-            name: "meta".into(),
-            reason: "an entry record does not parse (written by another version?)".into(),
-        })
-    };
+    let bad = damaged_entry;
     let mut r = crate::durable::Reader::new(b);
     let id = r.u64().ok_or_else(bad)?;
     let parent = r.u64().ok_or_else(bad)?;
@@ -284,7 +305,7 @@ fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
         kind,
         size,
         mtime,
-        etag: format!("{etag:016x}"),
+        etag: etag_string(etag),
         checksum: (alg, sum),
         mime,
         tree_size,
@@ -297,25 +318,85 @@ fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
 #[derive(Debug, Clone)]
 pub struct MetaStore {
     ks: Keyspace,
+    node_bytes: usize,
 }
 
 /// One mutation's working state inside its namespace's atomic batch.
 struct Op<'a, 'b> {
     tx: &'a mut Tx<'b>,
     ns: u64,
+    node_bytes: usize,
     next_id: u64,
     next_etag: u64,
     /// Entries read or changed so far, written back at the end.
     dirty: Vec<MetaEntry>,
+    /// Entries deleted.
+    deleted: Vec<u64>,
+    /// Directory nodes this operation changed (`None` once removed), with whether the store
+    /// has the node. The transaction reads the state before its own writes, so this is what
+    /// makes an operation see its own changes; nodes only read are read in place.
+    nodes: HashMap<(u64, u32), CachedNode>,
+}
+
+struct CachedNode {
+    node: Option<Vec<u8>>,
+    stored: bool,
+}
+
+impl dir::Nodes for Op<'_, '_> {
+    fn read<R>(
+        &mut self,
+        folder: u64,
+        no: u32,
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> MetaResult<R> {
+        if let Some(c) = self.nodes.get(&(folder, no)) {
+            return Ok(f(c.node.as_deref()));
+        }
+        let mut f = Some(f);
+        let key = node_key(self.ns, folder, no);
+        match self.tx.read(&key, |v| f.take().map(|f| f(Some(v))))? {
+            Some(Some(r)) => Ok(r),
+            _ => Ok(f.take().map(|f| f(None)).expect("f not called yet")),
+        }
+    }
+
+    fn store(&mut self, folder: u64, no: u32, node: Vec<u8>) -> MetaResult<()> {
+        self.set_node(folder, no, Some(node))
+    }
+
+    fn remove(&mut self, folder: u64, no: u32) -> MetaResult<()> {
+        self.set_node(folder, no, None)
+    }
+
+    fn node_bytes(&self) -> usize {
+        self.node_bytes
+    }
 }
 
 impl<'a, 'b> Op<'a, 'b> {
-    fn begin(tx: &'a mut Tx<'b>, ns: u64) -> MetaResult<Op<'a, 'b>> {
-        let Some(h) = tx.get(&ns_key(ns))? else {
+    fn set_node(&mut self, folder: u64, no: u32, node: Option<Vec<u8>>) -> MetaResult<()> {
+        if let Some(c) = self.nodes.get_mut(&(folder, no)) {
+            c.node = node;
+            return Ok(());
+        }
+        let stored = self
+            .tx
+            .read(&node_key(self.ns, folder, no), |_| ())?
+            .is_some();
+        self.nodes.insert((folder, no), CachedNode { node, stored });
+        Ok(())
+    }
+
+    fn begin(tx: &'a mut Tx<'b>, ns: u64, node_bytes: usize) -> MetaResult<Op<'a, 'b>> {
+        let header = tx.read(&ns_key(ns), |v| {
+            let mut r = crate::durable::Reader::new(v);
+            (r.u64(), r.u64())
+        })?;
+        let Some(header) = header else {
             return Err(MetaError::NotFound(format!("namespace {ns}")));
         };
-        let mut r = crate::durable::Reader::new(&h.value);
-        let (Some(next_id), Some(next_etag)) = (r.u64(), r.u64()) else {
+        let (Some(next_id), Some(next_etag)) = header else {
             return Err(MetaError::NotFound(format!(
                 "namespace {ns} (damaged header)"
             )));
@@ -323,48 +404,64 @@ impl<'a, 'b> Op<'a, 'b> {
         Ok(Op {
             tx,
             ns,
+            node_bytes,
             next_id,
             next_etag,
             dirty: Vec::new(),
+            deleted: Vec::new(),
+            nodes: HashMap::new(),
         })
     }
 
     fn etag(&mut self) -> String {
         let e = self.next_etag;
         self.next_etag += 1;
-        format!("{e:016x}")
+        etag_string(e)
     }
 
     fn entry(&mut self, id: u64) -> MetaResult<MetaEntry> {
         if let Some(e) = self.dirty.iter().find(|e| e.id == id) {
             return Ok(e.clone());
         }
-        match self.tx.get(&entry_key(self.ns, id))? {
-            Some(v) => decode(&v.value),
+        match self.tx.read(&entry_key(self.ns, id), decode)? {
+            Some(e) => e,
             None => Err(MetaError::NotFound(format!("entry {id}"))),
         }
     }
 
     fn child(&mut self, parent: u64, name: &str) -> MetaResult<Option<u64>> {
-        Ok(self
-            .tx
-            .get(&child_key(self.ns, parent, name))?
-            .map(|v| u64::from_le_bytes(v.value[..8].try_into().unwrap_or([0; 8]))))
+        dir::lookup(self, parent, name.as_bytes())
     }
 
     /// The entry at `parts`, or the error naming the first missing component.
     fn resolve(&mut self, path: &str, parts: &[&str]) -> MetaResult<MetaEntry> {
-        let mut cur = self.entry(ROOT_ID)?;
+        let mut id = ROOT_ID;
         for (i, p) in parts.iter().enumerate() {
-            if cur.kind != Kind::Folder {
+            if !self.is_folder(id)? {
                 return Err(MetaError::NotAFolder(format!("/{}", parts[..i].join("/"))));
             }
-            match self.child(cur.id, p)? {
-                Some(id) => cur = self.entry(id)?,
+            match self.child(id, p)? {
+                Some(c) => id = c,
                 None => return Err(MetaError::NotFound(path.to_string())),
             }
         }
-        Ok(cur)
+        self.entry(id)
+    }
+
+    /// Whether entry `id` is a folder, read from its record's kind byte alone (path
+    /// resolution needs no more of the folders on the way).
+    fn is_folder(&mut self, id: u64) -> MetaResult<bool> {
+        if let Some(e) = self.dirty.iter().find(|e| e.id == id) {
+            return Ok(e.kind == Kind::Folder);
+        }
+        match self
+            .tx
+            .read(&entry_key(self.ns, id), |v| v.get(16).copied())?
+        {
+            Some(Some(kind)) => Ok(kind == 1),
+            Some(None) => Err(damaged_entry()),
+            None => Err(MetaError::NotFound(format!("entry {id}"))),
+        }
     }
 
     fn save(&mut self, e: MetaEntry) {
@@ -390,20 +487,37 @@ impl<'a, 'b> Op<'a, 'b> {
     }
 
     fn link(&mut self, parent: u64, name: &str, id: u64) -> MetaResult<()> {
-        self.tx
-            .put(&child_key(self.ns, parent, name), &id.to_le_bytes())?;
-        Ok(())
+        dir::insert(self, parent, name.as_bytes(), id)
     }
 
     fn unlink(&mut self, parent: u64, name: &str) -> MetaResult<()> {
-        self.tx.delete(&child_key(self.ns, parent, name))?;
+        dir::remove(self, parent, name.as_bytes())?;
         Ok(())
     }
 
-    /// Write the changed entries and the counters.
+    /// Forget entry `id`: it is deleted at commit.
+    fn forget(&mut self, id: u64) {
+        self.dirty.retain(|d| d.id != id);
+        self.deleted.push(id);
+    }
+
+    /// Write the changed entries and directory nodes, and the counters.
     fn commit(self) -> MetaResult<()> {
         for e in &self.dirty {
             self.tx.put(&entry_key(self.ns, e.id), &encode(e))?;
+        }
+        for &id in &self.deleted {
+            self.tx.delete(&entry_key(self.ns, id))?;
+        }
+        let mut nodes: Vec<_> = self.nodes.into_iter().collect();
+        nodes.sort_unstable_by_key(|(k, _)| *k); // one order for the log, whatever the hasher
+        for ((folder, no), c) in nodes {
+            let key = node_key(self.ns, folder, no);
+            match c.node {
+                Some(n) => self.tx.put(&key, &n)?,
+                None if c.stored => self.tx.delete(&key)?,
+                None => {}
+            }
         }
         let mut h = self.next_id.to_le_bytes().to_vec();
         h.extend_from_slice(&self.next_etag.to_le_bytes());
@@ -526,8 +640,16 @@ impl MetaStore {
 
     /// The metadata store of `db` (its keyspace `meta`, created if missing).
     pub fn open(db: &Db) -> MetaResult<MetaStore> {
-        let ks = db.keyspace("meta", KeyspaceOptions::ordered().partition_prefix(8))?;
-        Ok(MetaStore { ks })
+        let ks = db.keyspace("meta", KeyspaceOptions::hash().partition_prefix(8))?;
+        let node_bytes = ks.max_value_bytes().min(dir::NODE_BYTES);
+        if node_bytes < dir::MIN_NODE_BYTES {
+            return Err(MetaError::Engine(crate::Error::Config(format!(
+                "max_value_bytes = {}: the metadata store needs values of at least {} bytes",
+                ks.max_value_bytes(),
+                dir::MIN_NODE_BYTES
+            ))));
+        }
+        Ok(MetaStore { ks, node_bytes })
     }
 
     fn atomic<R>(
@@ -540,7 +662,7 @@ impl MetaStore {
         let pk = ns.to_be_bytes();
         self.ks
             .atomic(&pk, |tx| {
-                let r = Op::begin(tx, ns).and_then(|mut op| {
+                let r = Op::begin(tx, ns, self.node_bytes).and_then(|mut op| {
                     let v = f(&mut op)?;
                     op.commit()?;
                     Ok(v)
@@ -572,7 +694,7 @@ impl MetaStore {
             if tx.get(&ns_key(ns))?.is_some() {
                 return Ok(None);
             }
-            let root = folder(ROOT_ID, 0, "", mtime, format!("{:016x}", 1));
+            let root = folder(ROOT_ID, 0, "", mtime, etag_string(1));
             tx.put(&entry_key(ns, ROOT_ID), &encode(&root))?;
             let mut h = (ROOT_ID + 1).to_le_bytes().to_vec();
             h.extend_from_slice(&2u64.to_le_bytes());
@@ -605,7 +727,7 @@ impl MetaStore {
         let mut out = None;
         let pk = ns.to_be_bytes();
         self.ks.atomic(&pk, |tx| {
-            out = Some(Op::begin(tx, ns).and_then(|mut op| f(&mut op)));
+            out = Some(Op::begin(tx, ns, self.node_bytes).and_then(|mut op| f(&mut op)));
             Ok(())
         })?;
         out.expect("ran")
@@ -627,28 +749,21 @@ impl MetaStore {
             if dir.kind != Kind::Folder {
                 return Err(MetaError::NotAFolder(path.into()));
             }
-            let prefix = child_key(ns, dir.id, "");
-            let start = match after {
-                Some(name) => {
-                    let mut k = child_key(ns, dir.id, name);
-                    k.push(0); // just after `name`
-                    k
-                }
-                None => prefix.clone(),
-            };
-            let end = crate::keyspace::prefix_end(&prefix);
-            let r = Range {
-                start,
-                end,
-                reverse: false,
-                limit: page + 1,
-            };
-            let kids = op.tx.range(&r)?;
-            let more = kids.len() > page;
-            let mut entries = Vec::with_capacity(page);
-            for k in kids.iter().take(page) {
-                let id = u64::from_le_bytes(k.value[..8].try_into().unwrap_or([0; 8]));
-                entries.push(op.entry(id)?);
+            let mut keys = Vec::with_capacity(page + 1);
+            dir::scan(op, dir.id, after.map(str::as_bytes), page + 1, |_, id| {
+                keys.push(entry_key(ns, id))
+            })?;
+            let more = keys.len() > page;
+            keys.truncate(page);
+            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            let mut entries = Vec::with_capacity(refs.len());
+            let mut bad = None;
+            op.tx.get_many(&refs, |_, v| match decode(v) {
+                Ok(m) => entries.push(m),
+                Err(e) => bad = Some(e),
+            })?;
+            if let Some(e) = bad {
+                return Err(e);
             }
             let next = more
                 .then(|| entries.last().map(|e| e.name.clone()))
@@ -873,29 +988,22 @@ impl MetaStore {
             let e = op.resolve(path, &parts)?;
             if_match_etag(path, &e, if_match)?;
             if e.kind == Kind::Folder {
-                let prefix = child_key(ns, e.id, "");
-                let any = op.tx.range(&Range::prefix(&prefix).limit(1))?;
-                if !any.is_empty() && !recursive {
+                if !recursive && !dir::is_empty(op, e.id)? {
                     return Err(MetaError::NotEmpty(path.into()));
                 }
                 // Everything below, depth first.
                 let mut stack = vec![e.id];
-                while let Some(dir) = stack.pop() {
-                    let prefix = child_key(ns, dir, "");
-                    for k in op.tx.range(&Range::prefix(&prefix))? {
-                        let id = u64::from_le_bytes(k.value[..8].try_into().unwrap_or([0; 8]));
-                        let c = op.entry(id)?;
-                        if c.kind == Kind::Folder {
+                while let Some(folder) = stack.pop() {
+                    for id in dir::drop_tree(op, folder)? {
+                        if op.entry(id)?.kind == Kind::Folder {
                             stack.push(id);
                         }
-                        op.tx.delete(&k.key)?;
-                        op.tx.delete(&entry_key(ns, id))?;
+                        op.forget(id);
                     }
                 }
             }
             op.unlink(e.parent, &e.name)?;
-            op.tx.delete(&entry_key(ns, e.id))?;
-            op.dirty.retain(|d| d.id != e.id);
+            op.forget(e.id);
             op.touch_up(e.parent, -(e.tree_size as i64), mtime)?;
             Ok(())
         })
