@@ -16,7 +16,7 @@ const NS: u64 = 7;
 fn store(dir: &std::path::Path) -> (Db, MetaStore) {
     let mut c = tiny(dir, 4 << 20);
     c.max_key_bytes = 4200;
-    c.max_value_bytes = 2048;
+    c.max_value_bytes = 2048; // directory nodes then split at 2 KiB
     c.page_bytes = 64 << 10;
     c.segment_bytes = 256 << 10;
     let db = Db::open(c).unwrap();
@@ -336,7 +336,7 @@ fn a_namespace_survives_reopen() {
     let cfg = || {
         let mut c = tiny(dir.path(), 4 << 20);
         c.max_key_bytes = 4200;
-        c.max_value_bytes = 2048;
+        c.max_value_bytes = 2048; // directory nodes then split at 2 KiB
         c.page_bytes = 64 << 10;
         c.segment_bytes = 256 << 10;
         c.durability = Durability::Commit;
@@ -451,7 +451,7 @@ fn a_cursor_older_than_the_history_is_too_old() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = tiny(dir.path(), 4 << 20);
     c.max_key_bytes = 4200;
-    c.max_value_bytes = 2048;
+    c.max_value_bytes = 2048; // directory nodes then split at 2 KiB
     c.page_bytes = 64 << 10;
     c.segment_bytes = 256 << 10;
     c.changelog_bytes = 32 << 10;
