@@ -555,14 +555,14 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eoutln!("teractl: cannot start the runtime: {e}");
+            eprintln!("teractl: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eoutln!("teractl: {e}");
+            eprintln!("teractl: {e}");
             ExitCode::FAILURE
         }
     }
