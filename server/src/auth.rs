@@ -414,7 +414,7 @@ fn hex_encode(b: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -508,7 +508,10 @@ mod tests {
         let admin = users
             .check_password("admin", password.trim())
             .expect("the password works");
-        assert_eq!((admin.role, admin.namespace), (Role::Admin, FIRST_NAMESPACE));
+        assert_eq!(
+            (admin.role, admin.namespace),
+            (Role::Admin, FIRST_NAMESPACE)
+        );
         assert!(users.check_password("admin", "wrong").is_none());
         assert!(users.check_password("nobody", password.trim()).is_none());
         // A second start finds the admin and makes none.

@@ -51,12 +51,11 @@ impl Auth for AuthService {
             t => t.min(config.token_max_ttl_secs),
         };
         let state = self.state.clone();
-        let user = tokio::task::spawn_blocking(move || state.users.check_password(&r.user, &r.password))
-            .await
-            .map_err(|e| Status::internal(format!("the password check failed: {e}")))?
-            .ok_or_else(|| {
-                Status::unauthenticated("unknown user or wrong password")
-            })?;
+        let user =
+            tokio::task::spawn_blocking(move || state.users.check_password(&r.user, &r.password))
+                .await
+                .map_err(|e| Status::internal(format!("the password check failed: {e}")))?
+                .ok_or_else(|| Status::unauthenticated("unknown user or wrong password"))?;
         let ns = user.namespace;
         blocking(move || engine.meta.create_namespace(ns, crate::meta_rpc::now_us())).await?;
         let now = now_secs();

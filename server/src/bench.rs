@@ -54,7 +54,11 @@ pub fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
             "list" => Op::List,
             "mkdir" => Op::Mkdir,
             "upload" => Op::Upload,
-            n => return Err(format!("mix: unknown operation {n:?} (stat, list, mkdir, upload)")),
+            n => {
+                return Err(format!(
+                    "mix: unknown operation {n:?} (stat, list, mkdir, upload)"
+                ))
+            }
         };
         if w > 0 {
             out.push((op, w));
@@ -136,7 +140,9 @@ fn status_code(s: &tonic::Status) -> &'static str {
 
 async fn setup(m: &mut Meta, o: &BenchOptions, root: &str) -> Result<(), String> {
     let ns = o.namespace;
-    let fail = |what: &str, s: tonic::Status| format!("fixture: {what}: {}: {}", status_code(&s), s.message());
+    let fail = |what: &str, s: tonic::Status| {
+        format!("fixture: {what}: {}: {}", status_code(&s), s.message())
+    };
     m.create_folder(pb::CreateFolderRequest {
         namespace: ns,
         path: format!("{root}/fixture"),
@@ -214,7 +220,7 @@ impl Worker {
                     .list(pb::ListRequest {
                         namespace: ns,
                         path: format!("{}/fixture", self.root),
-                        page_size: (self.fixture.max(1)).min(10_000) as u32,
+                        page_size: self.fixture.clamp(1, 10_000) as u32,
                         page_token: String::new(),
                     })
                     .await?;
@@ -288,7 +294,7 @@ pub async fn run(o: BenchOptions) -> Result<String, String> {
                 fixture: o.fixture_entries,
                 mix: o.mix.clone(),
                 total_weight,
-                rng: Rng(0x9e37_79b9_7f4a_7c15 ^ ((li as u64) << 32 | w as u64 + 1)),
+                rng: Rng(0x9e37_79b9_7f4a_7c15 ^ (((li as u64) << 32) | (w as u64 + 1))),
                 id: format!("{li}-{w}"),
                 seq: 0,
             };
@@ -343,7 +349,11 @@ pub async fn run(o: BenchOptions) -> Result<String, String> {
                 ms(0.99),
                 ms(0.999),
                 h.len(),
-                if errs.is_empty() { "-".to_string() } else { errs.join(",") }
+                if errs.is_empty() {
+                    "-".to_string()
+                } else {
+                    errs.join(",")
+                }
             );
         }
         let all: u64 = total.hist.values().map(|h| h.len()).sum();

@@ -109,8 +109,8 @@ impl Config {
         let mut table = toml::Table::try_from(Config::default())
             .map_err(|e| ConfigError(format!("defaults: {e}")))?;
         if let Some(text) = file {
-            let file: toml::Table = toml::from_str(text)
-                .map_err(|e| ConfigError(format!("config file: {e}")))?;
+            let file: toml::Table =
+                toml::from_str(text).map_err(|e| ConfigError(format!("config file: {e}")))?;
             for (k, v) in file {
                 if !table.contains_key(&k) {
                     return Err(ConfigError(format!(
@@ -137,9 +137,7 @@ impl Config {
             }
             set(&mut table, k, v).map_err(|e| ConfigError(format!("--{k}: {e}")))?;
         }
-        let c: Config = table
-            .try_into()
-            .map_err(|e| ConfigError(format!("{e}")))?;
+        let c: Config = table.try_into().map_err(|e| ConfigError(format!("{e}")))?;
         c.validate()?;
         Ok(c)
     }

@@ -132,7 +132,11 @@ mod tests {
             cursor: 1,
             oldest: 5,
         });
-        assert!(m.message().contains("list the namespace again"), "{}", m.message());
+        assert!(
+            m.message().contains("list the namespace again"),
+            "{}",
+            m.message()
+        );
         assert_eq!(oversized("mime", 300, 255).code(), Code::InvalidArgument);
     }
 }

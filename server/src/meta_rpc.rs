@@ -59,10 +59,9 @@ pub fn now_us() -> i64 {
 
 /// An engine entry as the wire's.
 pub fn entry_pb(e: MetaEntry) -> pb::Entry {
-    let checksum = (!e.checksum.0.is_empty() || !e.checksum.1.is_empty()).then(|| pb::Checksum {
-        algorithm: e.checksum.0,
-        value: e.checksum.1,
-    });
+    let (algorithm, value) = e.checksum;
+    let checksum =
+        (!algorithm.is_empty() || !value.is_empty()).then_some(pb::Checksum { algorithm, value });
     pb::Entry {
         id: e.id,
         parent_id: e.parent,
@@ -138,9 +137,10 @@ impl Metadata for MetaService {
     async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::Entry>, Status> {
         let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
         let engine = self.state.engine()?;
-        let target = req.into_inner().target.ok_or_else(|| {
-            Status::invalid_argument("set path or id: the entry to stat")
-        })?;
+        let target = req
+            .into_inner()
+            .target
+            .ok_or_else(|| Status::invalid_argument("set path or id: the entry to stat"))?;
         let e = blocking(move || match target {
             Target::Path(p) => engine.meta.stat(ns, &p),
             Target::Id(id) => engine.meta.stat_id(ns, id),
@@ -241,7 +241,11 @@ impl Metadata for MetaService {
         };
         let up = Upload {
             size: r.size,
-            mtime: if r.mtime_us == 0 { now_us() } else { r.mtime_us },
+            mtime: if r.mtime_us == 0 {
+                now_us()
+            } else {
+                r.mtime_us
+            },
             checksum: (checksum.algorithm, checksum.value),
             mime: r.mime,
         };
@@ -351,7 +355,8 @@ impl Metadata for MetaService {
                     None => {
                         let engine = engine.clone();
                         let c = cursor;
-                        let poll = blocking(move || engine.meta.changes(ns, c, MAX_PAGE, WATCH_POLL));
+                        let poll =
+                            blocking(move || engine.meta.changes(ns, c, MAX_PAGE, WATCH_POLL));
                         tokio::select! {
                             r = poll => match r {
                                 Ok(p) => p,
@@ -415,7 +420,10 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_refuse_garbage() {
         let t = page_token(Some("a name/with ü".into()));
-        assert_eq!(parse_page_token(&t).ok(), Some(Some("a name/with ü".into())));
+        assert_eq!(
+            parse_page_token(&t).ok(),
+            Some(Some("a name/with ü".into()))
+        );
         assert_eq!(page_token(None), "");
         assert_eq!(parse_page_token("").ok(), Some(None));
         assert_eq!(

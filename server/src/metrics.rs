@@ -13,8 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Latency buckets, in seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
 ];
 
 /// Install the process's metrics recorder. Call once.
@@ -27,7 +27,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
-    metrics::describe_counter!("terad_rpc_requests_total", "RPCs answered, by method and status code");
+    metrics::describe_counter!(
+        "terad_rpc_requests_total",
+        "RPCs answered, by method and status code"
+    );
     metrics::describe_histogram!(
         "terad_rpc_duration_seconds",
         metrics::Unit::Seconds,
@@ -114,7 +117,10 @@ async fn answer(
     }
     let head = String::from_utf8_lossy(&buf);
     let mut first = head.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (first.next().unwrap_or_default(), first.next().unwrap_or_default());
+    let (method, target) = (
+        first.next().unwrap_or_default(),
+        first.next().unwrap_or_default(),
+    );
     let path = target.split('?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => {
@@ -125,13 +131,29 @@ async fn answer(
             if state.serving() {
                 ("200 OK", "text/plain", "serving\n".to_string())
             } else if *state.draining.borrow() {
-                ("503 Service Unavailable", "text/plain", "draining\n".to_string())
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "draining\n".to_string(),
+                )
             } else {
-                ("503 Service Unavailable", "text/plain", "recovering\n".to_string())
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "recovering\n".to_string(),
+                )
             }
         }
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /healthz\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -133,7 +133,10 @@ impl Catalog {
                     .and_then(|f| self.with_deps(f))
                     .map(Answer::Files)
                     .unwrap_or_else(|| {
-                        Answer::Error(Code::NotFound, format!("symbol {s:?} is not known to terad"))
+                        Answer::Error(
+                            Code::NotFound,
+                            format!("symbol {s:?} is not known to terad"),
+                        )
                     })
             }
             Query::FileContainingExtension(t, n) => Answer::Error(
@@ -145,7 +148,10 @@ impl Catalog {
                 if self.messages.contains(t) {
                     Answer::ExtensionNumbers(t.into(), Vec::new())
                 } else {
-                    Answer::Error(Code::NotFound, format!("message type {t:?} is not known to terad"))
+                    Answer::Error(
+                        Code::NotFound,
+                        format!("message type {t:?} is not known to terad"),
+                    )
                 }
             }
         }
@@ -315,12 +321,18 @@ mod tests {
             assert_eq!(file_names(&a), vec![meta.clone()], "{s}");
         }
         let a = c.answer(&Query::FileByFilename("grpc/health/v1/health.proto".into()));
-        assert_eq!(file_names(&a), vec!["grpc/health/v1/health.proto".to_string()]);
+        assert_eq!(
+            file_names(&a),
+            vec!["grpc/health/v1/health.proto".to_string()]
+        );
         // A nested message.
         let a = c.answer(&Query::FileContainingSymbol(
             "grpc.health.v1.HealthCheckResponse.ServingStatus".into(),
         ));
-        assert_eq!(file_names(&a), vec!["grpc/health/v1/health.proto".to_string()]);
+        assert_eq!(
+            file_names(&a),
+            vec!["grpc/health/v1/health.proto".to_string()]
+        );
         assert!(matches!(
             c.answer(&Query::FileContainingSymbol("no.Such".into())),
             Answer::Error(Code::NotFound, _)
@@ -330,7 +342,9 @@ mod tests {
             Answer::Error(Code::NotFound, _)
         ));
         assert_eq!(
-            c.answer(&Query::AllExtensionNumbersOfType("tera.meta.v1.Entry".into())),
+            c.answer(&Query::AllExtensionNumbersOfType(
+                "tera.meta.v1.Entry".into()
+            )),
             Answer::ExtensionNumbers("tera.meta.v1.Entry".into(), vec![])
         );
     }
@@ -357,6 +371,9 @@ mod tests {
         };
         let c = Catalog::from_set(set).expect("catalog");
         let a = c.answer(&Query::FileContainingSymbol("p.A".into()));
-        assert_eq!(file_names(&a), vec!["a.proto".to_string(), "b.proto".to_string()]);
+        assert_eq!(
+            file_names(&a),
+            vec!["a.proto".to_string(), "b.proto".to_string()]
+        );
     }
 }

@@ -281,10 +281,16 @@ mod tests {
 
     #[test]
     fn metrics_labels_are_bounded() {
-        assert_eq!(method_label("/tera.meta.v1.Metadata/Stat"), "tera.meta.v1.Metadata/Stat");
+        assert_eq!(
+            method_label("/tera.meta.v1.Metadata/Stat"),
+            "tera.meta.v1.Metadata/Stat"
+        );
         assert_eq!(method_label("/evil/x"), "unknown");
         assert!(exempt("/grpc.health.v1.Health/Check"));
         assert!(!exempt("/tera.meta.v1.Metadata/List"));
-        assert_eq!(service_of("/tera.meta.v1.Metadata/List"), "tera.meta.v1.Metadata");
+        assert_eq!(
+            service_of("/tera.meta.v1.Metadata/List"),
+            "tera.meta.v1.Metadata"
+        );
     }
 }

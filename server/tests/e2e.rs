@@ -80,11 +80,7 @@ impl Ctl {
             .stderr(Stdio::piped());
         let mut child = c.spawn().expect("teractl starts");
         if let Some(s) = stdin {
-            let _ = child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(s.as_bytes());
+            let _ = child.stdin.take().expect("stdin").write_all(s.as_bytes());
         }
         drop(child.stdin.take());
         child.wait_with_output().expect("teractl runs")
@@ -106,7 +102,10 @@ impl Ctl {
         let o = self.run(args, None);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(!o.status.success(), "teractl {args:?} should fail");
-        assert!(err.contains(code), "teractl {args:?}: want {code}, got {err}");
+        assert!(
+            err.contains(code),
+            "teractl {args:?}: want {code}, got {err}"
+        );
         err
     }
 
@@ -154,7 +153,10 @@ fn sigterm_and_wait(t: &mut Terad) -> std::process::ExitStatus {
         if let Some(s) = t.child.try_wait().expect("wait") {
             return s;
         }
-        assert!(Instant::now() < deadline, "terad did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "terad did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -186,7 +188,7 @@ fn terad_serves_teractl_end_to_end() {
         .expect("usage prints the revision");
 
     // A watcher from here sees the next change.
-    let mut watch = Command::new(TERACTL)
+    let watch = Command::new(TERACTL)
         .args(["--server", &admin.server, "--token-file"])
         .arg(&admin.token_file)
         .args(["watch", "--cursor", &rev0.to_string(), "--count", "1"])
@@ -196,7 +198,9 @@ fn terad_serves_teractl_end_to_end() {
         .expect("watch starts");
 
     // The metadata commands.
-    assert!(admin.ok(&["mkdir", "-p", "/docs/2024"]).starts_with("folder\t"));
+    assert!(admin
+        .ok(&["mkdir", "-p", "/docs/2024"])
+        .starts_with("folder\t"));
     admin.fails(&["mkdir", "/docs/2024"], "ALREADY_EXISTS");
     let put = admin.ok(&[
         "put",
@@ -209,13 +213,22 @@ fn terad_serves_teractl_end_to_end() {
         "application/pdf",
     ]);
     assert!(put.starts_with("file\t42\t"), "{put}");
-    admin.fails(&["put", "/docs/2024/report.pdf", "--if-none-match"], "FAILED_PRECONDITION");
-    admin.fails(&["put", "/docs/2024/report.pdf", "--if-match", "0"], "FAILED_PRECONDITION");
+    admin.fails(
+        &["put", "/docs/2024/report.pdf", "--if-none-match"],
+        "FAILED_PRECONDITION",
+    );
+    admin.fails(
+        &["put", "/docs/2024/report.pdf", "--if-match", "0"],
+        "FAILED_PRECONDITION",
+    );
     let ls = admin.ok(&["ls", "/docs/2024"]);
     assert_eq!(ls.lines().count(), 1);
     assert!(ls.ends_with("\treport.pdf\n"), "{ls}");
     let stat = admin.ok(&["stat", "/docs/2024/report.pdf"]);
-    assert!(stat.contains("size\t42\n") && stat.contains("checksum\tsha256:00ff\n"), "{stat}");
+    assert!(
+        stat.contains("size\t42\n") && stat.contains("checksum\tsha256:00ff\n"),
+        "{stat}"
+    );
     assert!(stat.contains("mime\tapplication/pdf\n"), "{stat}");
     let attrs = admin.ok(&["attr", "/docs/2024/report.pdf", "--set", "color=red"]);
     assert!(attrs.contains("attr\tcolor=red\n"), "{attrs}");
@@ -240,7 +253,9 @@ fn terad_serves_teractl_end_to_end() {
     assert!(changes.contains("\tupsert\tfolder\t"), "{changes}");
     assert!(changes.contains("\tupsert\tfile\t42\t"), "{changes}");
     assert!(changes.contains("\tdelete\t"), "{changes}");
-    let w = watch.wait_with_output().expect("watch ends after one change");
+    let w = watch
+        .wait_with_output()
+        .expect("watch ends after one change");
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
     assert!(String::from_utf8_lossy(&w.stdout).contains("\tupsert\t"));
 
@@ -252,7 +267,11 @@ fn terad_serves_teractl_end_to_end() {
         .env("TERAD_NEW_PASSWORD", "bob-secret")
         .output()
         .expect("terad user add");
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
     let bob = Ctl {
         server: t.grpc.clone(),
         token_file: dir.path().join("bob.token"),
@@ -275,7 +294,10 @@ fn terad_serves_teractl_end_to_end() {
     // Metrics and /healthz.
     let m = http_get(&t.metrics, "/metrics");
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
-    assert!(m.contains("terad_rpc_requests_total{method=\"tera.meta.v1.Metadata/List\",code=\"OK\"}"), "{m}");
+    assert!(
+        m.contains("terad_rpc_requests_total{method=\"tera.meta.v1.Metadata/List\",code=\"OK\"}"),
+        "{m}"
+    );
     assert!(m.contains("terad_rpc_duration_seconds_bucket"), "{m}");
     assert!(m.contains("terad_dram_budget_bytes 67108864"), "{m}");
     assert!(http_get(&t.metrics, "/healthz").ends_with("serving\n"));

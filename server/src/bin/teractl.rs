@@ -189,11 +189,20 @@ fn read_token(cli: &Cli) -> Result<String, String> {
     let p = token_path(cli);
     std::fs::read_to_string(&p)
         .map(|s| s.trim().to_string())
-        .map_err(|e| format!("no token at {}: {e} (run `teractl login USER` first)", p.display()))
+        .map_err(|e| {
+            format!(
+                "no token at {}: {e} (run `teractl login USER` first)",
+                p.display()
+            )
+        })
 }
 
 fn status(s: Status) -> String {
-    format!("{}: {}", tera_server::error::code_label(s.code()), s.message())
+    format!(
+        "{}: {}",
+        tera_server::error::code_label(s.code()),
+        s.message()
+    )
 }
 
 fn kind(k: i32) -> &'static str {
@@ -228,13 +237,22 @@ fn print_entry(e: &pb::Entry) {
 }
 
 fn entry_line(e: &pb::Entry) -> String {
-    format!("{}\t{}\t{}\t{}\t{}", kind(e.kind), e.size, e.etag, e.id, e.name)
+    format!(
+        "{}\t{}\t{}\t{}\t{}",
+        kind(e.kind),
+        e.size,
+        e.etag,
+        e.id,
+        e.name
+    )
 }
 
 fn print_changes(r: &pb::ChangesResponse) {
     for c in &r.changes {
         match &c.change {
-            Some(pb::change::Change::Upsert(e)) => outln!("{}\tupsert\t{}", c.revision, entry_line(e)),
+            Some(pb::change::Change::Upsert(e)) => {
+                outln!("{}\tupsert\t{}", c.revision, entry_line(e))
+            }
             Some(pb::change::Change::DeletedId(id)) => outln!("{}\tdelete\t{id}", c.revision),
             None => outln!("{}\t?", c.revision),
         }
@@ -552,7 +570,10 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("teractl: cannot start the runtime: {e}");

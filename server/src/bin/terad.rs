@@ -140,11 +140,9 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let config = flags(&cli)
-        .and_then(|f| {
-            Config::resolve(file.as_deref(), &|k| std::env::var(k).ok(), &f)
-                .map_err(|e| e.to_string())
-        });
+    let config = flags(&cli).and_then(|f| {
+        Config::resolve(file.as_deref(), &|k| std::env::var(k).ok(), &f).map_err(|e| e.to_string())
+    });
     let config = match config {
         Ok(c) => c,
         Err(e) => {
@@ -184,7 +182,10 @@ fn main() -> ExitCode {
         }
         return match add_user(&config.users_file(), name, role, &password) {
             Ok(u) => {
-                println!("user {} (namespace {}) password: {password}", u.name, u.namespace);
+                println!(
+                    "user {} (namespace {}) password: {password}",
+                    u.name, u.namespace
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -194,7 +195,10 @@ fn main() -> ExitCode {
         };
     }
     init_logs(&config);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("terad: cannot start the runtime: {e}");
