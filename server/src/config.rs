@@ -40,8 +40,8 @@ pub struct Config {
     pub token_ttl_secs: u64,
     /// Longest lifetime a client can ask for, in seconds.
     pub token_max_ttl_secs: u64,
-    /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED / OUT_OF_RANGE
-    /// from the codec).
+    /// Largest request message accepted, in bytes (larger: OUT_OF_RANGE from tonic's
+    /// codec).
     pub max_request_bytes: usize,
     /// Largest response message sent, in bytes.
     pub max_response_bytes: usize,
