@@ -1,7 +1,9 @@
 //! End to end: terad as a real process on a free loopback port, driven by teractl. Covers the
 //! token, the metadata commands, a second user's namespace, refused tokens, health, metrics,
 //! change feeds, and SIGTERM (exit 0) followed by a restart that still has every
-//! acknowledged write.
+//! acknowledged write. A second test drives the same process through the library's clients
+//! for what teractl does not show: reflection (v1 and v1alpha), an oversized message, an
+//! expired token and the health Watch stream.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -316,4 +318,167 @@ fn terad_serves_teractl_end_to_end() {
     assert!(stat.contains("size\t42\n"), "{stat}");
     assert!(stat.contains("attr\tcolor=red\n"), "{stat}");
     assert!(admin2.ok(&["-n", "2", "ls", "/"]).contains("\tmine\n"));
+}
+
+/// Reflection over both versions, an oversized request, an expired token, health Watch.
+#[tokio::test]
+async fn terad_speaks_reflection_and_refuses_what_it_must() {
+    use tera_server::client::{self, Bearer};
+    use tera_server::proto::auth as apb;
+    use tera_server::proto::health::health_check_response::ServingStatus;
+    use tera_server::proto::health::HealthCheckRequest;
+    use tera_server::proto::meta as pb;
+    use tera_server::proto::reflection::{v1, v1alpha};
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut t = start(&data);
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t"),
+    };
+    wait_serving(&ctl);
+    let ch = client::connect(&t.grpc, Duration::from_secs(10))
+        .await
+        .expect("connect");
+
+    // Reflection, v1alpha (what grpcio-reflection speaks) and v1.
+    let mut r = v1alpha::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut stream = r
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner();
+    let resp = stream.message().await.expect("a response").expect("one");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) =
+        resp.message_response
+    else {
+        panic!("not a service list");
+    };
+    let names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"tera.meta.v1.Metadata".to_string()),
+        "{names:?}"
+    );
+    let mut r1 = v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "tera.auth.v1.Auth".into(),
+            ),
+        ),
+    };
+    let mut stream = r1
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    let resp = stream.message().await.expect("a response").expect("one");
+    assert!(matches!(
+        resp.message_response,
+        Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f))
+            if f.file_descriptor_proto.len() == 1
+    ));
+
+    // A token that lives one second, refused once it has expired.
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    let mut auth = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"));
+    let tok = auth
+        .token(apb::TokenRequest {
+            user: "admin".into(),
+            password: password.trim().into(),
+            ttl_seconds: 1,
+        })
+        .await
+        .expect("token")
+        .into_inner();
+    let mut meta = client::meta(
+        ch.clone(),
+        Bearer::new(Some(&tok.token), true).expect("bearer"),
+    );
+    meta.get_usage(pb::GetUsageRequest { namespace: 0 })
+        .await
+        .expect("usage with a fresh token");
+
+    // An oversized request (over max_request_bytes, 1 MiB by default) is refused.
+    let big = pb::CommitUploadRequest {
+        namespace: 0,
+        path: "/big".into(),
+        mime: "x".repeat(2 << 20),
+        ..Default::default()
+    };
+    let e = meta.commit_upload(big).await.expect_err("too large");
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    // An oversized field inside the limit is INVALID_ARGUMENT.
+    let e = meta
+        .commit_upload(pb::CommitUploadRequest {
+            namespace: 0,
+            path: "/m".into(),
+            mime: "x".repeat(300),
+            ..Default::default()
+        })
+        .await
+        .expect_err("mime too long");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // Wait out the token's second (the expiry is what is tested, not a stand-in for a signal).
+    let left = tok.expires_at - tera_server::auth::now_secs() + 1;
+    tokio::time::sleep(Duration::from_secs(left.max(0) as u64)).await;
+    let e = meta
+        .get_usage(pb::GetUsageRequest { namespace: 0 })
+        .await
+        .expect_err("expired");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("expired"), "{}", e.message());
+
+    // Health Watch: SERVING now, NOT_SERVING when terad drains, then the stream ends.
+    let mut h = client::health(ch.clone());
+    let mut w = h
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = w.message().await.expect("status").expect("one");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let e = h
+        .check(HealthCheckRequest {
+            service: "no.Such".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(e.code(), Code::NotFound);
+    let pid = t.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let next = w.message().await.expect("status").expect("one more");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    assert!(w.message().await.map(|m| m.is_none()).unwrap_or(true));
+    drop(w);
+    drop(h);
+    drop(meta);
+    drop(auth);
+    drop(r);
+    drop(r1);
+    drop(ch);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = t.child.wait().expect("wait");
+        (s, t)
+    })
+    .await
+    .expect("join")
+    .0;
+    assert_eq!(status.code(), Some(0));
 }
