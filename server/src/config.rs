@@ -75,7 +75,7 @@ impl Default for Config {
             max_request_bytes: 1 << 20,
             max_response_bytes: 64 << 20,
             max_concurrent_requests: 1024,
-            max_watches: 1024,
+            max_watches: 256,
             request_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
             log_format: "text".into(),

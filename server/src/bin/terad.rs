@@ -195,8 +195,13 @@ fn main() -> ExitCode {
         };
     }
     init_logs(&config);
+    // Every engine call runs on the blocking pool, and a long poll (Changes with wait_ms, a
+    // WatchChanges stream) holds a thread while it waits: size the pool for all of them at
+    // once, so that waiters never starve short calls.
+    let blocking = config.max_concurrent_requests + config.max_watches + 64;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(blocking)
         .build()
     {
         Ok(rt) => rt,
