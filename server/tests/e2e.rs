@@ -27,6 +27,10 @@ impl Drop for Terad {
 }
 
 fn start(data: &Path) -> Terad {
+    start_with(data, &[])
+}
+
+fn start_with(data: &Path, extra: &[&str]) -> Terad {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -37,6 +41,7 @@ fn start(data: &Path) -> Terad {
         .args(["--dram-budget-mib", "64", "--log-level", "debug"])
         .arg("--data-dir")
         .arg(data)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -481,4 +486,53 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
     .expect("join")
     .0;
     assert_eq!(status.code(), Some(0));
+}
+
+/// Past `max_concurrent_requests`, calls are refused at once with RESOURCE_EXHAUSTED rather
+/// than queued; health stays reachable.
+#[tokio::test]
+async fn terad_sheds_load_past_its_limit() {
+    use tera_server::client::{self, Bearer};
+    use tera_server::proto::auth as apb;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = start_with(
+        &dir.path().join("data"),
+        &["--set", "max_concurrent_requests=1"],
+    );
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t"),
+    };
+    wait_serving(&ctl);
+    let ch = client::connect(&t.grpc, Duration::from_secs(30))
+        .await
+        .expect("connect");
+    // Token calls with a wrong password each spend an argon2 hash (milliseconds): with one
+    // permit, calls sent together cannot all get it.
+    let mut calls = Vec::new();
+    for _ in 0..16 {
+        let mut auth = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"));
+        calls.push(tokio::spawn(async move {
+            auth.token(apb::TokenRequest {
+                user: "admin".into(),
+                password: "wrong".into(),
+                ttl_seconds: 0,
+            })
+            .await
+            .map(|_| ())
+        }));
+    }
+    let mut codes = Vec::new();
+    for c in calls {
+        codes.push(c.await.expect("join").expect_err("a wrong password").code());
+    }
+    assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+    assert!(codes.contains(&Code::Unauthenticated), "{codes:?}");
+    assert!(codes
+        .iter()
+        .all(|c| matches!(c, Code::ResourceExhausted | Code::Unauthenticated)));
+    // Health is exempt from the limit.
+    assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
 }
