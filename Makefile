@@ -1,11 +1,16 @@
 # One command does what CI does: `make test` (which .ci/run calls).
 #
-#   make deps   install the system packages the build needs (Debian/Ubuntu, via apt-get)
-#   make test   rustfmt check, clippy with warnings denied, every test of the workspace, loom
-#   make run    the tierbench macro benchmark with a small default configuration
-#   make loom   the engine's loom model tests (own target dir: the cfg changes every crate)
+#   make deps       install the system packages the build needs (Debian/Ubuntu, via apt-get)
+#   make test       rustfmt check, clippy with warnings denied, every test of the workspace, loom
+#   make run        build and start terad, the gRPC metadata server, on its embedded defaults:
+#                   gRPC on 127.0.0.1:7420, metrics and /healthz on 127.0.0.1:7421, data under
+#                   ./terad-data (the first start writes the admin's password to
+#                   ./terad-data/admin-password); stop it with ctrl-c or SIGTERM
+#   make tierbench  the tierbench macro benchmark with a small default configuration
+#   make loom       the engine's loom model tests (own target dir: the cfg changes every crate)
 #
-# Extra arguments: `make test TEST_FLAGS='-- --nocapture'`, `make run RUN_ARGS='--records 1000000'`.
+# Extra arguments: `make test TEST_FLAGS='-- --nocapture'`, `make run TERAD_ARGS='--listen
+# 127.0.0.1:9000'`, `make tierbench RUN_ARGS='--records 1000000'`.
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -15,9 +20,10 @@ CARGO ?= cargo
 DEB_PACKAGES := libhwloc-dev libudev-dev pkg-config
 
 TEST_FLAGS ?=
+TERAD_ARGS ?=
 RUN_ARGS ?= --records 200000 --value-bytes 256 --seconds 3 --dram-fractions 1,0.25
 
-.PHONY: all deps test run loom
+.PHONY: all deps test run tierbench loom
 
 all: test
 
@@ -62,6 +68,9 @@ test: deps
 	$(MAKE) --no-print-directory loom
 
 run: deps
+	$(CARGO) run --release -p tera-server --bin terad -- $(TERAD_ARGS)
+
+tierbench: deps
 	$(CARGO) run --release -p tera-benches --bin tierbench -- $(RUN_ARGS)
 
 # The engine needs tera-numa, hence hwloc, hence deps.

@@ -1,0 +1,545 @@
+//! Users, passwords and tokens: the users file (TOML: name, argon2 password hash, role,
+//! namespace), the first-start admin, and the signed, expiring bearer tokens.
+//!
+//! A token is `tera1.<payload>.<signature>`: the payload is the claims as JSON
+//! (`{"sub","ns","role","iat","exp"}`), base64url without padding, and the signature is
+//! HMAC-SHA256 over `tera1.<payload>` with the install's secret (32 random bytes in
+//! `token.key` in the data directory, mode 0600), base64url. Verification checks the signature
+//! in constant time, then the expiry. Tokens cannot be revoked one by one: replacing
+//! `token.key` (and restarting) revokes them all.
+//!
+//! Each user owns one namespace, its number kept in the users file (the first admin gets 1,
+//! each added user the next free one). A user reaches only its own namespace; an admin any.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const TOKEN_PREFIX: &str = "tera1";
+/// The namespace of the first admin.
+pub const FIRST_NAMESPACE: u64 = 1;
+
+/// What the auth layer can fail at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("users file {path} does not parse: {reason}")]
+    UsersFile { path: PathBuf, reason: String },
+    #[error("user {0:?} exists already")]
+    UserExists(String),
+    #[error("bad user name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
+    BadName(String),
+    #[error("the system's random source failed: {0}")]
+    Random(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// Why a token was refused. Each maps to UNAUTHENTICATED; the text says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no token: send `authorization: Bearer <token>` metadata (get a token from tera.auth.v1.Auth/Token, or run `teractl login`)")]
+    Missing,
+    #[error("malformed token: {0} (get a new one from tera.auth.v1.Auth/Token)")]
+    Malformed(&'static str),
+    #[error("token signature does not verify: the token was altered or signed by another server (get a new one from tera.auth.v1.Auth/Token)")]
+    BadSignature,
+    #[error("token expired at {0} (seconds since the epoch): get a new one from tera.auth.v1.Auth/Token, or run `teractl login` again")]
+    Expired(i64),
+}
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reaches its own namespace only.
+    User,
+    /// Reaches every namespace.
+    Admin,
+}
+
+/// One user of the users file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// Argon2 PHC string (`$argon2id$v=19$...`).
+    pub password_hash: String,
+    pub role: Role,
+    pub namespace: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default, rename = "user")]
+    users: Vec<User>,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user name.
+    pub sub: String,
+    /// The user's namespace.
+    pub ns: u64,
+    pub role: Role,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+    /// Expires at, seconds since the epoch.
+    pub exp: i64,
+}
+
+impl Claims {
+    /// The namespace a request reaches: `requested`, or the caller's own for 0. `None` when the
+    /// caller may not reach it.
+    pub fn namespace(&self, requested: u64) -> Option<u64> {
+        match requested {
+            0 => Some(self.ns),
+            n if n == self.ns || self.role == Role::Admin => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], AuthError> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(b)
+}
+
+/// Signs and verifies tokens with one secret.
+#[derive(Clone)]
+pub struct TokenKey {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+impl TokenKey {
+    pub fn new(key: [u8; 32]) -> TokenKey {
+        TokenKey { key }
+    }
+
+    /// Load the key from `path` (hex), or create it there (mode 0600) if missing.
+    pub fn load_or_create(path: &Path) -> Result<TokenKey, AuthError> {
+        let io = |source| AuthError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(s) => {
+                let bytes = hex_decode(s.trim()).filter(|b| b.len() == 32).ok_or_else(|| {
+                    io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "not 64 hex digits (delete it to have a new key made: every token is then revoked)",
+                    ))
+                })?;
+                let mut key = [0u8; 32];
+                key.copy_from_slice(&bytes);
+                Ok(TokenKey { key })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = random_bytes::<32>()?;
+                write_private(path, format!("{}\n", hex_encode(&key)).as_bytes())?;
+                Ok(TokenKey { key })
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes a key of any length: this cannot fail.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// A signed token carrying `claims`.
+    pub fn sign(&self, claims: &Claims) -> String {
+        // Serializing a struct of strings and integers cannot fail.
+        let json = serde_json::to_vec(claims).unwrap_or_default();
+        let signed = format!("{TOKEN_PREFIX}.{}", B64.encode(json));
+        let mut mac = self.mac();
+        mac.update(signed.as_bytes());
+        let sig = mac.finalize().into_bytes();
+        format!("{signed}.{}", B64.encode(sig))
+    }
+
+    /// The claims of a token this key signed, if it has not expired at `now`.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let (signed, sig) = token
+            .rsplit_once('.')
+            .ok_or(TokenError::Malformed("no signature"))?;
+        let (prefix, payload) = signed
+            .split_once('.')
+            .ok_or(TokenError::Malformed("no payload"))?;
+        if prefix != TOKEN_PREFIX {
+            return Err(TokenError::Malformed("not a tera1 token"));
+        }
+        let sig = B64
+            .decode(sig)
+            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        let mut mac = self.mac();
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        let json = B64
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+        let claims: Claims = serde_json::from_slice(&json)
+            .map_err(|_| TokenError::Malformed("payload is not the claims"))?;
+        if claims.exp <= now {
+            return Err(TokenError::Expired(claims.exp));
+        }
+        Ok(claims)
+    }
+}
+
+/// The users, loaded from the users file and loaded again when it changes (so that
+/// `terad user add` takes effect without a restart).
+#[derive(Debug)]
+pub struct Users {
+    path: PathBuf,
+    state: RwLock<Loaded>,
+}
+
+#[derive(Debug, Default)]
+struct Loaded {
+    by_name: HashMap<String, Arc<User>>,
+    modified: Option<SystemTime>,
+}
+
+/// What [`Users::open`] did on a first start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// Where the first admin's password was written.
+    pub password_file: PathBuf,
+}
+
+impl Users {
+    /// Load the users file. If it is missing or names no user, create the admin user with a
+    /// random password, written to `admin-password` (mode 0600) in `data_dir`.
+    pub fn open(path: &Path, data_dir: &Path) -> Result<(Users, Option<Bootstrap>), AuthError> {
+        let mut boot = None;
+        if read_file(path)?.users.is_empty() {
+            let password = random_password()?;
+            add_user(path, "admin", Role::Admin, &password)?;
+            let password_file = data_dir.join("admin-password");
+            write_private(&password_file, format!("{password}\n").as_bytes())?;
+            boot = Some(Bootstrap { password_file });
+        }
+        let users = Users {
+            path: path.to_path_buf(),
+            state: RwLock::new(Loaded::default()),
+        };
+        users.reload()?;
+        Ok((users, boot))
+    }
+
+    /// Load the file again if its modification time changed.
+    pub fn reload(&self) -> Result<(), AuthError> {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        {
+            let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+            if s.modified.is_some() && s.modified == modified {
+                return Ok(());
+            }
+        }
+        let file = read_file(&self.path)?;
+        let by_name = file
+            .users
+            .into_iter()
+            .map(|u| (u.name.clone(), Arc::new(u)))
+            .collect();
+        let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
+        *s = Loaded { by_name, modified };
+        Ok(())
+    }
+
+    /// The user with this name and password, if both match. Slow on purpose (argon2): call it
+    /// off the async runtime. Unknown users cost a hash too, so that timing tells nothing.
+    pub fn check_password(&self, name: &str, password: &str) -> Option<Arc<User>> {
+        if let Err(e) = self.reload() {
+            tracing::warn!(error = %e, "users file not reloaded; using the users loaded before");
+        }
+        let user = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_name
+            .get(name)
+            .cloned();
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| DUMMY_HASH.to_string());
+        let ok = PasswordHash::new(&hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        user.filter(|_| ok)
+    }
+
+    /// Every user (for namespaces to create at start).
+    pub fn all(&self) -> Vec<Arc<User>> {
+        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        s.by_name.values().cloned().collect()
+    }
+}
+
+/// An argon2 hash of a password no one has, checked for unknown users.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9m2TmLcBQUv8gIWbWDZ5lXsDxL4zO0o1c3GfnGxbNbE";
+
+fn read_file(path: &Path) -> Result<UsersFile, AuthError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => toml::from_str(&s).map_err(|e| AuthError::UsersFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsersFile::default()),
+        Err(source) => Err(AuthError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// An argon2id hash of `password`, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::encode_b64(&random_bytes::<16>()?)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// A random password: 24 characters of base64url (144 bits).
+pub fn random_password() -> Result<String, AuthError> {
+    Ok(B64.encode(random_bytes::<18>()?))
+}
+
+/// Add a user to the users file (created if missing, mode 0600), with the next free
+/// namespace. Returns the user.
+pub fn add_user(path: &Path, name: &str, role: Role, password: &str) -> Result<User, AuthError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        return Err(AuthError::BadName(name.into()));
+    }
+    let mut file = read_file(path)?;
+    if file.users.iter().any(|u| u.name == name) {
+        return Err(AuthError::UserExists(name.into()));
+    }
+    let namespace = file
+        .users
+        .iter()
+        .map(|u| u.namespace + 1)
+        .max()
+        .unwrap_or(FIRST_NAMESPACE);
+    let user = User {
+        name: name.into(),
+        password_hash: hash_password(password)?,
+        role,
+        namespace,
+    };
+    file.users.push(user.clone());
+    let body = toml::to_string(&file).map_err(|e| AuthError::Hash(e.to_string()))?;
+    let text = format!(
+        "# terad users: name, argon2 password hash, role (user or admin) and namespace.\n\
+         # Add users with `terad user add NAME`; terad reloads this file when it changes.\n\n{body}"
+    );
+    write_private(path, text.as_bytes())?;
+    Ok(user)
+}
+
+/// Write a file readable by its owner only (0600), atomically (a temporary file renamed).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            ns: 7,
+            role: Role::User,
+            iat: 100,
+            exp,
+        }
+    }
+
+    #[test]
+    fn a_signed_token_verifies_until_it_expires() {
+        let k = TokenKey::new([7; 32]);
+        let t = k.sign(&claims(1000));
+        assert!(t.starts_with("tera1."));
+        assert_eq!(k.verify(&t, 999), Ok(claims(1000)));
+        assert_eq!(k.verify(&t, 1000), Err(TokenError::Expired(1000)));
+    }
+
+    #[test]
+    fn a_tampered_or_foreign_token_is_refused() {
+        let k = TokenKey::new([7; 32]);
+        let t = k.sign(&claims(1000));
+        // Another key.
+        assert_eq!(
+            TokenKey::new([8; 32]).verify(&t, 0),
+            Err(TokenError::BadSignature)
+        );
+        // Claims swapped for an admin's, signature kept.
+        let mut forged = claims(1000);
+        forged.role = Role::Admin;
+        let forged_payload = B64.encode(serde_json::to_vec(&forged).unwrap_or_default());
+        let sig = t.rsplit_once('.').map(|x| x.1).unwrap_or_default();
+        let bad = format!("tera1.{forged_payload}.{sig}");
+        assert_eq!(k.verify(&bad, 0), Err(TokenError::BadSignature));
+        // One signature byte changed.
+        let mut chars: Vec<char> = t.chars().collect();
+        let last = chars.len() - 2;
+        chars[last] = if chars[last] == 'A' { 'B' } else { 'A' };
+        let flipped: String = chars.into_iter().collect();
+        assert_eq!(k.verify(&flipped, 0), Err(TokenError::BadSignature));
+        // Not a token at all.
+        assert!(matches!(
+            k.verify("hello", 0),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            k.verify("jwt.abc.def", 0),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn users_reach_their_namespace_and_admins_all() {
+        let user = claims(1);
+        assert_eq!(user.namespace(0), Some(7));
+        assert_eq!(user.namespace(7), Some(7));
+        assert_eq!(user.namespace(8), None);
+        let admin = Claims {
+            role: Role::Admin,
+            ..claims(1)
+        };
+        assert_eq!(admin.namespace(8), Some(8));
+    }
+
+    #[test]
+    fn first_start_makes_an_admin_with_a_private_password_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        let (users, boot) = Users::open(&path, dir.path()).expect("open");
+        let boot = boot.expect("an admin was made");
+        let mode = std::fs::metadata(&boot.password_file)
+            .expect("password file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let password = std::fs::read_to_string(&boot.password_file).expect("read");
+        let admin = users
+            .check_password("admin", password.trim())
+            .expect("the password works");
+        assert_eq!(
+            (admin.role, admin.namespace),
+            (Role::Admin, FIRST_NAMESPACE)
+        );
+        assert!(users.check_password("admin", "wrong").is_none());
+        assert!(users.check_password("nobody", password.trim()).is_none());
+        // A second start finds the admin and makes none.
+        let (_, again) = Users::open(&path, dir.path()).expect("open again");
+        assert_eq!(again, None);
+        // An added user gets the next namespace and is seen without a restart.
+        let bob = add_user(&path, "bob", Role::User, "pw-bob").expect("add");
+        assert_eq!(bob.namespace, FIRST_NAMESPACE + 1);
+        assert!(users.check_password("bob", "pw-bob").is_some());
+        assert!(matches!(
+            add_user(&path, "bob", Role::User, "x"),
+            Err(AuthError::UserExists(_))
+        ));
+        assert!(matches!(
+            add_user(&path, "a b", Role::User, "x"),
+            Err(AuthError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn the_token_key_is_made_once_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token.key");
+        let a = TokenKey::load_or_create(&path).expect("create");
+        let b = TokenKey::load_or_create(&path).expect("load");
+        assert_eq!(a.key, b.key);
+        let mode = std::fs::metadata(&path).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

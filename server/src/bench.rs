@@ -1,0 +1,397 @@
+//! `teractl bench`: a closed-loop load generator. It makes its own fixture (a folder of
+//! `fixture_entries` files, listed and stat-ed by the load, and a folder for the entries the
+//! load creates), then for each concurrency level runs that many tasks over a few HTTP/2
+//! connections for a warm-up and a measured duration, each task issuing operations drawn
+//! from the mix back to back. It prints ops/s and p50/p99/p99.9 latency per level and
+//! operation (hdrhistogram, microsecond resolution), with error counts by status code.
+
+use crate::client::{self, Bearer, Meta};
+use crate::proto::meta as pb;
+use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// One operation of the mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    /// Stat a file of the fixture.
+    Stat,
+    /// List the fixture folder (one page holds it all).
+    List,
+    /// Create a folder.
+    Mkdir,
+    /// Commit an upload of a new file.
+    Upload,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Stat => "stat",
+            Op::List => "list",
+            Op::Mkdir => "mkdir",
+            Op::Upload => "upload",
+        }
+    }
+}
+
+/// Parse a mix such as `stat=50,list=50` or `stat,list` (equal weights).
+pub fn parse_mix(s: &str) -> Result<Vec<(Op, u32)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, w) = match part.split_once('=') {
+            Some((n, w)) => (
+                n.trim(),
+                w.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("mix {part:?}: the weight must be a whole number"))?,
+            ),
+            None => (part, 1),
+        };
+        let op = match name {
+            "stat" => Op::Stat,
+            "list" => Op::List,
+            "mkdir" => Op::Mkdir,
+            "upload" => Op::Upload,
+            n => {
+                return Err(format!(
+                    "mix: unknown operation {n:?} (stat, list, mkdir, upload)"
+                ))
+            }
+        };
+        if w > 0 {
+            out.push((op, w));
+        }
+    }
+    if out.is_empty() {
+        return Err("mix: no operation with a positive weight".into());
+    }
+    Ok(out)
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub server: String,
+    pub token: String,
+    pub namespace: u64,
+    pub levels: Vec<usize>,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub mix: Vec<(Op, u32)>,
+    /// HTTP/2 connections the tasks share.
+    pub channels: usize,
+    pub fixture_entries: usize,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Leave the fixture in place afterwards.
+    pub keep: bool,
+}
+
+#[derive(Debug)]
+struct Tally {
+    hist: BTreeMap<Op, Histogram<u64>>,
+    errors: BTreeMap<(Op, &'static str), u64>,
+}
+
+impl Tally {
+    fn new(mix: &[(Op, u32)]) -> Result<Tally, String> {
+        let mut hist = BTreeMap::new();
+        for (op, _) in mix {
+            hist.insert(
+                *op,
+                Histogram::new_with_bounds(1, 120_000_000, 3).map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(Tally {
+            hist,
+            errors: BTreeMap::new(),
+        })
+    }
+
+    fn merge(&mut self, o: Tally) {
+        for (op, h) in o.hist {
+            if let Some(mine) = self.hist.get_mut(&op) {
+                let _ = mine.add(&h);
+            }
+        }
+        for (k, n) in o.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+    }
+}
+
+/// A small fast generator (xorshift64*), one per task.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn status_code(s: &tonic::Status) -> &'static str {
+    crate::error::code_label(s.code())
+}
+
+async fn setup(m: &mut Meta, o: &BenchOptions, root: &str) -> Result<(), String> {
+    let ns = o.namespace;
+    let fail = |what: &str, s: tonic::Status| {
+        format!("fixture: {what}: {}: {}", status_code(&s), s.message())
+    };
+    m.create_folder(pb::CreateFolderRequest {
+        namespace: ns,
+        path: format!("{root}/fixture"),
+        parents: true,
+    })
+    .await
+    .map_err(|s| fail("mkdir", s))?;
+    m.create_folder(pb::CreateFolderRequest {
+        namespace: ns,
+        path: format!("{root}/work"),
+        parents: true,
+    })
+    .await
+    .map_err(|s| fail("mkdir", s))?;
+    for i in 0..o.fixture_entries {
+        m.commit_upload(pb::CommitUploadRequest {
+            namespace: ns,
+            path: format!("{root}/fixture/f{i:05}"),
+            size: 1000 + i as u64,
+            mtime_us: 0,
+            checksum: Some(pb::Checksum {
+                algorithm: "sha256".into(),
+                value: format!("{i:064x}"),
+            }),
+            mime: "application/octet-stream".into(),
+            precondition: None,
+        })
+        .await
+        .map_err(|s| fail("upload", s))?;
+    }
+    Ok(())
+}
+
+struct Worker {
+    meta: Meta,
+    ns: u64,
+    root: String,
+    fixture: usize,
+    mix: Vec<(Op, u32)>,
+    total_weight: u64,
+    rng: Rng,
+    id: String,
+    seq: u64,
+}
+
+impl Worker {
+    fn pick(&mut self) -> Op {
+        let mut r = self.rng.next() % self.total_weight;
+        for (op, w) in &self.mix {
+            if r < u64::from(*w) {
+                return *op;
+            }
+            r -= u64::from(*w);
+        }
+        self.mix[0].0
+    }
+
+    async fn run_one(&mut self, op: Op) -> Result<(), tonic::Status> {
+        let ns = self.ns;
+        match op {
+            Op::Stat => {
+                let i = (self.rng.next() % self.fixture.max(1) as u64) as usize;
+                self.meta
+                    .stat(pb::StatRequest {
+                        namespace: ns,
+                        target: Some(pb::stat_request::Target::Path(format!(
+                            "{}/fixture/f{i:05}",
+                            self.root
+                        ))),
+                    })
+                    .await?;
+            }
+            Op::List => {
+                self.meta
+                    .list(pb::ListRequest {
+                        namespace: ns,
+                        path: format!("{}/fixture", self.root),
+                        page_size: self.fixture.clamp(1, 10_000) as u32,
+                        page_token: String::new(),
+                    })
+                    .await?;
+            }
+            Op::Mkdir => {
+                self.seq += 1;
+                self.meta
+                    .create_folder(pb::CreateFolderRequest {
+                        namespace: ns,
+                        path: format!("{}/work/d-{}-{}", self.root, self.id, self.seq),
+                        parents: false,
+                    })
+                    .await?;
+            }
+            Op::Upload => {
+                self.seq += 1;
+                self.meta
+                    .commit_upload(pb::CommitUploadRequest {
+                        namespace: ns,
+                        path: format!("{}/work/u-{}-{}", self.root, self.id, self.seq),
+                        size: self.rng.next() % (1 << 20),
+                        mtime_us: 0,
+                        checksum: Some(pb::Checksum {
+                            algorithm: "sha256".into(),
+                            value: format!("{:016x}", self.rng.next()),
+                        }),
+                        mime: "application/octet-stream".into(),
+                        precondition: None,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run the benchmark; returns the report (also printed level by level to stdout).
+pub async fn run(o: BenchOptions) -> Result<String, String> {
+    let channels = o.channels.max(1);
+    let mut chans = Vec::with_capacity(channels);
+    for _ in 0..channels {
+        chans.push(client::connect(&o.server, o.timeout).await?);
+    }
+    let bearer = Bearer::new(Some(&o.token), false)?;
+    let mut m = client::meta(chans[0].clone(), bearer.clone());
+    let tag: String = crate::auth::random_bytes::<4>()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let root = format!("/bench-{tag}");
+    setup(&mut m, &o, &root).await?;
+    let total_weight: u64 = o.mix.iter().map(|(_, w)| u64::from(*w)).sum();
+    let mut report = String::new();
+    let header = format!(
+        "# teractl bench: {} fixture entries under {root}, {} HTTP/2 connections, {:?} per level after {:?} warm-up\n{:>6} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9}  errors\n",
+        o.fixture_entries, channels, o.duration, o.warmup, "conc", "op", "ops/s", "p50_ms", "p99_ms", "p999_ms", "count"
+    );
+    print!("{header}");
+    report.push_str(&header);
+    for (li, &level) in o.levels.iter().enumerate() {
+        let start = Instant::now();
+        let measure_from = start + o.warmup;
+        let end = measure_from + o.duration;
+        let mut tasks = Vec::with_capacity(level);
+        for w in 0..level {
+            let mut worker = Worker {
+                meta: client::meta(chans[w % channels].clone(), bearer.clone()),
+                ns: o.namespace,
+                root: root.clone(),
+                fixture: o.fixture_entries,
+                mix: o.mix.clone(),
+                total_weight,
+                rng: Rng(0x9e37_79b9_7f4a_7c15 ^ (((li as u64) << 32) | (w as u64 + 1))),
+                id: format!("{li}-{w}"),
+                seq: 0,
+            };
+            let mut tally = Tally::new(&o.mix)?;
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let op = worker.pick();
+                    let r = worker.run_one(op).await;
+                    let t1 = Instant::now();
+                    if t0 < measure_from {
+                        continue;
+                    }
+                    match r {
+                        Ok(()) => {
+                            if let Some(h) = tally.hist.get_mut(&op) {
+                                h.saturating_record((t1 - t0).as_micros().max(1) as u64);
+                            }
+                        }
+                        Err(s) => *tally.errors.entry((op, status_code(&s))).or_default() += 1,
+                    }
+                }
+                tally
+            }));
+        }
+        let mut total = Tally::new(&o.mix)?;
+        for t in tasks {
+            match t.await {
+                Ok(t) => total.merge(t),
+                Err(e) => return Err(format!("a bench task failed: {e}")),
+            }
+        }
+        let secs = o.duration.as_secs_f64();
+        let mut block = String::new();
+        for (op, h) in &total.hist {
+            let errs: Vec<String> = total
+                .errors
+                .iter()
+                .filter(|((eop, _), _)| eop == op)
+                .map(|((_, code), n)| format!("{code}={n}"))
+                .collect();
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            let _ = writeln!(
+                block,
+                "{level:>6} {:>7} {:>11.1} {:>9.3} {:>9.3} {:>9.3} {:>9}  {}",
+                op.name(),
+                h.len() as f64 / secs,
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                h.len(),
+                if errs.is_empty() {
+                    "-".to_string()
+                } else {
+                    errs.join(",")
+                }
+            );
+        }
+        let all: u64 = total.hist.values().map(|h| h.len()).sum();
+        let _ = writeln!(block, "{level:>6} {:>7} {:>11.1}", "all", all as f64 / secs);
+        print!("{block}");
+        report.push_str(&block);
+    }
+    if !o.keep {
+        let r = m
+            .delete(pb::DeleteRequest {
+                namespace: o.namespace,
+                path: root.clone(),
+                recursive: true,
+                if_match: String::new(),
+            })
+            .await;
+        if let Err(s) = r {
+            eprintln!("teractl bench: could not remove {root}: {}", s.message());
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixes_parse() {
+        assert_eq!(
+            parse_mix("stat=3, list=1,upload=0").ok(),
+            Some(vec![(Op::Stat, 3), (Op::List, 1)])
+        );
+        assert_eq!(
+            parse_mix("mkdir,upload").ok(),
+            Some(vec![(Op::Mkdir, 1), (Op::Upload, 1)])
+        );
+        assert!(parse_mix("read=1").is_err());
+        assert!(parse_mix("stat=0").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! What teractl uses to talk to terad: a channel to the server, and clients of each service
+//! that send the bearer token (and, for commands, a fresh W3C `traceparent`) on every call.
+
+use crate::proto::auth::auth_client::AuthClient;
+use crate::proto::health::health_client::HealthClient;
+use crate::proto::meta::metadata_client::MetadataClient;
+use std::time::Duration;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+/// Adds `authorization: Bearer <token>` and, if asked, a `traceparent` to each request.
+#[derive(Debug, Clone)]
+pub struct Bearer {
+    header: Option<AsciiMetadataValue>,
+    trace: bool,
+}
+
+impl Bearer {
+    /// `token` may be `None` (for calls that need none).
+    pub fn new(token: Option<&str>, trace: bool) -> Result<Bearer, String> {
+        let header = token
+            .map(|t| {
+                MetadataValue::try_from(format!("Bearer {}", t.trim()))
+                    .map_err(|_| "the token has characters a header cannot carry".to_string())
+            })
+            .transpose()?;
+        Ok(Bearer { header, trace })
+    }
+}
+
+/// A random W3C `traceparent` (version 00, sampled).
+pub fn new_traceparent() -> Option<String> {
+    let b = crate::auth::random_bytes::<24>().ok()?;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Some(format!("00-{}-{}-01", &hex[..32], &hex[32..]))
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        if self.trace {
+            if let Some(tp) = new_traceparent().and_then(|t| MetadataValue::try_from(t).ok()) {
+                req.metadata_mut().insert("traceparent", tp);
+            }
+        }
+        Ok(req)
+    }
+}
+
+pub type Meta = MetadataClient<InterceptedService<Channel, Bearer>>;
+pub type Auth = AuthClient<InterceptedService<Channel, Bearer>>;
+
+/// Connect to `url` (`http://host:port`). Each call builds one HTTP/2 connection.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Channel, String> {
+    Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("server address {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e} (is terad running? see --server)"))
+}
+
+/// The Metadata client over `ch`, sending `bearer`'s headers.
+pub fn meta(ch: Channel, bearer: Bearer) -> Meta {
+    MetadataClient::with_interceptor(ch, bearer)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// The Auth client over `ch`.
+pub fn auth(ch: Channel, bearer: Bearer) -> Auth {
+    AuthClient::with_interceptor(ch, bearer)
+}
+
+/// The Health client over `ch`.
+pub fn health(ch: Channel) -> HealthClient<Channel> {
+    HealthClient::new(ch)
+}

@@ -1,0 +1,113 @@
+//! `grpc.health.v1.Health`: SERVING once the database is open and recovered, NOT_SERVING
+//! before that and while draining. The overall status (service `""`) and each of terad's
+//! services report the same; an unknown service is NOT_FOUND for Check and SERVICE_UNKNOWN
+//! for Watch. A Watch stream sends the status at once and on every change, and ends once the
+//! server drains (after sending NOT_SERVING).
+
+use crate::proto::health::health_check_response::ServingStatus;
+use crate::proto::health::health_server::Health;
+use crate::proto::health::{
+    HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
+};
+use crate::state::State;
+use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// The services health reports on (besides the overall `""`).
+pub const SERVICES: &[&str] = &["tera.meta.v1.Metadata", "tera.auth.v1.Auth"];
+
+/// The Health service.
+#[derive(Debug, Clone)]
+pub struct HealthService {
+    state: Arc<State>,
+}
+
+impl HealthService {
+    pub fn new(state: Arc<State>) -> HealthService {
+        HealthService { state }
+    }
+}
+
+fn known(service: &str) -> bool {
+    service.is_empty() || SERVICES.contains(&service)
+}
+
+fn response(serving: bool) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        } as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    async fn check(
+        &self,
+        req: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = req.into_inner().service;
+        if !known(&service) {
+            return Err(Status::not_found(format!(
+                "unknown service {service:?}: terad reports on \"\" (overall), {}",
+                SERVICES.join(", ")
+            )));
+        }
+        Ok(Response::new(response(self.state.serving())))
+    }
+
+    async fn list(
+        &self,
+        _req: Request<HealthListRequest>,
+    ) -> Result<Response<HealthListResponse>, Status> {
+        let serving = self.state.serving();
+        let statuses = std::iter::once("")
+            .chain(SERVICES.iter().copied())
+            .map(|s| (s.to_string(), response(serving)))
+            .collect();
+        Ok(Response::new(HealthListResponse { statuses }))
+    }
+
+    type WatchStream = ReceiverStream<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        req: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let service = req.into_inner().service;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut serving = self.state.serving.subscribe();
+        let mut draining = self.state.draining.subscribe();
+        tokio::spawn(async move {
+            if !known(&service) {
+                let unknown = HealthCheckResponse {
+                    status: ServingStatus::ServiceUnknown as i32,
+                };
+                if tx.send(Ok(unknown)).await.is_ok() {
+                    tokio::select! {
+                        _ = tx.closed() => {}
+                        _ = crate::state::drained(&mut draining) => {}
+                    }
+                }
+                return;
+            }
+            loop {
+                let now = *serving.borrow_and_update();
+                if tx.send(Ok(response(now))).await.is_err() {
+                    return;
+                }
+                if *draining.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    r = serving.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

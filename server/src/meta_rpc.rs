@@ -1,0 +1,434 @@
+//! `tera.meta.v1.Metadata`: the metadata model of `tera_engine::meta` over gRPC. Each call
+//! authenticates and authorizes the caller, checks field sizes, then runs the engine call on
+//! the blocking pool; the engine's refusals become statuses in `crate::error`.
+
+use crate::error::oversized;
+use crate::proto::meta::metadata_server::Metadata;
+use crate::proto::meta::{self as pb, stat_request::Target};
+use crate::state::{blocking, State};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tera_engine::meta::{Change, Kind, MetaEntry, Precondition, Upload, MAX_PAGE};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Longest mime type.
+pub const MAX_MIME: usize = 255;
+/// Longest checksum algorithm name.
+pub const MAX_CHECKSUM_ALGORITHM: usize = 32;
+/// Longest checksum value.
+pub const MAX_CHECKSUM_VALUE: usize = 512;
+/// Longest attribute name.
+pub const MAX_ATTR_NAME: usize = 255;
+/// Longest attribute value.
+pub const MAX_ATTR_VALUE: usize = 4096;
+/// Most attributes set or unset in one call.
+pub const MAX_ATTRS_PER_CALL: usize = 1000;
+/// Longest etag in a condition.
+pub const MAX_ETAG: usize = 64;
+/// Page size when the client asks for none.
+pub const DEFAULT_PAGE: usize = 1000;
+/// Longest wait of a Changes call.
+pub const MAX_WAIT_MS: u32 = 60_000;
+/// How long one poll of a WatchChanges stream waits in the engine before it checks whether
+/// the client left, the token expired or the server drains.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
+/// The Metadata service.
+#[derive(Debug, Clone)]
+pub struct MetaService {
+    state: Arc<State>,
+}
+
+impl MetaService {
+    pub fn new(state: Arc<State>) -> MetaService {
+        MetaService { state }
+    }
+}
+
+/// Microseconds since the epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// An engine entry as the wire's.
+pub fn entry_pb(e: MetaEntry) -> pb::Entry {
+    let (algorithm, value) = e.checksum;
+    let checksum =
+        (!algorithm.is_empty() || !value.is_empty()).then_some(pb::Checksum { algorithm, value });
+    pb::Entry {
+        id: e.id,
+        parent_id: e.parent,
+        name: e.name,
+        kind: match e.kind {
+            Kind::File => pb::Kind::File,
+            Kind::Folder => pb::Kind::Folder,
+        } as i32,
+        size: e.size,
+        mtime_us: e.mtime,
+        etag: e.etag,
+        checksum,
+        mime: e.mime,
+        tree_size: e.tree_size,
+        tree_mtime_us: e.tree_mtime,
+        attributes: e.attrs.into_iter().collect(),
+    }
+}
+
+fn check_len(field: &str, s: &str, max: usize) -> Result<(), Status> {
+    if s.len() > max {
+        Err(oversized(field, s.len(), max))
+    } else {
+        Ok(())
+    }
+}
+
+fn if_match(s: String) -> Result<Option<String>, Status> {
+    check_len("if_match", &s, MAX_ETAG)?;
+    Ok((!s.is_empty()).then_some(s))
+}
+
+/// The wire's page token for a listing's continuation (the last name, base64url): opaque to
+/// clients, who must pass it back unchanged.
+pub fn page_token(next: Option<String>) -> String {
+    next.map(|n| B64.encode(n.as_bytes())).unwrap_or_default()
+}
+
+fn parse_page_token(t: &str) -> Result<Option<String>, Status> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    B64.decode(t)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "page_token is not one this server gave: pass a response's next_page_token unchanged, or none for the first page",
+            )
+        })
+}
+
+fn changes_pb(page: tera_engine::meta::ChangePage) -> pb::ChangesResponse {
+    pb::ChangesResponse {
+        changes: page
+            .changes
+            .into_iter()
+            .map(|(revision, c)| pb::Change {
+                revision,
+                change: Some(match c {
+                    Change::Upsert(e) => pb::change::Change::Upsert(entry_pb(e)),
+                    Change::Delete(id) => pb::change::Change::DeletedId(id),
+                }),
+            })
+            .collect(),
+        cursor: page.cursor,
+    }
+}
+
+#[tonic::async_trait]
+impl Metadata for MetaService {
+    async fn stat(&self, req: Request<pb::StatRequest>) -> Result<Response<pb::Entry>, Status> {
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let target = req
+            .into_inner()
+            .target
+            .ok_or_else(|| Status::invalid_argument("set path or id: the entry to stat"))?;
+        let e = blocking(move || match target {
+            Target::Path(p) => engine.meta.stat(ns, &p),
+            Target::Id(id) => engine.meta.stat_id(ns, id),
+        })
+        .await?;
+        Ok(Response::new(entry_pb(e)))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let r = req.into_inner();
+        let page = match r.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n} is over the maximum of {MAX_PAGE}: ask for fewer and follow next_page_token"
+                )))
+            }
+            n => n,
+        };
+        let after = parse_page_token(&r.page_token)?;
+        let p = blocking(move || engine.meta.list(ns, &r.path, page, after.as_deref())).await?;
+        Ok(Response::new(pb::ListResponse {
+            entries: p.entries.into_iter().map(entry_pb).collect(),
+            next_page_token: page_token(p.next),
+        }))
+    }
+
+    async fn create_folder(
+        &self,
+        req: Request<pb::CreateFolderRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let r = req.into_inner();
+        let e = blocking(move || engine.meta.mkdir(ns, &r.path, r.parents, now_us())).await?;
+        Ok(Response::new(entry_pb(e)))
+    }
+
+    async fn r#move(&self, req: Request<pb::MoveRequest>) -> Result<Response<pb::Entry>, Status> {
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let r = req.into_inner();
+        let cond = if_match(r.if_match)?;
+        let e = blocking(move || {
+            engine
+                .meta
+                .rename(ns, &r.from_path, &r.to_path, cond.as_deref(), now_us())
+        })
+        .await?;
+        Ok(Response::new(entry_pb(e)))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let r = req.into_inner();
+        let cond = if_match(r.if_match)?;
+        blocking(move || {
+            engine
+                .meta
+                .delete(ns, &r.path, r.recursive, cond.as_deref(), now_us())
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn commit_upload(
+        &self,
+        req: Request<pb::CommitUploadRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        use pb::commit_upload_request::Precondition as P;
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let r = req.into_inner();
+        check_len("mime", &r.mime, MAX_MIME)?;
+        let checksum = r.checksum.unwrap_or_default();
+        check_len(
+            "checksum.algorithm",
+            &checksum.algorithm,
+            MAX_CHECKSUM_ALGORITHM,
+        )?;
+        check_len("checksum.value", &checksum.value, MAX_CHECKSUM_VALUE)?;
+        let pre = match r.precondition {
+            Some(P::IfMatch(t)) => match if_match(t)? {
+                Some(t) => Precondition::IfMatch(t),
+                None => Precondition::None,
+            },
+            Some(P::IfNoneMatch(true)) => Precondition::IfNoneMatch,
+            Some(P::IfNoneMatch(false)) | None => Precondition::None,
+        };
+        let up = Upload {
+            size: r.size,
+            mtime: if r.mtime_us == 0 {
+                now_us()
+            } else {
+                r.mtime_us
+            },
+            checksum: (checksum.algorithm, checksum.value),
+            mime: r.mime,
+        };
+        let e = blocking(move || engine.meta.upload(ns, &r.path, &up, &pre)).await?;
+        Ok(Response::new(entry_pb(e)))
+    }
+
+    async fn set_attributes(
+        &self,
+        req: Request<pb::SetAttributesRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let r = req.into_inner();
+        let n = r.set.len() + r.unset.len();
+        if n > MAX_ATTRS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{n} attributes in one call, more than the limit of {MAX_ATTRS_PER_CALL}: split the change"
+            )));
+        }
+        for (k, v) in &r.set {
+            if k.is_empty() {
+                return Err(Status::invalid_argument("an attribute name is empty"));
+            }
+            check_len("attribute name", k, MAX_ATTR_NAME)?;
+            check_len(&format!("attribute {k:?}"), v, MAX_ATTR_VALUE)?;
+        }
+        for k in &r.unset {
+            check_len("attribute name", k, MAX_ATTR_NAME)?;
+            if r.set.contains_key(k) {
+                return Err(Status::invalid_argument(format!(
+                    "attribute {k:?} is both set and unset"
+                )));
+            }
+        }
+        let e = blocking(move || {
+            let mut changes: Vec<(&str, Option<&str>)> = r
+                .set
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                .collect();
+            changes.extend(r.unset.iter().map(|k| (k.as_str(), None)));
+            engine.meta.set_attrs(ns, &r.path, &changes, now_us())
+        })
+        .await?;
+        Ok(Response::new(entry_pb(e)))
+    }
+
+    async fn changes(
+        &self,
+        req: Request<pb::ChangesRequest>,
+    ) -> Result<Response<pb::ChangesResponse>, Status> {
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let r = req.into_inner();
+        let max = match r.max_revisions as usize {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "max_revisions {n} is over the maximum of {MAX_PAGE}"
+                )))
+            }
+            n => n,
+        };
+        if r.wait_ms > MAX_WAIT_MS {
+            return Err(Status::invalid_argument(format!(
+                "wait_ms {} is over the maximum of {MAX_WAIT_MS}: poll again instead",
+                r.wait_ms
+            )));
+        }
+        let wait = Duration::from_millis(u64::from(r.wait_ms));
+        let page = blocking(move || engine.meta.changes(ns, r.cursor, max, wait)).await?;
+        Ok(Response::new(changes_pb(page)))
+    }
+
+    type WatchChangesStream = ReceiverStream<Result<pb::ChangesResponse, Status>>;
+
+    async fn watch_changes(
+        &self,
+        req: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        let (claims, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let max = self.state.config.max_watches;
+        let open = self.state.watches.fetch_add(1, Ordering::AcqRel);
+        let guard = WatchSlot(self.state.clone());
+        if open >= max {
+            return Err(Status::resource_exhausted(format!(
+                "{open} change streams are open, the server's limit ({max}): retry later, or poll with Changes"
+            )));
+        }
+        let mut cursor = req.into_inner().cursor;
+        // Check the cursor before the stream starts, so that a too-old one is the call's
+        // status rather than the stream's first message.
+        let first = {
+            let engine = engine.clone();
+            blocking(move || engine.meta.changes(ns, cursor, MAX_PAGE, Duration::ZERO)).await?
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut draining = self.state.draining.subscribe();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut page = Some(first);
+            loop {
+                let p = match page.take() {
+                    Some(p) => p,
+                    None => {
+                        let engine = engine.clone();
+                        let c = cursor;
+                        let poll =
+                            blocking(move || engine.meta.changes(ns, c, MAX_PAGE, WATCH_POLL));
+                        tokio::select! {
+                            r = poll => match r {
+                                Ok(p) => p,
+                                Err(s) => {
+                                    let _ = tx.send(Err(s)).await;
+                                    return;
+                                }
+                            },
+                            _ = tx.closed() => return,
+                            _ = crate::state::drained(&mut draining) => return,
+                        }
+                    }
+                };
+                cursor = p.cursor;
+                if !p.changes.is_empty() && tx.send(Ok(changes_pb(p))).await.is_err() {
+                    return;
+                }
+                if claims.exp <= crate::auth::now_secs() {
+                    let _ = tx
+                        .send(Err(Status::unauthenticated(
+                            "the token expired during the stream: get a new one and watch again from the last cursor",
+                        )))
+                        .await;
+                    return;
+                }
+                if *draining.borrow() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_usage(
+        &self,
+        req: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::Usage>, Status> {
+        let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
+        let engine = self.state.engine()?;
+        let u = blocking(move || engine.meta.usage(ns)).await?;
+        Ok(Response::new(pb::Usage {
+            bytes: u.bytes,
+            revision: u.revision,
+        }))
+    }
+}
+
+/// Counts an open WatchChanges stream until dropped.
+struct WatchSlot(Arc<State>);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.watches.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_garbage() {
+        let t = page_token(Some("a name/with ü".into()));
+        assert_eq!(
+            parse_page_token(&t).ok(),
+            Some(Some("a name/with ü".into()))
+        );
+        assert_eq!(page_token(None), "");
+        assert_eq!(parse_page_token("").ok(), Some(None));
+        assert_eq!(
+            parse_page_token("!!!").map_err(|s| s.code()),
+            Err(tonic::Code::InvalidArgument)
+        );
+    }
+}

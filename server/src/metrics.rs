@@ -1,0 +1,167 @@
+//! Prometheus metrics and the health endpoint, over a minimal HTTP/1.1 server on their own
+//! port: `GET /metrics` (the recorder's text format, with the engine's figures read from
+//! `Db::stats` at each scrape) and `GET /healthz` (200 `serving`, or 503 with the reason).
+//! One request per connection; anything else is 404 or 405.
+
+use crate::state::State;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Latency buckets, in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// Install the process's metrics recorder. Call once.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("terad_rpc_duration_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    metrics::describe_counter!(
+        "terad_rpc_requests_total",
+        "RPCs answered, by method and status code"
+    );
+    metrics::describe_histogram!(
+        "terad_rpc_duration_seconds",
+        metrics::Unit::Seconds,
+        "RPC latency, by method (from the request's arrival to its response headers)"
+    );
+    Ok(handle)
+}
+
+/// Copy the engine's counters into gauges and counters, just before a scrape renders them.
+fn record_engine(state: &State) {
+    use metrics::{counter, gauge};
+    gauge!("terad_serving").set(if state.serving() { 1.0 } else { 0.0 });
+    gauge!("terad_watches_open").set(state.watches.load(Ordering::Relaxed) as f64);
+    let Some(engine) = state.engine_if_open() else {
+        return;
+    };
+    let s = engine.db.stats();
+    for (tier, t) in [("dram", s.dram), ("far", s.far)] {
+        gauge!("terad_tier_bytes", "tier" => tier).set(t.bytes as f64);
+        gauge!("terad_tier_records", "tier" => tier).set(t.records as f64);
+        counter!("terad_tier_reads_total", "tier" => tier).absolute(t.reads);
+    }
+    gauge!("terad_dram_hit_ratio").set(s.dram_hit_ratio());
+    counter!("terad_promotions_total").absolute(s.promotions);
+    counter!("terad_readmissions_total").absolute(s.readmissions);
+    counter!("terad_pages_demoted_total").absolute(s.pages_demoted);
+    counter!("terad_compaction_bytes_total").absolute(s.compaction_bytes);
+    counter!("terad_segments_compacted_total").absolute(s.segments_compacted);
+    gauge!("terad_far_file_bytes").set(s.far_file_bytes as f64);
+    gauge!("terad_dram_budget_bytes").set(s.dram_budget_bytes as f64);
+    gauge!("terad_dram_used_bytes").set(s.dram_used_bytes as f64);
+    gauge!("terad_dram_index_bytes").set(s.index_bytes as f64);
+    gauge!("terad_dram_ordered_index_bytes").set(s.ordered_index_bytes as f64);
+    gauge!("terad_dram_frame_bytes").set(s.frame_bytes as f64);
+    gauge!("terad_dram_changelog_bytes").set(s.changelog_bytes as f64);
+    counter!("terad_wal_fsyncs_total").absolute(s.wal_fsyncs);
+    counter!("terad_checkpoints_total").absolute(s.checkpoints);
+    gauge!("terad_keys").set(s.keys as f64);
+}
+
+/// Serve `/metrics` and `/healthz` on `listener` until the process ends.
+pub async fn serve_http(listener: TcpListener, state: Arc<State>, handle: PrometheusHandle) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    loop {
+        let (conn, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(10), answer(conn, &state, &handle));
+            if let Ok(Err(e)) = r.await {
+                tracing::debug!(error = %e, "metrics connection failed");
+            }
+        });
+    }
+}
+
+async fn answer(
+    mut conn: TcpStream,
+    state: &State,
+    handle: &PrometheusHandle,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 || buf.len() > 16 * 1024 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut first = head.lines().next().unwrap_or_default().split(' ');
+    let (method, target) = (
+        first.next().unwrap_or_default(),
+        first.next().unwrap_or_default(),
+    );
+    let path = target.split('?').next().unwrap_or_default();
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => {
+            record_engine(state);
+            ("200 OK", "text/plain; version=0.0.4", handle.render())
+        }
+        ("GET", "/healthz") => {
+            if state.serving() {
+                ("200 OK", "text/plain", "serving\n".to_string())
+            } else if *state.draining.borrow() {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "draining\n".to_string(),
+                )
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "recovering\n".to_string(),
+                )
+            }
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /healthz\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    if method != "HEAD" {
+        conn.write_all(body.as_bytes()).await?;
+    }
+    conn.shutdown().await
+}

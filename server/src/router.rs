@@ -1,0 +1,296 @@
+//! The service terad hands to tonic: [`Gate`] around [`Router`].
+//!
+//! [`Router`] sends each request to its service by the path's service name (tonic's own
+//! router would bring in axum). [`Gate`] does what every call shares: it opens the request's
+//! tracing span (with the W3C `traceparent`'s trace and parent ids), sheds load past the
+//! concurrency limit at once with RESOURCE_EXHAUSTED (health, reflection and the long-lived
+//! WatchChanges streams are exempt; WatchChanges has its own limit), and records per-RPC
+//! counts and latencies.
+
+use crate::auth_rpc::AuthService;
+use crate::error::code_label;
+use crate::health::HealthService;
+use crate::meta_rpc::MetaService;
+use crate::proto::auth::auth_server::AuthServer;
+use crate::proto::health::health_server::HealthServer;
+use crate::proto::meta::metadata_server::MetadataServer;
+use crate::proto::reflection::v1::server_reflection_server::ServerReflectionServer as ReflV1Server;
+use crate::proto::reflection::v1alpha::server_reflection_server::ServerReflectionServer as ReflV1AlphaServer;
+use crate::reflection::{ReflectionV1, ReflectionV1Alpha};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower_service::Service;
+use tracing::Instrument;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+/// Dispatches requests to terad's services by path.
+#[derive(Debug, Clone)]
+pub struct Router {
+    pub meta: MetadataServer<MetaService>,
+    pub auth: AuthServer<AuthService>,
+    pub health: HealthServer<HealthService>,
+    pub reflection_v1: ReflV1Server<ReflectionV1>,
+    pub reflection_v1alpha: ReflV1AlphaServer<ReflectionV1Alpha>,
+}
+
+/// The service part of a gRPC path (`/pkg.Service/Method` → `pkg.Service`).
+fn service_of(path: &str) -> &str {
+    path.trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+}
+
+impl Service<http::Request<Body>> for Router {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> BoxFuture {
+        match service_of(req.uri().path()) {
+            "tera.meta.v1.Metadata" => self.meta.call(req),
+            "tera.auth.v1.Auth" => self.auth.call(req),
+            "grpc.health.v1.Health" => self.health.call(req),
+            "grpc.reflection.v1.ServerReflection" => self.reflection_v1.call(req),
+            "grpc.reflection.v1alpha.ServerReflection" => self.reflection_v1alpha.call(req),
+            other => {
+                let s = Status::unimplemented(format!(
+                    "terad has no service {other:?} (see server reflection for the list)"
+                ));
+                Box::pin(async move { Ok(s.into_http()) })
+            }
+        }
+    }
+}
+
+/// The methods that are metrics labels (any other path is recorded as `unknown`, so that a
+/// client cannot grow the label set).
+fn method_label(path: &str) -> &'static str {
+    const METHODS: &[&str] = &[
+        "/tera.meta.v1.Metadata/Stat",
+        "/tera.meta.v1.Metadata/List",
+        "/tera.meta.v1.Metadata/CreateFolder",
+        "/tera.meta.v1.Metadata/Move",
+        "/tera.meta.v1.Metadata/Delete",
+        "/tera.meta.v1.Metadata/CommitUpload",
+        "/tera.meta.v1.Metadata/SetAttributes",
+        "/tera.meta.v1.Metadata/Changes",
+        "/tera.meta.v1.Metadata/WatchChanges",
+        "/tera.meta.v1.Metadata/GetUsage",
+        "/tera.auth.v1.Auth/Token",
+        "/tera.auth.v1.Auth/Ping",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/List",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    METHODS
+        .iter()
+        .find(|m| **m == path)
+        .map(|m| &m[1..])
+        .unwrap_or("unknown")
+}
+
+/// Whether a call is exempt from the concurrency limit.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.")
+        || path.starts_with("/grpc.reflection.")
+        || path == "/tera.meta.v1.Metadata/WatchChanges"
+}
+
+/// The trace id and parent span id of a W3C `traceparent` header
+/// (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed and not all zeros.
+pub fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let mut parts = v.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && parent.bytes().any(|b| b != b'0')
+        && (version != "00" || parts.next().is_none());
+    ok.then_some((trace, parent))
+}
+
+/// Records one call's count and latency when dropped: also when the call is cut short by
+/// its deadline or a client's cancel (recorded as DEADLINE_EXCEEDED or CANCELLED: tonic
+/// drops the future either way, and a deadline is the likely cause when one was set).
+struct CallRecord {
+    method: &'static str,
+    start: Instant,
+    code: Option<Code>,
+    had_deadline: bool,
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(if self.had_deadline {
+            Code::DeadlineExceeded
+        } else {
+            Code::Cancelled
+        });
+        let secs = self.start.elapsed().as_secs_f64();
+        metrics::counter!("terad_rpc_requests_total", "method" => self.method, "code" => code_label(code))
+            .increment(1);
+        metrics::histogram!("terad_rpc_duration_seconds", "method" => self.method).record(secs);
+        tracing::debug!(
+            method = self.method,
+            code = code_label(code),
+            micros = (secs * 1e6) as u64,
+            "rpc done"
+        );
+    }
+}
+
+/// Tracing, load shedding and metrics around a service. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Gate<S> {
+    inner: S,
+    limit: Arc<Semaphore>,
+    max: usize,
+}
+
+impl<S> Gate<S> {
+    pub fn new(inner: S, max_concurrent: usize) -> Gate<S> {
+        Gate {
+            inner,
+            limit: Arc::new(Semaphore::new(max_concurrent)),
+            max: max_concurrent,
+        }
+    }
+}
+
+impl<S> Service<http::Request<Body>> for Gate<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> BoxFuture {
+        let path = req.uri().path();
+        let method = method_label(path);
+        let span = tracing::info_span!(
+            "rpc",
+            method,
+            trace_id = tracing::field::Empty,
+            parent_id = tracing::field::Empty
+        );
+        if let Some((trace, parent)) = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+        {
+            span.record("trace_id", trace);
+            span.record("parent_id", parent);
+        }
+        let mut record = CallRecord {
+            method,
+            start: Instant::now(),
+            code: None,
+            had_deadline: req.headers().contains_key("grpc-timeout"),
+        };
+        let permit = if exempt(path) {
+            None
+        } else {
+            match self.limit.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    record.code = Some(Code::ResourceExhausted);
+                    let s = Status::resource_exhausted(format!(
+                        "terad is serving its limit of {} requests at once: retry with backoff",
+                        self.max
+                    ));
+                    return Box::pin(async move {
+                        drop(record);
+                        Ok(s.into_http())
+                    });
+                }
+            }
+        };
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let res = fut.await;
+                drop(permit);
+                if let Ok(r) = &res {
+                    // An error is sent trailers-only, its status in the headers; a success
+                    // (or a stream's later status) comes in the trailers.
+                    record.code = Some(
+                        r.headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<i32>().ok())
+                            .map(Code::from)
+                            .unwrap_or(Code::Ok),
+                    );
+                }
+                drop(record);
+                res
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_parsed_strictly() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            parse_traceparent(ok),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+        );
+        assert_eq!(parse_traceparent("00-abc-def-01"), None);
+        assert_eq!(
+            parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            parse_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            None
+        );
+    }
+
+    #[test]
+    fn metrics_labels_are_bounded() {
+        assert_eq!(
+            method_label("/tera.meta.v1.Metadata/Stat"),
+            "tera.meta.v1.Metadata/Stat"
+        );
+        assert_eq!(method_label("/evil/x"), "unknown");
+        assert!(exempt("/grpc.health.v1.Health/Check"));
+        assert!(!exempt("/tera.meta.v1.Metadata/List"));
+        assert_eq!(
+            service_of("/tera.meta.v1.Metadata/List"),
+            "tera.meta.v1.Metadata"
+        );
+    }
+}

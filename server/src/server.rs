@@ -1,0 +1,252 @@
+//! Starting and stopping terad: open the users and the token key, bind the ports (and say
+//! which on stdout), open and recover the database in the background (health is NOT_SERVING
+//! and the metadata calls UNAVAILABLE until it is done), serve, and on the shutdown signal
+//! drain: health NOT_SERVING, stop accepting, let in-flight calls finish (up to the drain
+//! timeout), end the streams, then flush and checkpoint the database.
+
+use crate::auth::{TokenKey, Users};
+use crate::auth_rpc::AuthService;
+use crate::config::{Config, DurabilityMode};
+use crate::health::HealthService;
+use crate::meta_rpc::MetaService;
+use crate::proto::auth::auth_server::AuthServer;
+use crate::proto::health::health_server::HealthServer;
+use crate::proto::meta::metadata_server::MetadataServer;
+use crate::proto::reflection::v1::server_reflection_server::ServerReflectionServer as ReflV1Server;
+use crate::proto::reflection::v1alpha::server_reflection_server::ServerReflectionServer as ReflV1AlphaServer;
+use crate::reflection::{Catalog, ReflectionV1, ReflectionV1Alpha};
+use crate::router::{Gate, Router};
+use crate::state::{Engine, State};
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tera_engine::meta::MetaStore;
+use tera_engine::{Db, Durability};
+
+/// Why terad could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source} (is another terad running? pick another port with --listen)")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the database did not open: {0}")]
+    Engine(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the descriptor set does not decode: {0}")]
+    Descriptors(#[from] prost::DecodeError),
+}
+
+/// The engine configuration for a terad configuration.
+pub fn engine_config(c: &Config) -> Result<tera_engine::Config, ServerError> {
+    let mut e = tera_engine::Config::new(c.far_dir());
+    e.dram_budget_bytes = c.dram_budget_mib << 20;
+    e.durability = match c.durability_mode()? {
+        DurabilityMode::Commit => Durability::Commit,
+        DurabilityMode::Periodic(d) => Durability::Periodic(d),
+        DurabilityMode::None => Durability::None,
+    };
+    e.data_dir = Some(c.data_dir.join("db"));
+    Ok(e)
+}
+
+fn open_engine(c: &Config, users: &[Arc<crate::auth::User>]) -> Result<Engine, ServerError> {
+    let ec = engine_config(c)?;
+    let started = Instant::now();
+    let (db, info) = Db::open_with_info(ec).map_err(|e| ServerError::Engine(e.to_string()))?;
+    let meta = MetaStore::open(&db).map_err(|e| ServerError::Engine(e.to_string()))?;
+    for u in users {
+        meta.create_namespace(u.namespace, crate::meta_rpc::now_us())
+            .map_err(|e| ServerError::Engine(format!("namespace {}: {e}", u.namespace)))?;
+    }
+    tracing::info!(
+        checkpoint_records = info.checkpoint_records,
+        log_frames = info.log_frames,
+        torn_bytes = info.torn_bytes,
+        millis = started.elapsed().as_millis() as u64,
+        durability = ?db.durability(),
+        "database open"
+    );
+    Ok(Engine { db, meta })
+}
+
+/// Print a line on stdout at once (tests and scripts read the addresses from it).
+fn announce(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Run terad until `shutdown` completes, then drain and checkpoint. Returns once the
+/// database is checkpointed (or with the error that stopped it).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let key = TokenKey::load_or_create(&data_dir.join("token.key"))?;
+    let users_file = config.users_file();
+    let (users, boot) = Users::open(&users_file, &data_dir)?;
+    if let Some(b) = boot {
+        tracing::warn!(
+            password_file = %b.password_file.display(),
+            users_file = %users_file.display(),
+            "first start: created user admin; its password is in the password file (mode 0600): log in with `teractl login admin`, then delete the file"
+        );
+        announce(&format!(
+            "terad: created user admin, password in {}",
+            b.password_file.display()
+        ));
+    }
+    let state = Arc::new(State::new(users, key, config.clone()));
+    let handle = crate::metrics::install().map_err(ServerError::Metrics)?;
+
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    if let Some(maddr) = config.metrics_addr()? {
+        let ml = tokio::net::TcpListener::bind(maddr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: maddr,
+                source,
+            })?;
+        let mlocal = ml.local_addr().map_err(|source| ServerError::Bind {
+            addr: maddr,
+            source,
+        })?;
+        tracing::info!(addr = %mlocal, "serving /metrics and /healthz");
+        announce(&format!("terad: metrics on http://{mlocal}/metrics"));
+        tokio::spawn(crate::metrics::serve_http(ml, state.clone(), handle));
+    }
+    tracing::info!(addr = %local, data_dir = %data_dir.display(), "serving gRPC");
+    announce(&format!("terad: listening on {local}"));
+
+    // Open (and recover) the database off the runtime while the server already answers.
+    let open = {
+        let state = state.clone();
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ServerError> {
+            let engine = open_engine(&config, &state.users.all())?;
+            state.set_engine(Arc::new(engine));
+            Ok(())
+        })
+    };
+
+    let catalog = Arc::new(Catalog::terad()?);
+    let max_req = config.max_request_bytes;
+    let max_resp = config.max_response_bytes;
+    let router = Router {
+        meta: MetadataServer::new(MetaService::new(state.clone()))
+            .max_decoding_message_size(max_req)
+            .max_encoding_message_size(max_resp),
+        auth: AuthServer::new(AuthService::new(state.clone()))
+            .max_decoding_message_size(max_req)
+            .max_encoding_message_size(max_resp),
+        health: HealthServer::new(HealthService::new(state.clone())),
+        reflection_v1: ReflV1Server::new(ReflectionV1::new(
+            catalog.clone(),
+            state.draining.subscribe(),
+        ))
+        .max_decoding_message_size(max_req),
+        reflection_v1alpha: ReflV1AlphaServer::new(ReflectionV1Alpha::new(
+            catalog,
+            state.draining.subscribe(),
+        ))
+        .max_decoding_message_size(max_req),
+    };
+    let gate = Gate::new(router, config.max_concurrent_requests);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight calls");
+            state.start_draining();
+        }
+    };
+    let serve = tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .serve_with_incoming_shutdown(gate, incoming, signal);
+    let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
+    let mut draining = state.draining.subscribe();
+    let drain_deadline = async move {
+        let _ = draining.wait_for(|d| *d).await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::pin!(serve, drain_deadline, open);
+    let mut opened = false;
+    loop {
+        tokio::select! {
+            r = &mut serve => {
+                r?;
+                break;
+            }
+            _ = &mut drain_deadline => {
+                tracing::warn!(timeout_ms = config.drain_timeout_ms, "drain timed out: stopping with calls still in flight");
+                break;
+            }
+            r = &mut open, if !opened => {
+                opened = true;
+                match r {
+                    Ok(Ok(())) => tracing::info!("serving"),
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(ServerError::Engine(format!("the open task failed: {e}"))),
+                }
+            }
+        }
+    }
+    if !opened {
+        // Shutdown came during recovery: let it finish so that the checkpoint below sees it.
+        match open.await {
+            Ok(r) => r?,
+            Err(e) => return Err(ServerError::Engine(format!("the open task failed: {e}"))),
+        }
+    }
+    let durable = !matches!(config.durability_mode()?, DurabilityMode::None);
+    if let Some(engine) = state.engine_if_open().filter(|_| durable) {
+        let started = Instant::now();
+        let r = tokio::task::spawn_blocking(move || {
+            engine.db.sync()?;
+            engine.db.checkpoint()
+        })
+        .await
+        .map_err(|e| ServerError::Engine(format!("the checkpoint task failed: {e}")))?;
+        match r {
+            Ok(info) => tracing::info!(
+                records = info.records,
+                bytes = info.bytes,
+                millis = started.elapsed().as_millis() as u64,
+                "checkpoint written; stopped"
+            ),
+            Err(e) => {
+                return Err(ServerError::Engine(format!(
+                    "the shutdown checkpoint failed: {e} (acknowledged writes are in the log and replay at the next start)"
+                )))
+            }
+        }
+    }
+    Ok(())
+}

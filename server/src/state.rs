@@ -1,0 +1,140 @@
+//! What every service of a running terad shares: the database (set once recovery is done),
+//! the users and the token key, the configuration, and the drain signal.
+
+use crate::auth::{Claims, TokenError, TokenKey, Users};
+use crate::config::Config;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
+use tera_engine::meta::{MetaError, MetaStore};
+use tera_engine::Db;
+use tokio::sync::watch;
+use tonic::{Request, Status};
+
+/// The open database and its metadata model.
+#[derive(Debug)]
+pub struct Engine {
+    pub db: Db,
+    pub meta: MetaStore,
+}
+
+/// Shared by every service and the HTTP endpoint.
+#[derive(Debug)]
+pub struct State {
+    engine: OnceLock<Arc<Engine>>,
+    pub users: Users,
+    pub key: TokenKey,
+    pub config: Config,
+    /// Set to true when the server starts draining (SIGTERM or ctrl-c): health turns
+    /// NOT_SERVING and open streams end.
+    pub draining: watch::Sender<bool>,
+    /// Whether the server serves (the database is open and it is not draining): what the
+    /// health service reports.
+    pub serving: watch::Sender<bool>,
+    /// Open WatchChanges streams.
+    pub watches: AtomicUsize,
+}
+
+impl State {
+    pub fn new(users: Users, key: TokenKey, config: Config) -> State {
+        State {
+            engine: OnceLock::new(),
+            users,
+            key,
+            config,
+            draining: watch::Sender::new(false),
+            serving: watch::Sender::new(false),
+            watches: AtomicUsize::new(0),
+        }
+    }
+
+    /// Install the database once it is open and recovered.
+    pub fn set_engine(&self, e: Arc<Engine>) {
+        if self.engine.set(e).is_err() {
+            tracing::error!("the database was installed twice; keeping the first");
+        }
+        if !*self.draining.borrow() {
+            self.serving.send_replace(true);
+        }
+    }
+
+    /// Start draining: health turns NOT_SERVING and open streams end.
+    pub fn start_draining(&self) {
+        // Draining first: a health watcher woken by the status change sees it and ends.
+        self.draining.send_replace(true);
+        self.serving.send_replace(false);
+    }
+
+    /// The database, or UNAVAILABLE while it is still being recovered.
+    pub fn engine(&self) -> Result<Arc<Engine>, Status> {
+        self.engine.get().cloned().ok_or_else(|| {
+            Status::unavailable("terad is recovering its database: retry in a moment")
+        })
+    }
+
+    /// The engine if it is open (for metrics and shutdown).
+    pub fn engine_if_open(&self) -> Option<Arc<Engine>> {
+        self.engine.get().cloned()
+    }
+
+    /// Whether the server serves: the database is open and it is not draining.
+    pub fn serving(&self) -> bool {
+        *self.serving.borrow()
+    }
+
+    /// The caller's claims, from `authorization: Bearer <token>`.
+    pub fn authenticate<T>(&self, req: &Request<T>) -> Result<Claims, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .ok_or(TokenError::Missing)
+            .map_err(unauthenticated)?;
+        let header = header
+            .to_str()
+            .map_err(|_| unauthenticated(TokenError::Malformed("not ASCII")))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                unauthenticated(TokenError::Malformed(
+                    "the authorization metadata must be `Bearer <token>`",
+                ))
+            })?;
+        self.key
+            .verify(token.trim(), crate::auth::now_secs())
+            .map_err(unauthenticated)
+    }
+
+    /// The caller's claims and the namespace the request reaches (`requested`, 0 for the
+    /// caller's own), or PERMISSION_DENIED.
+    pub fn authorize<T>(&self, req: &Request<T>, requested: u64) -> Result<(Claims, u64), Status> {
+        let claims = self.authenticate(req)?;
+        match claims.namespace(requested) {
+            Some(ns) => Ok((claims, ns)),
+            None => Err(Status::permission_denied(format!(
+                "user {:?} may reach only its own namespace {}, not {requested} (pass 0 for your own; other namespaces need the admin role)",
+                claims.sub, claims.ns
+            ))),
+        }
+    }
+}
+
+fn unauthenticated(e: TokenError) -> Status {
+    Status::unauthenticated(e.to_string())
+}
+
+/// Run a blocking engine call off the async runtime.
+pub async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, MetaError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(crate::error::meta_status),
+        Err(e) => Err(Status::internal(format!("the request's task failed: {e}"))),
+    }
+}
+
+/// Completes once the server drains.
+pub async fn drained(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}

@@ -1,0 +1,538 @@
+//! End to end: terad as a real process on a free loopback port, driven by teractl. Covers the
+//! token, the metadata commands, a second user's namespace, refused tokens, health, metrics,
+//! change feeds, and SIGTERM (exit 0) followed by a restart that still has every
+//! acknowledged write. A second test drives the same process through the library's clients
+//! for what teractl does not show: reflection (v1 and v1alpha), an oversized message, an
+//! expired token and the health Watch stream.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TERAD: &str = env!("CARGO_BIN_EXE_terad");
+const TERACTL: &str = env!("CARGO_BIN_EXE_teractl");
+
+struct Terad {
+    child: Child,
+    grpc: String,
+    metrics: String,
+}
+
+impl Drop for Terad {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path) -> Terad {
+    start_with(data, &[])
+}
+
+fn start_with(data: &Path, extra: &[&str]) -> Terad {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .expect("log file");
+    let mut child = Command::new(TERAD)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--dram-budget-mib", "64", "--log-level", "debug"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("terad starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut grpc, mut metrics) = (None, None);
+    while grpc.is_none() || metrics.is_none() {
+        let line = lines
+            .next()
+            .expect("terad prints its addresses before anything else ends its stdout")
+            .expect("stdout line");
+        if let Some(a) = line.strip_prefix("terad: listening on ") {
+            grpc = Some(a.to_string());
+        } else if let Some(a) = line.strip_prefix("terad: metrics on http://") {
+            metrics = Some(a.trim_end_matches("/metrics").to_string());
+        }
+    }
+    // Keep reading so that terad never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Terad {
+        child,
+        grpc: format!("http://{}", grpc.unwrap_or_default()),
+        metrics: metrics.unwrap_or_default(),
+    }
+}
+
+struct Ctl {
+    server: String,
+    token_file: PathBuf,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = Command::new(TERACTL);
+        c.arg("--server")
+            .arg(&self.server)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .args(args)
+            .env_remove("TERACTL_PASSWORD")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("teractl starts");
+        if let Some(s) = stdin {
+            let _ = child.stdin.take().expect("stdin").write_all(s.as_bytes());
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("teractl runs")
+    }
+
+    /// Run and expect success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args, None);
+        assert!(
+            o.status.success(),
+            "teractl {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Run and expect failure with this status code; returns stderr.
+    fn fails(&self, args: &[&str], code: &str) -> String {
+        let o = self.run(args, None);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "teractl {args:?} should fail");
+        assert!(
+            err.contains(code),
+            "teractl {args:?}: want {code}, got {err}"
+        );
+        err
+    }
+
+    fn login(&self, user: &str, password: &str) {
+        let o = self.run(&["login", user], Some(&format!("{password}\n")));
+        assert!(
+            o.status.success(),
+            "login {user}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// Wait until health says SERVING (the database opens after the port is bound).
+fn wait_serving(ctl: &Ctl) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = ctl.run(&["health"], None);
+        if o.status.success() {
+            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "SERVING");
+            return;
+        }
+        assert!(Instant::now() < deadline, "terad never became SERVING");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
+}
+
+fn sigterm_and_wait(t: &mut Terad) -> std::process::ExitStatus {
+    let pid = t.child.id().to_string();
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = t.child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "terad did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn terad_serves_teractl_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut t = start(&data);
+    let admin = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("admin.token"),
+    };
+    wait_serving(&admin);
+
+    // No token yet: refused.
+    admin.fails(&["ls", "/"], "no token");
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("admin password");
+    let o = admin.run(&["login", "admin"], Some("wrong\n"));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("UNAUTHENTICATED"));
+    admin.login("admin", password.trim());
+    assert!(admin.ok(&["whoami"]).contains("ROLE_ADMIN"));
+    let rev0: u64 = admin
+        .ok(&["usage"])
+        .lines()
+        .find_map(|l| l.strip_prefix("revision\t"))
+        .and_then(|r| r.parse().ok())
+        .expect("usage prints the revision");
+
+    // A watcher from here sees the next change.
+    let watch = Command::new(TERACTL)
+        .args(["--server", &admin.server, "--token-file"])
+        .arg(&admin.token_file)
+        .args(["watch", "--cursor", &rev0.to_string(), "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("watch starts");
+
+    // The metadata commands.
+    assert!(admin
+        .ok(&["mkdir", "-p", "/docs/2024"])
+        .starts_with("folder\t"));
+    admin.fails(&["mkdir", "/docs/2024"], "ALREADY_EXISTS");
+    let put = admin.ok(&[
+        "put",
+        "/docs/2024/report.pdf",
+        "--size",
+        "42",
+        "--checksum",
+        "sha256:00ff",
+        "--mime",
+        "application/pdf",
+    ]);
+    assert!(put.starts_with("file\t42\t"), "{put}");
+    admin.fails(
+        &["put", "/docs/2024/report.pdf", "--if-none-match"],
+        "FAILED_PRECONDITION",
+    );
+    admin.fails(
+        &["put", "/docs/2024/report.pdf", "--if-match", "0"],
+        "FAILED_PRECONDITION",
+    );
+    let ls = admin.ok(&["ls", "/docs/2024"]);
+    assert_eq!(ls.lines().count(), 1);
+    assert!(ls.ends_with("\treport.pdf\n"), "{ls}");
+    let stat = admin.ok(&["stat", "/docs/2024/report.pdf"]);
+    assert!(
+        stat.contains("size\t42\n") && stat.contains("checksum\tsha256:00ff\n"),
+        "{stat}"
+    );
+    assert!(stat.contains("mime\tapplication/pdf\n"), "{stat}");
+    let attrs = admin.ok(&["attr", "/docs/2024/report.pdf", "--set", "color=red"]);
+    assert!(attrs.contains("attr\tcolor=red\n"), "{attrs}");
+    admin.fails(&["stat", "/docs/nope"], "NOT_FOUND");
+    admin.fails(&["stat", "relative"], "INVALID_ARGUMENT");
+    admin.fails(&["ls", "/docs/2024/report.pdf"], "FAILED_PRECONDITION");
+    assert!(admin
+        .ok(&["mv", "/docs/2024/report.pdf", "/docs/final.pdf"])
+        .ends_with("\tfinal.pdf\n"));
+    admin.fails(&["stat", "/docs/2024/report.pdf"], "NOT_FOUND");
+    admin.ok(&["rm", "/docs/2024"]);
+    admin.ok(&["mkdir", "/docs/old"]);
+    admin.ok(&["put", "/docs/old/x", "--size", "1"]);
+    admin.fails(&["rm", "/docs/old"], "FAILED_PRECONDITION");
+    admin.ok(&["rm", "-r", "/docs/old"]);
+    let ls = admin.ok(&["ls", "/docs"]);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+    assert!(admin.ok(&["usage"]).contains("bytes\t42\n"));
+
+    // The change feed has what happened, and the watcher saw the first change.
+    let changes = admin.ok(&["changes", "--cursor", &rev0.to_string()]);
+    assert!(changes.contains("\tupsert\tfolder\t"), "{changes}");
+    assert!(changes.contains("\tupsert\tfile\t42\t"), "{changes}");
+    assert!(changes.contains("\tdelete\t"), "{changes}");
+    let w = watch
+        .wait_with_output()
+        .expect("watch ends after one change");
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    assert!(String::from_utf8_lossy(&w.stdout).contains("\tupsert\t"));
+
+    // A second user, added while terad runs, reaches its own namespace only.
+    let add = Command::new(TERAD)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["user", "add", "bob"])
+        .env("TERAD_NEW_PASSWORD", "bob-secret")
+        .output()
+        .expect("terad user add");
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let bob = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("bob.token"),
+    };
+    bob.login("bob", "bob-secret");
+    bob.ok(&["mkdir", "/mine"]);
+    bob.fails(&["-n", "1", "ls", "/"], "PERMISSION_DENIED");
+    assert!(admin.ok(&["-n", "2", "ls", "/"]).contains("\tmine\n"));
+    // Tampered and garbage tokens are refused.
+    let tok = std::fs::read_to_string(&bob.token_file).expect("bob's token");
+    let mut tampered = tok.trim().to_string();
+    let flip = if tampered.ends_with('A') { 'B' } else { 'A' };
+    tampered.pop();
+    tampered.push(flip);
+    std::fs::write(&bob.token_file, tampered).expect("write");
+    bob.fails(&["ls", "/"], "UNAUTHENTICATED");
+    std::fs::write(&bob.token_file, "garbage").expect("write");
+    bob.fails(&["ls", "/"], "UNAUTHENTICATED");
+
+    // Metrics and /healthz.
+    let m = http_get(&t.metrics, "/metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(
+        m.contains("terad_rpc_requests_total{method=\"tera.meta.v1.Metadata/List\",code=\"OK\"}"),
+        "{m}"
+    );
+    assert!(m.contains("terad_rpc_duration_seconds_bucket"), "{m}");
+    assert!(m.contains("terad_dram_budget_bytes 67108864"), "{m}");
+    assert!(http_get(&t.metrics, "/healthz").ends_with("serving\n"));
+
+    // SIGTERM: drains, checkpoints, exits 0; a restart has every acknowledged write.
+    let status = sigterm_and_wait(&mut t);
+    assert_eq!(status.code(), Some(0), "terad exits 0 on SIGTERM");
+    let t2 = start(&data);
+    let admin2 = Ctl {
+        server: t2.grpc.clone(),
+        token_file: admin.token_file.clone(),
+    };
+    wait_serving(&admin2);
+    // The token key persists, so the token from before the restart still works.
+    let stat = admin2.ok(&["stat", "/docs/final.pdf"]);
+    assert!(stat.contains("size\t42\n"), "{stat}");
+    assert!(stat.contains("attr\tcolor=red\n"), "{stat}");
+    assert!(admin2.ok(&["-n", "2", "ls", "/"]).contains("\tmine\n"));
+}
+
+/// Reflection over both versions, an oversized request, an expired token, health Watch.
+#[tokio::test]
+async fn terad_speaks_reflection_and_refuses_what_it_must() {
+    use tera_server::client::{self, Bearer};
+    use tera_server::proto::auth as apb;
+    use tera_server::proto::health::health_check_response::ServingStatus;
+    use tera_server::proto::health::HealthCheckRequest;
+    use tera_server::proto::meta as pb;
+    use tera_server::proto::reflection::{v1, v1alpha};
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut t = start(&data);
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t"),
+    };
+    wait_serving(&ctl);
+    let ch = client::connect(&t.grpc, Duration::from_secs(10))
+        .await
+        .expect("connect");
+
+    // Reflection, v1alpha (what grpcio-reflection speaks) and v1.
+    let mut r = v1alpha::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut stream = r
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner();
+    let resp = stream.message().await.expect("a response").expect("one");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) =
+        resp.message_response
+    else {
+        panic!("not a service list");
+    };
+    let names: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"tera.meta.v1.Metadata".to_string()),
+        "{names:?}"
+    );
+    let mut r1 = v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "tera.auth.v1.Auth".into(),
+            ),
+        ),
+    };
+    let mut stream = r1
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    let resp = stream.message().await.expect("a response").expect("one");
+    assert!(matches!(
+        resp.message_response,
+        Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f))
+            if f.file_descriptor_proto.len() == 1
+    ));
+
+    // A token that lives one second, refused once it has expired.
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    let mut auth = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"));
+    let tok = auth
+        .token(apb::TokenRequest {
+            user: "admin".into(),
+            password: password.trim().into(),
+            ttl_seconds: 1,
+        })
+        .await
+        .expect("token")
+        .into_inner();
+    let mut meta = client::meta(
+        ch.clone(),
+        Bearer::new(Some(&tok.token), true).expect("bearer"),
+    );
+    meta.get_usage(pb::GetUsageRequest { namespace: 0 })
+        .await
+        .expect("usage with a fresh token");
+
+    // An oversized request (over max_request_bytes, 1 MiB by default) is refused.
+    let big = pb::CommitUploadRequest {
+        namespace: 0,
+        path: "/big".into(),
+        mime: "x".repeat(2 << 20),
+        ..Default::default()
+    };
+    let e = meta.commit_upload(big).await.expect_err("too large");
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    // An oversized field inside the limit is INVALID_ARGUMENT.
+    let e = meta
+        .commit_upload(pb::CommitUploadRequest {
+            namespace: 0,
+            path: "/m".into(),
+            mime: "x".repeat(300),
+            ..Default::default()
+        })
+        .await
+        .expect_err("mime too long");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // Wait out the token's second (the expiry is what is tested, not a stand-in for a signal).
+    let left = tok.expires_at - tera_server::auth::now_secs() + 1;
+    tokio::time::sleep(Duration::from_secs(left.max(0) as u64)).await;
+    let e = meta
+        .get_usage(pb::GetUsageRequest { namespace: 0 })
+        .await
+        .expect_err("expired");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("expired"), "{}", e.message());
+
+    // Health Watch: SERVING now, NOT_SERVING when terad drains, then the stream ends.
+    let mut h = client::health(ch.clone());
+    let mut w = h
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = w.message().await.expect("status").expect("one");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let e = h
+        .check(HealthCheckRequest {
+            service: "no.Such".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(e.code(), Code::NotFound);
+    let pid = t.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let next = w.message().await.expect("status").expect("one more");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    assert!(w.message().await.map(|m| m.is_none()).unwrap_or(true));
+    drop(w);
+    drop(h);
+    drop(meta);
+    drop(auth);
+    drop(r);
+    drop(r1);
+    drop(ch);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = t.child.wait().expect("wait");
+        (s, t)
+    })
+    .await
+    .expect("join")
+    .0;
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Past `max_concurrent_requests`, calls are refused at once with RESOURCE_EXHAUSTED rather
+/// than queued; health stays reachable.
+#[tokio::test]
+async fn terad_sheds_load_past_its_limit() {
+    use tera_server::client::{self, Bearer};
+    use tera_server::proto::auth as apb;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = start_with(
+        &dir.path().join("data"),
+        &["--set", "max_concurrent_requests=1"],
+    );
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t"),
+    };
+    wait_serving(&ctl);
+    let ch = client::connect(&t.grpc, Duration::from_secs(30))
+        .await
+        .expect("connect");
+    // Token calls with a wrong password each spend an argon2 hash (milliseconds): with one
+    // permit, calls sent together cannot all get it.
+    let mut calls = Vec::new();
+    for _ in 0..16 {
+        let mut auth = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"));
+        calls.push(tokio::spawn(async move {
+            auth.token(apb::TokenRequest {
+                user: "admin".into(),
+                password: "wrong".into(),
+                ttl_seconds: 0,
+            })
+            .await
+            .map(|_| ())
+        }));
+    }
+    let mut codes = Vec::new();
+    for c in calls {
+        codes.push(c.await.expect("join").expect_err("a wrong password").code());
+    }
+    assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
+    assert!(codes.contains(&Code::Unauthenticated), "{codes:?}");
+    assert!(codes
+        .iter()
+        .all(|c| matches!(c, Code::ResourceExhausted | Code::Unauthenticated)));
+    // Health is exempt from the limit.
+    assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
+}
