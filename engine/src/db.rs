@@ -1034,8 +1034,9 @@ impl Tx<'_> {
     /// The entry of `key` (which must be in this partition), as before this transaction.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Entry>> {
         let (ik, hash) = self.own(key)?;
-        if self.lk.get(hash, &ik, &mut self.scratch)?.is_none() {
-            return Ok(None);
+        match self.lk.get(hash, &ik, &mut self.scratch)? {
+            Some(tier) => self.inner.reads.count(tier),
+            None => return Ok(None),
         }
         let (m, v) = Meta::decode(&self.scratch);
         Ok(Some(Entry {
@@ -1082,8 +1083,9 @@ impl Tx<'_> {
     /// transaction, without copying it out; `None` if the key is absent.
     pub fn read<R>(&mut self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
         let (ik, hash) = self.own(key)?;
-        if self.lk.get(hash, &ik, &mut self.scratch)?.is_none() {
-            return Ok(None);
+        match self.lk.get(hash, &ik, &mut self.scratch)? {
+            Some(tier) => self.inner.reads.count(tier),
+            None => return Ok(None),
         }
         Ok(Some(f(&self.scratch[META..])))
     }

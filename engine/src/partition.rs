@@ -364,7 +364,7 @@ impl Partition {
                 segs: BTreeMap::new(),
                 dram: Live::default(),
                 far: Live::default(),
-                readmit_bytes: Vec::with_capacity(readmit_cap(page)),
+                readmit_bytes: Vec::with_capacity(page),
                 readmit: Vec::new(),
                 compacting: None,
                 far_tail: 0,
@@ -832,8 +832,20 @@ impl Partition {
         let quota = self.quota(st) as u64;
         let demote = (next - head + 2).saturating_sub(quota).min(next - head);
         if demote > 0 {
-            let room = readmit_cap(page_bytes).min(page_bytes - need);
-            self.drain_pages(st, head, demote, room)?;
+            // While the live records in DRAM fill at most half of its quota, the pages leave
+            // DRAM only because dead records (overwritten or deleted) fill the rest: then
+            // every live record is carried forward, whatever its heat, up to a whole page less
+            // the record that asked, so that a data set that fits is not sent far by its own
+            // garbage (the drain works as a copying cleaner; with at most half of DRAM live,
+            // dead pages keep coming to the head). Otherwise the heat policy chooses, within
+            // the readmission cap.
+            let clean = st.dram.bytes * 2 <= quota * page_bytes as u64;
+            let room = if clean {
+                page_bytes - need
+            } else {
+                readmit_cap(page_bytes).min(page_bytes - need)
+            };
+            self.drain_pages(st, head, demote, room, clean)?;
         }
         let frame = match self.take_frame(st) {
             Ok(f) => f,
@@ -854,7 +866,7 @@ impl Partition {
                             if head >= next {
                                 return Err(if demote > 0 { e2 } else { e });
                             }
-                            self.drain_pages(st, head, 1, 0)?;
+                            self.drain_pages(st, head, 1, 0, false)?;
                             self.release_pages(st, 1);
                         }
                     }
@@ -883,8 +895,9 @@ impl Partition {
         Ok(())
     }
 
-    /// Scan `count` pages from `first`: live records the policy keeps are collected for
-    /// readmission, hottest first, up to `readmit_room` bytes (0: none); all other live records
+    /// Scan `count` pages from `first`: live records the policy keeps (with `clean`, all live
+    /// records) are collected for readmission, hottest first, up to `readmit_room` bytes (0:
+    /// none); all other live records
     /// are moved to the far log and repointed there. On failure nothing is released, nothing
     /// is collected, and what was not yet written to the far log stays where it was.
     fn drain_pages(
@@ -893,8 +906,9 @@ impl Partition {
         first: u64,
         count: u64,
         readmit_room: usize,
+        clean: bool,
     ) -> Result<()> {
-        let r = self.drain_pages_inner(st, first, count, readmit_room);
+        let r = self.drain_pages_inner(st, first, count, readmit_room, clean);
         if r.is_err() {
             st.readmit.clear();
             st.readmit_bytes.clear();
@@ -909,17 +923,13 @@ impl Partition {
         first: u64,
         count: u64,
         readmit_room: usize,
+        clean: bool,
     ) -> Result<()> {
         let readmit = readmit_room > 0;
         let shift = self.shared.page_shift;
         let page_bytes = self.shared.page_bytes();
         let policy = &self.shared.policy;
-        // While the live records in DRAM fill at most half of its quota, the pages leave DRAM
-        // only because dead records (overwritten or deleted) fill the rest: then every live
-        // record is carried forward, whatever its heat, so that a data set that fits is not
-        // sent far by its own garbage (the drain works as a copying cleaner). Records beyond
-        // the readmission room still go far.
-        let clean = readmit && st.dram.bytes * 2 <= (self.quota(st) * page_bytes) as u64;
+        let clean = readmit && clean;
         // Live records the policy would keep: (heat, address, length, hash).
         let mut keep: Vec<(u8, u64, usize, u64)> = Vec::new();
         let (mut live, mut hot) = (0, 0);
@@ -1192,7 +1202,7 @@ impl Partition {
             + segs.bytes()
             + st.retired_segtable_bytes
             + self.ring.len() * (8 + std::mem::size_of::<Option<Frame>>())
-            + readmit_cap(self.shared.page_bytes())
+            + self.shared.page_bytes() // the readmission buffer
             + self.shared.page_bytes() // the far log's open page
             + st.ordered_bytes
             + self.shared.global_overhead.load(Relaxed) / self.shared.partitions.max(1)
@@ -1306,7 +1316,7 @@ impl Partition {
             } else if let Some((e, _)) = st.retired.front() {
                 epoch().wait_safe(*e);
             } else if head < st.tail >> shift {
-                self.drain_pages(st, head, 1, 0)?;
+                self.drain_pages(st, head, 1, 0, false)?;
                 self.release_pages(st, 1);
             } else {
                 return Err(short());
@@ -1518,16 +1528,25 @@ impl Locked<'_> {
         // SAFETY: lock held.
         let table = unsafe { p.index.table() };
         let mut tier = None;
+        let mut promote = None;
         table.find(hash, |a| {
             match p.pinned_visit(a, key, |rec, t| {
                 out.clear();
                 out.extend_from_slice(rec.value());
                 tier = Some(t);
+                if t == Tier::Far && p.shared.policy.admit_far(hash) {
+                    promote = Some((a, rec.seq()));
+                }
             }) {
                 Ok(b) => Ok(b),
                 Err(e) => Err(p.locked_err(a, e)),
             }
         })?;
+        // A far record the heat policy admits is promoted, as on the lock-free read path
+        // (reads inside a transaction would otherwise never bring a record back).
+        if let Some((from, seq)) = promote {
+            p.promote_locked(&mut self.st, hash, key, out, from, seq);
+        }
         Ok(tier)
     }
 
