@@ -5,7 +5,7 @@
 use crate::error::oversized;
 use crate::proto::meta::metadata_server::Metadata;
 use crate::proto::meta::{self as pb, stat_request::Target};
-use crate::state::{blocking, State};
+use crate::state::{blocking, inline, State};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use std::sync::atomic::Ordering;
@@ -141,11 +141,10 @@ impl Metadata for MetaService {
             .into_inner()
             .target
             .ok_or_else(|| Status::invalid_argument("set path or id: the entry to stat"))?;
-        let e = blocking(move || match target {
+        let e = inline(|| match target {
             Target::Path(p) => engine.meta.stat(ns, &p),
             Target::Id(id) => engine.meta.stat_id(ns, id),
-        })
-        .await?;
+        })?;
         Ok(Response::new(entry_pb(e)))
     }
 
@@ -166,7 +165,7 @@ impl Metadata for MetaService {
             n => n,
         };
         let after = parse_page_token(&r.page_token)?;
-        let p = blocking(move || engine.meta.list(ns, &r.path, page, after.as_deref())).await?;
+        let p = inline(|| engine.meta.list(ns, &r.path, page, after.as_deref()))?;
         Ok(Response::new(pb::ListResponse {
             entries: p.entries.into_iter().map(entry_pb).collect(),
             next_page_token: page_token(p.next),
@@ -396,7 +395,7 @@ impl Metadata for MetaService {
     ) -> Result<Response<pb::Usage>, Status> {
         let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
         let engine = self.state.engine()?;
-        let u = blocking(move || engine.meta.usage(ns)).await?;
+        let u = inline(|| engine.meta.usage(ns))?;
         Ok(Response::new(pb::Usage {
             bytes: u.bytes,
             revision: u.revision,

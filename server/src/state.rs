@@ -122,6 +122,15 @@ fn unauthenticated(e: TokenError) -> Status {
     Status::unauthenticated(e.to_string())
 }
 
+/// Run a short engine read on the calling runtime thread. Reads take a partition lock only
+/// for microseconds (writers hold it for their in-memory apply, never across an fsync) and
+/// the far tier is memory, so a read blocks less than a hop to the blocking pool would cost:
+/// that hop (two context switches) was most of a stat's server time. Writes, which may wait
+/// for an fsync, and change-feed waits go through [`blocking`].
+pub fn inline<T>(f: impl FnOnce() -> Result<T, MetaError>) -> Result<T, Status> {
+    f().map_err(crate::error::meta_status)
+}
+
 /// Run a blocking engine call off the async runtime.
 pub async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
