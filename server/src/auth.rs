@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const TOKEN_PREFIX: &str = "tera1";
@@ -218,6 +218,54 @@ impl TokenKey {
             return Err(TokenError::Expired(claims.exp));
         }
         Ok(claims)
+    }
+}
+
+/// Tokens already verified, with their claims. A client sends the same token on every call,
+/// and checking its signature and parsing its claims each time cost about a tenth of a stat's
+/// server time. Only tokens whose signature checked are remembered, and expiry is checked on
+/// every call; the cache is emptied when it reaches [`VerifiedTokens::CAP`] tokens.
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    by_token: RwLock<HashMap<Box<str>, Arc<Claims>>>,
+}
+
+impl VerifiedTokens {
+    /// Tokens remembered at most.
+    pub const CAP: usize = 4096;
+
+    /// `key.verify(token, now)`, remembering the claims of a token that verifies.
+    pub fn verify(&self, key: &TokenKey, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let hit = self
+            .by_token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned();
+        if let Some(c) = hit {
+            if c.exp <= now {
+                return Err(TokenError::Expired(c.exp));
+            }
+            return Ok((*c).clone());
+        }
+        let claims = key.verify(token, now)?;
+        let mut cache = self
+            .by_token
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= Self::CAP {
+            cache.clear();
+        }
+        cache.insert(token.into(), Arc::new(claims.clone()));
+        Ok(claims)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -444,6 +492,33 @@ mod tests {
         assert!(t.starts_with("tera1."));
         assert_eq!(k.verify(&t, 999), Ok(claims(1000)));
         assert_eq!(k.verify(&t, 1000), Err(TokenError::Expired(1000)));
+    }
+
+    #[test]
+    fn remembered_tokens_still_expire_and_bad_ones_are_not_remembered() {
+        let k = TokenKey::new([7; 32]);
+        let cache = VerifiedTokens::default();
+        let t = k.sign(&claims(1000));
+        assert_eq!(cache.verify(&k, &t, 10), Ok(claims(1000)));
+        assert_eq!(cache.len(), 1);
+        assert_eq!(
+            cache.verify(&k, &t, 999),
+            Ok(claims(1000)),
+            "from the cache"
+        );
+        assert_eq!(cache.verify(&k, &t, 1000), Err(TokenError::Expired(1000)));
+        // A character in the middle of the signature changed.
+        let mut bad = t.clone().into_bytes();
+        let i = bad.len() - 10;
+        bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+        let bad = String::from_utf8(bad).unwrap();
+        assert_eq!(cache.verify(&k, &bad, 10), Err(TokenError::BadSignature));
+        assert_eq!(cache.len(), 1, "a token that failed is not remembered");
+        // Filling it past its cap empties it instead of growing.
+        for i in 0..VerifiedTokens::CAP as i64 + 1 {
+            cache.verify(&k, &k.sign(&claims(2000 + i)), 10).unwrap();
+        }
+        assert!(cache.len() <= VerifiedTokens::CAP);
     }
 
     #[test]

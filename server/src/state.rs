@@ -1,7 +1,7 @@
 //! What every service of a running terad shares: the database (set once recovery is done),
 //! the users and the token key, the configuration, and the drain signal.
 
-use crate::auth::{Claims, TokenError, TokenKey, Users};
+use crate::auth::{Claims, TokenError, TokenKey, Users, VerifiedTokens};
 use crate::config::Config;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
@@ -32,6 +32,8 @@ pub struct State {
     pub serving: watch::Sender<bool>,
     /// Open WatchChanges streams.
     pub watches: AtomicUsize,
+    /// Tokens already verified (see [`VerifiedTokens`]).
+    verified: VerifiedTokens,
 }
 
 impl State {
@@ -44,6 +46,7 @@ impl State {
             draining: watch::Sender::new(false),
             serving: watch::Sender::new(false),
             watches: AtomicUsize::new(0),
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -99,8 +102,8 @@ impl State {
                     "the authorization metadata must be `Bearer <token>`",
                 ))
             })?;
-        self.key
-            .verify(token.trim(), crate::auth::now_secs())
+        self.verified
+            .verify(&self.key, token.trim(), crate::auth::now_secs())
             .map_err(unauthenticated)
     }
 
