@@ -88,11 +88,11 @@ fn main() {
 }
 
 /// A fresh database in a temporary directory (kept while the returned guard lives).
-fn open(budget_mib: u64, far_ns: u64) -> (tempfile::TempDir, Db) {
-    open_bytes(budget_mib << 20, far_ns)
+fn open(budget_mib: u64, far_ns: u64, expected_records: u64) -> (tempfile::TempDir, Db) {
+    open_bytes(budget_mib << 20, far_ns, expected_records)
 }
 
-fn open_bytes(budget: u64, far_ns: u64) -> (tempfile::TempDir, Db) {
+fn open_bytes(budget: u64, far_ns: u64, expected_records: u64) -> (tempfile::TempDir, Db) {
     let dir = tempfile::Builder::new()
         .prefix("metabench-")
         .tempdir()
@@ -103,6 +103,9 @@ fn open_bytes(budget: u64, far_ns: u64) -> (tempfile::TempDir, Db) {
     c.max_value_bytes = 16 << 10;
     c.changelog_bytes = 16 << 20;
     c.far_latency_ns = far_ns;
+    // Size the hash index for the records to come: growing it on the way frees frames by
+    // demoting whole pages, live records and all.
+    c.expected_records = expected_records as usize;
     let db = Db::open(c).expect("open");
     (dir, db)
 }
@@ -128,7 +131,9 @@ fn throughput(a: Tp) {
 /// Fill a fresh database with budget `budget` and run every operation; returns the record
 /// bytes stored after the fill.
 fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
-    let (_dir, db) = open_bytes(budget, a.far_ns);
+    // Entry records, plus about one directory node per folder and the namespace headers.
+    let expected = a.namespaces * (a.folders * (a.files + 2) + 8);
+    let (_dir, db) = open_bytes(budget, a.far_ns, expected);
     let m = MetaStore::open(&db).expect("meta");
     let up = |i: u64| Upload {
         size: 1000 + i % 1000,
@@ -306,7 +311,7 @@ fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
 }
 
 fn bigfolder(a: Args) {
-    let (_dir, db) = open(a.budget_mib, 0);
+    let (_dir, db) = open(a.budget_mib, 0, a.children + a.children / 16 + 16);
     let m = MetaStore::open(&db).expect("meta");
     let ns = 1;
     m.create_namespace(ns, 0).expect("namespace");
