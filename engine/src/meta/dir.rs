@@ -238,39 +238,88 @@ fn load_node(nodes: &mut impl Nodes, folder: u64, no: u32) -> MetaResult<Node> {
     }
 }
 
-/// Inner nodes from the root down (number, node, index of the child taken), then the leaf's
-/// number and node.
-type Descent = (Vec<(u32, Node, usize)>, u32, Node);
+/// The way down to the leaf that covers a name: each inner node's number and the index of the
+/// child taken, the leaf's number and decoded node, and the root's node counter.
+struct Descent {
+    path: Vec<(u32, usize)>,
+    no: u32,
+    leaf: Node,
+    next_no: u32,
+}
 
-/// The path from the root to the leaf that covers `name`: (node number, node, index of the
-/// child taken) for each inner node, then the leaf's number and node. An empty folder gives
-/// an empty leaf root.
+/// What one inner node of a descent says.
+enum Down {
+    Absent,
+    Leaf,
+    Inner { child: u32, index: usize, next_no: u32 },
+}
+
+/// Descend to the leaf that covers `name`, reading the inner nodes in place (only the leaf
+/// is decoded: a write changes it, and its ancestors only when it splits or empties). An
+/// empty folder gives an empty leaf root.
 fn descend(nodes: &mut impl Nodes, folder: u64, name: &[u8]) -> MetaResult<Descent> {
     let mut path = Vec::new();
     let mut no = 0;
-    let mut node = match nodes.load(folder, 0)? {
-        Some(b) => Node::decode(&b, folder, 0)?,
-        None => Node {
-            next_no: 1,
-            ..Node::leaf()
-        },
-    };
-    while node.inner {
-        if node.keys.is_empty() {
-            return Err(damaged(folder, no));
+    let mut root_next = None;
+    loop {
+        let down = nodes.read(folder, no, |b| {
+            let Some(b) = b else {
+                return Some(Down::Absent);
+            };
+            let raw = Raw::new(b)?;
+            if !raw.inner {
+                return Some(Down::Leaf);
+            }
+            let index = raw.rank(name)?.saturating_sub(1);
+            let (_, child) = raw.item(index)?;
+            Some(Down::Inner {
+                child: child as u32,
+                index,
+                next_no: raw.next_no,
+            })
+        })?;
+        match down {
+            Some(Down::Absent) if no == 0 => {
+                return Ok(Descent {
+                    path,
+                    no,
+                    leaf: Node::leaf(),
+                    next_no: 1,
+                })
+            }
+            Some(Down::Leaf) => {
+                let leaf = load_node(nodes, folder, no)?;
+                let next_no = root_next.unwrap_or(leaf.next_no);
+                return Ok(Descent {
+                    path,
+                    no,
+                    leaf,
+                    next_no,
+                });
+            }
+            Some(Down::Inner {
+                child,
+                index,
+                next_no,
+            }) => {
+                root_next.get_or_insert(next_no);
+                path.push((no, index));
+                no = child;
+            }
+            Some(Down::Absent) | None => return Err(damaged(folder, no)),
         }
-        let i = node.child_index(name);
-        let child = node.vals[i] as u32;
-        path.push((no, node, i));
-        no = child;
-        node = load_node(nodes, folder, no)?;
     }
-    Ok((path, no, node))
 }
 
 /// Add (or repoint) `folder`'s child `name` to `id`.
 pub(crate) fn insert(nodes: &mut impl Nodes, folder: u64, name: &[u8], id: u64) -> MetaResult<()> {
-    let (mut path, mut no, mut node) = descend(nodes, folder, name)?;
+    let Descent {
+        mut path,
+        mut no,
+        leaf: mut node,
+        mut next_no,
+    } = descend(nodes, folder, name)?;
+    let counter = next_no;
     match node.keys.binary_search_by(|k| k.as_slice().cmp(name)) {
         Ok(i) => node.vals[i] = id,
         Err(i) => {
@@ -278,13 +327,8 @@ pub(crate) fn insert(nodes: &mut impl Nodes, folder: u64, name: &[u8], id: u64) 
             node.vals.insert(i, id);
         }
     }
-    // The root's node counter: the root is the first node of the path, or the leaf itself.
-    let mut next_no = match path.first() {
-        Some((_, root, _)) => root.next_no,
-        None => node.next_no,
-    };
-    // Split upward while a node is too big; `pending` is a new right sibling of `node` that
-    // its parent must learn about.
+    // Split upward while a node is too big: the new right half gets a number from the
+    // root's counter and its first name becomes a separator in the parent.
     loop {
         if node.encoded_len() <= nodes.node_bytes() {
             break;
@@ -295,8 +339,9 @@ pub(crate) fn insert(nodes: &mut impl Nodes, folder: u64, name: &[u8], id: u64) 
         next_no += 1;
         nodes.store(folder, right_no, right.encode())?;
         match path.pop() {
-            Some((pno, mut parent, i)) => {
+            Some((pno, i)) => {
                 nodes.store(folder, no, node.encode())?;
+                let mut parent = load_node(nodes, folder, pno)?;
                 parent.keys.insert(i + 1, sep);
                 parent.vals.insert(i + 1, u64::from(right_no));
                 no = pno;
@@ -319,19 +364,16 @@ pub(crate) fn insert(nodes: &mut impl Nodes, folder: u64, name: &[u8], id: u64) 
             }
         }
     }
-    // Write the node the loop stopped at, then the rest of the path's nodes that changed: the
-    // root always (its counter), the nodes between only if they took a separator (then they
-    // were written above, or are `node`).
+    // Write the node the loop stopped at; the root also if its counter moved.
     if no == 0 {
         node.next_no = next_no;
         nodes.store(folder, 0, node.encode())?;
     } else {
         nodes.store(folder, no, node.encode())?;
-        if let Some((_, mut root, _)) = path.into_iter().next() {
-            if root.next_no != next_no {
-                root.next_no = next_no;
-                nodes.store(folder, 0, root.encode())?;
-            }
+        if next_no != counter {
+            let mut root = load_node(nodes, folder, 0)?;
+            root.next_no = next_no;
+            nodes.store(folder, 0, root.encode())?;
         }
     }
     Ok(())
@@ -339,7 +381,12 @@ pub(crate) fn insert(nodes: &mut impl Nodes, folder: u64, name: &[u8], id: u64) 
 
 /// Remove `folder`'s child `name`; returns whether it was there.
 pub(crate) fn remove(nodes: &mut impl Nodes, folder: u64, name: &[u8]) -> MetaResult<bool> {
-    let (mut path, mut no, mut node) = descend(nodes, folder, name)?;
+    let Descent {
+        mut path,
+        mut no,
+        leaf: mut node,
+        ..
+    } = descend(nodes, folder, name)?;
     let Ok(i) = node.keys.binary_search_by(|k| k.as_slice().cmp(name)) else {
         return Ok(false);
     };
@@ -349,7 +396,8 @@ pub(crate) fn remove(nodes: &mut impl Nodes, folder: u64, name: &[u8]) -> MetaRe
     while node.keys.is_empty() {
         nodes.remove(folder, no)?;
         match path.pop() {
-            Some((pno, mut parent, i)) => {
+            Some((pno, i)) => {
+                let mut parent = load_node(nodes, folder, pno)?;
                 parent.keys.remove(i);
                 parent.vals.remove(i);
                 no = pno;
