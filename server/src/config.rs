@@ -31,6 +31,10 @@ pub struct Config {
     pub users_file: PathBuf,
     /// DRAM the engine may use, in MiB.
     pub dram_budget_mib: u64,
+    /// DRAM for the change history that Changes and WatchChanges replay from, in MiB, counted
+    /// in the DRAM budget (at most half of it); 0: the engine's default, 1/32 of the budget
+    /// and at most 64 MiB. A cursor older than the history is answered OUT_OF_RANGE.
+    pub changelog_mib: u64,
     /// `commit` (a write is acknowledged once durable: group commit), `periodic` (flushed
     /// every `periodic_ms`; a crash loses at most that much) or `none` (in memory only).
     pub durability: String,
@@ -68,6 +72,7 @@ impl Default for Config {
             far_dir: PathBuf::new(),
             users_file: PathBuf::new(),
             dram_budget_mib: 512,
+            changelog_mib: 0,
             durability: "commit".into(),
             periodic_ms: 10,
             token_ttl_secs: 3600,
@@ -156,6 +161,12 @@ impl Config {
             return Err(ConfigError(format!(
                 "dram_budget_mib = {}: at least 16",
                 self.dram_budget_mib
+            )));
+        }
+        if self.changelog_mib > self.dram_budget_mib / 2 {
+            return Err(ConfigError(format!(
+                "changelog_mib = {}: at most half of dram_budget_mib ({}), which it is part of (0: the engine's default)",
+                self.changelog_mib, self.dram_budget_mib
             )));
         }
         for (name, v) in [
@@ -312,6 +323,39 @@ mod tests {
         assert!(e.0.contains("durability"), "{e}");
         let e = Config::resolve(None, &|_| None, &flags(&[("nope", "1")])).unwrap_err();
         assert!(e.0.contains("unknown setting"), "{e}");
+    }
+
+    #[test]
+    fn changelog_mib_sizes_the_engines_change_history() {
+        // Unset: 0, which leaves the engine its default share of the budget.
+        let c = Config::resolve(None, &|_| None, &[]).expect("defaults resolve");
+        assert_eq!(c.changelog_mib, 0);
+        let e = crate::server::engine_config(&c).expect("engine config");
+        assert_eq!(e.changelog_bytes, 0);
+        // From the file, the environment and a flag, in that order of precedence.
+        let c = Config::resolve(Some("changelog_mib = 4\n"), &|_| None, &[]).expect("file");
+        assert_eq!(c.changelog_mib, 4);
+        let env = env_of(&[("TERAD_CHANGELOG_MIB", "2")]);
+        let c = Config::resolve(Some("changelog_mib = 4\n"), &env, &[]).expect("env");
+        assert_eq!(c.changelog_mib, 2);
+        let c = Config::resolve(None, &env, &flags(&[("changelog_mib", "1")])).expect("flag");
+        assert_eq!(c.changelog_mib, 1);
+        let e = crate::server::engine_config(&c).expect("engine config");
+        assert_eq!(e.changelog_bytes, 1 << 20);
+        // It is part of the DRAM budget: more than half of it is refused, naming both.
+        let e = Config::resolve(
+            None,
+            &|_| None,
+            &flags(&[("dram_budget_mib", "64"), ("changelog_mib", "33")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("changelog_mib = 33") && e.0.contains("dram_budget_mib (64)"),
+            "{e}"
+        );
+        let e = Config::resolve(None, &|_| None, &flags(&[("changelog_mib", "lots")])).unwrap_err();
+        assert!(e.0.contains("changelog_mib"), "{e}");
+        assert!(Config::default().to_toml().contains("changelog_mib = 0"));
     }
 
     #[test]

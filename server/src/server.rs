@@ -58,6 +58,8 @@ pub enum ServerError {
 pub fn engine_config(c: &Config) -> Result<tera_engine::Config, ServerError> {
     let mut e = tera_engine::Config::new(c.far_dir());
     e.dram_budget_bytes = c.dram_budget_mib << 20;
+    // 0 keeps the engine's default (a share of the budget).
+    e.changelog_bytes = usize::try_from(c.changelog_mib << 20).unwrap_or(usize::MAX);
     e.durability = match c.durability_mode()? {
         DurabilityMode::Commit => Durability::Commit,
         DurabilityMode::Periodic(d) => Durability::Periodic(d),
