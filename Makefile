@@ -1,7 +1,11 @@
 # One command does what CI does: `make test` (which .ci/run calls).
 #
 #   make deps       install the system packages the build needs (Debian/Ubuntu, via apt-get)
-#   make test       rustfmt check, clippy with warnings denied, every test of the workspace, loom
+#   make pydeps     install the Python packages the grpcio end-to-end tests use (pinned, from
+#                   PyPI with pip, into the machine's python3) unless python3 imports them already
+#   make test       rustfmt check, clippy with warnings denied, every test of the workspace
+#                   (among them server/tests/python_e2e.rs, which drives terad with Python's
+#                   grpcio through tests/python/e2e.py), loom
 #   make run        build and start terad, the gRPC metadata server, on its embedded defaults:
 #                   gRPC on 127.0.0.1:7420, metrics and /healthz on 127.0.0.1:7421, data under
 #                   ./terad-data (the first start writes the admin's password to
@@ -19,11 +23,17 @@ CARGO ?= cargo
 # found through pkg-config), libudev and pkg-config itself.
 DEB_PACKAGES := libhwloc-dev libudev-dev pkg-config
 
+# Python packages of the grpcio end-to-end tests (tests/python/e2e.py), pinned together:
+# grpcio-tools 1.85 generates code for protobuf 7 (>= 7.35.1), which the other three need too.
+PY_PACKAGES := grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 \
+	grpcio-health-checking==1.85.1 protobuf==7.36.2
+PY_IMPORTS := grpc, grpc_tools, grpc_reflection, grpc_health, google.protobuf
+
 TEST_FLAGS ?=
 TERAD_ARGS ?=
 RUN_ARGS ?= --records 200000 --value-bytes 256 --seconds 3 --dram-fractions 1,0.25
 
-.PHONY: all deps test run tierbench loom
+.PHONY: all deps pydeps test run tierbench loom
 
 all: test
 
@@ -60,7 +70,33 @@ deps:
 	echo "+ $$sudo apt-get install -y$$missing"; \
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing
 
-test: deps
+# Installed into the machine's python3 (CI runs as root). A Debian python3 marks itself
+# externally managed (PEP 668), and pip then refuses to install outside a venv unless told
+# --break-system-packages; a python3 without the marker (pyenv, a venv) needs no flag.
+pydeps:
+	@if python3 -c 'import $(PY_IMPORTS)' 2>/dev/null; then \
+	  echo "pydeps: python3 imports $(PY_IMPORTS)"; \
+	  exit 0; \
+	fi; \
+	if ! python3 -m pip --version >/dev/null 2>&1; then \
+	  sudo=""; \
+	  if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi; \
+	  if ! command -v apt-get >/dev/null 2>&1 || { [ "$$(id -u)" -ne 0 ] && [ -z "$$sudo" ]; }; then \
+	    echo "pydeps: python3 or its pip is missing: install them (Debian: apt-get install python3 python3-pip) and run make again" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "+ $$sudo apt-get update && $$sudo apt-get install -y python3 python3-pip"; \
+	  $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3 python3-pip || exit 1; \
+	fi; \
+	flags=""; \
+	if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then \
+	  flags="--break-system-packages"; \
+	fi; \
+	echo "+ python3 -m pip install --quiet $$flags $(PY_PACKAGES)"; \
+	python3 -m pip install --quiet $$flags $(PY_PACKAGES) && \
+	python3 -c 'import $(PY_IMPORTS)'
+
+test: deps pydeps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace $(TEST_FLAGS)
