@@ -561,3 +561,36 @@ fn concurrent_writers_lose_no_update_and_keep_the_invariants() {
     let total = check_tree(&m, "/");
     assert_eq!(total, m.usage(NS).unwrap().bytes);
 }
+
+#[test]
+fn an_operation_that_changes_nothing_takes_no_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    m.create_namespace(NS, 1).unwrap();
+    m.mkdir(NS, "/a/b", true, 2).unwrap();
+    m.upload(NS, "/a/f", &up(5, 3), &Precondition::None)
+        .unwrap();
+    let before = m.cursor();
+    let root = m.stat(NS, "/").unwrap();
+    // A move onto itself, mkdir -p of an existing folder, setting what is already set.
+    m.rename(NS, "/a/f", "/a/f", None, 9).unwrap();
+    m.mkdir(NS, "/a/b", true, 9).unwrap();
+    m.set_attrs(NS, "/a", &[("gone", None)], 9).unwrap();
+    assert_eq!(m.cursor(), before, "no revision was taken");
+    assert_eq!(m.stat(NS, "/").unwrap().etag, root.etag, "no etag moved");
+    let page = m
+        .changes(NS, before, 100, std::time::Duration::ZERO)
+        .unwrap();
+    assert!(page.changes.is_empty(), "{page:?}");
+    // A cursor from the future is refused, not quietly moved back.
+    match m.changes(NS, before + 1000, 10, std::time::Duration::ZERO) {
+        Err(MetaError::CursorAhead { cursor, revision }) => {
+            assert_eq!((cursor, revision), (before + 1000, before))
+        }
+        other => panic!("expected CursorAhead, got {other:?}"),
+    }
+    // A real change still takes one.
+    m.upload(NS, "/a/f", &up(6, 10), &Precondition::None)
+        .unwrap();
+    assert!(m.cursor() > before);
+}

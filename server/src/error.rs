@@ -20,11 +20,16 @@ pub fn meta_status(e: MetaError) -> Status {
             "{msg} (a folder is where a file is needed)"
         )),
         MetaError::NotEmpty(_) => Status::failed_precondition(msg),
+        // If-None-Match fails because the entry exists: no etag was read.
+        MetaError::PreconditionFailed(m) if m.contains("If-None-Match") => Status::failed_precondition(
+            format!("{msg}: something is already there (stat it, or upload with if_match its etag to replace it)"),
+        ),
         MetaError::PreconditionFailed(_) => Status::failed_precondition(format!(
             "{msg}: the entry changed since its etag was read; stat it again and retry with the current etag"
         )),
         MetaError::InvalidPath { .. } => Status::invalid_argument(msg),
         MetaError::CursorTooOld { .. } => Status::out_of_range(msg),
+        MetaError::CursorAhead { .. } => Status::invalid_argument(msg),
         MetaError::Engine(e) => engine_status(e),
         // `MetaError` is non-exhaustive: a new kind is an internal error until mapped here.
         _ => Status::internal(msg),
@@ -111,6 +116,21 @@ mod tests {
                 oldest: 10
             }),
             Code::OutOfRange
+        );
+        assert_eq!(
+            code(MetaError::CursorAhead {
+                cursor: 30,
+                revision: 10
+            }),
+            Code::InvalidArgument
+        );
+        let none_match = meta_status(MetaError::PreconditionFailed(
+            "/a exists (If-None-Match)".into(),
+        ));
+        assert!(
+            !none_match.message().contains("etag was read"),
+            "{}",
+            none_match.message()
         );
     }
 

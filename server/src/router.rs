@@ -165,15 +165,38 @@ pub struct Gate<S> {
     inner: S,
     limit: Arc<Semaphore>,
     max: usize,
+    max_request_bytes: usize,
 }
 
 impl<S> Gate<S> {
-    pub fn new(inner: S, max_concurrent: usize) -> Gate<S> {
+    pub fn new(inner: S, max_concurrent: usize, max_request_bytes: usize) -> Gate<S> {
         Gate {
             inner,
             limit: Arc::new(Semaphore::new(max_concurrent)),
             max: max_concurrent,
+            max_request_bytes,
         }
+    }
+}
+
+/// The status to send instead of one tonic's codec made for a client's mistake, in the
+/// terms of terad's contract (server/proto): a request over the size limit is
+/// RESOURCE_EXHAUSTED naming the setting (tonic says OUT_OF_RANGE, which the protos reserve
+/// for a change cursor that is too old), and a request that does not parse is
+/// INVALID_ARGUMENT (tonic says INTERNAL, which would count a client's bytes as a server
+/// fault).
+pub fn client_fault(status: &Status, max_request_bytes: usize) -> Option<Status> {
+    let msg = status.message();
+    match status.code() {
+        Code::OutOfRange if msg.contains("message length too large") => {
+            Some(Status::resource_exhausted(format!(
+                "the request is larger than terad accepts (max_request_bytes = {max_request_bytes}): {msg}; send less in one call"
+            )))
+        }
+        Code::Internal if msg.starts_with("failed to decode Protobuf message") => Some(
+            Status::invalid_argument(format!("the request does not parse: {msg}")),
+        ),
+        _ => None,
     }
 }
 
@@ -233,10 +256,21 @@ where
             }
         };
         let fut = self.inner.call(req);
+        let max_request_bytes = self.max_request_bytes;
         Box::pin(
             async move {
-                let res = fut.await;
+                let mut res = fut.await;
                 drop(permit);
+                // A trailers-only error made by tonic's codec for a client's mistake is
+                // restated in terad's terms.
+                let fix = res
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| Status::from_header_map(r.headers()))
+                    .and_then(|s| client_fault(&s, max_request_bytes));
+                if let Some(s) = fix {
+                    res = Ok(s.into_http());
+                }
                 if let Ok(r) = &res {
                     // An error is sent trailers-only, its status in the headers; a success
                     // (or a stream's later status) comes in the trailers.
@@ -277,6 +311,30 @@ mod tests {
             parse_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             None
         );
+    }
+
+    #[test]
+    fn codec_errors_are_restated_as_client_faults() {
+        let big = Status::out_of_range(
+            "Error, decoded message length too large: found 2097165 bytes, the limit is: 1048576 bytes",
+        );
+        let s = client_fault(&big, 1 << 20).expect("restated");
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(
+            s.message().contains("max_request_bytes = 1048576"),
+            "{}",
+            s.message()
+        );
+        let bad = Status::internal(
+            "failed to decode Protobuf message: StatRequest.target: invalid string value",
+        );
+        assert_eq!(
+            client_fault(&bad, 1).map(|s| s.code()),
+            Some(Code::InvalidArgument)
+        );
+        // Our own statuses pass through.
+        assert!(client_fault(&Status::out_of_range("cursor 3 is too old"), 1).is_none());
+        assert!(client_fault(&Status::internal("disk on fire"), 1).is_none());
     }
 
     #[test]

@@ -179,7 +179,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ))
         .max_decoding_message_size(max_req),
     };
-    let gate = Gate::new(router, config.max_concurrent_requests);
+    let gate = Gate::new(
+        router,
+        config.max_concurrent_requests,
+        config.max_request_bytes,
+    );
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = {
         let state = state.clone();

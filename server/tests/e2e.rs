@@ -421,7 +421,8 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
         ..Default::default()
     };
     let e = meta.commit_upload(big).await.expect_err("too large");
-    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_request_bytes"), "{e:?}");
     // An oversized field inside the limit is INVALID_ARGUMENT.
     let e = meta
         .commit_upload(pb::CommitUploadRequest {

@@ -624,13 +624,25 @@ class ErrorTests(Base):
 
     def test_an_oversized_message_is_refused_with_the_limit(self):
         d = self.folder()
-        # 2 MiB, over max_request_bytes (1 MiB). tonic's codec answers OUT_OF_RANGE.
-        e = self.fails(StatusCode.OUT_OF_RANGE, self.admin.put, d + "/big", mime="x" * (2 << 20))
-        self.assertMentions(e, "message length too large", "1048576")
+        # 2 MiB, over max_request_bytes (1 MiB): RESOURCE_EXHAUSTED naming the setting (tonic's
+        # codec says OUT_OF_RANGE, which the protos keep for a change cursor that is too old).
+        e = self.fails(StatusCode.RESOURCE_EXHAUSTED, self.admin.put, d + "/big", mime="x" * (2 << 20))
+        self.assertMentions(e, "max_request_bytes", "1048576")
         self.fails(StatusCode.NOT_FOUND, self.admin.stat, d + "/big")
         # Just under the limit the codec takes it, and the field check refuses the mime.
         e = self.fails(StatusCode.INVALID_ARGUMENT, self.admin.put, d + "/big", mime="x" * (1 << 19))
         self.assertMentions(e, "mime")
+
+    def test_a_request_that_does_not_parse_is_an_invalid_argument(self):
+        # A StatRequest whose path (field 2) is not UTF-8: the client's fault, not the server's.
+        raw = self.admin.server.channel.unary_unary(
+            "/tera.meta.v1.Metadata/Stat",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        e = self.fails(StatusCode.INVALID_ARGUMENT, raw, b"\x12\x03\x2f\xff\xfe",
+                       metadata=self.admin.md, timeout=CALL_TIMEOUT)
+        self.assertMentions(e, "does not parse")
 
     def test_wrong_kind_is_a_failed_precondition(self):
         d = self.folder()

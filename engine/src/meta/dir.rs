@@ -251,7 +251,11 @@ struct Descent {
 enum Down {
     Absent,
     Leaf,
-    Inner { child: u32, index: usize, next_no: u32 },
+    Inner {
+        child: u32,
+        index: usize,
+        next_no: u32,
+    },
 }
 
 /// Descend to the leaf that covers `name`, reading the inner nodes in place (only the leaf

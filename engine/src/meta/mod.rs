@@ -58,6 +58,8 @@ pub enum MetaError {
     InvalidPath { path: String, reason: String },
     #[error("cursor {cursor} is too old: the change history starts after revision {oldest}; list the namespace again and follow changes from its revision")]
     CursorTooOld { cursor: u64, oldest: u64 },
+    #[error("cursor {cursor} is ahead of the namespace's revision {revision}: pass a cursor from a change page or from usage")]
+    CursorAhead { cursor: u64, revision: u64 },
     #[error(transparent)]
     Engine(#[from] crate::Error),
 }
@@ -326,6 +328,10 @@ struct Op<'a, 'b> {
     tx: &'a mut Tx<'b>,
     ns: u64,
     node_bytes: usize,
+    /// The counters as read; written back only if they moved, so that an operation that
+    /// changes nothing (a move onto itself, mkdir -p of an existing folder) commits nothing
+    /// and takes no revision.
+    read_counters: (u64, u64),
     next_id: u64,
     next_etag: u64,
     /// Entries read or changed so far, written back at the end.
@@ -405,6 +411,7 @@ impl<'a, 'b> Op<'a, 'b> {
             tx,
             ns,
             node_bytes,
+            read_counters: (next_id, next_etag),
             next_id,
             next_etag,
             dirty: Vec::new(),
@@ -519,9 +526,11 @@ impl<'a, 'b> Op<'a, 'b> {
                 None => {}
             }
         }
-        let mut h = self.next_id.to_le_bytes().to_vec();
-        h.extend_from_slice(&self.next_etag.to_le_bytes());
-        self.tx.put(&ns_key(self.ns), &h)?;
+        if (self.next_id, self.next_etag) != self.read_counters {
+            let mut h = self.next_id.to_le_bytes().to_vec();
+            h.extend_from_slice(&self.next_etag.to_le_bytes());
+            self.tx.put(&ns_key(self.ns), &h)?;
+        }
         Ok(())
     }
 }
@@ -609,6 +618,10 @@ impl MetaStore {
         max_revisions: usize,
         wait: std::time::Duration,
     ) -> MetaResult<ChangePage> {
+        let revision = self.ks.revision();
+        if cursor > revision {
+            return Err(MetaError::CursorAhead { cursor, revision });
+        }
         let mut lo = ns.to_be_bytes().to_vec();
         lo.push(1);
         let mut hi = ns.to_be_bytes().to_vec();
