@@ -3,11 +3,6 @@
 //! other commands send it. Output is one line per entry or change, tab-separated, so that
 //! scripts can cut it; errors go to stderr as `teractl: CODE: message` with exit status 1.
 
-/// mimalloc instead of glibc malloc, whose slow paths (consolidation, chunk unlinking) took a
-/// quarter of a listing's server time; measured in docs/benchmarks.md (issue 5).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 
 /// `println!` that ends the process quietly when stdout is closed (`teractl ... | head`).

@@ -3,11 +3,6 @@
 //! docs/architecture.md ("Server") the configuration. `terad user add NAME` adds a user to
 //! the users file (a running terad picks it up).
 
-/// mimalloc instead of glibc malloc, whose slow paths (consolidation, chunk unlinking) took a
-/// quarter of a listing's server time; measured in docs/benchmarks.md (issue 5).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
