@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 secs=${1:-600}
 conc=${2:-200}
 mix=${3:-stat=40,list=20,mkdir=10,upload=30}
-bin=target/release
+bin=${TERAD_BIN_DIR:-target/release}
 data=$(mktemp -d /tmp/terad-soak.XXXXXX)
 out=$data/terad.out
 "$bin/terad" --listen 127.0.0.1:0 --metrics-listen off --data-dir "$data/d" >"$out" 2>"$data/terad.log" &
@@ -27,7 +27,7 @@ rss_log=$data/rss.txt
 (
   t=0
   while kill -0 $pid 2>/dev/null; do
-    echo "$t $(awk '/^VmRSS/ {print $2}' /proc/$pid/status)" >>"$rss_log"
+    echo "$t $(awk '/^VmRSS/ {print $2}' /proc/$pid/status) $(awk '/^RssAnon/ {print $2}' /proc/$pid/status)" >>"$rss_log"
     sleep 10
     t=$((t + 10))
   done
