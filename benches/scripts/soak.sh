@@ -4,8 +4,9 @@
 # Prints the bench report, then the RSS samples and their min and max; fails if the bench
 # saw an error other than overload (RESOURCE_EXHAUSTED).
 #
-#   benches/scripts/soak.sh [SECONDS] [CONCURRENCY] [MIX]
-#   defaults: 600 s, concurrency 200, mix stat=40,list=20,mkdir=10,upload=30
+#   benches/scripts/soak.sh [SECONDS] [CONCURRENCY] [MIX] [BUDGET_MIB]
+#   defaults: 600 s, concurrency 200, mix stat=40,list=20,mkdir=10,upload=30, terad's default
+#   DRAM budget (512 MiB)
 #
 # Needs a release build: cargo build --release -p tera-server
 set -euo pipefail
@@ -13,10 +14,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 secs=${1:-600}
 conc=${2:-200}
 mix=${3:-stat=40,list=20,mkdir=10,upload=30}
+budget=()
+if [ -n "${4:-}" ]; then budget=(--dram-budget-mib "$4"); fi
 bin=${TERAD_BIN_DIR:-target/release}
 data=$(mktemp -d /tmp/terad-soak.XXXXXX)
 out=$data/terad.out
-"$bin/terad" --listen 127.0.0.1:0 --metrics-listen off --data-dir "$data/d" >"$out" 2>"$data/terad.log" &
+"$bin/terad" --listen 127.0.0.1:0 --metrics-listen off --data-dir "$data/d" "${budget[@]}" >"$out" 2>"$data/terad.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$out" 2>/dev/null && break; sleep 0.1; done
@@ -35,9 +38,9 @@ rss_log=$data/rss.txt
 sampler=$!
 "$bin/teractl" bench --concurrency "$conc" --duration "$secs" --warmup 0 --mix "$mix" | tee "$data/bench.txt"
 kill $sampler 2>/dev/null || true
-echo "# terad RSS (KiB) every 10 s: seconds rss"
+echo "# terad RSS (KiB) every 10 s: seconds VmRSS RssAnon"
 cat "$rss_log"
-awk 'NR==1 {min=$2; max=$2} {if ($2<min) min=$2; if ($2>max) max=$2} END {printf "# RSS min %.1f MiB, max %.1f MiB over %d samples\n", min/1024, max/1024, NR}' "$rss_log"
+awk 'NR==2 {min=$2; max=$2; amin=$3; amax=$3} NR>=2 {if ($2<min) min=$2; if ($2>max) max=$2; if ($3<amin) amin=$3; if ($3>amax) amax=$3} END {printf "# from 10 s on: VmRSS min %.1f MiB, max %.1f MiB; RssAnon min %.1f MiB, max %.1f MiB (%d samples)\n", min/1024, max/1024, amin/1024, amax/1024, NR-1}' "$rss_log"
 echo "# data directory: $data"
 # The errors column lists CODE=count per operation; anything but RESOURCE_EXHAUSTED fails.
 bad=$(awk '$1 ~ /^[0-9]+$/ && NF >= 8 && $8 != "-" {n = split($8, e, ","); for (i = 1; i <= n; i++) if (e[i] !~ /^RESOURCE_EXHAUSTED=/) print $2 ": " e[i]}' "$data/bench.txt")
