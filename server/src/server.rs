@@ -119,7 +119,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ));
     }
     let state = Arc::new(State::new(users, key, config.clone()));
-    let handle = crate::metrics::install().map_err(ServerError::Metrics)?;
 
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -129,6 +128,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
     if let Some(maddr) = config.metrics_addr()? {
+        // The recorder only with its endpoint: it keeps each histogram's samples until its
+        // upkeep (run by `serve_http`) folds them in, so a recorder nobody serves grows
+        // without end (found by the soak, with `metrics_listen = off`: RssAnon past the
+        // DRAM budget, rising with every call). With metrics off, recording is a no-op.
+        let handle = crate::metrics::install().map_err(ServerError::Metrics)?;
         let ml = tokio::net::TcpListener::bind(maddr)
             .await
             .map_err(|source| ServerError::Bind {
