@@ -498,13 +498,13 @@ pub(crate) fn scan(
 
 /// Whether `folder` has no children.
 pub(crate) fn is_empty(nodes: &mut impl Nodes, folder: u64) -> MetaResult<bool> {
-    Ok(nodes.load(folder, 0)?.is_none())
+    nodes.read(folder, 0, |b| b.is_none())
 }
 
 /// Remove `folder`'s whole tree, returning the ids of its children.
 pub(crate) fn drop_tree(nodes: &mut impl Nodes, folder: u64) -> MetaResult<Vec<u64>> {
     let mut ids = Vec::new();
-    if nodes.load(folder, 0)?.is_none() {
+    if is_empty(nodes, folder)? {
         return Ok(ids);
     }
     let mut stack = vec![0u32];
