@@ -17,10 +17,16 @@
 //! at or below the durable LSN), so a watcher never sees a change that a crash could take back.
 //! The oldest changes are dropped when the database's change logs together hold more than half
 //! of `Config::changelog_bytes` of changes (the rings' spare capacity, at most as much again,
-//! takes the other half); what they hold is charged to the DRAM budget; a watcher that asks for a dropped revision gets [`Error::Compacted`].
+//! takes the other half); what they hold is charged to the DRAM budget (within 16 KiB per
+//! keyspace: the shared accounts move in steps, so that writers do not all write the same
+//! counters); a watcher that asks for a dropped revision gets [`Error::Compacted`].
 
+use crate::bell::Bell;
 use crate::error::{Error, Result};
-use crate::wal::Bell;
+
+/// How far a change log's size may drift from what the shared accounts charge for it (at
+/// most; a history limit under 1 MiB allows 1/64 of it).
+const RECHARGE_SLACK: usize = 16 << 10;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -162,14 +168,27 @@ impl std::fmt::Debug for Changelog {
 
 fn encode(events: &[Event], out: &mut Vec<u8>) {
     for e in events {
-        out.push(u8::from(e.kind == EventKind::Delete));
-        out.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
-        out.extend_from_slice(&e.key);
-        out.extend_from_slice(&(e.value.len() as u32).to_le_bytes());
-        out.extend_from_slice(&e.value);
-        out.extend_from_slice(&e.create_revision.to_le_bytes());
-        out.extend_from_slice(&e.version.to_le_bytes());
+        encode_event(e.kind, &e.key, &e.value, e.create_revision, e.version, out);
     }
+}
+
+/// Append one event's encoding to `out` (the layout `decode` reads), from borrowed parts: a
+/// single put writes its change without building an [`Event`].
+pub(crate) fn encode_event(
+    kind: EventKind,
+    key: &[u8],
+    value: &[u8],
+    create_revision: u64,
+    version: u64,
+    out: &mut Vec<u8>,
+) {
+    out.push(u8::from(kind == EventKind::Delete));
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(&create_revision.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
 }
 
 /// Decode the events of revision `rev` written by `encode`.
@@ -224,7 +243,11 @@ impl Changelog {
     }
 
     /// Bring the database's totals up to date with this log's size.
-    fn recharge(&self, st: &mut State) {
+    /// Bring the shared accounts up to this change log's size. They are shared by every
+    /// keyspace and read by the budget, so a write moves them only once its change log has
+    /// drifted by [`RECHARGE_SLACK`] bytes (`force` moves them whatever the drift): the
+    /// budget may lag a change log by that much.
+    fn recharge(&self, st: &mut State, force: bool) {
         fn adjust(a: &AtomicUsize, from: usize, to: usize) {
             if to >= from {
                 a.fetch_add(to - from, Relaxed);
@@ -233,10 +256,15 @@ impl Changelog {
             }
         }
         let held = st.size();
+        let content = st.ring.len();
+        // A small history (a small budget) moves the accounts in proportionally small steps.
+        let slack = RECHARGE_SLACK.min(self.limit / 64);
+        if !force && held.abs_diff(st.charged) < slack && content.abs_diff(st.content) < slack {
+            return;
+        }
         adjust(&self.accounts.held, st.charged, held);
         adjust(&self.accounts.overhead, st.charged, held);
         st.charged = held;
-        let content = st.ring.len();
         adjust(&self.accounts.content, st.content, content);
         st.content = content;
     }
@@ -245,27 +273,32 @@ impl Changelog {
     pub(crate) fn insert(&self, rev: u64, change: Change) {
         let mut bytes = Vec::new();
         encode(&change.events, &mut bytes);
+        self.insert_encoded(rev, change.lsn, &bytes);
+    }
+
+    /// [`Changelog::insert`] of a change already encoded (by [`encode_event`]).
+    pub(crate) fn insert_encoded(&self, rev: u64, lsn: u64, bytes: &[u8]) {
         let mut st = self.state.lock();
         let next = st.next();
         if rev < next {
             return; // dropped already (a bulk load compacted past it)
         }
         if rev > next {
-            st.pending.insert(rev, (change.lsn, bytes));
+            st.pending.insert(rev, (lsn, bytes.to_vec()));
         } else {
-            st.append(change.lsn, &bytes);
+            st.append(lsn, bytes);
             st.append_held();
         }
         // Drop the oldest changes while all change logs are over their limit. A ring whose
         // content shrank a lot gives memory back.
-        self.recharge(&mut st);
+        self.recharge(&mut st, false);
         while self.accounts.content.load(Relaxed) > self.limit && st.index.len() > 1 {
             st.pop();
             if st.ring.capacity() > 4 * st.ring.len() && st.ring.capacity() > 4096 {
                 let keep = 2 * st.ring.len();
                 st.ring.shrink_to(keep);
             }
-            self.recharge(&mut st);
+            self.recharge(&mut st, true);
         }
         drop(st);
         self.bell.ring();
@@ -283,7 +316,7 @@ impl Changelog {
             st.pending = st.pending.split_off(&(rev + 1));
         }
         st.append_held();
-        self.recharge(&mut st);
+        self.recharge(&mut st, true);
     }
 
     /// The oldest revision a watcher can still start after (changes after it are all kept).

@@ -11,6 +11,7 @@
 //! the mode says so. Appending to the log under the partition lock keeps each key's frames in
 //! the order its writes were applied, which is what replay relies on.
 
+use crate::bell::Bell;
 use crate::changelog::{Change, Changelog, Event, EventKind, Visible, Watcher};
 use crate::config::{Config, Durability};
 use crate::durable::{
@@ -26,7 +27,7 @@ use crate::keyspace::{
 };
 use crate::partition::{Locked, Partition, Shared, Tier};
 use crate::stats::{Stats, TierStats};
-use crate::wal::{Bell, Wal};
+use crate::wal::Wal;
 use crossbeam_utils::CachePadded;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::HashMap;
@@ -954,6 +955,64 @@ impl Inner {
         Ok(Some((rev, lsn)))
     }
 
+    /// The one-key put of [`Keyspace::put`]: what `commit_locked` does for a batch of one
+    /// put, without its per-batch maps and copies (the old record's revisions are read into
+    /// a reused buffer, the change is encoded straight from the borrowed key and value).
+    /// Returns the revision and the log LSN to wait for.
+    fn put_locked(
+        &self,
+        ks: &KsInfo,
+        lk: &mut Locked<'_>,
+        ik: &[u8],
+        hash: u64,
+        value: &[u8],
+    ) -> Result<(u64, u64)> {
+        thread_local! {
+            static BUFS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        }
+        self.writable()?;
+        BUFS.with(|b| {
+            let (rec, enc) = &mut *b.borrow_mut();
+            let old = lk.get(hash, ik, rec)?.map(|_| Meta::decode(rec).0);
+            let rev = ks.rev.fetch_add(1, AcqRel) + 1;
+            let m = Meta {
+                create: old.map_or(rev, |o| o.create),
+                modified: rev,
+                version: old.map_or(1, |o| o.version + 1),
+            };
+            m.encode(value, rec);
+            if let Err(e) = lk.put(hash, ik, rec, ks.opts.ordered) {
+                // Nothing was applied: fill the revision with an empty change.
+                ks.changelog.insert(
+                    rev,
+                    Change {
+                        events: Vec::new(),
+                        lsn: 0,
+                    },
+                );
+                return Err(e);
+            }
+            if old.is_none() {
+                ks.keys.fetch_add(1, Relaxed);
+            }
+            let key = &ik[KEY_PREFIX..];
+            let lsn = match &self.wal {
+                Some(wal) => {
+                    start_batch(ks.id, rev, enc);
+                    push_put(enc, key, m.create, m.version, value);
+                    finish_batch(enc, 1);
+                    wal.append(enc)
+                }
+                None => 0,
+            };
+            enc.clear();
+            crate::changelog::encode_event(EventKind::Put, key, value, m.create, m.version, enc);
+            ks.changelog.insert_encoded(rev, lsn, enc);
+            Ok((rev, lsn))
+        })
+    }
+
     /// After the partition lock is released: wait for durability as the mode says.
     fn after_commit(&self, lsn: u64) -> Result<()> {
         let Some(wal) = &self.wal else {
@@ -1270,8 +1329,27 @@ impl Keyspace {
 
     /// Set `key` to `value`; returns the revision.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<u64> {
-        let (_, rev) = self.atomic(key, |tx| tx.put(key, value))?;
-        Ok(rev.expect("a put always writes"))
+        let inner = &*self.inner;
+        inner.check_key(key)?;
+        inner.check_value(value)?;
+        // The stored key on the stack when it is short (it is, but for huge max_key_bytes).
+        let mut stack = [0u8; 256];
+        let heap;
+        let ik: &[u8] = if KEY_PREFIX + key.len() <= stack.len() {
+            stack[..KEY_PREFIX].copy_from_slice(&self.ks.id.to_be_bytes());
+            stack[KEY_PREFIX..KEY_PREFIX + key.len()].copy_from_slice(key);
+            &stack[..KEY_PREFIX + key.len()]
+        } else {
+            heap = ikey(&self.ks, key);
+            &heap
+        };
+        let hash = hash_key(ik);
+        let part = inner.partition_for(&self.ks, ik, hash);
+        let mut lk = inner.parts[part].lock();
+        let (rev, lsn) = inner.put_locked(&self.ks, &mut lk, ik, hash, value)?;
+        drop(lk);
+        inner.after_commit(lsn)?;
+        Ok(rev)
     }
 
     /// Delete `key`; returns the revision, or `None` if it did not exist.

@@ -23,6 +23,7 @@
 //! How records move between tiers, and the formats, are in `docs/architecture.md`.
 
 // Under `--cfg tera_loom` only the modules with loom models are built (see `make loom`).
+mod bell;
 #[cfg(not(tera_loom))]
 mod bulk;
 #[cfg(not(tera_loom))]

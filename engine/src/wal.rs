@@ -18,6 +18,7 @@
 //! After a write or sync fails, the log is poisoned: nothing more is written, and the database
 //! refuses writes with the first error's text (a failed `fsync` cannot be retried safely).
 
+use crate::bell::Bell;
 use crate::error::{Error, Result};
 use crate::far::Storage;
 use parking_lot::{Condvar, Mutex};
@@ -78,36 +79,6 @@ pub(crate) fn wal_name(lsn: u64) -> String {
 pub(crate) fn parse_wal_name(name: &str) -> Option<u64> {
     let n = name.strip_prefix("wal-")?.strip_suffix(".log")?;
     (n.len() == 20).then(|| n.parse().ok())?
-}
-
-/// A wake-up shared by the log and the change logs: watchers wait on it, and it rings when a
-/// change is added or the durable LSN moves.
-#[derive(Debug, Default)]
-pub(crate) struct Bell {
-    rung: Mutex<u64>,
-    cond: Condvar,
-}
-
-impl Bell {
-    pub(crate) fn ring(&self) {
-        *self.rung.lock() += 1;
-        self.cond.notify_all();
-    }
-
-    /// The current ring count, to pass to `wait`.
-    pub(crate) fn count(&self) -> u64 {
-        *self.rung.lock()
-    }
-
-    /// Wait until the bell rings after `seen` or `until` passes.
-    pub(crate) fn wait(&self, seen: u64, until: std::time::Instant) {
-        let mut r = self.rung.lock();
-        while *r == seen {
-            if self.cond.wait_until(&mut r, until).timed_out() {
-                return;
-            }
-        }
-    }
 }
 
 struct Buffer {
