@@ -11,6 +11,10 @@
 #                   ./terad-data (the first start writes the admin's password to
 #                   ./terad-data/admin-password); stop it with ctrl-c or SIGTERM
 #   make tierbench  the tierbench macro benchmark with a small default configuration
+#   make peers      build tierbench with the peer engines (LMDB, RocksDB, redb, fjall; cargo
+#                   feature `peers`), installing libclang-dev for RocksDB's bindgen when
+#                   missing, and run the peers' own tests; RocksDB's C++ build takes about
+#                   15 minutes on 2 cores, which is why `make test` leaves it out
 #   make loom       the engine's loom model tests (own target dir: the cfg changes every crate)
 #
 # Extra arguments: `make test TEST_FLAGS='-- --nocapture'`, `make run TERAD_ARGS='--listen
@@ -33,7 +37,7 @@ TEST_FLAGS ?=
 TERAD_ARGS ?=
 RUN_ARGS ?= --records 200000 --value-bytes 256 --seconds 3 --dram-fractions 1,0.25
 
-.PHONY: all deps pydeps test run tierbench loom
+.PHONY: all deps pydeps test run tierbench peers loom
 
 all: test
 
@@ -108,6 +112,16 @@ run: deps
 
 tierbench: deps
 	$(CARGO) run --release -p tera-benches --bin tierbench -- $(RUN_ARGS)
+
+peers: deps
+	@# libclang-cpp*.so is not what bindgen loads: look for libclang.so or libclang-<version>.so.
+	@if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ls /usr/lib/*/libclang-[0-9]*.so* >/dev/null 2>&1; then \
+	  sudo=""; if [ "$$(id -u)" -ne 0 ]; then sudo="sudo"; fi; \
+	  echo "+ $$sudo apt-get install -y libclang-dev (bindgen for librocksdb-sys)"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y libclang-dev; \
+	fi
+	$(CARGO) build --release -p tera-benches --features peers --bin tierbench
+	$(CARGO) test --release -p tera-benches --features peers --lib
 
 # The engine needs tera-numa, hence hwloc, hence deps.
 loom: deps

@@ -1,7 +1,8 @@
 //! Physical-limit probes, run in the same invocation as the benchmark so that figures sit
 //! next to what the machine can do: random DRAM load latency (one dependent cache miss per
-//! step of a pointer chase over a buffer far larger than the caches) and sequential read
-//! bandwidth.
+//! step of a pointer chase over a buffer far larger than the caches), sequential read
+//! bandwidth, and the disk's 4 KiB random-read IOPS (`O_DIRECT`, so the page cache cannot
+//! answer).
 
 use std::time::Instant;
 
@@ -51,6 +52,98 @@ pub fn seq_read_gbps(bytes: usize, rounds: usize) -> f64 {
     bytes as f64 / best / 1e9
 }
 
+/// A 4 KiB-aligned buffer for `O_DIRECT` reads.
+struct Aligned(std::ptr::NonNull<u8>);
+
+impl Aligned {
+    const LAYOUT: std::alloc::Layout = match std::alloc::Layout::from_size_align(4096, 4096) {
+        Ok(l) => l,
+        Err(_) => panic!("valid layout"),
+    };
+    fn new() -> Aligned {
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(Self::LAYOUT) };
+        Aligned(
+            std::ptr::NonNull::new(p)
+                .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::LAYOUT)),
+        )
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout.
+        unsafe { std::alloc::dealloc(self.0.as_ptr(), Self::LAYOUT) }
+    }
+}
+
+/// The disk's random 4 KiB read rate under `dir`: a `file_bytes` file is written once, then
+/// `threads` threads each read random aligned 4 KiB blocks with `O_DIRECT` (queue depth one
+/// per thread) for `seconds`. Returns reads per second, or why it could not measure (a file
+/// system without `O_DIRECT`, such as tmpfs, says so).
+pub fn disk_random_read_iops(
+    dir: &std::path::Path,
+    file_bytes: u64,
+    threads: usize,
+    seconds: f64,
+) -> Result<f64, String> {
+    use std::io::Write;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let path = dir.join("iops-probe.dat");
+    let blocks = (file_bytes / 4096).max(1);
+    {
+        let mut f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut left = blocks * 4096;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n]).map_err(|e| e.to_string())?;
+            left -= n as u64;
+        }
+        f.sync_all().map_err(|e| e.to_string())?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(|e| format!("O_DIRECT open of {}: {e}", path.display()))?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let t = Instant::now();
+    let total: Result<u64, String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads.max(1))
+            .map(|i| {
+                let (f, stop) = (&f, &stop);
+                s.spawn(move || -> Result<u64, String> {
+                    let buf = Aligned::new();
+                    // SAFETY: `buf` owns 4096 bytes for the whole loop and nothing else
+                    // aliases them.
+                    let b = unsafe { std::slice::from_raw_parts_mut(buf.0.as_ptr(), 4096) };
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        f.read_exact_at(b, (x % blocks) * 4096)
+                            .map_err(|e| format!("O_DIRECT read: {e}"))?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        // A probe timer, not a test wait.
+        std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hs.into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .sum()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    Ok(total? as f64 / secs)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -59,5 +152,16 @@ mod tests {
         assert!(ns > 0.1 && ns < 10_000.0, "{ns}");
         let gbps = super::seq_read_gbps(1 << 20, 3);
         assert!(gbps > 0.01, "{gbps}");
+    }
+
+    #[test]
+    fn disk_probe_reads_or_says_why_not() {
+        let d = tempfile::tempdir().unwrap();
+        match super::disk_random_read_iops(d.path(), 1 << 20, 2, 0.2) {
+            Ok(iops) => assert!(iops > 1.0, "{iops}"),
+            // tmpfs and some overlay file systems refuse O_DIRECT.
+            Err(e) => assert!(e.contains("O_DIRECT"), "{e}"),
+        }
+        assert!(!d.path().join("iops-probe.dat").exists());
     }
 }

@@ -1,6 +1,7 @@
-//! YCSB-style workloads over a [`tera_engine::Db`]: load `records` records, then run a seeded
+//! YCSB-style workloads over any [`Store`]: load `records` records, then run a seeded
 //! stream of operations from several threads for a fixed time, and report throughput,
-//! latency percentiles and where reads were served.
+//! latency percentiles and where reads were served. The streams depend only on the seed, so
+//! every engine sees the same operations in the same order.
 //!
 //! Workloads (YCSB core): A = 50% read / 50% update, B = 95/5, C = 100% read, E = 95% short
 //! range scan (1 to 100 records from a chosen key, on an ordered keyspace) / 5% insert of a new
@@ -9,13 +10,14 @@
 //! records are neither adjacent in the key space nor in load order.
 
 use crate::keys::{key_into, scatter, value_into, KEY_LEN};
+use crate::store::{Store, StoreResult};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use tera_engine::{Db, Keyspace, Range, Result};
+use tera_engine::{Keyspace, Result};
 
 /// A YCSB core workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,25 +135,6 @@ pub fn load(
     Ok(())
 }
 
-/// Load records `0..records` through [`Keyspace::bulk_load`] (keys sorted first); returns
-/// the bytes loaded.
-pub fn load_bulk(ks: &Keyspace, records: u64, value_bytes: usize) -> Result<u64> {
-    let mut order: Vec<([u8; KEY_LEN], u64)> = (0..records)
-        .map(|i| {
-            let mut k = [0u8; KEY_LEN];
-            key_into(i, &mut k);
-            (k, i)
-        })
-        .collect();
-    order.sort_unstable();
-    let mut v = Vec::with_capacity(value_bytes);
-    let info = ks.bulk_load(order.into_iter().map(|(k, i)| {
-        value_into(i, 0, &mut v, value_bytes);
-        (k, v.clone())
-    }))?;
-    Ok(info.bytes)
-}
-
 /// One timed phase.
 #[derive(Debug, Clone, Copy)]
 pub struct Phase {
@@ -171,14 +154,15 @@ pub struct Measured {
     pub elapsed: Duration,
     /// Latency of every 4th operation, in nanoseconds.
     pub latency: Histogram<u64>,
-    /// Highest `dram_used_bytes` and RssAnon seen while it ran (sampled every 200 ms).
+    /// Highest `dram_used_bytes` (Teraservices only; 0 otherwise) and RssAnon seen while it
+    /// ran (sampled every 200 ms).
     pub max_dram_used: u64,
     pub max_rss_anon: u64,
 }
 
 /// Run a phase: `threads` threads, each with its own seeded stream (the same streams for the
 /// same seed, whatever the database), until `duration` has passed.
-pub fn run(db: &Db, ks: &Keyspace, p: &Phase) -> Result<Measured> {
+pub fn run(store: &dyn Store, p: &Phase) -> StoreResult<Measured> {
     let stop = AtomicBool::new(false);
     let ops = AtomicU64::new(0);
     let start = Instant::now();
@@ -188,7 +172,7 @@ pub fn run(db: &Db, ks: &Keyspace, p: &Phase) -> Result<Measured> {
         let handles: Vec<_> = (0..p.threads)
             .map(|t| {
                 let (stop, ops) = (&stop, &ops);
-                s.spawn(move || worker(ks, p, t as u64, stop, ops))
+                s.spawn(move || worker(store, p, t as u64, stop, ops))
             })
             .collect();
         let deadline = start + p.duration;
@@ -199,7 +183,9 @@ pub fn run(db: &Db, ks: &Keyspace, p: &Phase) -> Result<Measured> {
             }
             // A benchmark timer: sample memory while the workers run.
             std::thread::sleep((deadline - now).min(Duration::from_millis(200)));
-            max_dram_used = max_dram_used.max(db.stats().dram_used_bytes);
+            if let Some(st) = store.tier_stats() {
+                max_dram_used = max_dram_used.max(st.dram_used_bytes);
+            }
             max_rss_anon = max_rss_anon.max(crate::sysinfo::rss_anon());
         }
         stop.store(true, Relaxed);
@@ -223,12 +209,12 @@ pub fn run(db: &Db, ks: &Keyspace, p: &Phase) -> Result<Measured> {
 }
 
 fn worker(
-    db: &Keyspace,
+    db: &dyn Store,
     p: &Phase,
     t: u64,
     stop: &AtomicBool,
     ops: &AtomicU64,
-) -> Result<Histogram<u64>> {
+) -> StoreResult<Histogram<u64>> {
     let mut chooser = KeyChooser::new(
         p.records,
         p.dist,
@@ -250,15 +236,11 @@ fn worker(
             let timed = i % 4 == 0;
             let t0 = timed.then(Instant::now);
             if !write && p.workload == Workload::E {
-                let r = Range {
-                    start: key.to_vec(),
-                    end: None,
-                    reverse: false,
-                    limit: chooser.scan_len(MAX_SCAN),
-                };
-                std::hint::black_box(db.range(&r)?);
+                std::hint::black_box(db.scan(&key, chooser.scan_len(MAX_SCAN))?);
             } else if !write {
-                db.get_into(&key, &mut out)?;
+                if !db.get_into(&key, &mut out)? {
+                    return Err(format!("{}: record {rec} is missing", db.engine()));
+                }
             } else if p.workload == Workload::E {
                 // Insert a new record, numbered past the loaded ones (a process-wide counter,
                 // so that no two inserts, in any phase or thread, share a key).
@@ -268,12 +250,10 @@ fn worker(
                 value_into(n, 0, &mut out, p.value_bytes);
                 db.put(&key, &out)?;
             } else if p.workload == Workload::F {
-                db.atomic(&key, |tx| {
-                    let mut v = tx.get(&key)?.map(|e| e.value).unwrap_or_default();
+                db.read_modify_write(&key, &mut |v| {
                     if let Some(b) = v.first_mut() {
                         *b = b.wrapping_add(1);
                     }
-                    tx.put(&key, &v)
                 })?;
             } else {
                 // A new version: the record number and a counter in the first 12 bytes of

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Tables and plots for docs/benchmarks.md from tierbench's JSON lines.
+
+    python3 benches/scripts/plots.py OUT_DIR RESULTS.jsonl [MORE.jsonl ...]
+
+For every group of runs with the same workload, distribution, record count and mode
+(in memory or memory-bounded), it prints a Markdown table (engines by DRAM fraction:
+ops/s, p50/p99/p99.9, DRAM hit ratio where the engine has one, ratios to Teraservices)
+and writes two SVG files into OUT_DIR:
+
+  <group>-throughput.svg   ops/s against DRAM fraction, one line per engine
+  <group>-latency.svg      p50, p99 and p99.9 per engine at the smallest fraction (log scale)
+
+Only the standard library is used, so the script runs wherever tierbench does. Probe lines
+({"probe": ...}) are printed as a machine table first. Runs with emulated far latency are
+labelled so in every title.
+"""
+
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+
+ENGINE_ORDER = ["tera", "dram", "lmdb", "rocksdb", "redb", "fjall"]
+COLOURS = {
+    "tera": "#d62728",
+    "dram": "#7f7f7f",
+    "lmdb": "#1f77b4",
+    "rocksdb": "#2ca02c",
+    "redb": "#9467bd",
+    "fjall": "#ff7f0e",
+}
+
+
+def load(paths):
+    runs, probes = [], []
+    for p in paths:
+        with open(p) as f:
+            for line in f:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                v = json.loads(line)
+                if "probe" in v:
+                    probes.append(v)
+                elif "error" in v:
+                    runs.append(v)
+                elif "ops_per_sec" in v:
+                    runs.append(v)
+    return runs, probes
+
+
+def group_key(r):
+    mode = "bounded" if r.get("memory_limit_bytes") else "inmem"
+    return (r.get("workload", "?"), r.get("dist", "?"), r.get("records", 0), mode, r.get("far_latency", "none"))
+
+
+def group_name(k):
+    w, d, n, mode, far = k
+    return f"ycsb{w.lower()}-{d.replace(':', '')}-{n // 1_000_000}m-{mode}" + ("-emulated" if far == "emulated" else "")
+
+
+def title(k):
+    w, d, n, mode, far = k
+    m = "memory-bounded (cgroup)" if mode == "bounded" else "in memory, no limit"
+    t = f"YCSB-{w}, {d}, {n / 1e6:g}M records, {m}"
+    if far == "emulated":
+        t += ", far latency EMULATED"
+    return t
+
+
+def fmt_ns(v):
+    if v is None:
+        return "-"
+    if v >= 1_000_000:
+        return f"{v / 1e6:.1f} ms"
+    if v >= 10_000:
+        return f"{v / 1e3:.0f} µs"
+    if v >= 1_000:
+        return f"{v / 1e3:.1f} µs"
+    return f"{v} ns"
+
+
+def engines_in(rs):
+    seen = {r["engine"] for r in rs}
+    return [e for e in ENGINE_ORDER if e in seen] + sorted(seen - set(ENGINE_ORDER))
+
+
+def table(k, rs):
+    out = [f"#### {title(k)}", ""]
+    out.append("| engine | DRAM fraction | ops/s | ÷ tera | p50 | p99 | p99.9 | DRAM hit | peak memory |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    tera = {r["dram_fraction"]: r["ops_per_sec"] for r in rs if r["engine"] == "tera" and "ops_per_sec" in r}
+    for e in engines_in(rs):
+        for r in sorted((r for r in rs if r["engine"] == e), key=lambda r: r["dram_fraction"]):
+            if "error" in r:
+                out.append(f"| {e} | {r['dram_fraction']:g} | failed: {r['error']} | | | | | | |")
+                continue
+            ratio = ""
+            t = tera.get(r["dram_fraction"])
+            if t:
+                ratio = f"{r['ops_per_sec'] / t:.2f}"
+            hit = r.get("dram_hit_ratio")
+            peak = r.get("cgroup_peak_bytes") or r.get("rss_anon_bytes")
+            peak_s = f"{peak / 2**20:.0f} MiB" + (" (cgroup)" if r.get("cgroup_peak_bytes") else " (RssAnon)") if peak else "-"
+            out.append(
+                f"| {e} | {r['dram_fraction']:g} | {r['ops_per_sec']:,.0f} | {ratio} | {fmt_ns(r['p50_ns'])} | "
+                f"{fmt_ns(r['p99_ns'])} | {fmt_ns(r['p999_ns'])} | {'-' if hit is None else f'{hit:.3f}'} | {peak_s} |"
+            )
+    out.append("")
+    return "\n".join(out)
+
+
+def esc(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def svg(width, height, body):
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">\n'
+        f'<rect width="{width}" height="{height}" fill="white"/>\n' + "\n".join(body) + "\n</svg>\n"
+    )
+
+
+def nice_max(v):
+    if v <= 0:
+        return 1
+    e = 10 ** math.floor(math.log10(v))
+    for m in (1, 2, 2.5, 5, 10):
+        if v <= m * e:
+            return m * e
+    return 10 * e
+
+
+def throughput_svg(k, rs):
+    W, H, L, R, T, B = 640, 400, 80, 130, 40, 50
+    ok = [r for r in rs if "ops_per_sec" in r]
+    fracs = sorted({r["dram_fraction"] for r in ok})
+    if not ok:
+        return None
+    ymax = nice_max(max(r["ops_per_sec"] for r in ok))
+    lx = lambda f: math.log2(f)
+    x0, x1 = lx(fracs[0]), lx(fracs[-1])
+    if x0 == x1:
+        x0, x1 = x0 - 1, x1 + 1
+    X = lambda f: L + (lx(f) - x0) / (x1 - x0) * (W - L - R)
+    Y = lambda v: H - B - v / ymax * (H - T - B)
+    body = [f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="13">{esc(title(k))}: throughput</text>']
+    for i in range(6):
+        v = ymax * i / 5
+        body.append(f'<line x1="{L}" x2="{W - R}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#ddd"/>')
+        body.append(f'<text x="{L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v / 1e3:,.0f}k</text>')
+    for f in fracs:
+        body.append(f'<text x="{X(f):.1f}" y="{H - B + 18}" text-anchor="middle">{f:g}</text>')
+    body.append(f'<text x="{(L + W - R) / 2}" y="{H - 10}" text-anchor="middle">DRAM fraction of the data (log scale)</text>')
+    body.append(f'<text x="16" y="{(T + H - B) / 2}" transform="rotate(-90 16 {(T + H - B) / 2})" text-anchor="middle">ops/s</text>')
+    body.append(f'<line x1="{L}" x2="{L}" y1="{T}" y2="{H - B}" stroke="black"/>')
+    body.append(f'<line x1="{L}" x2="{W - R}" y1="{H - B}" y2="{H - B}" stroke="black"/>')
+    for n, e in enumerate(engines_in(ok)):
+        pts = sorted((r["dram_fraction"], r["ops_per_sec"]) for r in ok if r["engine"] == e)
+        c = COLOURS.get(e, "black")
+        if len(pts) > 1:
+            d = " ".join(f"{X(f):.1f},{Y(v):.1f}" for f, v in pts)
+            body.append(f'<polyline points="{d}" fill="none" stroke="{c}" stroke-width="2"/>')
+        for f, v in pts:
+            body.append(f'<circle cx="{X(f):.1f}" cy="{Y(v):.1f}" r="4" fill="{c}"/>')
+        ly = T + 10 + 18 * n
+        body.append(f'<rect x="{W - R + 12}" y="{ly - 9}" width="12" height="12" fill="{c}"/>')
+        body.append(f'<text x="{W - R + 30}" y="{ly + 1}">{esc(e)}</text>')
+    return svg(W, H, body)
+
+
+def latency_svg(k, rs):
+    ok = [r for r in rs if "p50_ns" in r]
+    if not ok:
+        return None
+    f = min(r["dram_fraction"] for r in ok)
+    ok = [r for r in ok if r["dram_fraction"] == f]
+    es = engines_in(ok)
+    W, H, L, R, T, B = 640, 400, 80, 130, 40, 50
+    qs = [("p50_ns", "p50", 1.0), ("p99_ns", "p99", 0.65), ("p999_ns", "p99.9", 0.35)]
+    vals = [r[q] for r in ok for q, _, _ in qs]
+    lo = 10 ** math.floor(math.log10(max(1, min(vals))))
+    hi = 10 ** math.ceil(math.log10(max(vals)))
+    Y = lambda v: H - B - (math.log10(max(v, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * (H - T - B)
+    body = [f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="13">{esc(title(k))}: latency at fraction {f:g}</text>']
+    d = lo
+    while d <= hi:
+        body.append(f'<line x1="{L}" x2="{W - R}" y1="{Y(d):.1f}" y2="{Y(d):.1f}" stroke="#ddd"/>')
+        body.append(f'<text x="{L - 6}" y="{Y(d) + 4:.1f}" text-anchor="end">{fmt_ns(int(d))}</text>')
+        d *= 10
+    slot = (W - L - R) / max(1, len(es))
+    bw = slot / 4
+    for i, e in enumerate(es):
+        r = next(r for r in ok if r["engine"] == e)
+        c = COLOURS.get(e, "black")
+        for j, (q, _, op) in enumerate(qs):
+            x = L + i * slot + bw * (j + 0.5)
+            body.append(f'<rect x="{x:.1f}" y="{Y(r[q]):.1f}" width="{bw:.1f}" height="{H - B - Y(r[q]):.1f}" fill="{c}" fill-opacity="{op}"/>')
+        body.append(f'<text x="{L + i * slot + slot / 2 - bw / 2:.1f}" y="{H - B + 18}" text-anchor="middle">{esc(e)}</text>')
+    for j, (_, name, op) in enumerate(qs):
+        ly = T + 10 + 18 * j
+        body.append(f'<rect x="{W - R + 12}" y="{ly - 9}" width="12" height="12" fill="black" fill-opacity="{op}"/>')
+        body.append(f'<text x="{W - R + 30}" y="{ly + 1}">{name}</text>')
+    body.append(f'<line x1="{L}" x2="{L}" y1="{T}" y2="{H - B}" stroke="black"/>')
+    body.append(f'<line x1="{L}" x2="{W - R}" y1="{H - B}" y2="{H - B}" stroke="black"/>')
+    body.append(f'<text x="16" y="{(T + H - B) / 2}" transform="rotate(-90 16 {(T + H - B) / 2})" text-anchor="middle">latency (log scale)</text>')
+    return svg(W, H, body)
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    out_dir, paths = sys.argv[1], sys.argv[2:]
+    os.makedirs(out_dir, exist_ok=True)
+    runs, probes = load(paths)
+    if probes:
+        print("| probe | value |\n|---|---|")
+        for p in probes:
+            name = p["probe"] + (f" (queue depth {p['queue_depth']})" if "queue_depth" in p else "")
+            print(f"| {name} | {p.get('value', p.get('error'))} |")
+        print()
+    groups = OrderedDict()
+    for r in runs:
+        groups.setdefault(group_key(r), []).append(r)
+    for k, rs in groups.items():
+        print(table(k, rs))
+        for kind, fn in (("throughput", throughput_svg), ("latency", latency_svg)):
+            s = fn(k, rs)
+            if s:
+                path = os.path.join(out_dir, f"{group_name(k)}-{kind}.svg")
+                with open(path, "w") as f:
+                    f.write(s)
+                print(f"![{kind}]({os.path.relpath(path, 'docs')})\n")
+
+
+if __name__ == "__main__":
+    main()

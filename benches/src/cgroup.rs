@@ -1,0 +1,282 @@
+//! Linux memory cgroups for `tierbench --memory-limit`: each engine runs in a child process
+//! inside a memory cgroup of its own, so that its heap, its caches and the page cache of
+//! its files all count against the same limit.
+//!
+//! Both hierarchies are handled: cgroup v2 (`memory.max`, `memory.peak`) when the unified
+//! hierarchy has the memory controller, otherwise v1 (`memory.limit_in_bytes`,
+//! `memory.max_usage_in_bytes`). The group is made under the cgroup this process is in.
+//! Where neither can be made (not root, no controller, a v2 parent that cannot delegate),
+//! [`Hierarchy::detect`] or [`Group::create`] says why, and the caller skips the mode.
+
+use std::path::{Path, PathBuf};
+
+/// Which cgroup hierarchy holds the memory controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+}
+
+/// Where memory groups can be made.
+#[derive(Debug, Clone)]
+pub struct Hierarchy {
+    pub version: Version,
+    /// The directory of this process's own memory cgroup.
+    pub parent: PathBuf,
+}
+
+/// This process's path in a hierarchy, from a /proc/self/cgroup text: the v2 line
+/// (`0::/path`) or the v1 line whose controller list holds `memory`.
+fn own_path(proc_cgroup: &str, version: Version) -> Option<String> {
+    proc_cgroup.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+        let hit = match version {
+            Version::V2 => ctrl.is_empty(),
+            Version::V1 => ctrl.split(',').any(|c| c == "memory"),
+        };
+        hit.then(|| path.to_string())
+    })
+}
+
+impl Hierarchy {
+    /// Find the memory controller under `root` (normally /sys/fs/cgroup).
+    pub fn detect_at(root: &Path, proc_cgroup: &str) -> Result<Hierarchy, String> {
+        let v2_root = if root.join("cgroup.controllers").exists() {
+            Some(root.to_path_buf())
+        } else if root.join("unified/cgroup.controllers").exists() {
+            Some(root.join("unified"))
+        } else {
+            None
+        };
+        if let Some(v2) = &v2_root {
+            let controllers =
+                std::fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
+            if controllers.split_whitespace().any(|c| c == "memory") {
+                let own = own_path(proc_cgroup, Version::V2).unwrap_or_else(|| "/".into());
+                return Ok(Hierarchy {
+                    version: Version::V2,
+                    parent: v2.join(own.trim_start_matches('/')),
+                });
+            }
+        }
+        let v1 = root.join("memory");
+        if v1.join("memory.limit_in_bytes").exists() {
+            let own = own_path(proc_cgroup, Version::V1).unwrap_or_else(|| "/".into());
+            return Ok(Hierarchy {
+                version: Version::V1,
+                parent: v1.join(own.trim_start_matches('/')),
+            });
+        }
+        Err(format!(
+            "no cgroup memory controller under {} (neither v2 with `memory` in \
+             cgroup.controllers nor a v1 memory hierarchy)",
+            root.display()
+        ))
+    }
+
+    /// Find the memory controller of this machine.
+    pub fn detect() -> Result<Hierarchy, String> {
+        let proc = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Hierarchy::detect_at(Path::new("/sys/fs/cgroup"), &proc)
+    }
+}
+
+/// One memory cgroup. Removed when dropped (once its processes have exited).
+#[derive(Debug)]
+pub struct Group {
+    pub version: Version,
+    pub path: PathBuf,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    std::fs::write(path, value).map_err(|e| format!("writing {value:?} to {}: {e}", path.display()))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+impl Group {
+    /// Make the group `name` under the hierarchy's parent, with no limit yet.
+    pub fn create(h: &Hierarchy, name: &str) -> Result<Group, String> {
+        if h.version == Version::V2 {
+            // Children get the memory controller only if the parent delegates it.
+            let sub = h.parent.join("cgroup.subtree_control");
+            let on = std::fs::read_to_string(&sub).unwrap_or_default();
+            if !on.split_whitespace().any(|c| c == "memory") {
+                write(&sub, "+memory").map_err(|e| {
+                    format!("{e} (a v2 cgroup with processes in it cannot delegate memory)")
+                })?;
+            }
+        }
+        let path = h.parent.join(name);
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot make the cgroup {}: {e} (memory-bounded runs need root)",
+                    path.display()
+                ))
+            }
+        }
+        Ok(Group {
+            version: h.version,
+            path,
+        })
+    }
+
+    /// Open an existing group (in the child process).
+    pub fn open(version: Version, path: PathBuf) -> Group {
+        Group { version, path }
+    }
+
+    /// Move the calling process into the group.
+    pub fn join(&self) -> Result<(), String> {
+        write(
+            &self.path.join("cgroup.procs"),
+            &std::process::id().to_string(),
+        )
+    }
+
+    /// Limit the group's memory (heap, page cache and kernel memory charged to it) to
+    /// `bytes`, with no swap. Lowering the limit below the current use makes the kernel
+    /// reclaim page cache first; it fails if the rest cannot be reclaimed.
+    pub fn set_limit(&self, bytes: u64) -> Result<(), String> {
+        match self.version {
+            Version::V1 => {
+                let mem = self.path.join("memory.limit_in_bytes");
+                let memsw = self.path.join("memory.memsw.limit_in_bytes");
+                // memsw must stay >= the plain limit: lower the plain one first.
+                let mut last = Err(String::new());
+                for _ in 0..10 {
+                    last = write(&mem, &bytes.to_string());
+                    if last.is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                last?;
+                if memsw.exists() {
+                    write(&memsw, &bytes.to_string())?;
+                }
+                Ok(())
+            }
+            Version::V2 => {
+                write(&self.path.join("memory.max"), &bytes.to_string())?;
+                let swap = self.path.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, "0")?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Current use, in bytes.
+    pub fn usage(&self) -> Option<u64> {
+        match self.version {
+            Version::V1 => read_u64(&self.path.join("memory.usage_in_bytes")),
+            Version::V2 => read_u64(&self.path.join("memory.current")),
+        }
+    }
+
+    /// Highest use since creation or the last [`Group::reset_peak`] (v2 needs Linux 5.19).
+    pub fn peak(&self) -> Option<u64> {
+        match self.version {
+            Version::V1 => read_u64(&self.path.join("memory.max_usage_in_bytes")),
+            Version::V2 => read_u64(&self.path.join("memory.peak")),
+        }
+    }
+
+    /// Start the peak over (v1; v2 from Linux 6.12). Best effort.
+    pub fn reset_peak(&self) {
+        let f = match self.version {
+            Version::V1 => "memory.max_usage_in_bytes",
+            Version::V2 => "memory.peak",
+        };
+        let _ = std::fs::write(self.path.join(f), "0");
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1_PROC: &str = "9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+
+    #[test]
+    fn finds_own_path_per_hierarchy() {
+        assert_eq!(
+            own_path(V1_PROC, Version::V1).as_deref(),
+            Some("/process_api/abc")
+        );
+        assert_eq!(own_path(V1_PROC, Version::V2).as_deref(), Some("/"));
+        assert_eq!(
+            own_path("5:cpuacct,memory:/x\n", Version::V1).as_deref(),
+            Some("/x")
+        );
+        assert_eq!(own_path("1:cpu:/\n", Version::V1), None);
+    }
+
+    #[test]
+    fn detects_v1_and_v2_layouts() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        // Nothing: a clear error.
+        let e = Hierarchy::detect_at(root, V1_PROC).unwrap_err();
+        assert!(e.contains("no cgroup memory controller"), "{e}");
+        // v1 with a unified hierarchy that has no memory controller.
+        std::fs::create_dir_all(root.join("memory")).unwrap();
+        std::fs::write(
+            root.join("memory/memory.limit_in_bytes"),
+            "9223372036854771712",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("unified")).unwrap();
+        std::fs::write(root.join("unified/cgroup.controllers"), "").unwrap();
+        let h = Hierarchy::detect_at(root, V1_PROC).unwrap();
+        assert_eq!(h.version, Version::V1);
+        assert_eq!(h.parent, root.join("memory/process_api/abc"));
+        // v2 with the memory controller wins.
+        std::fs::write(root.join("cgroup.controllers"), "cpu io memory pids").unwrap();
+        let h = Hierarchy::detect_at(root, "0::/user.slice/x\n").unwrap();
+        assert_eq!(h.version, Version::V2);
+        assert_eq!(h.parent, root.join("user.slice/x"));
+    }
+
+    #[test]
+    fn v1_group_files_are_written_and_read() {
+        // A fake v1 group directory: the limit goes where the kernel reads it.
+        let d = tempfile::tempdir().unwrap();
+        let h = Hierarchy {
+            version: Version::V1,
+            parent: d.path().to_path_buf(),
+        };
+        let g = Group::create(&h, "tb").unwrap();
+        g.set_limit(123 << 20).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(g.path.join("memory.limit_in_bytes")).unwrap(),
+            (123u64 << 20).to_string()
+        );
+        std::fs::write(g.path.join("memory.max_usage_in_bytes"), "4096").unwrap();
+        assert_eq!(g.peak(), Some(4096));
+        assert_eq!(g.usage(), None);
+    }
+}

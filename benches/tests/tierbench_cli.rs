@@ -1,0 +1,143 @@
+//! `tierbench` as a user runs it: several engines in one invocation give one JSON line per
+//! (engine, workload, distribution), with the same operations for each; bad arguments are
+//! refused with a message that says what to use; and a memory-bounded run either runs in a
+//! cgroup and reports its peak, or says why it cannot.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn tierbench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tierbench"))
+        .args(args)
+        .output()
+        .expect("tierbench runs")
+}
+
+fn lines(out: &std::process::Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+const SMALL: &[&str] = &[
+    "--records",
+    "20000",
+    "--value-bytes",
+    "100",
+    "--seconds",
+    "0.3",
+    "--warmup-seconds",
+    "0",
+    "--no-probes",
+    "--json",
+];
+
+#[test]
+fn runs_every_engine_workload_and_distribution_in_one_invocation() {
+    let mut args = SMALL.to_vec();
+    args.extend([
+        "--engine",
+        "tera,dram",
+        "--workload",
+        "C,A",
+        "--dist",
+        "zipf:0.99,uniform",
+        "--dram-fractions",
+        "1",
+        // Room for the index and record headers too: every record in DRAM.
+        "--budget-headroom",
+        "2",
+    ]);
+    let out = tierbench(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 2 * 2 * 2, "{l:?}");
+    for engine in ["tera", "dram"] {
+        for w in ["C", "A"] {
+            for d in ["zipf:0.99", "uniform"] {
+                let r = l
+                    .iter()
+                    .find(|r| r["engine"] == engine && r["workload"] == w && r["dist"] == d)
+                    .unwrap_or_else(|| panic!("no line for {engine} {w} {d}: {l:?}"));
+                assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+                assert!(r["p50_ns"].as_u64().unwrap() <= r["p99_ns"].as_u64().unwrap());
+                assert_eq!(r["far_latency"], "none");
+            }
+        }
+    }
+    // Only Teraservices has tiers to report.
+    let tera = l.iter().find(|r| r["engine"] == "tera").unwrap();
+    let dram = l.iter().find(|r| r["engine"] == "dram").unwrap();
+    assert!(tera["dram_hit_ratio"].as_f64().unwrap() > 0.99, "{tera}");
+    assert!(tera["index_bytes_per_key"].as_f64().unwrap() > 0.0);
+    assert!(dram.get("dram_hit_ratio").is_none(), "{dram}");
+}
+
+#[test]
+fn refuses_bad_arguments_with_a_useful_message() {
+    for (args, says) in [
+        (&["--engine", "mongo"][..], "unknown engine \"mongo\""),
+        (&["--dist", "zipf:x"][..], "unknown distribution"),
+        (&["--engine", "dram", "--workload", "E"][..], "cannot scan"),
+        (&["--memory-limit", "--far-ns", "300"][..], "drop --far-ns"),
+        (&["--load", "sideways"][..], "unknown --load"),
+    ] {
+        let mut a = SMALL.to_vec();
+        a.extend(args);
+        let out = tierbench(&a);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    if !cfg!(feature = "peers") {
+        let mut a = SMALL.to_vec();
+        a.extend(["--engine", "lmdb"]);
+        let out = tierbench(&a);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--features peers"));
+    }
+}
+
+#[test]
+fn memory_bounded_run_reports_its_cgroup_or_why_not() {
+    let mut args = SMALL.to_vec();
+    args.extend([
+        // Enough records for a quarter of them to leave each partition room for log frames.
+        "--records",
+        "100000",
+        "--engine",
+        "tera",
+        "--workload",
+        "C",
+        "--dram-fractions",
+        "0.25",
+        "--memory-limit",
+        "--memory-allowance-mib",
+        "128",
+    ]);
+    let out = tierbench(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // No cgroup here (not root, no controller): the refusal must say so.
+        assert!(
+            err.contains("cgroup") && (err.contains("root") || err.contains("no cgroup")),
+            "{err}"
+        );
+        assert!(lines(&out).is_empty(), "a refused run printed results");
+        return;
+    }
+    let l = lines(&out);
+    assert_eq!(l.len(), 1, "{l:?} {err}");
+    let r = &l[0];
+    let limit = r["memory_limit_bytes"].as_u64().unwrap();
+    assert_eq!(limit, (100_000u64 * 120) / 4 + (128 << 20), "{r}");
+    assert!(matches!(r["cgroup"].as_str(), Some("v1" | "v2")), "{r}");
+    if let Some(peak) = r["cgroup_peak_bytes"].as_u64() {
+        assert!(peak > 0 && peak <= limit, "peak {peak} over limit {limit}");
+    }
+}
