@@ -1437,6 +1437,7 @@ impl Partition {
             offset: at as u64,
             reason: seg.damage(at, &what),
         };
+        seg.will_need(page_off, page_bytes);
         let base_addr = FAR | (seg_no << self.shared.seg_shift) | page_off as u64;
         let mut off = 0;
         while off + HEADER <= page_bytes {
