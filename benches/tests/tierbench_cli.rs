@@ -115,7 +115,7 @@ fn memory_bounded_run_reports_its_cgroup_or_why_not() {
         "--workload",
         "C",
         "--dram-fractions",
-        "0.25",
+        "0.25,0.5",
         "--memory-limit",
         "--memory-allowance-mib",
         "128",
@@ -131,13 +131,23 @@ fn memory_bounded_run_reports_its_cgroup_or_why_not() {
         assert!(lines(&out).is_empty(), "a refused run printed results");
         return;
     }
+    // One line per fraction, each from its own child with its own limit.
     let l = lines(&out);
-    assert_eq!(l.len(), 1, "{l:?} {err}");
-    let r = &l[0];
-    let limit = r["memory_limit_bytes"].as_u64().unwrap();
-    assert_eq!(limit, (100_000u64 * 120) / 4 + (128 << 20), "{r}");
-    assert!(matches!(r["cgroup"].as_str(), Some("v1" | "v2")), "{r}");
-    if let Some(peak) = r["cgroup_peak_bytes"].as_u64() {
-        assert!(peak > 0 && peak <= limit, "peak {peak} over limit {limit}");
+    assert_eq!(l.len(), 2, "{l:?} {err}");
+    for (r, fraction) in l.iter().zip([0.25, 0.5]) {
+        assert_eq!(r["dram_fraction"].as_f64(), Some(fraction), "{r}");
+        let limit = r["memory_limit_bytes"].as_u64().unwrap();
+        let want = (100_000.0 * 120.0 * fraction) as u64 + (128 << 20);
+        assert_eq!(limit, want, "{r}");
+        assert!(matches!(r["cgroup"].as_str(), Some("v1" | "v2")), "{r}");
+        if let Some(peak) = r["cgroup_peak_bytes"].as_u64() {
+            assert!(peak > 0 && peak <= limit, "peak {peak} over limit {limit}");
+        }
+        // Teraservices' budget is the limit less its reserve.
+        assert_eq!(
+            r["dram_budget_bytes"].as_u64(),
+            Some(limit - (64 << 20)),
+            "{r}"
+        );
     }
 }

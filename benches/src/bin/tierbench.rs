@@ -80,6 +80,11 @@ struct Args {
     /// uses 2 (every engine's resident memory is reported next to its figures).
     #[arg(long, default_value_t = 1.0)]
     budget_headroom: f64,
+    /// In memory-bounded runs Teraservices' DRAM budget is the limit less this, MiB: its
+    /// code, thread stacks, allocator slack and the page cache its far reads fault in (the
+    /// peers likewise get their documented shares of the same limit).
+    #[arg(long, default_value_t = 64)]
+    tera_reserve_mib: u64,
     /// Heat policy: ghost (the engine's default), frequency, always, never.
     #[arg(long, default_value = "ghost")]
     policy: String,
@@ -258,12 +263,22 @@ fn peer_cache(spec: &RunSpec, share: u64) -> u64 {
     }
 }
 
+/// Teraservices' DRAM budget: in a memory-bounded run (a child with a limit) the limit less
+/// `--tera-reserve-mib`; otherwise the DRAM fraction of the data times `--budget-headroom`.
+fn tera_budget(a: &Args, data_bytes: u64, fraction: f64) -> u64 {
+    if a.child_limit > 0 {
+        a.child_limit.saturating_sub(a.tera_reserve_mib << 20)
+    } else {
+        (data_bytes as f64 * fraction * a.budget_headroom) as u64
+    }
+}
+
 /// Open and load one store.
 fn open_store(spec: &RunSpec) -> Result<Box<dyn Store>, String> {
     let a = spec.a;
     Ok(match spec.engine {
         "tera" => {
-            let budget = (spec.data_bytes as f64 * spec.fraction * a.budget_headroom) as u64;
+            let budget = tera_budget(a, spec.data_bytes, spec.fraction);
             let mut c = Config::new(&spec.dir);
             c.dram_budget_bytes = budget;
             c.partitions = a.partitions;
@@ -364,6 +379,12 @@ fn real_main() -> Result<(), String> {
     }
     if a.dram_fractions.iter().any(|f| f.is_nan() || *f <= 0.0) {
         return Err("--dram-fractions must be positive".into());
+    }
+    if a.memory_limit && a.tera_reserve_mib >= a.memory_allowance_mib {
+        return Err(format!(
+            "--tera-reserve-mib ({}) must be below --memory-allowance-mib ({}): Teraservices' budget is the limit less its reserve",
+            a.tera_reserve_mib, a.memory_allowance_mib
+        ));
     }
     if !(a.budget_headroom.is_finite() && a.budget_headroom > 0.0) {
         return Err("--budget-headroom must be positive".into());
@@ -541,6 +562,23 @@ fn real_main() -> Result<(), String> {
 
 use std::ops::Not;
 
+/// The parent's arguments less those a child gets its own values of. (Repeating them would
+/// not do: a list option given twice is the two lists joined.)
+fn child_args() -> Vec<std::ffi::OsString> {
+    const OWN: [&str; 3] = ["--engine", "--dram-fractions", "--far-dir"];
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let s = arg.to_string_lossy();
+        if OWN.contains(&s.as_ref()) {
+            args.next(); // its value
+        } else if !OWN.iter().any(|o| s.starts_with(&format!("{o}="))) {
+            out.push(arg);
+        }
+    }
+    out
+}
+
 /// Run one engine at one fraction in a child process inside its own memory cgroup, and
 /// pass its lines on. Returns false if the child failed (its error is emitted as a line).
 fn run_child(
@@ -555,7 +593,7 @@ fn run_child(
     let g = Group::create(h, &name)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
+        .args(child_args())
         .args(["--engine", engine, "--no-probes", "--json"])
         .arg("--dram-fractions")
         .arg(fraction.to_string())
@@ -682,9 +720,10 @@ fn run_engine(
                 "cgroup_peak_bytes": group.and_then(Group::peak),
             });
             if let (Some(b), Some(s)) = (&before, &after) {
-                let budget = (data_bytes as f64 * fraction * a.budget_headroom) as u64;
+                let budget = tera_budget(a, data_bytes, fraction);
                 let extra = json!({
-                    "budget_headroom": a.budget_headroom,
+                    "budget_headroom": if a.child_limit > 0 { Value::Null } else { json!(a.budget_headroom) },
+                    "tera_reserve_mib": if a.child_limit > 0 { json!(a.tera_reserve_mib) } else { Value::Null },
                     "dram_hit_ratio": (s.dram_hit_ratio_since(b) * 10000.0).round() / 10000.0,
                     "dram_budget_bytes": budget,
                     "dram_used_bytes": m.max_dram_used.max(s.dram_used_bytes),
