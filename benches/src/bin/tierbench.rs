@@ -246,18 +246,18 @@ struct RunSpec<'a> {
     engine: &'static str,
     fraction: f64,
     data_bytes: u64,
-    /// The memory limit of a memory-bounded run (0: none).
-    limit: u64,
     dir: PathBuf,
     ordered: bool,
 }
 
-/// The cache a peer gets: in a memory-bounded run, the share of the limit its documentation
-/// suggests (RocksDB and redb a third, fjall a quarter); otherwise the DRAM fraction of the
-/// data plus a quarter, so that at fraction 1 everything fits.
+/// The cache a peer gets: in a memory-bounded run, a share of the limit (RocksDB a third, as
+/// its tuning guide suggests for the block cache; redb a third and fjall a quarter, which
+/// their documentation leaves open), the rest going to the page cache; otherwise the DRAM
+/// fraction of the data plus a quarter, so that at fraction 1 everything fits.
+#[cfg(feature = "peers")]
 fn peer_cache(spec: &RunSpec, share: u64) -> u64 {
-    if spec.limit > 0 {
-        spec.limit / share
+    if spec.a.child_limit > 0 {
+        spec.a.child_limit / share
     } else {
         (spec.data_bytes as f64 * spec.fraction * 1.25) as u64
     }
@@ -655,7 +655,6 @@ fn run_engine(
         engine,
         fraction,
         data_bytes,
-        limit: a.child_limit,
         dir: dir.clone(),
         ordered: workloads.contains(&Workload::E),
     };
