@@ -8,7 +8,7 @@
 //! or configured anywhere. Read-modify-write (YCSB-F) is atomic in each: a write transaction
 //! in LMDB and redb, a striped lock around get and put in RocksDB and fjall.
 
-use crate::store::{for_each_sorted, Store, StoreResult};
+use crate::store::{for_each_sorted, found_into, Store, StoreResult};
 use parking_lot::Mutex;
 use std::hash::Hasher;
 use std::ops::Bound;
@@ -93,14 +93,7 @@ impl Store for Lmdb {
     }
     fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> StoreResult<bool> {
         let r = self.env.read_txn().map_err(err)?;
-        match self.db.get(&r, key).map_err(err)? {
-            Some(v) => {
-                out.clear();
-                out.extend_from_slice(v);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        Ok(found_into(self.db.get(&r, key).map_err(err)?, out))
     }
     fn put(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
         let mut w = self.env.write_txn().map_err(err)?;
@@ -197,14 +190,8 @@ impl Store for Rocks {
         "rocksdb"
     }
     fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> StoreResult<bool> {
-        match self.db.get_pinned(key).map_err(err)? {
-            Some(v) => {
-                out.clear();
-                out.extend_from_slice(&v);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let v = self.db.get_pinned(key).map_err(err)?;
+        Ok(found_into(v.as_deref(), out))
     }
     fn put(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
         self.db.put_opt(key, value, &self.write).map_err(err)
@@ -310,14 +297,8 @@ impl Store for Redb {
         use redb::ReadableDatabase;
         let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(REDB_TABLE).map_err(err)?;
-        match t.get(key).map_err(err)? {
-            Some(v) => {
-                out.clear();
-                out.extend_from_slice(v.value());
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let v = t.get(key).map_err(err)?;
+        Ok(found_into(v.as_ref().map(|v| v.value()), out))
     }
     fn put(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
         self.write(|t| t.insert(key, value).map(|_| ()).map_err(err))
@@ -401,14 +382,8 @@ impl Store for Fjall {
         "fjall"
     }
     fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> StoreResult<bool> {
-        match self.ks.get(key).map_err(err)? {
-            Some(v) => {
-                out.clear();
-                out.extend_from_slice(&v);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let v = self.ks.get(key).map_err(err)?;
+        Ok(found_into(v.as_deref(), out))
     }
     fn put(&self, key: &[u8], value: &[u8]) -> StoreResult<()> {
         self.ks.insert(key, value).map_err(err)

@@ -276,6 +276,13 @@ impl Changelog {
         self.insert_encoded(rev, change.lsn, &bytes);
     }
 
+    /// Fill revision `rev` with an empty change: a revision that was taken but applied nothing
+    /// (a failed write, or one a recovery found no log frame for), so that later revisions
+    /// are still delivered in order.
+    pub(crate) fn insert_empty(&self, rev: u64) {
+        self.insert_encoded(rev, 0, &[]);
+    }
+
     /// [`Changelog::insert`] of a change already encoded (by [`encode_event`]).
     pub(crate) fn insert_encoded(&self, rev: u64, lsn: u64, bytes: &[u8]) {
         let mut st = self.state.lock();

@@ -896,13 +896,7 @@ impl Inner {
                      a reopen drops it"
                 ));
             }
-            ks.changelog.insert(
-                rev,
-                Change {
-                    events: Vec::new(),
-                    lsn: 0,
-                },
-            );
+            ks.changelog.insert_empty(rev);
             return Err(e);
         }
         // Keys created and removed.
@@ -983,14 +977,7 @@ impl Inner {
             };
             m.encode(value, rec);
             if let Err(e) = lk.put(hash, ik, rec, ks.opts.ordered) {
-                // Nothing was applied: fill the revision with an empty change.
-                ks.changelog.insert(
-                    rev,
-                    Change {
-                        events: Vec::new(),
-                        lsn: 0,
-                    },
-                );
+                ks.changelog.insert_empty(rev); // nothing was applied
                 return Err(e);
             }
             if old.is_none() {

@@ -355,17 +355,16 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
         ks.changelog.compact_through(oldest);
         let mut next = kept.iter().peekable();
         for rev in oldest + 1..=top {
-            let change = match next.next_if(|k| k.0 == rev) {
-                Some(&(rev, end, ops)) => crate::changelog::Change {
-                    events: ops.iter().map(|o| event_of(o, rev)).collect(),
-                    lsn: end,
-                },
-                None => crate::changelog::Change {
-                    events: Vec::new(),
-                    lsn: 0,
-                },
-            };
-            ks.changelog.insert(rev, change);
+            match next.next_if(|k| k.0 == rev) {
+                Some(&(rev, end, ops)) => ks.changelog.insert(
+                    rev,
+                    crate::changelog::Change {
+                        events: ops.iter().map(|o| event_of(o, rev)).collect(),
+                        lsn: end,
+                    },
+                ),
+                None => ks.changelog.insert_empty(rev),
+            }
         }
     }
     let wal = Wal::open(
