@@ -1,7 +1,8 @@
 //! The metadata model's operations and errors, one by one: namespaces, stat by path and by
 //! id, folder creation (with and without parents), uploads with their preconditions, listings
 //! in name order page by page, moves and renames (ids stable, a folder never into itself),
-//! deletes (file, empty folder, recursive), etags on every ancestor and never repeated, tree
+//! deletes (file, empty folder, recursive, reclaimed in bounded steps and resumed after a
+//! stop), etags on every ancestor and never repeated, tree
 //! sizes, bad paths, and a namespace surviving a reopen.
 
 mod common;
@@ -593,4 +594,131 @@ fn an_operation_that_changes_nothing_takes_no_revision() {
     m.upload(NS, "/a/f", &up(6, 10), &Precondition::None)
         .unwrap();
     assert!(m.cursor() > before);
+}
+
+/// `/big`: 3 folders of 60 files and a sub-folder of 25 more each, names long enough that
+/// every directory splits into several nodes at the test's 2 KiB. Returns every id below it.
+fn big_tree(m: &MetaStore) -> Vec<u64> {
+    let mut ids = vec![m.mkdir(NS, "/big", false, 1).unwrap().id];
+    for d in 0..3 {
+        ids.push(m.mkdir(NS, &format!("/big/d{d}"), false, 1).unwrap().id);
+        ids.push(m.mkdir(NS, &format!("/big/d{d}/sub"), false, 1).unwrap().id);
+        for f in 0..60 {
+            let p = format!("/big/d{d}/a-rather-long-file-name-to-fill-nodes-{f:04}");
+            ids.push(m.upload(NS, &p, &up(1, 1), &Precondition::None).unwrap().id);
+        }
+        for f in 0..25 {
+            let p = format!("/big/d{d}/sub/another-long-file-name-{f:04}");
+            ids.push(m.upload(NS, &p, &up(2, 1), &Precondition::None).unwrap().id);
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_recursive_delete_is_reclaimed_in_bounded_steps() {
+    use std::time::Duration;
+    use tera_engine::meta::Change;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, mut m) = store(dir.path());
+    m.set_reclaim_step(7);
+    let keys = || db.get_keyspace("meta").unwrap().len();
+    m.mkdir(NS, "/keep", false, 1).unwrap();
+    let before = keys();
+    let ids = big_tree(&m);
+    assert_eq!(m.stat(NS, "/").unwrap().tree_size, 3 * (60 + 50));
+    assert!(
+        keys() > before + ids.len() as u64,
+        "entries and directory nodes"
+    );
+    let start = m.cursor();
+
+    m.delete(NS, "/big", true, None, 2).unwrap();
+    assert!(matches!(m.stat(NS, "/big"), Err(MetaError::NotFound(_))));
+    assert!(matches!(
+        m.stat(NS, "/big/d1/sub"),
+        Err(MetaError::NotFound(_))
+    ));
+    assert_eq!(m.stat(NS, "/").unwrap().tree_size, 0);
+    for &id in &ids {
+        assert!(m.stat_id(NS, id).is_err(), "entry {id} was left behind");
+    }
+    assert_eq!(
+        keys(),
+        before,
+        "every entry, directory node and queue item is gone"
+    );
+    assert_eq!(m.reclaim(NS).unwrap(), Default::default(), "nothing left");
+    m.stat(NS, "/keep").unwrap();
+
+    // The feed deletes every id, the folder's own first.
+    let page = m.changes(NS, start, usize::MAX, Duration::ZERO).unwrap();
+    let deleted: Vec<u64> = page
+        .changes
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Change::Delete(id) => Some(*id),
+            Change::Upsert(_) => None,
+        })
+        .collect();
+    assert_eq!(deleted.first(), Some(&ids[0]));
+    let mut sorted = deleted.clone();
+    sorted.sort_unstable();
+    let mut want = ids.clone();
+    want.sort_unstable();
+    assert_eq!(sorted, want, "one Delete per entry, none twice");
+    let revisions: HashSet<u64> = page
+        .changes
+        .iter()
+        .filter(|(_, c)| matches!(c, Change::Delete(_)))
+        .map(|&(r, _)| r)
+        .collect();
+    // A step stops at its budget, after the rest of the leaf it is in (at most 2 KiB of
+    // names of 20 bytes or more).
+    assert!(
+        revisions.len() > 1 && revisions.len() >= ids.len() / (7 + 2048 / 20),
+        "{} revisions for {} deletes: not in steps",
+        revisions.len(),
+        ids.len()
+    );
+}
+
+#[test]
+fn a_recursive_delete_stopped_after_its_detach_is_finished_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = tiny(dir.path(), 4 << 20);
+        c.max_key_bytes = 4200;
+        c.max_value_bytes = 2048;
+        c.page_bytes = 64 << 10;
+        c.segment_bytes = 256 << 10;
+        c.durability = Durability::Commit;
+        c
+    };
+    let (before, n) = {
+        let db = Db::open(cfg()).unwrap();
+        let mut m = MetaStore::open(&db).unwrap();
+        m.set_reclaim_step(5);
+        m.create_namespace(NS, 1).unwrap();
+        let before = db.get_keyspace("meta").unwrap().len();
+        let n = big_tree(&m).len() as u64;
+        // The process stops right after the delete's visible, atomic part.
+        m.delete_detach_only(NS, "/big", 2).unwrap();
+        assert!(matches!(m.stat(NS, "/big"), Err(MetaError::NotFound(_))));
+        (before, n)
+    };
+    let db = Db::open(cfg()).unwrap();
+    let mut m = MetaStore::open(&db).unwrap();
+    m.set_reclaim_step(5);
+    let keys = || db.get_keyspace("meta").unwrap().len();
+    assert!(matches!(m.stat(NS, "/big"), Err(MetaError::NotFound(_))));
+    assert_eq!(m.stat(NS, "/").unwrap().tree_size, 0);
+    assert!(keys() > before + n, "the detached subtree is still stored");
+    let done = m.reclaim(NS).unwrap();
+    assert_eq!(done.entries, n - 1, "everything below the folder");
+    assert!(done.largest_step <= 5 + 2048 / 20, "{done:?}");
+    assert!(done.steps >= (n - 1) / (5 + 2048 / 20), "{done:?}");
+    assert_eq!(keys(), before);
+    // The namespace works on.
+    m.mkdir(NS, "/big", false, 3).unwrap();
 }

@@ -78,6 +78,33 @@ fn open_engine(c: &Config, users: &[Arc<crate::auth::User>]) -> Result<Engine, S
         meta.create_namespace(u.namespace, crate::meta_rpc::now_us())
             .map_err(|e| ServerError::Engine(format!("namespace {}: {e}", u.namespace)))?;
     }
+    // Finish the recursive deletes a stopped terad left half reclaimed (their folders are
+    // already gone; this removes what was below them), in the background.
+    let (m, namespaces) = (
+        meta.clone(),
+        users.iter().map(|u| u.namespace).collect::<Vec<_>>(),
+    );
+    std::thread::Builder::new()
+        .name("terad-reclaim".into())
+        .spawn(move || {
+            for ns in namespaces {
+                match m.reclaim(ns) {
+                    Ok(r) if r.entries > 0 => {
+                        tracing::info!(
+                            ns,
+                            entries = r.entries,
+                            steps = r.steps,
+                            "reclaimed the entries of deleted folders"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(ns, error = %e, "reclaiming deleted folders' entries failed")
+                    }
+                }
+            }
+        })
+        .map_err(|e| ServerError::Engine(format!("reclaim thread: {e}")))?;
     tracing::info!(
         checkpoint_records = info.checkpoint_records,
         log_frames = info.log_frames,

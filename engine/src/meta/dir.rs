@@ -501,23 +501,21 @@ pub(crate) fn is_empty(nodes: &mut impl Nodes, folder: u64) -> MetaResult<bool> 
     nodes.read(folder, 0, |b| b.is_none())
 }
 
-/// Remove `folder`'s whole tree, returning the ids of its children.
-pub(crate) fn drop_tree(nodes: &mut impl Nodes, folder: u64) -> MetaResult<Vec<u64>> {
-    let mut ids = Vec::new();
-    if is_empty(nodes, folder)? {
-        return Ok(ids);
+/// Remove node `no` of `folder`'s directory and return what it held: for an inner node the
+/// numbers of its child nodes (`true, nodes`), for a leaf the ids of its entries (`false,
+/// ids`); `None` if there is no such node. A recursive delete takes a detached folder's
+/// directory apart this way, a node at a time, so that no step holds more than a node.
+pub(crate) fn take_node(
+    nodes: &mut impl Nodes,
+    folder: u64,
+    no: u32,
+) -> MetaResult<Option<(bool, Vec<u64>)>> {
+    if nodes.read(folder, no, |b| b.is_none())? {
+        return Ok(None);
     }
-    let mut stack = vec![0u32];
-    while let Some(no) = stack.pop() {
-        let node = load_node(nodes, folder, no)?;
-        if node.inner {
-            stack.extend(node.vals.iter().map(|&v| v as u32));
-        } else {
-            ids.extend_from_slice(&node.vals);
-        }
-        nodes.remove(folder, no)?;
-    }
-    Ok(ids)
+    let node = load_node(nodes, folder, no)?;
+    nodes.remove(folder, no)?;
+    Ok(Some((node.inner, node.vals)))
 }
 
 #[cfg(test)]
@@ -652,7 +650,8 @@ mod tests {
             }
             check(&mut m, 5, &model);
             assert!(!m.0.contains_key(&(5, 0)), "an empty folder keeps no node");
-            assert_eq!(drop_tree(&mut m, 6).unwrap(), vec![1]);
+            assert_eq!(take_node(&mut m, 6, 0).unwrap(), Some((false, vec![1])));
+            assert_eq!(take_node(&mut m, 6, 0).unwrap(), None);
             assert!(m.0.is_empty());
         }
     }

@@ -8,7 +8,11 @@
 //! - `ns | 0x01 | id` → the entry with that id (see [`encode`]);
 //! - `ns | 0x02 | folder id | node u32` → a node of the folder's directory, a B+tree of its
 //!   children's names and ids (see [`dir`]): a listing reads a few nodes in name order, and a
-//!   move is a relink of one name, whatever the subtree's size.
+//!   move is a relink of one name, whatever the subtree's size;
+//! - `ns | 0x03` → the bounds `lo u64, hi u64` of the namespace's trash queue, and
+//!   `ns | 0x04 | seq u64` for `lo <= seq < hi` → an item of it, `folder u64 | node u32`: a
+//!   directory node of a folder a recursive delete detached, whose entries are still to be
+//!   removed (see [`MetaStore::delete`]).
 //!
 //! The directories are records like any other, so they tier to far memory when cold; the
 //! keyspace needs no ordered index, whose DRAM per key would not fit a namespace of millions
@@ -212,6 +216,21 @@ fn entry_key(ns: u64, id: u64) -> Vec<u8> {
     k
 }
 
+fn trash_head_key(ns: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.extend_from_slice(&ns.to_be_bytes());
+    k.push(3);
+    k
+}
+
+fn trash_key(ns: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&ns.to_be_bytes());
+    k.push(4);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn node_key(ns: u64, folder: u64, no: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(21);
     k.extend_from_slice(&ns.to_be_bytes());
@@ -321,6 +340,23 @@ fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
 pub struct MetaStore {
     ks: Keyspace,
     node_bytes: usize,
+    reclaim_step: usize,
+}
+
+/// Entries one step of a recursive delete's reclaim removes, at most (plus the rest of the
+/// directory node it is in): each step is one atomic batch, so this bounds the memory a
+/// delete of any size holds at once.
+pub const RECLAIM_STEP: usize = 1024;
+
+/// What [`MetaStore::reclaim`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Entries removed.
+    pub entries: u64,
+    /// Atomic batches it took.
+    pub steps: u64,
+    /// Most entries one batch removed.
+    pub largest_step: u64,
 }
 
 /// One mutation's working state inside its namespace's atomic batch.
@@ -342,6 +378,17 @@ struct Op<'a, 'b> {
     /// has the node. The transaction reads the state before its own writes, so this is what
     /// makes an operation see its own changes; nodes only read are read in place.
     nodes: HashMap<(u64, u32), CachedNode>,
+    /// The trash queue, once this operation has used it.
+    trash: Option<Trash>,
+}
+
+/// The trash queue's state in one operation: its bounds as read and as they are now, and the
+/// items pushed (at `read.1` on).
+struct Trash {
+    read: (u64, u64),
+    lo: u64,
+    hi: u64,
+    pushed: Vec<(u64, u32)>,
 }
 
 struct CachedNode {
@@ -417,7 +464,108 @@ impl<'a, 'b> Op<'a, 'b> {
             dirty: Vec::new(),
             deleted: Vec::new(),
             nodes: HashMap::new(),
+            trash: None,
         })
+    }
+
+    fn trash(&mut self) -> MetaResult<&mut Trash> {
+        if self.trash.is_none() {
+            let read = self
+                .tx
+                .read(&trash_head_key(self.ns), |v| {
+                    let mut r = crate::durable::Reader::new(v);
+                    (r.u64(), r.u64())
+                })?
+                .map(|b| match b {
+                    (Some(lo), Some(hi)) if lo <= hi => Ok((lo, hi)),
+                    _ => Err(MetaError::Engine(crate::Error::Corrupt {
+                        path: format!("<namespace {} trash queue>", self.ns).into(),
+                        offset: 0,
+                        reason: "its bounds do not decode".into(),
+                    })),
+                })
+                .transpose()?
+                .unwrap_or((0, 0));
+            self.trash = Some(Trash {
+                read,
+                lo: read.0,
+                hi: read.1,
+                pushed: Vec::new(),
+            });
+        }
+        Ok(self.trash.as_mut().expect("set above"))
+    }
+
+    /// Queue node `no` of `folder`'s directory for reclaim.
+    fn trash_push(&mut self, folder: u64, no: u32) -> MetaResult<()> {
+        let t = self.trash()?;
+        t.pushed.push((folder, no));
+        t.hi += 1;
+        Ok(())
+    }
+
+    /// The oldest queued directory node, taken off the queue.
+    fn trash_pop(&mut self) -> MetaResult<Option<(u64, u32)>> {
+        let ns = self.ns;
+        let t = self.trash()?;
+        if t.lo == t.hi {
+            return Ok(None);
+        }
+        let seq = t.lo;
+        t.lo += 1;
+        if seq >= t.read.1 {
+            return Ok(Some(t.pushed[(seq - t.read.1) as usize]));
+        }
+        let item = self.tx.read(&trash_key(ns, seq), |v| {
+            let mut r = crate::durable::Reader::new(v);
+            (r.u64(), r.u32())
+        })?;
+        match item {
+            Some((Some(folder), Some(no))) => Ok(Some((folder, no))),
+            // A queue item that is missing or does not decode leaves its nodes and entries
+            // behind as garbage; everything reachable is unaffected.
+            _ => Err(MetaError::Engine(crate::Error::Corrupt {
+                path: format!("<namespace {ns} trash queue>").into(),
+                offset: seq,
+                reason: "a queued item is missing or does not decode".into(),
+            })),
+        }
+    }
+
+    /// Whether the trash queue has items left.
+    fn trash_pending(&mut self) -> MetaResult<bool> {
+        let t = self.trash()?;
+        Ok(t.lo < t.hi)
+    }
+
+    /// Take up to about `budget` entries of detached folders off the trash queue: each queued
+    /// node is removed whole, its child nodes or its entries' sub-folders queued, its entries
+    /// forgotten. Returns the number of entries forgotten.
+    fn reclaim_some(&mut self, budget: usize) -> MetaResult<usize> {
+        let mut removed = 0;
+        while removed < budget {
+            let Some((folder, no)) = self.trash_pop()? else {
+                break;
+            };
+            match dir::take_node(self, folder, no)? {
+                None => {}
+                Some((true, children)) => {
+                    for c in children {
+                        self.trash_push(folder, c as u32)?;
+                    }
+                }
+                Some((false, ids)) => {
+                    for id in ids {
+                        if self.is_folder(id)? {
+                            self.trash_push(id, 0)?;
+                        }
+                        self.forget(id);
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn etag(&mut self) -> String {
@@ -524,6 +672,29 @@ impl<'a, 'b> Op<'a, 'b> {
                 Some(n) => self.tx.put(&key, &n)?,
                 None if c.stored => self.tx.delete(&key)?,
                 None => {}
+            }
+        }
+        if let Some(t) = self.trash {
+            for seq in t.read.0..t.lo.min(t.read.1) {
+                self.tx.delete(&trash_key(self.ns, seq))?;
+            }
+            for (i, &(folder, no)) in t.pushed.iter().enumerate() {
+                let seq = t.read.1 + i as u64;
+                if seq >= t.lo {
+                    let mut v = folder.to_le_bytes().to_vec();
+                    v.extend_from_slice(&no.to_le_bytes());
+                    self.tx.put(&trash_key(self.ns, seq), &v)?;
+                }
+            }
+            if (t.lo, t.hi) != t.read {
+                if t.lo == t.hi {
+                    // Empty: start again at 0 (every item key is gone).
+                    self.tx.delete(&trash_head_key(self.ns))?;
+                } else {
+                    let mut h = t.lo.to_le_bytes().to_vec();
+                    h.extend_from_slice(&t.hi.to_le_bytes());
+                    self.tx.put(&trash_head_key(self.ns), &h)?;
+                }
             }
         }
         if (self.next_id, self.next_etag) != self.read_counters {
@@ -662,7 +833,11 @@ impl MetaStore {
                 dir::MIN_NODE_BYTES
             ))));
         }
-        Ok(MetaStore { ks, node_bytes })
+        Ok(MetaStore {
+            ks,
+            node_bytes,
+            reclaim_step: RECLAIM_STEP,
+        })
     }
 
     fn atomic<R>(
@@ -981,7 +1156,16 @@ impl MetaStore {
     }
 
     /// Delete the entry at `path`: a file, an empty folder, or with `recursive` a folder and
-    /// everything below it (all in one batch).
+    /// everything below it.
+    ///
+    /// A recursive delete is atomic where it shows: one batch unlinks the folder from its
+    /// parent, deletes its entry, updates the ancestors' etags and tree sizes, and puts its
+    /// directory on the namespace's trash queue. From that revision on no path reaches
+    /// anything below it. The entries below are then removed in batches of at most
+    /// [`RECLAIM_STEP`] entries ([`MetaStore::reclaim`]), each with its own revision in the
+    /// change feed, so a delete of millions of entries never holds more than one step in
+    /// memory. If a step fails, or the process stops, the delete still stands and the queue
+    /// keeps the rest: the next recursive delete in the namespace, or `reclaim`, finishes it.
     pub fn delete(
         &self,
         ns: u64,
@@ -990,6 +1174,61 @@ impl MetaStore {
         if_match: Option<&str>,
         mtime: i64,
     ) -> MetaResult<()> {
+        let detached = self.detach(ns, path, recursive, if_match, mtime)?;
+        if detached {
+            if let Err(e) = self.reclaim(ns) {
+                // The delete itself is committed; what is left stays queued for later.
+                tracing::warn!(ns, path, error = %e, "reclaiming a deleted folder's entries stopped; the next recursive delete in the namespace resumes it");
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the entries of folders that recursive deletes detached in namespace `ns`, one
+    /// atomic batch of at most [`RECLAIM_STEP`] entries at a time, until its trash queue is
+    /// empty. Cheap when there is nothing to do (one read). [`MetaStore::delete`] calls it;
+    /// call it after a restart to finish deletes a stopped process left half reclaimed.
+    pub fn reclaim(&self, ns: u64) -> MetaResult<Reclaimed> {
+        let mut done = Reclaimed::default();
+        loop {
+            let (n, more) = self.atomic(ns, |op| {
+                let n = op.reclaim_some(self.reclaim_step)?;
+                Ok((n, op.trash_pending()?))
+            })?;
+            if n > 0 {
+                done.entries += n as u64;
+                done.steps += 1;
+                done.largest_step = done.largest_step.max(n as u64);
+            }
+            if !more {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Set how many entries one reclaim step removes (at least 1; [`RECLAIM_STEP`] by
+    /// default). For tests that want many steps from a small tree.
+    pub fn set_reclaim_step(&mut self, entries: usize) {
+        self.reclaim_step = entries.max(1);
+    }
+
+    /// Detach like a recursive delete and stop before reclaiming anything, as a process
+    /// killed right after the detach would. For crash tests only.
+    #[doc(hidden)]
+    pub fn delete_detach_only(&self, ns: u64, path: &str, mtime: i64) -> MetaResult<()> {
+        self.detach(ns, path, true, None, mtime).map(drop)
+    }
+
+    /// The visible, atomic part of a delete; returns whether a non-empty folder's directory
+    /// went on the trash queue.
+    fn detach(
+        &self,
+        ns: u64,
+        path: &str,
+        recursive: bool,
+        if_match: Option<&str>,
+        mtime: i64,
+    ) -> MetaResult<bool> {
         let parts = parse_path(path)?;
         if parts.is_empty() {
             return Err(MetaError::InvalidPath {
@@ -1000,25 +1239,17 @@ impl MetaStore {
         self.atomic(ns, |op| {
             let e = op.resolve(path, &parts)?;
             if_match_etag(path, &e, if_match)?;
-            if e.kind == Kind::Folder {
-                if !recursive && !dir::is_empty(op, e.id)? {
+            let detach = e.kind == Kind::Folder && !dir::is_empty(op, e.id)?;
+            if detach {
+                if !recursive {
                     return Err(MetaError::NotEmpty(path.into()));
                 }
-                // Everything below, depth first.
-                let mut stack = vec![e.id];
-                while let Some(folder) = stack.pop() {
-                    for id in dir::drop_tree(op, folder)? {
-                        if op.entry(id)?.kind == Kind::Folder {
-                            stack.push(id);
-                        }
-                        op.forget(id);
-                    }
-                }
+                op.trash_push(e.id, 0)?;
             }
             op.unlink(e.parent, &e.name)?;
             op.forget(e.id);
             op.touch_up(e.parent, -(e.tree_size as i64), mtime)?;
-            Ok(())
+            Ok(detach)
         })
     }
 }
