@@ -89,13 +89,16 @@ def engines_in(rs):
 
 def table(k, rs):
     out = [f"#### {title(k)}", ""]
-    out.append("| engine | DRAM fraction | ops/s | ÷ tera | p50 | p99 | p99.9 | DRAM hit | peak memory |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+    # Lines from before tierbench counted device reads have no such column.
+    dev = any(r.get("device_reads_per_op") is not None for r in rs)
+    out.append("| engine | DRAM fraction | ops/s | ÷ tera | p50 | p99 | p99.9 | DRAM hit | peak memory |"
+               + (" device reads / op | bytes read / op |" if dev else ""))
+    out.append("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if dev else ""))
     tera = {r["dram_fraction"]: r["ops_per_sec"] for r in rs if r["engine"] == "tera" and "ops_per_sec" in r}
     for e in engines_in(rs):
         for r in sorted((r for r in rs if r["engine"] == e), key=lambda r: r["dram_fraction"]):
             if "error" in r:
-                out.append(f"| {e} | {r['dram_fraction']:g} | failed: {r['error']} | | | | | | |")
+                out.append(f"| {e} | {r['dram_fraction']:g} | failed: {r['error']} | | | | | | |" + (" | |" if dev else ""))
                 continue
             ratio = ""
             t = tera.get(r["dram_fraction"])
@@ -107,9 +110,18 @@ def table(k, rs):
             out.append(
                 f"| {e} | {r['dram_fraction']:g} | {r['ops_per_sec']:,.0f} | {ratio} | {fmt_ns(r['p50_ns'])} | "
                 f"{fmt_ns(r['p99_ns'])} | {fmt_ns(r['p999_ns'])} | {'-' if hit is None else f'{hit:.3f}'} | {peak_s} |"
+                + (f" {opt3(r.get('device_reads_per_op'))} | {opt0(r.get('device_read_bytes_per_op'))} |" if dev else "")
             )
     out.append("")
     return "\n".join(out)
+
+
+def opt3(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def opt0(x):
+    return "-" if x is None else f"{x:,.0f}"
 
 
 def esc(s):

@@ -691,9 +691,18 @@ fn run_engine(
                 g.reset_peak();
             }
             let before = store.tier_stats();
+            let dev = tera_benches::sysinfo::device_of(&dir);
+            let io0 = tera_benches::sysinfo::io_read_bytes();
+            let reads0 = dev.and_then(tera_benches::sysinfo::device_reads);
             let m = workload::run(store.as_ref(), &phase(a.seconds, 0))?;
+            let io1 = tera_benches::sysinfo::io_read_bytes();
+            let reads1 = dev.and_then(tera_benches::sysinfo::device_reads);
             let after = store.tier_stats();
             let ops_s = m.ops as f64 / m.elapsed.as_secs_f64();
+            let per_op = |d: Option<u64>| {
+                d.filter(|_| m.ops > 0)
+                    .map(|d| (d as f64 / m.ops as f64 * 1000.0).round() / 1000.0)
+            };
             let mut line = json!({
                 "engine": engine,
                 "workload": w.name(),
@@ -717,6 +726,11 @@ fn run_engine(
                 "memory_limit_bytes": if group.is_some() { json!(a.child_limit) } else { Value::Null },
                 "cgroup": group.map(|g| g.version.name()),
                 "cgroup_peak_bytes": group.and_then(Group::peak),
+                // Reads from the device during the measured phase: bytes this process had
+                // read (/proc/self/io), and reads the far directory's device completed for
+                // anyone (/proc/diskstats), each per operation.
+                "device_read_bytes_per_op": per_op(io0.zip(io1).map(|(x, y)| y.saturating_sub(x))),
+                "device_reads_per_op": per_op(reads0.zip(reads1).map(|(x, y)| y.saturating_sub(x))),
             });
             if let (Some(b), Some(s)) = (&before, &after) {
                 let budget = tera_budget(a, data_bytes, fraction);
@@ -758,7 +772,7 @@ fn run_engine(
 
 fn print_header() {
     println!(
-        "{:<8} {:<3} {:<9} {:>6} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "{:<8} {:<3} {:<9} {:>6} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "engine",
         "wl",
         "dist",
@@ -770,7 +784,8 @@ fn print_header() {
         "p99.9",
         "rss-anon",
         "cg-peak",
-        "idx B/k"
+        "idx B/k",
+        "dev-rd/op"
     );
 }
 
@@ -793,7 +808,7 @@ fn print_row(v: &Value) {
     }
     let opt = |x: Option<u64>, g: fn(u64) -> String| x.map_or("-".to_string(), g);
     println!(
-        "{:<8} {:<3} {:<9} {:>6} {:>11.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "{:<8} {:<3} {:<9} {:>6} {:>11.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}",
         s("engine"),
         s("workload"),
         s("dist"),
@@ -806,6 +821,7 @@ fn print_row(v: &Value) {
         opt(u("rss_anon_bytes"), mib),
         opt(u("cgroup_peak_bytes"), mib),
         f("index_bytes_per_key").map_or("-".into(), |b| format!("{b:.1}")),
+        f("device_reads_per_op").map_or("-".into(), |r| format!("{r:.3}")),
     );
 }
 
