@@ -136,6 +136,35 @@ impl Group {
         })
     }
 
+    /// Remove the groups earlier tierbench runs left under the hierarchy's parent: those named
+    /// `tierbench-<pid>-...` whose process is gone (a parent killed with SIGKILL never runs
+    /// its cleanup) and that hold no process. Returns how many it removed. Best effort.
+    pub fn remove_stale(h: &Hierarchy) -> usize {
+        let Ok(dir) = std::fs::read_dir(&h.parent) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("tierbench-"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = Path::new("/proc").join(pid.to_string()).exists();
+            let busy = std::fs::read_to_string(e.path().join("cgroup.procs"))
+                .map(|p| !p.trim().is_empty())
+                .unwrap_or(false);
+            if !alive && !busy && std::fs::remove_dir(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Open an existing group (in the child process).
     pub fn open(version: Version, path: PathBuf) -> Group {
         Group { version, path }
@@ -233,6 +262,41 @@ mod tests {
             Some("/x")
         );
         assert_eq!(own_path("1:cpu:/\n", Version::V1), None);
+    }
+
+    #[test]
+    fn removes_only_groups_of_dead_tierbench_processes() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Hierarchy {
+            version: Version::V1,
+            parent: d.path().to_path_buf(),
+        };
+        let me = std::process::id();
+        // 999999999 is above any pid_max, so no such process exists.
+        for n in [
+            "tierbench-999999999-tera".to_string(),
+            format!("tierbench-{me}-lmdb"),
+            "tierbench-999999999-busy".into(),
+            "other".into(),
+        ] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+        }
+        std::fs::write(
+            d.path().join("tierbench-999999999-busy/cgroup.procs"),
+            "42\n",
+        )
+        .unwrap();
+        assert_eq!(Group::remove_stale(&h), 1);
+        assert!(!d.path().join("tierbench-999999999-tera").exists());
+        assert!(
+            d.path().join(format!("tierbench-{me}-lmdb")).exists(),
+            "a live run's group"
+        );
+        assert!(
+            d.path().join("tierbench-999999999-busy").exists(),
+            "a group with processes"
+        );
+        assert!(d.path().join("other").exists());
     }
 
     #[test]

@@ -483,6 +483,10 @@ fn real_main() -> Result<(), String> {
     }
     let hierarchy = if a.memory_limit {
         let h = Hierarchy::detect()?;
+        let stale = Group::remove_stale(&h);
+        if stale > 0 {
+            eprintln!("tierbench: removed {stale} cgroup(s) left by earlier runs that were killed");
+        }
         if !a.json {
             println!(
                 "memory-bounded: cgroup {} under {}, limit = DRAM fraction of the data + {} MiB",
