@@ -11,6 +11,10 @@ and writes two SVG files into OUT_DIR:
   <group>-throughput.svg   ops/s against DRAM fraction, one line per engine
   <group>-latency.svg      p50, p99 and p99.9 per engine at the smallest fraction (log scale)
 
+Lines from a run with `--rounds` (each with its `round`) get one row per engine and fraction:
+every round's ops/s, the median, and the ratios to Teraservices per round and of the medians;
+the plots then show each engine's median run.
+
 Only the standard library is used, so the script runs wherever tierbench does. Probe lines
 ({"probe": ...}) are printed as a machine table first. Runs with emulated far latency are
 labelled so in every title.
@@ -122,6 +126,47 @@ def opt3(x):
 
 def opt0(x):
     return "-" if x is None else f"{x:,.0f}"
+
+
+def median_rows(rs):
+    """Per engine and DRAM fraction, the run with the median ops/s (the lower middle one for
+    an even count): what the plots show when tierbench ran several `--rounds`."""
+    by = OrderedDict()
+    for r in rs:
+        if "ops_per_sec" in r:
+            by.setdefault((r["engine"], r["dram_fraction"]), []).append(r)
+    return [sorted(v, key=lambda r: r["ops_per_sec"])[(len(v) - 1) // 2] for v in by.values()]
+
+
+def rounds_table(k, rs):
+    """Runs repeated over `--rounds`: each round's ops/s, the median, and the ratios to
+    Teraservices' figure of the same round and of the medians."""
+    out = [f"#### {title(k)}, {1 + max(r.get('round', 0) for r in rs)} rounds", ""]
+    out.append("| engine | DRAM fraction | ops/s per round | median | ÷ tera, per round | ÷ tera, medians | DRAM hit | device reads / op |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    ok = [r for r in rs if "ops_per_sec" in r]
+    tera = {(r["dram_fraction"], r.get("round", 0)): r["ops_per_sec"] for r in ok if r["engine"] == "tera"}
+    med = {(r["engine"], r["dram_fraction"]): r for r in median_rows(ok)}
+    for e in engines_in(rs):
+        for f in sorted({r["dram_fraction"] for r in rs if r["engine"] == e}):
+            runs = sorted((r for r in ok if r["engine"] == e and r["dram_fraction"] == f), key=lambda r: r.get("round", 0))
+            failed = [r for r in rs if r["engine"] == e and r["dram_fraction"] == f and "error" in r]
+            if not runs:
+                out.append(f"| {e} | {f:g} | failed: {failed[0]['error']} | | | | | |")
+                continue
+            m = med[(e, f)]
+            per = " / ".join(f"{r['ops_per_sec']:,.0f}" for r in runs)
+            ratios = " / ".join(
+                f"{r['ops_per_sec'] / tera[(f, r.get('round', 0))]:.2f}" if tera.get((f, r.get("round", 0))) else "-" for r in runs
+            )
+            tm = med.get(("tera", f))
+            mratio = f"{m['ops_per_sec'] / tm['ops_per_sec']:.2f}" if tm else "-"
+            hits = " / ".join(f"{r['dram_hit_ratio']:.3f}" for r in runs if r.get("dram_hit_ratio") is not None) or "-"
+            dev = " / ".join(opt3(r.get("device_reads_per_op")) for r in runs)
+            note = f" ({len(failed)} failed)" if failed else ""
+            out.append(f"| {e} | {f:g} | {per}{note} | {m['ops_per_sec']:,.0f} | {ratios} | {mratio} | {hits} | {dev} |")
+    out.append("")
+    return "\n".join(out)
 
 
 def esc(s):
@@ -238,9 +283,11 @@ def main():
     for r in runs:
         groups.setdefault(group_key(r), []).append(r)
     for k, rs in groups.items():
-        print(table(k, rs))
+        rounds = any("round" in r for r in rs)
+        print(rounds_table(k, rs) if rounds else table(k, rs))
+        shown = median_rows(rs) if rounds else rs
         for kind, fn in (("throughput", throughput_svg), ("latency", latency_svg)):
-            s = fn(k, rs)
+            s = fn(k, shown)
             if s:
                 path = os.path.join(out_dir, f"{group_name(k)}-{kind}.svg")
                 with open(path, "w") as f:

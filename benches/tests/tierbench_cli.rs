@@ -119,6 +119,8 @@ fn memory_bounded_run_reports_its_cgroup_or_why_not() {
         "--memory-limit",
         "--memory-allowance-mib",
         "128",
+        "--rounds",
+        "2",
     ]);
     let out = tierbench(&args);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -131,11 +133,13 @@ fn memory_bounded_run_reports_its_cgroup_or_why_not() {
         assert!(lines(&out).is_empty(), "a refused run printed results");
         return;
     }
-    // One line per fraction, each from its own child with its own limit.
+    // One line per fraction and round, each from its own child with its own limit (a child
+    // runs one round: the parent does not pass it `--rounds`).
     let l = lines(&out);
-    assert_eq!(l.len(), 2, "{l:?} {err}");
-    for (r, fraction) in l.iter().zip([0.25, 0.5]) {
+    assert_eq!(l.len(), 4, "{l:?} {err}");
+    for (r, (round, fraction)) in l.iter().zip([(0, 0.25), (0, 0.5), (1, 0.25), (1, 0.5)]) {
         assert_eq!(r["dram_fraction"].as_f64(), Some(fraction), "{r}");
+        assert_eq!(r["round"].as_u64(), Some(round), "{r}");
         let limit = r["memory_limit_bytes"].as_u64().unwrap();
         let want = (100_000.0 * 120.0 * fraction) as u64 + (128 << 20);
         assert_eq!(limit, want, "{r}");

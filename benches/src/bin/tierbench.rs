@@ -101,6 +101,11 @@ struct Args {
     /// Directory for far-tier files (default: a fresh directory under the system temp dir).
     #[arg(long)]
     far_dir: Option<std::path::PathBuf>,
+    /// Run the whole engine list this many times, in the same order each round, so that
+    /// engines measured one after another on a shared device get its good and bad spells
+    /// alike; every line carries its `round` (from 0). Compare medians over rounds.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Seed of the operation streams.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -520,7 +525,13 @@ fn real_main() -> Result<(), String> {
         }
         print_header();
     }
-    let mut emit = |v: Value| {
+    let round = std::cell::Cell::new(0usize);
+    let mut emit = |mut v: Value| {
+        if a.rounds > 1 {
+            if let Value::Object(o) = &mut v {
+                o.entry("round").or_insert(json!(round.get()));
+            }
+        }
         if a.json {
             println!("{v}");
         } else {
@@ -530,9 +541,12 @@ fn real_main() -> Result<(), String> {
     };
     // Memory-bounded runs that failed (the others still run; the exit status says so).
     let mut failed = Vec::new();
-    for &engine in &engines {
+    for (r, &engine) in (0..a.rounds.max(1)).flat_map(|r| engines.iter().map(move |e| (r, e))) {
+        round.set(r);
         if hierarchy.is_some() && engine == "dram" {
-            eprintln!("tierbench: skipping dram in memory-bounded runs: it has no far tier and cannot fit");
+            if r == 0 {
+                eprintln!("tierbench: skipping dram in memory-bounded runs: it has no far tier and cannot fit");
+            }
             continue;
         }
         for (i, &fraction) in a.dram_fractions.iter().enumerate() {
@@ -569,7 +583,7 @@ use std::ops::Not;
 /// The parent's arguments less those a child gets its own values of. (Repeating them would
 /// not do: a list option given twice is the two lists joined.)
 fn child_args() -> Vec<std::ffi::OsString> {
-    const OWN: [&str; 3] = ["--engine", "--dram-fractions", "--far-dir"];
+    const OWN: [&str; 4] = ["--engine", "--dram-fractions", "--far-dir", "--rounds"];
     let mut out = Vec::new();
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
