@@ -201,41 +201,36 @@ pub fn parse_path(path: &str) -> MetaResult<Vec<&str>> {
     Ok(parts)
 }
 
-fn ns_key(ns: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
+/// `ns | kind`, then `id` big-endian if given: a key of one of the namespace's kinds (see the
+/// module docs).
+fn kind_key(ns: u64, kind: u8, id: Option<u64>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(21);
     k.extend_from_slice(&ns.to_be_bytes());
-    k.push(0);
+    k.push(kind);
+    if let Some(id) = id {
+        k.extend_from_slice(&id.to_be_bytes());
+    }
     k
+}
+
+fn ns_key(ns: u64) -> Vec<u8> {
+    kind_key(ns, 0, None)
 }
 
 fn entry_key(ns: u64, id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.extend_from_slice(&ns.to_be_bytes());
-    k.push(1);
-    k.extend_from_slice(&id.to_be_bytes());
-    k
+    kind_key(ns, 1, Some(id))
 }
 
 fn trash_head_key(ns: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.extend_from_slice(&ns.to_be_bytes());
-    k.push(3);
-    k
+    kind_key(ns, 3, None)
 }
 
 fn trash_key(ns: u64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.extend_from_slice(&ns.to_be_bytes());
-    k.push(4);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+    kind_key(ns, 4, Some(seq))
 }
 
 fn node_key(ns: u64, folder: u64, no: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(21);
-    k.extend_from_slice(&ns.to_be_bytes());
-    k.push(2);
-    k.extend_from_slice(&folder.to_be_bytes());
+    let mut k = kind_key(ns, 2, Some(folder));
     k.extend_from_slice(&no.to_be_bytes());
     k
 }
