@@ -15,11 +15,13 @@
 //!
 //! A change becomes visible to watchers once the log holds it durably (its frame's end LSN is
 //! at or below the durable LSN), so a watcher never sees a change that a crash could take back.
-//! The oldest changes are dropped when the database's change logs together hold more than half
-//! of `Config::changelog_bytes` of changes (the rings' spare capacity, at most as much again,
-//! takes the other half); what they hold is charged to the DRAM budget (within 16 KiB per
-//! keyspace: the shared accounts move in steps, so that writers do not all write the same
-//! counters); a watcher that asks for a dropped revision gets [`Error::Compacted`].
+//! The oldest changes are dropped when the database's change logs together hold more than
+//! half of `Config::changelog_bytes` of changes (the rings' spare capacity, at most as much
+//! again, takes the other half), down to a slack below that (16 KiB; 1/64 of a limit under
+//! 1 MiB), so that a log at its limit trims once per slack of changes rather than on every
+//! write. What they hold is charged to the DRAM budget (within the same slack per keyspace:
+//! the shared accounts move in steps, so that writers do not all write the same counters); a
+//! watcher that asks for a dropped revision gets [`Error::Compacted`].
 
 use crate::bell::Bell;
 use crate::error::{Error, Result};
@@ -296,11 +298,20 @@ impl Changelog {
             st.append(lsn, bytes);
             st.append_held();
         }
-        // Drop the oldest changes while all change logs are over their limit. A ring whose
-        // content shrank a lot gives memory back.
+        // Drop the oldest changes while all change logs are over their limit, down to a
+        // slack below it: a log at its limit then trims, and moves the shared accounts, once
+        // per slack's worth of writes instead of on every write (where every writer wrote the
+        // accounts' shared cache lines). A ring whose content shrank a lot gives memory back.
         self.recharge(&mut st, false);
-        while self.accounts.content.load(Relaxed) > self.limit && st.index.len() > 1 {
-            st.pop();
+        let total = self.accounts.content.load(Relaxed);
+        if total > self.limit {
+            let slack = RECHARGE_SLACK.min(self.limit / 64);
+            let mut excess = total - self.limit + slack;
+            while excess > 0 && st.index.len() > 1 {
+                let len = st.index.front().map_or(0, |e| e.len as usize);
+                st.pop();
+                excess = excess.saturating_sub(len.max(1));
+            }
             if st.ring.capacity() > 4 * st.ring.len() && st.ring.capacity() > 4096 {
                 let keep = 2 * st.ring.len();
                 st.ring.shrink_to(keep);
@@ -453,5 +464,48 @@ impl Watcher {
             }
             self.bell.wait(seen, until);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log at its limit stays within it (the charged content never passes the limit, the
+    /// ring never passes it by more than the slack) and trims in steps of about the slack,
+    /// not one change per write.
+    #[test]
+    fn a_log_at_its_limit_trims_in_steps_and_stays_within_it() {
+        let accounts = Accounts::default();
+        let limit = 64 << 10;
+        let slack = RECHARGE_SLACK.min(limit / 64);
+        let log = Changelog::new(1, accounts.clone(), limit, Arc::new(Bell::default()));
+        let (mut enc, mut trims, mut oldest) = (Vec::new(), 0, log.oldest());
+        let writes = 5000u64;
+        for rev in 1..=writes {
+            enc.clear();
+            encode_event(EventKind::Put, b"key", &[7; 100], rev, 1, &mut enc);
+            log.insert_encoded(rev, 0, &enc);
+            assert!(accounts.content.load(Relaxed) <= limit, "rev {rev}");
+            assert!(log.state.lock().ring.len() <= limit + slack, "rev {rev}");
+            if log.oldest() != oldest {
+                trims += 1;
+                oldest = log.oldest();
+            }
+        }
+        let per_change = enc.len() as u64;
+        let full = limit as u64 / per_change;
+        let kept = writes - oldest;
+        let least = (limit - 2 * slack) as u64 / per_change;
+        assert!(
+            kept >= least && kept <= full,
+            "{kept} changes kept, {least}..={full}"
+        );
+        // A trim drops at least the slack's worth of changes.
+        let max_trims = (writes - full) / (slack as u64 / per_change) + 1;
+        assert!(
+            trims > 0 && trims <= max_trims,
+            "{trims} trims, at most {max_trims}"
+        );
     }
 }
