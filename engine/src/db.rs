@@ -950,9 +950,10 @@ impl Inner {
     }
 
     /// The one-key put of [`Keyspace::put`]: what `commit_locked` does for a batch of one
-    /// put, without its per-batch maps and copies (the old record's revisions are read into
-    /// a reused buffer, the change is encoded straight from the borrowed key and value).
-    /// Returns the revision and the log LSN to wait for.
+    /// put, without its per-batch maps and copies. One index probe finds the old version,
+    /// whose revisions become the new one's head in place ([`Locked::put_over`]); the change
+    /// is encoded straight from the borrowed key and value. Returns the revision and the log
+    /// LSN to wait for.
     fn put_locked(
         &self,
         ks: &KsInfo,
@@ -962,28 +963,39 @@ impl Inner {
         value: &[u8],
     ) -> Result<(u64, u64)> {
         thread_local! {
-            static BUFS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
-                const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+            static ENC: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         self.writable()?;
-        BUFS.with(|b| {
-            let (rec, enc) = &mut *b.borrow_mut();
-            let old = lk.get(hash, ik, rec)?.map(|_| Meta::decode(rec).0);
+        let mut head = [0u8; META];
+        let mut meta = None;
+        let existed = lk.put_over(hash, ik, value, ks.opts.ordered, &mut head, |old, head| {
+            let old = old.map(|b| Meta::decode(b).0);
             let rev = ks.rev.fetch_add(1, AcqRel) + 1;
             let m = Meta {
                 create: old.map_or(rev, |o| o.create),
                 modified: rev,
                 version: old.map_or(1, |o| o.version + 1),
             };
-            m.encode(value, rec);
-            if let Err(e) = lk.put(hash, ik, rec, ks.opts.ordered) {
-                ks.changelog.insert_empty(rev); // nothing was applied
+            m.encode_head(head);
+            meta = Some(m);
+        });
+        let m = match (existed, meta) {
+            (Ok(existed), Some(m)) => {
+                if !existed {
+                    ks.keys.fetch_add(1, Relaxed);
+                }
+                m
+            }
+            (Err(e), Some(m)) => {
+                ks.changelog.insert_empty(m.modified); // nothing was applied
                 return Err(e);
             }
-            if old.is_none() {
-                ks.keys.fetch_add(1, Relaxed);
-            }
-            let key = &ik[KEY_PREFIX..];
+            (r, None) => return Err(r.expect_err("put_over makes the head when it succeeds")),
+        };
+        let rev = m.modified;
+        let key = &ik[KEY_PREFIX..];
+        ENC.with(|b| {
+            let enc = &mut *b.borrow_mut();
             let lsn = match &self.wal {
                 Some(wal) => {
                     start_batch(ks.id, rev, enc);

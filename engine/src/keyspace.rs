@@ -88,6 +88,14 @@ impl Meta {
         out.extend_from_slice(value);
     }
 
+    /// Write the revisions as a stored value's first [`META`] bytes (`head` holds at least
+    /// that many).
+    pub(crate) fn encode_head(self, head: &mut [u8]) {
+        head[..8].copy_from_slice(&self.create.to_le_bytes());
+        head[8..16].copy_from_slice(&self.modified.to_le_bytes());
+        head[16..META].copy_from_slice(&self.version.to_le_bytes());
+    }
+
     /// Split a stored value into its revisions and the user's value.
     pub(crate) fn decode(stored: &[u8]) -> (Meta, &[u8]) {
         if stored.len() < META {

@@ -769,20 +769,47 @@ impl Partition {
         heat: u8,
     ) -> Result<u64> {
         let len = record::record_len(key.len(), value.len());
+        let addr = self.reserve_tail(st, len)?;
+        self.write_reserved(st, addr, key, &[], value, flags, seq, heat);
+        Ok(addr)
+    }
+
+    /// Make room for a record of `len` bytes at the tail (advancing, and so possibly
+    /// draining, pages) and return its address. Until the record is written there with
+    /// [`Partition::write_reserved`], nothing else may be appended; but nothing moves either,
+    /// so a record looked up in between stays where it was found.
+    fn reserve_tail(&self, st: &mut State, len: usize) -> Result<u64> {
         let page = self.shared.page_bytes();
         let off = st.tail as usize & (page - 1);
         if off + len > page || (off == 0 && !self.tail_has_frame(st)) {
             self.advance_page(st, len)?;
         }
-        let addr = st.tail;
         debug_assert!(
-            (addr as usize & (page - 1)) + len <= page,
+            (st.tail as usize & (page - 1)) + len <= page,
             "the record fits its page"
         );
+        Ok(st.tail)
+    }
+
+    /// Write the record whose room [`Partition::reserve_tail`] returned at `addr` (the tail), with
+    /// the value `head ++ value`, and move the tail past it.
+    #[allow(clippy::too_many_arguments)]
+    fn write_reserved(
+        &self,
+        st: &mut State,
+        addr: u64,
+        key: &[u8],
+        head: &[u8],
+        value: &[u8],
+        flags: u8,
+        seq: u64,
+        heat: u8,
+    ) {
+        debug_assert_eq!(addr, st.tail, "a reserved record is written at the tail");
+        let len = record::record_len(key.len(), head.len() + value.len());
         let dst = self.tail_slice(st, addr, len);
-        record::encode(dst, key, value, flags, seq, heat);
+        record::encode(dst, key, head, value, flags, seq, heat);
         st.tail += len as u64;
-        Ok(addr)
     }
 
     /// The unwritten bytes at `addr` in the tail page.
@@ -1563,6 +1590,83 @@ impl Locked<'_> {
         self.part.check_sizes(key, value.len())?;
         self.part
             .put_locked(&mut self.st, hash, key, value, ordered)
+    }
+
+    /// Set `key` to the value `head ++ value`, where `make_head(old, head)` fills `head` from
+    /// the first `head.len()` bytes of the value it replaces (`None` if the key is new): a
+    /// keyspace's revisions, which follow from the old version's. One index probe finds the
+    /// old version; only its first bytes are read, and it is not promoted. The new version
+    /// inherits the old one's heat plus one (a write is an access: a key that is written and
+    /// not read stays in DRAM as a read one would); a new key starts cold, as a loaded one.
+    /// Returns whether the key existed.
+    pub(crate) fn put_over(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        ordered: bool,
+        head: &mut [u8],
+        make_head: impl FnOnce(Option<&[u8]>, &mut [u8]),
+    ) -> Result<bool> {
+        let p = self.part;
+        let st = &mut *self.st;
+        p.check_sizes(key, head.len() + value.len())?;
+        p.ensure_index_room(st)?;
+        let len = record::record_len(key.len(), head.len() + value.len());
+        // Room first: reserving may drain pages and move the old version, after which
+        // nothing moves until the new record is in place.
+        let addr = p.reserve_tail(st, len)?;
+        // SAFETY: lock held.
+        let table = unsafe { p.index.table() };
+        let mut prev = [0u8; 64];
+        assert!(head.len() <= prev.len(), "a value head is at most 64 bytes");
+        let n = head.len();
+        let (mut heat, mut old_len) = (0, 0);
+        let old = table.find(hash, |a| {
+            p.pinned_visit(a, key, |rec, t| {
+                old_len = rec.len();
+                let v = rec.value();
+                let m = n.min(v.len());
+                prev[..m].copy_from_slice(&v[..m]);
+                prev[m..n].fill(0);
+                heat = match t {
+                    Tier::Dram => rec.heat().load(Relaxed).saturating_add(1).min(MAX_HEAT),
+                    Tier::Far => 1,
+                };
+            })
+            .map_err(|e| p.locked_err(a, e))
+        })?;
+        // From here on nothing can fail: the revisions `make_head` takes are always used.
+        make_head(old.map(|_| &prev[..n]), head);
+        st.seq += 1;
+        let seq = st.seq;
+        p.write_reserved(st, addr, key, head, value, 0, seq, heat);
+        st.dram.records += 1;
+        st.dram.bytes += len as u64;
+        match old {
+            Some(from) => {
+                let moved = table.replace(hash, from, addr);
+                debug_assert!(moved, "lock held: the entry cannot have changed");
+                if from & FAR == 0 {
+                    let rec = p.dram_record(from);
+                    rec.dead().store(1, Relaxed);
+                    st.dram.records -= 1;
+                    st.dram.bytes -= old_len as u64;
+                } else {
+                    p.far_dead(st, from, old_len);
+                }
+            }
+            None => {
+                // The probe above found no entry for the key, so it takes a free slot.
+                let fresh = table.upsert(hash, addr, |_| Ok::<_, ()>(false));
+                debug_assert_eq!(fresh, Ok(None));
+                if ordered {
+                    st.ordered_bytes += ordered_key_bytes(key.len());
+                    st.ordered.insert(OrdKey::new(key));
+                }
+            }
+        }
+        Ok(old.is_some())
     }
 
     /// Remove `key`; returns whether it existed.

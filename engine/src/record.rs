@@ -42,22 +42,35 @@ pub(crate) fn record_len(key_len: usize, value_len: usize) -> usize {
     (HEADER + key_len + value_len + 7) & !7
 }
 
-/// Write a record at the start of `dst`, which must hold `record_len(key, value)` bytes.
-pub(crate) fn encode(dst: &mut [u8], key: &[u8], value: &[u8], flags: u8, seq: u64, heat: u8) {
-    let len = record_len(key.len(), value.len());
+/// Write a record at the start of `dst`, which must hold `record_len(key, head + value)`
+/// bytes. Its value is `head` followed by `value` (a keyspace's revisions and the user's
+/// value, written in place without first joining them).
+pub(crate) fn encode(
+    dst: &mut [u8],
+    key: &[u8],
+    head: &[u8],
+    value: &[u8],
+    flags: u8,
+    seq: u64,
+    heat: u8,
+) {
+    let vlen = head.len() + value.len();
+    let len = record_len(key.len(), vlen);
     let dst = &mut dst[..len];
     dst[OFF_HEAT] = heat;
     dst[OFF_MAGIC] = MAGIC;
     dst[OFF_FLAGS] = flags;
     dst[OFF_DEAD] = 0;
     dst[OFF_KLEN..OFF_KLEN + 4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-    dst[OFF_VLEN..OFF_VLEN + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    dst[OFF_VLEN..OFF_VLEN + 4].copy_from_slice(&(vlen as u32).to_le_bytes());
     dst[OFF_SEQ..OFF_SEQ + 8].copy_from_slice(&seq.to_le_bytes());
     let k_end = HEADER + key.len();
     dst[HEADER..k_end].copy_from_slice(key);
-    dst[k_end..k_end + value.len()].copy_from_slice(value);
-    dst[k_end + value.len()..].fill(0);
-    let crc = crc32c::crc32c(&dst[8..k_end + value.len()]);
+    let h_end = k_end + head.len();
+    dst[k_end..h_end].copy_from_slice(head);
+    dst[h_end..h_end + value.len()].copy_from_slice(value);
+    dst[k_end + vlen..].fill(0);
+    let crc = crc32c::crc32c(&dst[8..k_end + vlen]);
     dst[..4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -231,7 +244,7 @@ mod tests {
     #[test]
     fn round_trip_and_checksum() {
         let mut buf = vec![0u8; 128];
-        encode(&mut buf, b"key", b"value!", 0, 42, 0);
+        encode(&mut buf, b"key", b"val", b"ue!", 0, 42, 0);
         // SAFETY: buf outlives r and is not written while r is used.
         let r = unsafe { RecordRef::parse(buf.as_ptr(), buf.len()) }.unwrap();
         assert_eq!(r.key(), b"key");
@@ -253,7 +266,7 @@ mod tests {
         let zero = unsafe { RecordRef::parse(buf.as_ptr(), 64) };
         assert_eq!(zero.unwrap_err(), Bad::NoMagic);
         let mut buf = [0u8; 64];
-        encode(&mut buf, b"k", &[7u8; 30], FLAG_TOMBSTONE, 1, 0);
+        encode(&mut buf, b"k", &[], &[7u8; 30], FLAG_TOMBSTONE, 1, 0);
         // SAFETY: buf is live and unshared.
         let short = unsafe { RecordRef::parse(buf.as_ptr(), 40) };
         assert_eq!(short.unwrap_err(), Bad::Overrun);
@@ -262,7 +275,7 @@ mod tests {
     #[test]
     fn heat_is_outside_the_checksum() {
         let mut buf = vec![0u8; 64];
-        encode(&mut buf, b"k", b"v", 0, 1, 0);
+        encode(&mut buf, b"k", &[], b"v", 0, 1, 0);
         // SAFETY: buf is live and only written through the atomic heat view, which is derived
         // from a mutable pointer.
         let r = unsafe { RecordRef::parse(buf.as_mut_ptr().cast_const(), 64) }.unwrap();

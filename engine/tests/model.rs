@@ -190,3 +190,55 @@ fn large_records_fit_beside_readmitted_ones() {
     let s = db.stats();
     assert!(s.readmissions > 1000 && s.pages_demoted > 50, "{s:?}");
 }
+
+/// A write is an access: a key that is rewritten but never read keeps its new versions in
+/// DRAM through the drain (each version inherits its predecessor's heat, plus one), while the
+/// keys written once and never touched again are sent far. Here every hot version passes the
+/// drain once before it is rewritten (a round writes more fresh keys than DRAM holds, but
+/// fewer than twice as many), so a version that started cold, as one did before writes
+/// inherited heat, would be far at the end.
+#[test]
+fn rewritten_keys_stay_in_dram_without_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_policy(
+        tiny(dir.path(), 512 << 10),
+        Arc::new(tera_engine::GhostAdmission::new(256)),
+    );
+    let db = open(c);
+    let hot: Vec<u32> = (0..8).collect();
+    let mut fresh = 1000u32;
+    for round in 1..=5u32 {
+        for &k in &hot {
+            db.put(&key(k), &value_for(k, round, 200)).unwrap();
+        }
+        // More than DRAM holds (about 1,400 of these records) of keys written once: every
+        // page, hot versions included, reaches the drain before the next round.
+        for _ in 0..1800 {
+            db.put(&key(fresh), &value_for(fresh, 0, 200)).unwrap();
+            fresh += 1;
+        }
+    }
+    let before = db.stats();
+    assert!(
+        before.pages_demoted > 0 && before.far.records > 1000,
+        "{before:?}"
+    );
+    // The hot versions did reach the drain, and it kept them.
+    assert!(before.readmissions >= 4 * hot.len() as u64, "{before:?}");
+    for &k in &hot {
+        assert_eq!(db.get(&key(k)).unwrap(), Some(value_for(k, 5, 200)));
+    }
+    let after = db.stats();
+    assert_eq!(
+        after.far.reads - before.far.reads,
+        0,
+        "a rewritten key was sent far: {after:?}"
+    );
+    assert_eq!(after.dram.reads - before.dram.reads, hot.len() as u64);
+    // The contrast: keys written once in the first round are far.
+    let far_before = after.far.reads;
+    for k in 1000..1100 {
+        assert_eq!(db.get(&key(k)).unwrap(), Some(value_for(k, 0, 200)));
+    }
+    assert!(db.stats().far.reads - far_before > 90, "{:?}", db.stats());
+}
