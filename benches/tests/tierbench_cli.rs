@@ -71,12 +71,51 @@ fn runs_every_engine_workload_and_distribution_in_one_invocation() {
             }
         }
     }
+    // Each engine ran in a process of its own, not in the one the previous engine left.
+    let pid = |e: &str| {
+        let pids: Vec<&Value> = l
+            .iter()
+            .filter(|r| r["engine"] == e)
+            .map(|r| &r["pid"])
+            .collect();
+        assert!(pids.iter().all(|p| *p == pids[0] && p.is_u64()), "{pids:?}");
+        pids[0].as_u64().unwrap()
+    };
+    assert_ne!(pid("tera"), pid("dram"));
+    assert_ne!(pid("tera") as u32, std::process::id());
     // Only Teraservices has tiers to report.
     let tera = l.iter().find(|r| r["engine"] == "tera").unwrap();
     let dram = l.iter().find(|r| r["engine"] == "dram").unwrap();
     assert!(tera["dram_hit_ratio"].as_f64().unwrap() > 0.99, "{tera}");
     assert!(tera["index_bytes_per_key"].as_f64().unwrap() > 0.0);
     assert!(dram.get("dram_hit_ratio").is_none(), "{dram}");
+}
+
+/// `--same-process` runs every engine in the one process, one after another.
+#[test]
+fn same_process_runs_every_engine_in_one_process() {
+    let mut args = SMALL.to_vec();
+    args.extend([
+        "--engine",
+        "tera,dram",
+        "--workload",
+        "C",
+        "--dram-fractions",
+        "1",
+        "--budget-headroom",
+        "2",
+        "--same-process",
+    ]);
+    let out = tierbench(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(l[0]["pid"], l[1]["pid"], "{l:?}");
+    assert!(l[0]["pid"].is_u64(), "{l:?}");
 }
 
 #[test]
