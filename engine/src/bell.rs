@@ -1,7 +1,9 @@
 //! The bell: a wake-up shared by the write-ahead log and the change logs. Watchers wait on it,
 //! and it rings when a change is added or the durable LSN moves.
 //!
-//! Ringing is on every write's path, so it costs one atomic add, and the lock and the
+//! Ringing is on the path of every write to a watched keyspace (a change log rings only while
+//! it has a watcher: see `Changelog::watchers` and the second loom model below) and of every
+//! log sync, so it costs one atomic add, and the lock and the
 //! notification only while someone waits. The ring count and the number of waiters share one
 //! atomic word (waiters in the low [`WAITER_BITS`] bits), so that a ring learns whether anyone
 //! waits from the very add that rings, and a waiter registers with an add to the same word:
@@ -129,6 +131,40 @@ mod loom_models {
             for r in ringers {
                 r.join().unwrap();
             }
+        });
+    }
+
+    /// The change log's protocol (`Changelog::watchers`): a writer inserts under the log's
+    /// lock and rings only if it then sees a watcher; a watcher counts itself, then loops on
+    /// `count`, a read of the log under the lock, and `wait`. Whichever comes first, the
+    /// watcher sees the change: its read finds it, or the writer sees the watcher and rings.
+    /// A lost change would leave the watcher waiting forever, which loom reports.
+    #[test]
+    fn a_writer_that_sees_no_watcher_is_seen_by_the_watchers_read() {
+        use crate::sync::AtomicUsize;
+        use std::sync::atomic::Ordering::Relaxed;
+        loom::model(|| {
+            let bell = Arc::new(Bell::default());
+            let log = Arc::new(Mutex::new(0u32));
+            let watchers = Arc::new(AtomicUsize::new(0));
+            let writer = {
+                let (bell, log, watchers) = (bell.clone(), log.clone(), watchers.clone());
+                loom::thread::spawn(move || {
+                    *log.lock().unwrap() += 1;
+                    if watchers.load(Relaxed) > 0 {
+                        bell.ring();
+                    }
+                })
+            };
+            watchers.fetch_add(1, Relaxed);
+            loop {
+                let seen = bell.count();
+                if *log.lock().unwrap() > 0 {
+                    break;
+                }
+                bell.wait(seen, std::time::Instant::now());
+            }
+            writer.join().unwrap();
         });
     }
 }

@@ -156,6 +156,13 @@ pub(crate) struct Changelog {
     /// Limit of `accounts.content`.
     limit: usize,
     bell: Arc<Bell>,
+    /// Live [`Watcher`]s of this log. A change rings the bell only while there is one: the
+    /// bell's word is shared by every writer of every keyspace, and with nobody watching,
+    /// ringing it on every write only moved its cache line between the cores. No ring is
+    /// lost: a watcher counts itself before it first reads the log, and reads the log under
+    /// the lock a writer inserts under, so a writer that inserts after that read sees the
+    /// count (the lock orders them), and one that inserts before it is seen by the read.
+    watchers: AtomicUsize,
 }
 
 impl std::fmt::Debug for Changelog {
@@ -241,6 +248,7 @@ impl Changelog {
             accounts,
             limit,
             bell,
+            watchers: AtomicUsize::new(0),
         }
     }
 
@@ -319,7 +327,9 @@ impl Changelog {
             self.recharge(&mut st, true);
         }
         drop(st);
-        self.bell.ring();
+        if self.watchers.load(Relaxed) > 0 {
+            self.bell.ring();
+        }
     }
 
     /// Drop every change up to and including `rev` (a bulk load made them meaningless to
@@ -398,6 +408,12 @@ impl std::fmt::Debug for Watcher {
     }
 }
 
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.log.watchers.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Watcher {
     pub(crate) fn new(
         log: Arc<Changelog>,
@@ -414,6 +430,8 @@ impl Watcher {
                 oldest,
             });
         }
+        // Counted before its first read of the log (see `Changelog::watchers`).
+        log.watchers.fetch_add(1, Relaxed);
         Ok(Watcher {
             log,
             visible,

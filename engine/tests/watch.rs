@@ -145,3 +145,37 @@ fn a_compacted_revision_is_its_own_error() {
     let got = drain(&mut w, 1);
     assert_eq!(got[0].key, b"c");
 }
+
+/// A watcher blocked in `next` wakes as soon as a change lands, every time, whether the write
+/// comes before, during or after it starts waiting: writes ring the bell only while a watcher
+/// exists, and none of those rings may be lost (a lost one would leave `next` waiting out its
+/// 20 s timeout).
+#[test]
+fn a_waiting_watcher_wakes_on_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(tiny(dir.path(), 512 << 10)).unwrap();
+    let ks = db.keyspace("w", KeyspaceOptions::hash()).unwrap();
+    ks.put(b"before", b"any watcher").unwrap();
+    let mut w = ks.watch(b"", None, ks.revision()).unwrap();
+    let writer = ks.clone();
+    let rounds = 200u32;
+    let t = std::thread::spawn(move || {
+        for i in 0..rounds {
+            // From no delay (the write races the watcher's wait) to 2 ms (it is asleep).
+            std::thread::sleep(Duration::from_micros(u64::from(i % 5) * 500));
+            writer.put(&key(i), b"v").unwrap();
+        }
+    });
+    let mut seen = 0;
+    while seen < rounds as usize {
+        let start = std::time::Instant::now();
+        let got = w.next(Duration::from_secs(20), 64).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a write did not wake the watcher ({seen} of {rounds} seen)"
+        );
+        seen += got.len();
+    }
+    t.join().unwrap();
+    assert_eq!(seen, rounds as usize);
+}
