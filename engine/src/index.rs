@@ -15,6 +15,7 @@
 //! respect to every other change (this is what makes promotion safe against updates).
 
 use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize};
+use crossbeam_utils::CachePadded;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 pub(crate) const EMPTY: u64 = 0;
@@ -59,8 +60,10 @@ pub(crate) struct Table {
     buckets: Box<[Bucket]>,
     /// Entries that are not EMPTY (live or DELETED). Changed only by the lock holder; atomic
     /// so that the table is only ever shared, never mutably borrowed, while readers are in it.
-    used: AtomicUsize,
-    live: AtomicUsize,
+    /// Both counters have a cache line of their own, away from `buckets`, which every read
+    /// loads and inserts would otherwise keep taking from the other cores.
+    used: CachePadded<AtomicUsize>,
+    live: CachePadded<AtomicUsize>,
 }
 
 impl Table {
@@ -70,8 +73,8 @@ impl Table {
             buckets: (0..n)
                 .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(EMPTY))))
                 .collect(),
-            used: AtomicUsize::new(0),
-            live: AtomicUsize::new(0),
+            used: CachePadded::new(AtomicUsize::new(0)),
+            live: CachePadded::new(AtomicUsize::new(0)),
         })
     }
 

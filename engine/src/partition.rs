@@ -302,7 +302,9 @@ pub(crate) struct Partition {
     /// Frame of DRAM page `p` at `ring[p % ring.len()]`.
     ring: Box<[AtomicPtr<u8>]>,
     segs: AtomicPtr<SegTable>,
-    state: Mutex<State>,
+    /// On cache lines of its own: every write takes the lock and changes the state, and the
+    /// fields above are what every lock-free read loads.
+    state: CachePadded<Mutex<State>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -351,7 +353,7 @@ impl Partition {
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
             segs: AtomicPtr::new(Box::into_raw(SegTable::new(0, 16))),
-            state: Mutex::new(State {
+            state: CachePadded::new(Mutex::new(State {
                 tail: 1 << shared.page_shift,
                 frames: (0..ring_len).map(|_| None).collect(),
                 spare: Vec::new(),
@@ -380,7 +382,7 @@ impl Partition {
                 ordered: BTreeSet::new(),
                 ordered_bytes: 0,
                 index_generation: 0,
-            }),
+            })),
             shared,
         };
         {
@@ -504,7 +506,25 @@ impl Partition {
         Ok(true)
     }
 
-    /// Lock held: prefetch the first lines of the record at `addr`.
+    /// Before a writer takes the lock: load the key's index bucket and start loading the
+    /// record its first candidate entry points to, if that is in DRAM, so that the lookup
+    /// under the lock finds both in the cache. The two misses then stall only this writer,
+    /// not also every other writer of the partition queued on the lock behind it. A hint: a
+    /// stale or wrong candidate costs a useless prefetch, nothing else.
+    pub(crate) fn prefetch_for_write(&self, hash: u64) {
+        crate::epoch::with_pin(|_| {
+            // SAFETY: pinned; tables are freed only after every pinned reader is gone.
+            let table = unsafe { self.index.table() };
+            if let Some(addr) = table.candidate(hash) {
+                if addr & FAR == 0 {
+                    self.prefetch_record(addr);
+                }
+            }
+        });
+    }
+
+    /// Prefetch the first lines of the record at `addr` (lock held or pinned; a prefetch of
+    /// a frame reused meanwhile is harmless).
     fn prefetch_record(&self, addr: u64) {
         let shift = self.shared.page_shift;
         if addr & FAR == 0 {
@@ -517,7 +537,7 @@ impl Partition {
             }
         } else {
             let a = addr & !FAR;
-            // SAFETY: lock held; segment tables are retired through the epoch.
+            // SAFETY: lock held or pinned; segment tables are retired through the epoch.
             let segs = unsafe { &*self.segs.load(Acquire) };
             if let Some(seg) = segs.get(a >> self.shared.seg_shift) {
                 let off = (a & ((1 << self.shared.seg_shift) - 1)) as usize;
