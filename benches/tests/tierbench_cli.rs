@@ -118,6 +118,42 @@ fn same_process_runs_every_engine_in_one_process() {
     assert!(l[0]["pid"].is_u64(), "{l:?}");
 }
 
+/// A warm-up cap of exactly one slice runs that slice (it once ran none).
+#[test]
+fn a_warm_up_cap_of_one_slice_runs_one_slice() {
+    let out = tierbench(&[
+        "--records",
+        "20000",
+        "--value-bytes",
+        "100",
+        "--seconds",
+        "0.2",
+        "--warmup-seconds",
+        "0.5",
+        "--warmup-slice",
+        "0.5",
+        "--engine",
+        "tera",
+        "--workload",
+        "C",
+        "--dram-fractions",
+        "1",
+        "--budget-headroom",
+        "2",
+        "--no-probes",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = lines(&out);
+    assert_eq!(l.len(), 1, "{l:?}");
+    let w = l[0]["warmup_seconds"].as_f64().unwrap();
+    assert!((0.5..1.5).contains(&w), "warm-up of {w} s: {l:?}");
+}
+
 #[test]
 fn refuses_bad_arguments_with_a_useful_message() {
     for (args, says) in [

@@ -885,7 +885,10 @@ fn warm_up(
 ) -> Result<(f64, Vec<f64>), String> {
     let t = Instant::now();
     let mut figs: Vec<f64> = Vec::new();
-    while slice > 0.0 && t.elapsed().as_secs_f64() + slice <= most + 1e-9 {
+    // Slices are counted, not timed: a slice fits if the slices so far and it fit in `most`
+    // (timing them let `--warmup-slice 40 --warmup-seconds 40` run none at all, since the
+    // clock had moved past 0 by the first check).
+    while slice > 0.0 && (figs.len() + 1) as f64 * slice <= most + 1e-9 {
         let before = store.tier_stats();
         let m = workload::run(store, &phase(slice, figs.len() as u64 + 1))?;
         let (fig, slack) = match (before, store.tier_stats()) {
