@@ -316,6 +316,24 @@ impl std::fmt::Debug for Partition {
     }
 }
 
+/// Entries a repointing loop prefetches the index buckets of ahead of the one it is at.
+const REPOINT_AHEAD: usize = 16;
+
+/// In a loop that repoints `items[i]` (whose key hash `hash_of` gives) in `table`: prefetch
+/// the bucket [`REPOINT_AHEAD`] items on (and, at the first item, the ones before it), so
+/// that the drains' repoints, which used to miss the cache one after another, overlap.
+#[inline]
+fn prefetch_ahead<T>(table: &Table, items: &[T], i: usize, hash_of: impl Fn(&T) -> u64) {
+    if i == 0 {
+        for it in items.iter().take(REPOINT_AHEAD) {
+            table.prefetch(hash_of(it));
+        }
+    }
+    if let Some(it) = items.get(i + REPOINT_AHEAD) {
+        table.prefetch(hash_of(it));
+    }
+}
+
 fn epoch() -> &'static Epochs {
     epochs()
 }
@@ -1065,7 +1083,8 @@ impl Partition {
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
         let mut at = 0;
-        for &(hash, from, len) in &list {
+        for (i, &(hash, from, len)) in list.iter().enumerate() {
+            prefetch_ahead(table, &list, i, |r| r.0);
             let to = st.tail;
             self.tail_slice(st, to, len)
                 .copy_from_slice(&bytes[at..at + len]);
@@ -1180,7 +1199,8 @@ impl Partition {
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
         let pending = std::mem::take(&mut st.far_pending);
-        for &(hash, from, to, len) in &pending {
+        for (i, &(hash, from, to, len)) in pending.iter().enumerate() {
+            prefetch_ahead(table, &pending, i, |p| p.0);
             let moved = table.replace(hash, from, to);
             debug_assert!(moved, "lock held: an appended record stays live");
             if from & FAR == 0 {
