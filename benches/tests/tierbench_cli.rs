@@ -21,6 +21,17 @@ fn lines(out: &std::process::Output) -> Vec<Value> {
         .collect()
 }
 
+/// Run tierbench, check that it succeeded, and return its JSON lines.
+fn ok_lines(args: &[&str]) -> Vec<Value> {
+    let out = tierbench(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines(&out)
+}
+
 const SMALL: &[&str] = &[
     "--records",
     "20000",
@@ -50,13 +61,7 @@ fn runs_every_engine_workload_and_distribution_in_one_invocation() {
         "--budget-headroom",
         "2",
     ]);
-    let out = tierbench(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let l = lines(&out);
+    let l = ok_lines(&args);
     assert_eq!(l.len(), 2 * 2 * 2, "{l:?}");
     for engine in ["tera", "dram"] {
         for w in ["C", "A"] {
@@ -106,13 +111,7 @@ fn same_process_runs_every_engine_in_one_process() {
         "2",
         "--same-process",
     ]);
-    let out = tierbench(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let l = lines(&out);
+    let l = ok_lines(&args);
     assert_eq!(l.len(), 2, "{l:?}");
     assert_eq!(l[0]["pid"], l[1]["pid"], "{l:?}");
     assert!(l[0]["pid"].is_u64(), "{l:?}");
@@ -121,7 +120,7 @@ fn same_process_runs_every_engine_in_one_process() {
 /// A warm-up cap of exactly one slice runs that slice (it once ran none).
 #[test]
 fn a_warm_up_cap_of_one_slice_runs_one_slice() {
-    let out = tierbench(&[
+    let l = ok_lines(&[
         "--records",
         "20000",
         "--value-bytes",
@@ -143,12 +142,6 @@ fn a_warm_up_cap_of_one_slice_runs_one_slice() {
         "--no-probes",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let l = lines(&out);
     assert_eq!(l.len(), 1, "{l:?}");
     let w = l[0]["warmup_seconds"].as_f64().unwrap();
     assert!((0.5..1.5).contains(&w), "warm-up of {w} s: {l:?}");
