@@ -970,7 +970,7 @@ impl Inner {
         self.writable()?;
         let mut head = [0u8; META];
         let mut meta = None;
-        let existed = lk.put_over(hash, ik, value, ks.opts.ordered, &mut head, |old, head| {
+        let put = lk.put_over(hash, ik, value, ks.opts.ordered, &mut head, |old, head| {
             let old = old.map(|b| Meta::decode(b).0);
             let rev = ks.rev.fetch_add(1, AcqRel) + 1;
             let m = Meta {
@@ -981,19 +981,21 @@ impl Inner {
             m.encode_head(head);
             meta = Some(m);
         });
-        let m = match (existed, meta) {
-            (Ok(existed), Some(m)) => {
-                if !existed {
-                    ks.keys.fetch_add(1, Relaxed);
+        let existed = match put {
+            Ok(existed) => existed,
+            Err(e) => {
+                // `put_over` fails only before it takes a revision; should that ever change,
+                // the revision is filled with an empty change so later ones still arrive.
+                if let Some(m) = meta {
+                    ks.changelog.insert_empty(m.modified);
                 }
-                m
-            }
-            (Err(e), Some(m)) => {
-                ks.changelog.insert_empty(m.modified); // nothing was applied
                 return Err(e);
             }
-            (r, None) => return Err(r.expect_err("put_over makes the head when it succeeds")),
         };
+        let m = meta.expect("put_over makes the head when it succeeds");
+        if !existed {
+            ks.keys.fetch_add(1, Relaxed);
+        }
         let rev = m.modified;
         let key = &ik[KEY_PREFIX..];
         ENC.with(|b| {

@@ -733,11 +733,7 @@ impl Partition {
         st.dram.bytes += len;
         match old {
             Some(old) => self.dead(st, old)?,
-            None if ordered => {
-                st.ordered_bytes += ordered_key_bytes(key.len());
-                st.ordered.insert(OrdKey::new(key));
-            }
-            None => {}
+            None => Self::add_ordered(st, key, ordered),
         }
         Ok(old.is_some())
     }
@@ -768,16 +764,33 @@ impl Partition {
     /// The caller has just found (and, for a far record, verified) the record at `addr`
     /// through the index, so only its length is read here.
     fn dead(&self, st: &mut State, addr: u64) -> Result<()> {
-        if addr & FAR == 0 {
-            let rec = self.dram_record(addr);
-            rec.dead().store(1, Relaxed);
-            st.dram.records -= 1;
-            st.dram.bytes -= rec.len() as u64;
+        let len = if addr & FAR == 0 {
+            self.dram_record(addr).len()
         } else {
-            let len = self.far_len(addr)?;
+            self.far_len(addr)?
+        };
+        self.dead_len(st, addr, len);
+        Ok(())
+    }
+
+    /// [`Partition::dead`] for a caller that knows the record's length: out of its tier's
+    /// counters (and its segment's live bytes), and, in DRAM, marked dead.
+    fn dead_len(&self, st: &mut State, addr: u64, len: usize) {
+        if addr & FAR == 0 {
+            self.dram_record(addr).dead().store(1, Relaxed);
+            st.dram.records -= 1;
+            st.dram.bytes -= len as u64;
+        } else {
             self.far_dead(st, addr, len);
         }
-        Ok(())
+    }
+
+    /// A key new to the partition: into the ordered index if its keyspace keeps one.
+    fn add_ordered(st: &mut State, key: &[u8], ordered: bool) {
+        if ordered {
+            st.ordered_bytes += ordered_key_bytes(key.len());
+            st.ordered.insert(OrdKey::new(key));
+        }
     }
 
     /// Lock held: the length of the far record at `addr`, from its header alone.
@@ -1687,23 +1700,13 @@ impl Locked<'_> {
             Some(from) => {
                 let moved = table.replace(hash, from, addr);
                 debug_assert!(moved, "lock held: the entry cannot have changed");
-                if from & FAR == 0 {
-                    let rec = p.dram_record(from);
-                    rec.dead().store(1, Relaxed);
-                    st.dram.records -= 1;
-                    st.dram.bytes -= old_len as u64;
-                } else {
-                    p.far_dead(st, from, old_len);
-                }
+                p.dead_len(st, from, old_len);
             }
             None => {
                 // The probe above found no entry for the key, so it takes a free slot.
                 let fresh = table.upsert(hash, addr, |_| Ok::<_, ()>(false));
                 debug_assert_eq!(fresh, Ok(None));
-                if ordered {
-                    st.ordered_bytes += ordered_key_bytes(key.len());
-                    st.ordered.insert(OrdKey::new(key));
-                }
+                Partition::add_ordered(st, key, ordered);
             }
         }
         Ok(old.is_some())
