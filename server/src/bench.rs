@@ -80,8 +80,11 @@ pub struct BenchOptions {
     pub duration: Duration,
     pub warmup: Duration,
     pub mix: Vec<(Op, u32)>,
-    /// HTTP/2 connections the tasks share.
+    /// HTTP/2 connections the tasks share (spread over the threads, at least one each).
     pub channels: usize,
+    /// Client threads, each a single-threaded runtime with its own connections and its share
+    /// of the tasks.
+    pub threads: usize,
     pub fixture_entries: usize,
     /// Per-request deadline.
     pub timeout: Duration,
@@ -259,13 +262,10 @@ impl Worker {
 
 /// Run the benchmark; returns the report (also printed level by level to stdout).
 pub async fn run(o: BenchOptions) -> Result<String, String> {
-    let channels = o.channels.max(1);
-    let mut chans = Vec::with_capacity(channels);
-    for _ in 0..channels {
-        chans.push(client::connect(&o.server, o.timeout).await?);
-    }
+    let threads = o.threads.max(1);
+    let channels = o.channels.max(threads);
     let bearer = Bearer::new(Some(&o.token), false)?;
-    let mut m = client::meta(chans[0].clone(), bearer.clone());
+    let mut m = client::meta(client::connect(&o.server, o.timeout).await?, bearer.clone());
     let tag: String = crate::auth::random_bytes::<4>()
         .map_err(|e| e.to_string())?
         .iter()
@@ -273,63 +273,26 @@ pub async fn run(o: BenchOptions) -> Result<String, String> {
         .collect();
     let root = format!("/bench-{tag}");
     setup(&mut m, &o, &root).await?;
-    let total_weight: u64 = o.mix.iter().map(|(_, w)| u64::from(*w)).sum();
     let mut report = String::new();
     let header = format!(
-        "# teractl bench: {} fixture entries under {root}, {} HTTP/2 connections, {:?} per level after {:?} warm-up\n{:>6} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9}  errors\n",
-        o.fixture_entries, channels, o.duration, o.warmup, "conc", "op", "ops/s", "p50_ms", "p99_ms", "p999_ms", "count"
+        "# teractl bench: {} fixture entries under {root}, {channels} HTTP/2 connections, {threads} client threads, {:?} per level after {:?} warm-up\n{:>6} {:>7} {:>11} {:>9} {:>9} {:>9} {:>9}  errors\n",
+        o.fixture_entries, o.duration, o.warmup, "conc", "op", "ops/s", "p50_ms", "p99_ms", "p999_ms", "count"
     );
     print!("{header}");
     report.push_str(&header);
     for (li, &level) in o.levels.iter().enumerate() {
-        let start = Instant::now();
-        let measure_from = start + o.warmup;
-        let end = measure_from + o.duration;
-        let mut tasks = Vec::with_capacity(level);
-        for w in 0..level {
-            let mut worker = Worker {
-                meta: client::meta(chans[w % channels].clone(), bearer.clone()),
-                ns: o.namespace,
-                root: root.clone(),
-                fixture: o.fixture_entries,
-                mix: o.mix.clone(),
-                total_weight,
-                rng: Rng(0x9e37_79b9_7f4a_7c15 ^ (((li as u64) << 32) | (w as u64 + 1))),
-                id: format!("{li}-{w}"),
-                seq: 0,
-            };
-            let mut tally = Tally::new(&o.mix)?;
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
-                    }
-                    let op = worker.pick();
-                    let r = worker.run_one(op).await;
-                    let t1 = Instant::now();
-                    if t0 < measure_from {
-                        continue;
-                    }
-                    match r {
-                        Ok(()) => {
-                            if let Some(h) = tally.hist.get_mut(&op) {
-                                h.saturating_record((t1 - t0).as_micros().max(1) as u64);
-                            }
-                        }
-                        Err(s) => *tally.errors.entry((op, status_code(&s))).or_default() += 1,
-                    }
-                }
-                tally
-            }));
-        }
-        let mut total = Tally::new(&o.mix)?;
-        for t in tasks {
-            match t.await {
-                Ok(t) => total.merge(t),
-                Err(e) => return Err(format!("a bench task failed: {e}")),
-            }
-        }
+        let plan = Level {
+            o: o.clone(),
+            bearer: bearer.clone(),
+            root: root.clone(),
+            li,
+            level,
+            threads,
+            channels,
+        };
+        let total = tokio::task::spawn_blocking(move || plan.run())
+            .await
+            .map_err(|e| format!("a bench thread failed: {e}"))??;
         let secs = o.duration.as_secs_f64();
         let mut block = String::new();
         for (op, h) in &total.hist {
@@ -375,6 +338,104 @@ pub async fn run(o: BenchOptions) -> Result<String, String> {
         }
     }
     Ok(report)
+}
+
+/// One concurrency level: `level` tasks dealt over `threads` client threads.
+struct Level {
+    o: BenchOptions,
+    bearer: Bearer,
+    root: String,
+    li: usize,
+    level: usize,
+    threads: usize,
+    channels: usize,
+}
+
+impl Level {
+    /// Run the level's warm-up and measured time on the client threads; their tallies merged.
+    fn run(&self) -> Result<Tally, String> {
+        let start = Instant::now();
+        let measure_from = start + self.o.warmup;
+        let end = measure_from + self.o.duration;
+        let mut total = Tally::new(&self.o.mix)?;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.threads)
+                .map(|t| scope.spawn(move || self.run_thread(t, measure_from, end)))
+                .collect();
+            for h in handles {
+                match h.join() {
+                    Ok(r) => total.merge(r?),
+                    Err(_) => return Err("a bench thread panicked".to_string()),
+                }
+            }
+            Ok(())
+        })?;
+        Ok(total)
+    }
+
+    /// Client thread `t`: its own runtime and connections, and tasks `t`, `t + threads`, ...
+    fn run_thread(&self, t: usize, measure_from: Instant, end: Instant) -> Result<Tally, String> {
+        let o = &self.o;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a bench runtime: {e}"))?;
+        rt.block_on(async {
+            // Connections t, t + threads, ... of the `channels`.
+            let mine = (t..self.channels).step_by(self.threads).count();
+            let mut chans = Vec::with_capacity(mine);
+            for _ in 0..mine {
+                chans.push(client::connect(&o.server, o.timeout).await?);
+            }
+            let total_weight: u64 = o.mix.iter().map(|(_, w)| u64::from(*w)).sum();
+            let mut tasks = Vec::new();
+            for (k, w) in (t..self.level).step_by(self.threads).enumerate() {
+                let mut worker = Worker {
+                    meta: client::meta(chans[k % mine].clone(), self.bearer.clone()),
+                    ns: o.namespace,
+                    root: self.root.clone(),
+                    fixture: o.fixture_entries,
+                    mix: o.mix.clone(),
+                    total_weight,
+                    rng: Rng(0x9e37_79b9_7f4a_7c15 ^ (((self.li as u64) << 32) | (w as u64 + 1))),
+                    id: format!("{}-{w}", self.li),
+                    seq: 0,
+                };
+                let mut tally = Tally::new(&o.mix)?;
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let t0 = Instant::now();
+                        if t0 >= end {
+                            break;
+                        }
+                        let op = worker.pick();
+                        let r = worker.run_one(op).await;
+                        let t1 = Instant::now();
+                        if t0 < measure_from {
+                            continue;
+                        }
+                        match r {
+                            Ok(()) => {
+                                if let Some(h) = tally.hist.get_mut(&op) {
+                                    h.saturating_record((t1 - t0).as_micros().max(1) as u64);
+                                }
+                            }
+                            Err(s) => *tally.errors.entry((op, status_code(&s))).or_default() += 1,
+                        }
+                    }
+                    tally
+                }));
+            }
+            let mut total = Tally::new(&o.mix)?;
+            for task in tasks {
+                match task.await {
+                    Ok(t) => total.merge(t),
+                    Err(e) => return Err(format!("a bench task failed: {e}")),
+                }
+            }
+            Ok(total)
+        })
+    }
 }
 
 #[cfg(test)]

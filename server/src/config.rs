@@ -49,6 +49,10 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Largest response message sent, in bytes.
     pub max_response_bytes: usize,
+    /// Threads that serve gRPC connections, each running its own single-threaded runtime; a
+    /// connection stays on one thread, which answers all its ready calls before it writes, so
+    /// responses leave in batches (one system call for many). 0: one per CPU.
+    pub io_threads: usize,
     /// Requests served at once; past it, requests are answered RESOURCE_EXHAUSTED at once.
     pub max_concurrent_requests: usize,
     /// Open WatchChanges streams at once; past it, RESOURCE_EXHAUSTED.
@@ -79,6 +83,7 @@ impl Default for Config {
             token_max_ttl_secs: 7 * 24 * 3600,
             max_request_bytes: 1 << 20,
             max_response_bytes: 64 << 20,
+            io_threads: 0,
             max_concurrent_requests: 1024,
             max_watches: 256,
             request_timeout_ms: 30_000,
@@ -216,6 +221,14 @@ impl Config {
             d => Err(ConfigError(format!(
                 "durability = {d:?}: use commit, periodic or none"
             ))),
+        }
+    }
+
+    /// The gRPC I/O threads to start: `io_threads`, or one per CPU when it is 0.
+    pub fn io_thread_count(&self) -> usize {
+        match self.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 

@@ -36,6 +36,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         metrics::Unit::Seconds,
         "RPC latency, by method (from the request's arrival to its response headers)"
     );
+    metrics::describe_counter!(
+        "terad_connections_accepted_total",
+        "gRPC connections accepted, by the I/O thread they were handed to (io_threads)"
+    );
     Ok(handle)
 }
 

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tera_engine::meta::MetaStore;
 use tera_engine::{Db, Durability};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 
 /// Why terad could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +217,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.max_concurrent_requests,
         config.max_request_bytes,
     );
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The acceptor hands each connection to one I/O thread, round robin; health turning
+    // NOT_SERVING (draining) stops it, which closes the listener.
+    let threads = config.io_thread_count();
+    let (stop_tx, _) = watch::channel(false);
+    let mut feeds = Vec::with_capacity(threads);
+    // Each I/O thread reports here when it ends: all of them after a drain, or one that
+    // failed, which stops terad.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    for i in 0..threads {
+        let (feed, conns) = mpsc::unbounded_channel();
+        let done = done_tx.clone();
+        let io = IoThread {
+            gate: gate.clone(),
+            conns,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            blocking_threads: blocking_threads(&config),
+            draining: state.draining.subscribe(),
+            stop: stop_tx.subscribe(),
+        };
+        std::thread::Builder::new()
+            .name(format!("terad-io-{i}"))
+            .spawn(move || {
+                let _ = done.send((i, io.run()));
+            })
+            .map_err(|e| ServerError::Engine(format!("cannot start I/O thread {i}: {e}")))?;
+        feeds.push(feed);
+    }
+    drop(done_tx);
+    tracing::info!(threads, "gRPC I/O threads started");
+    tokio::spawn(accept(listener, feeds, state.draining.subscribe()));
+    let serve = async move {
+        for _ in 0..threads {
+            match done_rx.recv().await {
+                Some((_, Ok(()))) => {}
+                Some((i, Err(e))) => {
+                    tracing::error!(io_thread = i, error = %e, "an I/O thread failed");
+                    return Err(e);
+                }
+                None => return Err(ServerError::Engine("an I/O thread died".into())),
+            }
+        }
+        Ok::<(), ServerError>(())
+    };
     let signal = {
         let state = state.clone();
         async move {
@@ -224,25 +268,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             state.start_draining();
         }
     };
-    let serve = tonic::transport::Server::builder()
-        .timeout(Duration::from_millis(config.request_timeout_ms))
-        .serve_with_incoming_shutdown(gate, incoming, signal);
     let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
     let mut draining = state.draining.subscribe();
     let drain_deadline = async move {
         let _ = draining.wait_for(|d| *d).await;
         tokio::time::sleep(drain_timeout).await;
     };
-    tokio::pin!(serve, drain_deadline, open);
-    let mut opened = false;
+    tokio::pin!(serve, drain_deadline, open, signal);
+    let (mut opened, mut signalled) = (false, false);
     loop {
         tokio::select! {
             r = &mut serve => {
                 r?;
                 break;
             }
+            _ = &mut signal, if !signalled => signalled = true,
             _ = &mut drain_deadline => {
                 tracing::warn!(timeout_ms = config.drain_timeout_ms, "drain timed out: stopping with calls still in flight");
+                let _ = stop_tx.send(true);
                 break;
             }
             r = &mut open, if !opened => {
@@ -286,4 +329,109 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The blocking pool of each runtime that serves calls. Every engine write runs on it, and a
+/// long poll (Changes with `wait_ms`, a WatchChanges stream) holds a thread while it waits:
+/// size it for all of them at once, so that waiters never starve short calls.
+pub fn blocking_threads(c: &Config) -> usize {
+    c.max_concurrent_requests + c.max_watches + 64
+}
+
+/// The `io_thread` label values of `terad_connections_accepted_total` (threads past the last
+/// share `other`, so that the label set stays bounded).
+const IO_LABELS: [&str; 16] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+];
+
+/// Accept connections and deal them out to the I/O threads in turn, until the drain starts
+/// (which drops the listener: new connections are refused from then on).
+async fn accept(
+    listener: tokio::net::TcpListener,
+    feeds: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    mut draining: watch::Receiver<bool>,
+) {
+    let mut next = 0usize;
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        let stream = match conn.and_then(|(s, _)| {
+            s.set_nodelay(true)?;
+            s.into_std()
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted: say so,
+                // and give a full table a moment to drain instead of spinning.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let i = next % feeds.len();
+        metrics::counter!("terad_connections_accepted_total", "io_thread" => IO_LABELS.get(i).copied().unwrap_or("other"))
+            .increment(1);
+        if feeds[i].send(stream).is_err() {
+            // That I/O thread stopped (it failed to serve); the server is ending.
+            return;
+        }
+        next = next.wrapping_add(1);
+    }
+}
+
+/// One gRPC I/O thread: a single-threaded tokio runtime serving the connections the acceptor
+/// hands it. All of a connection's work (its HTTP/2 state, the calls' handlers, the writes)
+/// stays on this thread, so when a read brings in many calls, their handlers all run before
+/// the connection task writes, and the answers leave in one system call; on a multi-threaded
+/// runtime, the connection task ran (or was stolen) as soon as the first answer was ready,
+/// and each answer cost a `writev` and a loopback delivery (a quarter of terad's CPU at
+/// concurrency 100; docs/benchmarks.md).
+struct IoThread {
+    gate: Gate<Router>,
+    conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    request_timeout: Duration,
+    blocking_threads: usize,
+    draining: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+}
+
+impl IoThread {
+    /// Serve until the drain ends this thread's connections (or the drain times out).
+    fn run(self) -> Result<(), ServerError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(self.blocking_threads)
+            .build()
+            .map_err(|e| ServerError::Engine(format!("cannot start an I/O runtime: {e}")))?;
+        let IoThread {
+            gate,
+            conns,
+            request_timeout,
+            mut draining,
+            mut stop,
+            ..
+        } = self;
+        let r = rt.block_on(async move {
+            // `from_std` registers the connection with this thread's reactor: it runs here,
+            // as the server polls for the next connection.
+            let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns)
+                .map(tokio::net::TcpStream::from_std);
+            let signal = async move {
+                let _ = draining.wait_for(|d| *d).await;
+            };
+            let serve = tonic::transport::Server::builder()
+                .timeout(request_timeout)
+                .serve_with_incoming_shutdown(gate, incoming, signal);
+            tokio::select! {
+                r = serve => r.map_err(ServerError::from),
+                _ = stop.wait_for(|s| *s) => Ok(()),
+            }
+        });
+        // Calls cut off by a drain timeout may still run on the blocking pool (a write
+        // finishing its commit); give them a moment, as the checkpoint follows.
+        rt.shutdown_timeout(Duration::from_secs(1));
+        r
+    }
 }

@@ -537,3 +537,71 @@ async fn terad_sheds_load_past_its_limit() {
     // Health is exempt from the limit.
     assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
 }
+
+/// `teractl bench` against a terad with three I/O threads: every operation of the mix runs
+/// at every level without an error, each I/O thread is handed connections and serves them,
+/// and the fixture is removed afterwards.
+#[test]
+fn teractl_bench_loads_every_io_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let t = start_with(&data, &["--set", "io_threads=3"]);
+    let admin = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("admin.token"),
+    };
+    wait_serving(&admin);
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    admin.login("admin", password.trim());
+    let out = admin.ok(&[
+        "bench",
+        "--concurrency",
+        "1,8",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--mix",
+        "stat,list,mkdir,upload",
+        "--channels",
+        "6",
+        "--threads",
+        "2",
+        "--fixture-entries",
+        "20",
+    ]);
+    assert!(
+        out.contains("6 HTTP/2 connections, 2 client threads"),
+        "{out}"
+    );
+    for level in ["1", "8"] {
+        for op in ["stat", "list", "mkdir", "upload"] {
+            let line = out
+                .lines()
+                .find(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.first() == Some(&level) && f.get(1) == Some(&op)
+                })
+                .unwrap_or_else(|| panic!("no line for {op} at {level}:\n{out}"));
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let count: u64 = f[6].parse().expect("count");
+            assert!(count > 0, "{line}");
+            assert_eq!(f[7], "-", "errors at {level}: {line}");
+        }
+    }
+    // The connections (teractl's health and login calls, then the bench's: one for the
+    // fixture and six for each level) were dealt in turn: every I/O thread got at least four.
+    let m = http_get(&t.metrics, "/metrics");
+    for i in 0..3 {
+        let key = format!("terad_connections_accepted_total{{io_thread=\"{i}\"}} ");
+        let n: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in\n{m}"))
+            .trim()
+            .parse()
+            .expect("a count");
+        assert!(n >= 4, "{key}{n}");
+    }
+    assert!(!admin.ok(&["ls", "/"]).contains("bench-"), "fixture left");
+}

@@ -162,9 +162,13 @@ enum Cmd {
         /// Operation mix, e.g. stat=50,list=50 or stat,list,mkdir,upload.
         #[arg(long, default_value = "stat=50,list=50")]
         mix: String,
-        /// HTTP/2 connections shared by the tasks.
+        /// HTTP/2 connections shared by the tasks (at least one per client thread).
         #[arg(long, default_value_t = 4)]
         channels: usize,
+        /// Client threads, each a single-threaded runtime with its own connections and share
+        /// of the tasks; 0: one per CPU.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         /// Files in the fixture folder that stat and list read.
         #[arg(long, default_value_t = 100)]
         fixture_entries: usize,
@@ -325,6 +329,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         warmup,
         mix,
         channels,
+        threads,
         fixture_entries,
         keep,
     } = &cli.command
@@ -338,6 +343,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             warmup: Duration::from_secs_f64(*warmup),
             mix: bench::parse_mix(mix)?,
             channels: *channels,
+            threads: match *threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             fixture_entries: *fixture_entries,
             timeout,
             keep: *keep,
@@ -570,7 +579,8 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // One thread is plenty for a command; `bench` starts its own client threads.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -195,13 +195,11 @@ fn main() -> ExitCode {
         };
     }
     init_logs(&config);
-    // Every engine call runs on the blocking pool, and a long poll (Changes with wait_ms, a
-    // WatchChanges stream) holds a thread while it waits: size the pool for all of them at
-    // once, so that waiters never starve short calls.
-    let blocking = config.max_concurrent_requests + config.max_watches + 64;
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // This runtime accepts connections, serves /metrics, opens the database and checkpoints
+    // it at the end; the gRPC calls run on terad's I/O threads (`io_threads`), each with a
+    // runtime of its own (server::run).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(blocking)
         .build()
     {
         Ok(rt) => rt,
