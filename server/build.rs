@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .build_transport(false)
+        // Encodes through a scratch vector (src/codec.rs).
+        .codec_path("crate::codec::TeraCodec")
         .compile_fds(fds)?;
     Ok(())
 }

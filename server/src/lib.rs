@@ -23,6 +23,7 @@ pub mod auth;
 pub mod auth_rpc;
 pub mod bench;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod health;

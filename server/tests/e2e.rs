@@ -567,8 +567,10 @@ fn teractl_bench_loads_every_io_thread() {
         "6",
         "--threads",
         "2",
+        // A listing of 100 entries (about 15 KB) is past tonic's 8 KiB starting buffer,
+        // which server/src/codec.rs sizes to the message.
         "--fixture-entries",
-        "20",
+        "100",
     ]);
     assert!(
         out.contains("6 HTTP/2 connections, 2 client threads"),
