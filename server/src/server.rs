@@ -2,7 +2,9 @@
 //! which on stdout), open and recover the database in the background (health is NOT_SERVING
 //! and the metadata calls UNAVAILABLE until it is done), serve, and on the shutdown signal
 //! drain: health NOT_SERVING, stop accepting, let in-flight calls finish (up to the drain
-//! timeout), end the streams, then flush and checkpoint the database.
+//! timeout), end the streams, then flush and checkpoint the database. The calls are served
+//! by `io_threads` I/O threads, each a single-threaded runtime with the connections the
+//! acceptor dealt it (`IoThread` says why).
 
 use crate::auth::{TokenKey, Users};
 use crate::auth_rpc::AuthService;
@@ -334,7 +336,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// The blocking pool of each runtime that serves calls. Every engine write runs on it, and a
 /// long poll (Changes with `wait_ms`, a WatchChanges stream) holds a thread while it waits:
 /// size it for all of them at once, so that waiters never starve short calls.
-pub fn blocking_threads(c: &Config) -> usize {
+fn blocking_threads(c: &Config) -> usize {
     c.max_concurrent_requests + c.max_watches + 64
 }
 
