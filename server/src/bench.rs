@@ -2,7 +2,9 @@
 //! `fixture_entries` files, listed and stat-ed by the load, and a folder for the entries the
 //! load creates), then for each concurrency level runs that many tasks over a few HTTP/2
 //! connections for a warm-up and a measured duration, each task issuing operations drawn
-//! from the mix back to back. It prints ops/s and p50/p99/p99.9 latency per level and
+//! from the mix back to back. The tasks and connections are dealt over `threads` client
+//! threads, each a single-threaded runtime (like terad's I/O threads, so that a connection's
+//! ready requests leave together). It prints ops/s and p50/p99/p99.9 latency per level and
 //! operation (hdrhistogram, microsecond resolution), with error counts by status code.
 
 use crate::client::{self, Bearer, Meta};
