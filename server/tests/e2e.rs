@@ -1,9 +1,9 @@
 //! End to end: terad as a real process on a free loopback port, driven by teractl. Covers the
 //! token, the metadata commands, a second user's namespace, refused tokens, health, metrics,
-//! change feeds, and SIGTERM (exit 0) followed by a restart that still has every
-//! acknowledged write. A second test drives the same process through the library's clients
-//! for what teractl does not show: reflection (v1 and v1alpha), an oversized message, an
-//! expired token and the health Watch stream.
+//! change feeds, each call's W3C trace id in terad's log, and SIGTERM (exit 0) followed by a
+//! restart that still has every acknowledged write. A second test drives the same process
+//! through the library's clients for what teractl does not show: reflection (v1 and
+//! v1alpha), an oversized message, an expired token and the health Watch stream.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -308,6 +308,26 @@ fn terad_serves_teractl_end_to_end() {
     assert!(m.contains("terad_rpc_duration_seconds_bucket"), "{m}");
     assert!(m.contains("terad_dram_budget_bytes 67108864"), "{m}");
     assert!(http_get(&t.metrics, "/healthz").ends_with("serving\n"));
+
+    // teractl sends a W3C traceparent with every command; terad's log (debug level here)
+    // shows each call's span with its trace and parent ids, and no colour codes when the
+    // log is a file.
+    let log = std::fs::read_to_string(data.with_extension("log")).expect("terad's log");
+    assert!(!log.contains('\u{1b}'), "escape codes in a log file");
+    let traced = log.lines().any(|l| {
+        l.split_once("rpc{method=\"tera.meta.v1.Metadata/List\" trace_id=\"")
+            .and_then(|(_, rest)| rest.split_once("\" parent_id=\""))
+            .is_some_and(|(trace, rest)| {
+                trace.len() == 32
+                    && trace.bytes().all(|b| b.is_ascii_hexdigit())
+                    && rest.len() >= 16
+                    && rest.as_bytes()[..16].iter().all(|b| b.is_ascii_hexdigit())
+            })
+    });
+    assert!(
+        traced,
+        "no List call's span with a trace id in the log:\n{log}"
+    );
 
     // SIGTERM: drains, checkpoints, exits 0; a restart has every acknowledged write.
     let status = sigterm_and_wait(&mut t);

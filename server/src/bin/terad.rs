@@ -94,8 +94,12 @@ fn flags(cli: &Cli) -> Result<Vec<(String, String)>, String> {
 fn init_logs(c: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&c.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or a service manager's journal would get the
+    // escape codes as text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if c.log_format == "json" {
         b.json().init();
