@@ -439,11 +439,10 @@ impl Level {
                     return Err(format!("a bench task failed: {e}"));
                 }
             }
-            let total = std::mem::replace(
-                &mut *tally.lock().unwrap_or_else(|e| e.into_inner()),
-                Tally::new(&o.mix)?,
-            );
-            Ok(total)
+            // Every task has ended, and with it every other handle on the tally.
+            let tally = std::sync::Arc::try_unwrap(tally)
+                .map_err(|_| "a bench task outlived its level".to_string())?;
+            Ok(tally.into_inner().unwrap_or_else(|e| e.into_inner()))
         })
     }
 }

@@ -82,7 +82,6 @@ impl<T: Message> Encoder for ScratchEncoder<T> {
             Ok(mut v) => {
                 v.clear();
                 item.encode_raw(&mut *v);
-                buf.reserve(v.len());
                 prost::bytes::BufMut::put_slice(buf, &v);
                 if v.capacity() > SCRATCH_KEEP {
                     *v = Vec::new();

@@ -94,6 +94,15 @@ impl Default for Config {
     }
 }
 
+/// `n` threads, or one per CPU when `n` is 0 (terad's `io_threads`, teractl bench's
+/// `--threads`).
+pub fn or_one_per_cpu(n: usize) -> usize {
+    match n {
+        0 => std::thread::available_parallelism().map_or(1, |c| c.get()),
+        n => n,
+    }
+}
+
 /// A configuration that cannot be used; the text names the setting and the source.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -226,10 +235,7 @@ impl Config {
 
     /// The gRPC I/O threads to start: `io_threads`, or one per CPU when it is 0.
     pub fn io_thread_count(&self) -> usize {
-        match self.io_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+        or_one_per_cpu(self.io_threads)
     }
 
     /// The far-tier directory.

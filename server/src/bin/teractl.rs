@@ -343,10 +343,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             warmup: Duration::from_secs_f64(*warmup),
             mix: bench::parse_mix(mix)?,
             channels: *channels,
-            threads: match *threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            },
+            threads: tera_server::config::or_one_per_cpu(*threads),
             fixture_entries: *fixture_entries,
             timeout,
             keep: *keep,
