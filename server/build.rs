@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Encodes through a scratch vector (src/codec.rs).
         .codec_path("crate::codec::TeraCodec")
+        // Listings are encoded from the engine's records directly (src/wire.rs).
+        .extern_path(".tera.meta.v1.ListResponse", "crate::wire::ListResponse")
         .compile_fds(fds)?;
     Ok(())
 }

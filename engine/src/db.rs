@@ -1081,8 +1081,15 @@ impl Tx<'_> {
     fn own(&self, key: &[u8]) -> Result<(Vec<u8>, u64)> {
         self.inner.check_key(key)?;
         let ik = ikey(self.ks, key);
-        let hash = hash_key(&ik);
-        let got = self.inner.partition_for(self.ks, &ik, hash);
+        let hash = self.check_partition(key, &ik)?;
+        Ok((ik, hash))
+    }
+
+    /// The hash of `ik` (`key` as stored), or `CrossPartition` if it is not in this
+    /// transaction's partition.
+    fn check_partition(&self, key: &[u8], ik: &[u8]) -> Result<u64> {
+        let hash = hash_key(ik);
+        let got = self.inner.partition_for(self.ks, ik, hash);
         if got != self.part {
             return Err(Error::CrossPartition {
                 key: String::from_utf8_lossy(key).into_owned(),
@@ -1090,7 +1097,7 @@ impl Tx<'_> {
                 got,
             });
         }
-        Ok((ik, hash))
+        Ok(hash)
     }
 
     /// The entry of `key` (which must be in this partition), as before this transaction.
@@ -1156,11 +1163,23 @@ impl Tx<'_> {
     /// [`Error::Corrupt`]), as before this transaction, with their memory loads overlapped;
     /// `f(i, value)` for each, in order.
     pub fn get_many(&mut self, keys: &[&[u8]], mut f: impl FnMut(usize, &[u8])) -> Result<()> {
-        let mut stored = Vec::with_capacity(keys.len());
+        // The stored keys side by side in one buffer (a listing reads hundreds).
+        let total: usize = keys.iter().map(|k| KEY_PREFIX + k.len()).sum();
+        let mut flat = Vec::with_capacity(total);
         for k in keys {
-            stored.push(self.own(k)?.0);
+            self.inner.check_key(k)?;
+            let start = flat.len();
+            flat.extend_from_slice(&self.ks.id.to_be_bytes());
+            flat.extend_from_slice(k);
+            self.check_partition(k, &flat[start..])?;
         }
-        let refs: Vec<&[u8]> = stored.iter().map(Vec::as_slice).collect();
+        let mut refs: Vec<&[u8]> = Vec::with_capacity(keys.len());
+        let mut rest = flat.as_slice();
+        for k in keys {
+            let (ik, tail) = rest.split_at(KEY_PREFIX + k.len());
+            refs.push(ik);
+            rest = tail;
+        }
         let (d, f_) = self.lk.get_many(&refs, |i, _, v| f(i, &v[META..]))?;
         self.inner.reads.count_n(d, f_);
         Ok(())

@@ -144,6 +144,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn is_empty(&self) -> bool {
         self.b.is_empty()
     }
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.b.len()
+    }
 }
 
 pub(crate) fn decode_def(r: &mut Reader<'_>) -> Option<KeyspaceDef> {

@@ -34,3 +34,4 @@ pub mod reflection;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod wire;

@@ -6,6 +6,7 @@ use crate::error::oversized;
 use crate::proto::meta::metadata_server::Metadata;
 use crate::proto::meta::{self as pb, stat_request::Target};
 use crate::state::{blocking, inline, State};
+use crate::wire::ListBuilder;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use std::sync::atomic::Ordering;
@@ -165,11 +166,13 @@ impl Metadata for MetaService {
             n => n,
         };
         let after = parse_page_token(&r.page_token)?;
-        let p = inline(|| engine.meta.list(ns, &r.path, page, after.as_deref()))?;
-        Ok(Response::new(pb::ListResponse {
-            entries: p.entries.into_iter().map(entry_pb).collect(),
-            next_page_token: page_token(p.next),
-        }))
+        let mut out = ListBuilder::with_capacity(page);
+        let next = inline(|| {
+            engine
+                .meta
+                .list_with(ns, &r.path, page, after.as_deref(), |e| out.push(e))
+        })?;
+        Ok(Response::new(out.finish(page_token(next))))
     }
 
     async fn create_folder(

@@ -6,6 +6,8 @@
 /// `tera.meta.v1`: the metadata service.
 pub mod meta {
     tonic::include_proto!("tera.meta.v1");
+    /// Hand-written (build.rs maps it there), wire-compatible.
+    pub use crate::wire::ListResponse;
 }
 
 /// `tera.auth.v1`: tokens.

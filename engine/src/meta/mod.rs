@@ -217,8 +217,15 @@ fn ns_key(ns: u64) -> Vec<u8> {
     kind_key(ns, 0, None)
 }
 
-fn entry_key(ns: u64, id: u64) -> Vec<u8> {
-    kind_key(ns, 1, Some(id))
+/// The length of every [`entry_key`]: namespace, kind, id.
+const ENTRY_KEY_BYTES: usize = 17;
+
+fn entry_key(ns: u64, id: u64) -> [u8; ENTRY_KEY_BYTES] {
+    let mut k = [0u8; ENTRY_KEY_BYTES];
+    k[..8].copy_from_slice(&ns.to_be_bytes());
+    k[8] = 1;
+    k[9..].copy_from_slice(&id.to_be_bytes());
+    k
 }
 
 fn trash_head_key(ns: u64) -> Vec<u8> {
@@ -237,13 +244,17 @@ fn node_key(ns: u64, folder: u64, no: u32) -> Vec<u8> {
 
 /// An etag counter value as the 16 lowercase hex digits clients see (`format!` with padding
 /// costs several times as much, and listings make one per entry).
-fn etag_string(v: u64) -> String {
+fn etag_hex(v: u64) -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(16);
-    for i in (0..16).rev() {
-        s.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    let mut out = [0u8; 16];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = HEX[((v >> ((15 - i) * 4)) & 0xf) as usize];
     }
-    s
+    out
+}
+
+fn etag_string(v: u64) -> String {
+    String::from_utf8(etag_hex(v).to_vec()).expect("hex digits")
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -278,9 +289,9 @@ fn encode(e: &MetaEntry) -> Vec<u8> {
     out
 }
 
-fn read_str(r: &mut crate::durable::Reader<'_>) -> Option<String> {
+fn read_str<'a>(r: &mut crate::durable::Reader<'a>) -> Option<&'a str> {
     let n = r.u32()? as usize;
-    String::from_utf8(r.bytes(n)?.to_vec()).ok()
+    std::str::from_utf8(r.bytes(n)?).ok()
 }
 
 fn damaged_entry() -> MetaError {
@@ -290,44 +301,114 @@ fn damaged_entry() -> MetaError {
     })
 }
 
-fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
-    let bad = damaged_entry;
-    let mut r = crate::durable::Reader::new(b);
-    let id = r.u64().ok_or_else(bad)?;
-    let parent = r.u64().ok_or_else(bad)?;
-    let kind = if r.u8().ok_or_else(bad)? == 1 {
-        Kind::Folder
-    } else {
-        Kind::File
-    };
-    let size = r.u64().ok_or_else(bad)?;
-    let mtime = r.u64().ok_or_else(bad)? as i64;
-    let etag = r.u64().ok_or_else(bad)?;
-    let tree_size = r.u64().ok_or_else(bad)?;
-    let tree_mtime = r.u64().ok_or_else(bad)? as i64;
-    let name = read_str(&mut r).ok_or_else(bad)?;
-    let alg = read_str(&mut r).ok_or_else(bad)?;
-    let sum = read_str(&mut r).ok_or_else(bad)?;
-    let mime = read_str(&mut r).ok_or_else(bad)?;
-    let mut attrs = std::collections::BTreeMap::new();
-    for _ in 0..r.u32().ok_or_else(bad)? {
-        let k = read_str(&mut r).ok_or_else(bad)?;
-        attrs.insert(k, read_str(&mut r).ok_or_else(bad)?);
+/// An entry read in place from its stored bytes: what [`MetaEntry`] holds, with the strings
+/// borrowed instead of copied. [`MetaStore::list_with`] hands these out so that a caller that
+/// only re-encodes a listing (terad writes each straight into its protobuf response) makes no
+/// allocation per entry; [`EntryView::to_entry`] makes the owned form.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryView<'a> {
+    pub id: u64,
+    /// 0 for the root.
+    pub parent: u64,
+    /// Empty for the root.
+    pub name: &'a str,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: i64,
+    /// The etag's counter; [`EntryView::etag_hex`] is the string clients see.
+    pub etag: u64,
+    /// The checksum's algorithm and value; empty for a folder.
+    pub checksum: (&'a str, &'a str),
+    pub mime: &'a str,
+    pub tree_size: u64,
+    pub tree_mtime: i64,
+    attr_count: u32,
+    /// The attributes' stored form (`attr_count` name/value pairs), checked by `parse`.
+    attr_bytes: &'a [u8],
+}
+
+impl<'a> EntryView<'a> {
+    /// Read an entry's stored form (see `encode`), checking all of it: lengths and UTF-8.
+    pub fn parse(b: &'a [u8]) -> MetaResult<EntryView<'a>> {
+        let bad = damaged_entry;
+        let mut r = crate::durable::Reader::new(b);
+        let id = r.u64().ok_or_else(bad)?;
+        let parent = r.u64().ok_or_else(bad)?;
+        let kind = if r.u8().ok_or_else(bad)? == 1 {
+            Kind::Folder
+        } else {
+            Kind::File
+        };
+        let size = r.u64().ok_or_else(bad)?;
+        let mtime = r.u64().ok_or_else(bad)? as i64;
+        let etag = r.u64().ok_or_else(bad)?;
+        let tree_size = r.u64().ok_or_else(bad)?;
+        let tree_mtime = r.u64().ok_or_else(bad)? as i64;
+        let name = read_str(&mut r).ok_or_else(bad)?;
+        let alg = read_str(&mut r).ok_or_else(bad)?;
+        let sum = read_str(&mut r).ok_or_else(bad)?;
+        let mime = read_str(&mut r).ok_or_else(bad)?;
+        let attr_count = r.u32().ok_or_else(bad)?;
+        let attr_start = b.len() - r.remaining();
+        for _ in 0..attr_count {
+            read_str(&mut r).ok_or_else(bad)?;
+            read_str(&mut r).ok_or_else(bad)?;
+        }
+        let attr_bytes = &b[attr_start..b.len() - r.remaining()];
+        Ok(EntryView {
+            id,
+            parent,
+            name,
+            kind,
+            size,
+            mtime,
+            etag,
+            checksum: (alg, sum),
+            mime,
+            tree_size,
+            tree_mtime,
+            attr_count,
+            attr_bytes,
+        })
     }
-    Ok(MetaEntry {
-        id,
-        parent,
-        name,
-        kind,
-        size,
-        mtime,
-        etag: etag_string(etag),
-        checksum: (alg, sum),
-        mime,
-        tree_size,
-        tree_mtime,
-        attrs,
-    })
+
+    /// The etag as clients see it: 16 lowercase hex digits.
+    pub fn etag_hex(&self) -> [u8; 16] {
+        etag_hex(self.etag)
+    }
+
+    /// The attributes, name and value, in name order.
+    pub fn attrs(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let mut r = crate::durable::Reader::new(self.attr_bytes);
+        // `parse` checked every pair, so none of these reads fails.
+        (0..self.attr_count).map_while(move |_| Some((read_str(&mut r)?, read_str(&mut r)?)))
+    }
+
+    /// The owned form.
+    pub fn to_entry(&self) -> MetaEntry {
+        let etag = self.etag_hex();
+        MetaEntry {
+            id: self.id,
+            parent: self.parent,
+            name: self.name.to_owned(),
+            kind: self.kind,
+            size: self.size,
+            mtime: self.mtime,
+            etag: std::str::from_utf8(&etag).expect("hex digits").to_owned(),
+            checksum: (self.checksum.0.to_owned(), self.checksum.1.to_owned()),
+            mime: self.mime.to_owned(),
+            tree_size: self.tree_size,
+            tree_mtime: self.tree_mtime,
+            attrs: self
+                .attrs()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+}
+
+fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
+    EntryView::parse(b).map(|v| v.to_entry())
 }
 
 /// The metadata store: namespaces of folders and files. See the module docs.
@@ -925,6 +1006,24 @@ impl MetaStore {
         page: usize,
         after: Option<&str>,
     ) -> MetaResult<ListPage> {
+        let mut entries = Vec::new();
+        let next = self.list_with(ns, path, page, after, |v| entries.push(v.to_entry()))?;
+        Ok(ListPage { entries, next })
+    }
+
+    /// [`MetaStore::list`] without the copies: each entry of the page goes to `visit` as a
+    /// view of its stored bytes, in name order, and the result is the page's `next`. `visit`
+    /// runs under the namespace's lock, so it should only copy or encode what it is given. If
+    /// an entry does not parse, the listing fails with that error and `visit` has seen only
+    /// the entries before it.
+    pub fn list_with(
+        &self,
+        ns: u64,
+        path: &str,
+        page: usize,
+        after: Option<&str>,
+        mut visit: impl FnMut(&EntryView<'_>),
+    ) -> MetaResult<Option<String>> {
         let parts = parse_path(path)?;
         let page = page.clamp(1, MAX_PAGE);
         self.atomic_read(ns, |op| {
@@ -932,26 +1031,35 @@ impl MetaStore {
             if dir.kind != Kind::Folder {
                 return Err(MetaError::NotAFolder(path.into()));
             }
-            let mut keys = Vec::with_capacity(page + 1);
+            // The entries' keys side by side in one buffer, all the same length.
+            let mut keys = Vec::with_capacity((page + 1) * ENTRY_KEY_BYTES);
             dir::scan(op, dir.id, after.map(str::as_bytes), page + 1, |_, id| {
-                keys.push(entry_key(ns, id))
+                keys.extend_from_slice(&entry_key(ns, id))
             })?;
-            let more = keys.len() > page;
-            keys.truncate(page);
-            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            let mut entries = Vec::with_capacity(refs.len());
+            let more = keys.len() > page * ENTRY_KEY_BYTES;
+            keys.truncate(page * ENTRY_KEY_BYTES);
+            let refs: Vec<&[u8]> = keys.chunks_exact(ENTRY_KEY_BYTES).collect();
+            let mut last = String::new();
             let mut bad = None;
-            op.tx.get_many(&refs, |_, v| match decode(v) {
-                Ok(m) => entries.push(m),
-                Err(e) => bad = Some(e),
+            op.tx.get_many(&refs, |_, v| {
+                if bad.is_some() {
+                    return;
+                }
+                match EntryView::parse(v) {
+                    Ok(e) => {
+                        visit(&e);
+                        if more {
+                            last.clear();
+                            last.push_str(e.name);
+                        }
+                    }
+                    Err(e) => bad = Some(e),
+                }
             })?;
             if let Some(e) = bad {
                 return Err(e);
             }
-            let next = more
-                .then(|| entries.last().map(|e| e.name.clone()))
-                .flatten();
-            Ok(ListPage { entries, next })
+            Ok((more && !last.is_empty()).then_some(last))
         })
     }
 
