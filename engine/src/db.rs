@@ -1166,12 +1166,13 @@ impl Tx<'_> {
         // The stored keys side by side in one buffer (a listing reads hundreds).
         let total: usize = keys.iter().map(|k| KEY_PREFIX + k.len()).sum();
         let mut flat = Vec::with_capacity(total);
+        let mut hashes = Vec::with_capacity(keys.len());
         for k in keys {
             self.inner.check_key(k)?;
             let start = flat.len();
             flat.extend_from_slice(&self.ks.id.to_be_bytes());
             flat.extend_from_slice(k);
-            self.check_partition(k, &flat[start..])?;
+            hashes.push(self.check_partition(k, &flat[start..])?);
         }
         let mut refs: Vec<&[u8]> = Vec::with_capacity(keys.len());
         let mut rest = flat.as_slice();
@@ -1180,7 +1181,9 @@ impl Tx<'_> {
             refs.push(ik);
             rest = tail;
         }
-        let (d, f_) = self.lk.get_many(&refs, |i, _, v| f(i, &v[META..]))?;
+        let (d, f_) = self
+            .lk
+            .get_many_hashed(&refs, &hashes, |i, _, v| f(i, &v[META..]))?;
         self.inner.reads.count_n(d, f_);
         Ok(())
     }

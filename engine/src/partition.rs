@@ -1757,13 +1757,25 @@ impl Locked<'_> {
     pub(crate) fn get_many(
         &mut self,
         keys: &[&[u8]],
+        f: impl FnMut(usize, &[u8], &[u8]),
+    ) -> Result<(u64, u64)> {
+        let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
+        self.get_many_hashed(keys, &hashes, f)
+    }
+
+    /// [`Locked::get_many`] for a caller that has hashed the keys already (`hashes[i]` is
+    /// `hash_key(keys[i])`).
+    pub(crate) fn get_many_hashed(
+        &mut self,
+        keys: &[&[u8]],
+        hashes: &[u64],
         mut f: impl FnMut(usize, &[u8], &[u8]),
     ) -> Result<(u64, u64)> {
+        debug_assert_eq!(keys.len(), hashes.len());
         let p = self.part;
         // SAFETY: lock held.
         let table = unsafe { p.index.table() };
-        let hashes: Vec<u64> = keys.iter().map(|k| hash_key(k)).collect();
-        for &h in &hashes {
+        for &h in hashes {
             table.prefetch(h);
         }
         let cands: Vec<Option<u64>> = hashes.iter().map(|&h| table.candidate(h)).collect();
