@@ -221,14 +221,24 @@ impl Worker {
                     .await?;
             }
             Op::List => {
-                self.meta
+                let page = self.fixture.clamp(1, 10_000);
+                let r = self
+                    .meta
                     .list(pb::ListRequest {
                         namespace: ns,
                         path: format!("{}/fixture", self.root),
-                        page_size: self.fixture.clamp(1, 10_000) as u32,
+                        page_size: page as u32,
                         page_token: String::new(),
                     })
                     .await?;
+                // A short page would make the listing look cheaper than it is.
+                let got = r.get_ref().entries.len();
+                if got != self.fixture.min(page) {
+                    return Err(tonic::Status::data_loss(format!(
+                        "the fixture's listing held {got} entries, not {}",
+                        self.fixture
+                    )));
+                }
             }
             Op::Mkdir => {
                 self.seq += 1;

@@ -5,6 +5,13 @@
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: `teractl bench` shares the machine's cores with the terad it loads, and with
+/// glibc's allocator a third of its CPU went to allocating and freeing the strings of the
+/// responses it decodes. teractl's memory is not budgeted, so a heap per thread costs nothing
+/// that matters here; terad keeps glibc's allocator (docs/benchmarks.md says why).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `println!` that ends the process quietly when stdout is closed (`teractl ... | head`).
 macro_rules! outln {
     ($($t:tt)*) => {{
