@@ -23,6 +23,9 @@ use prost::DecodeError;
 use tera_engine::meta::{EntryView, Kind};
 
 /// `tera.meta.v1.ListResponse`: a page of a folder's entries.
+///
+/// Equality compares the fields as they are held: a built response and the same response
+/// decoded are equal on the wire but not as values (decode the built one to compare).
 #[derive(Clone, PartialEq, Default, Debug)]
 pub struct ListResponse {
     /// The entries, decoded (a client's side) or built as messages.
