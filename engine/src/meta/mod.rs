@@ -1356,3 +1356,98 @@ impl MetaStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_entry() -> impl Strategy<Value = MetaEntry> {
+        (
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<i64>(),
+            ),
+            (any::<u64>(), any::<u64>(), any::<i64>()),
+            (
+                "\\PC{0,40}",
+                "[a-z0-9]{0,8}",
+                "[0-9a-f]{0,64}",
+                "\\PC{0,20}",
+            ),
+            proptest::collection::btree_map("\\PC{0,12}", "\\PC{0,30}", 0..4),
+        )
+            .prop_map(
+                |((id, parent, folder, size, mtime), (etag, tree_size, tree_mtime), s, attrs)| {
+                    MetaEntry {
+                        id,
+                        parent,
+                        name: s.0,
+                        kind: if folder { Kind::Folder } else { Kind::File },
+                        size,
+                        mtime,
+                        etag: etag_string(etag),
+                        checksum: (s.1, s.2),
+                        mime: s.3,
+                        tree_size,
+                        tree_mtime,
+                        attrs,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        /// The stored form reads back as the entry, through the view and its owned form.
+        #[test]
+        fn entries_read_back_through_the_view(e in any_entry()) {
+            let b = encode(&e);
+            let v = EntryView::parse(&b).unwrap();
+            prop_assert_eq!(v.name, e.name.as_str());
+            prop_assert_eq!(v.attrs().count(), e.attrs.len());
+            prop_assert_eq!(v.to_entry(), e);
+        }
+
+        /// A record cut short anywhere is a damaged entry, never a panic or a wrong entry.
+        #[test]
+        fn truncated_entries_are_errors(e in any_entry(), cut in any::<prop::sample::Index>()) {
+            let b = encode(&e);
+            let n = cut.index(b.len());
+            prop_assert!(matches!(EntryView::parse(&b[..n]), Err(MetaError::Engine(_))));
+        }
+
+        /// Arbitrary bytes parse or fail cleanly, and what parses has checked UTF-8 throughout.
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(v) = EntryView::parse(&b) {
+                let _ = v.to_entry();
+            }
+        }
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_a_damaged_entry() {
+        let mut b = encode(&MetaEntry {
+            id: 2,
+            parent: 1,
+            name: "ab".into(),
+            kind: Kind::File,
+            size: 0,
+            mtime: 0,
+            etag: etag_string(7),
+            checksum: Default::default(),
+            mime: String::new(),
+            tree_size: 0,
+            tree_mtime: 0,
+            attrs: Default::default(),
+        });
+        // The name's bytes follow id, parent, the kind byte, five more u64s and its u32 length.
+        let at = 2 * 8 + 1 + 5 * 8 + 4;
+        assert_eq!(&b[at..at + 2], b"ab");
+        b[at] = 0xff;
+        assert!(matches!(EntryView::parse(&b), Err(MetaError::Engine(_))));
+    }
+}
