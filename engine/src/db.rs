@@ -605,9 +605,14 @@ fn check_opts(ks: &KsInfo, opts: KeyspaceOptions) -> Result<()> {
 /// The stored key of `key` in `ks`.
 pub(crate) fn ikey(ks: &KsInfo, key: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(KEY_PREFIX + key.len());
-    v.extend_from_slice(&ks.id.to_be_bytes());
-    v.extend_from_slice(key);
+    push_ikey(ks, key, &mut v);
     v
+}
+
+/// Append the stored key of `key` in `ks` to `out`.
+fn push_ikey(ks: &KsInfo, key: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&ks.id.to_be_bytes());
+    out.extend_from_slice(key);
 }
 
 impl Inner {
@@ -1170,8 +1175,7 @@ impl Tx<'_> {
         for k in keys {
             self.inner.check_key(k)?;
             let start = flat.len();
-            flat.extend_from_slice(&self.ks.id.to_be_bytes());
-            flat.extend_from_slice(k);
+            push_ikey(self.ks, k, &mut flat);
             hashes.push(self.check_partition(k, &flat[start..])?);
         }
         let mut refs: Vec<&[u8]> = Vec::with_capacity(keys.len());

@@ -127,11 +127,13 @@ fn put_varint_field(tag: u32, v: u64, buf: &mut Vec<u8>) {
     }
 }
 
-fn put_str_field(tag: u32, s: &str, buf: &mut Vec<u8>) {
+/// A string field (its bytes, which the caller knows to be UTF-8), left out when empty.
+fn put_str_field(tag: u32, s: impl AsRef<[u8]>, buf: &mut Vec<u8>) {
+    let s = s.as_ref();
     if !s.is_empty() {
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint(s.len() as u64, buf);
-        buf.extend_from_slice(s.as_bytes());
+        buf.extend_from_slice(s);
     }
 }
 
@@ -156,8 +158,7 @@ fn encode_entry(e: &EntryView<'_>, buf: &mut Vec<u8>) {
     put_varint_field(4, kind as i32 as u64, buf);
     put_varint_field(5, e.size, buf);
     put_varint_field(6, e.mtime as u64, buf);
-    let etag = e.etag_hex();
-    put_str_field(7, std::str::from_utf8(&etag).expect("hex digits"), buf);
+    put_str_field(7, e.etag_hex(), buf);
     let (algorithm, value) = e.checksum;
     if !algorithm.is_empty() || !value.is_empty() {
         let len = str_field_len(1, algorithm) + str_field_len(2, value);

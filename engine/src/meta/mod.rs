@@ -386,7 +386,6 @@ impl<'a> EntryView<'a> {
 
     /// The owned form.
     pub fn to_entry(&self) -> MetaEntry {
-        let etag = self.etag_hex();
         MetaEntry {
             id: self.id,
             parent: self.parent,
@@ -394,7 +393,7 @@ impl<'a> EntryView<'a> {
             kind: self.kind,
             size: self.size,
             mtime: self.mtime,
-            etag: std::str::from_utf8(&etag).expect("hex digits").to_owned(),
+            etag: etag_string(self.etag),
             checksum: (self.checksum.0.to_owned(), self.checksum.1.to_owned()),
             mime: self.mime.to_owned(),
             tree_size: self.tree_size,
