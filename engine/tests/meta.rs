@@ -276,6 +276,59 @@ fn deletes_and_tree_sizes() {
     assert!(again.id > two.id);
 }
 
+/// A size past a signed 64-bit count is refused, and so is an upload that would take any
+/// tree's total (a folder's or the namespace's) past `u64::MAX`: refused whole, with every
+/// tree size as it was, never wrapped or clamped. (A move cannot: every folder's total is
+/// part of the root's.)
+#[test]
+fn sizes_that_do_not_fit_are_refused_and_change_nothing() {
+    use tera_engine::meta::MAX_FILE_SIZE;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    m.upload(NS, "/a", &up(100, 1), &Precondition::None)
+        .unwrap();
+    let e = m
+        .upload(NS, "/b", &up(MAX_FILE_SIZE + 1, 1), &Precondition::None)
+        .unwrap_err();
+    assert!(matches!(e, MetaError::OutOfBounds(_)), "{e:?}");
+    assert!(e.to_string().contains("/b"), "{e}");
+    assert!(matches!(m.stat(NS, "/b"), Err(MetaError::NotFound(_))));
+    assert_eq!(m.usage(NS).unwrap().bytes, 100);
+
+    // /big's total would fit, the namespace's (100 bytes more) would not.
+    m.mkdir(NS, "/big", false, 1).unwrap();
+    m.upload(NS, "/big/1", &up(MAX_FILE_SIZE, 1), &Precondition::None)
+        .unwrap();
+    let e = m
+        .upload(NS, "/big/2", &up(MAX_FILE_SIZE, 1), &Precondition::None)
+        .unwrap_err();
+    assert!(matches!(e, MetaError::OutOfBounds(_)), "{e:?}");
+    assert!(e.to_string().contains("\"/\""), "names the root: {e}");
+    assert!(matches!(m.stat(NS, "/big/2"), Err(MetaError::NotFound(_))));
+    assert_eq!(m.stat(NS, "/big").unwrap().tree_size, MAX_FILE_SIZE);
+    assert_eq!(m.usage(NS).unwrap().bytes, MAX_FILE_SIZE + 100);
+
+    // Without /a it fits: 2^64 - 2 bytes. One more byte still fits, two do not.
+    m.delete(NS, "/a", false, None, 2).unwrap();
+    m.upload(NS, "/big/2", &up(MAX_FILE_SIZE, 2), &Precondition::None)
+        .unwrap();
+    assert_eq!(m.usage(NS).unwrap().bytes, u64::MAX - 1);
+    let e = m
+        .upload(NS, "/big/3", &up(2, 3), &Precondition::None)
+        .unwrap_err();
+    assert!(e.to_string().contains("\"big\""), "names the folder: {e}");
+    m.upload(NS, "/big/3", &up(1, 3), &Precondition::None)
+        .unwrap();
+    assert_eq!(m.stat(NS, "/big").unwrap().tree_size, u64::MAX);
+    // Growing a file past it is refused; shrinking one is fine.
+    assert!(m
+        .upload(NS, "/big/3", &up(2, 4), &Precondition::None)
+        .is_err());
+    m.upload(NS, "/big/2", &up(0, 4), &Precondition::None)
+        .unwrap();
+    assert_eq!(m.usage(NS).unwrap().bytes, MAX_FILE_SIZE + 1);
+}
+
 #[test]
 fn etags_change_on_every_ancestor_and_never_repeat() {
     let dir = tempfile::tempdir().unwrap();

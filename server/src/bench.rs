@@ -276,7 +276,7 @@ impl Worker {
 pub async fn run(o: BenchOptions) -> Result<String, String> {
     let threads = o.threads.max(1);
     let channels = o.channels.max(threads);
-    let bearer = Bearer::new(Some(&o.token), false)?;
+    let bearer = Bearer::new(Some(&o.token), false)?.deadline(o.timeout);
     let mut m = client::meta(client::connect(&o.server, o.timeout).await?, bearer.clone());
     let tag: String = crate::auth::random_bytes::<4>()
         .map_err(|e| e.to_string())?

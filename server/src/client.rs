@@ -1,5 +1,6 @@
 //! What teractl uses to talk to terad: a channel to the server, and clients of each service
-//! that send the bearer token (and, for commands, a fresh W3C `traceparent`) on every call.
+//! that send the bearer token (and, for commands, a fresh W3C `traceparent`; and a deadline
+//! as `grpc-timeout`) on every call.
 
 use crate::proto::auth::auth_client::AuthClient;
 use crate::proto::health::health_client::HealthClient;
@@ -10,11 +11,13 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-/// Adds `authorization: Bearer <token>` and, if asked, a `traceparent` to each request.
+/// Adds `authorization: Bearer <token>` and, if asked, a `traceparent` and a deadline to each
+/// request.
 #[derive(Debug, Clone)]
 pub struct Bearer {
     header: Option<AsciiMetadataValue>,
     trace: bool,
+    deadline: Option<Duration>,
 }
 
 impl Bearer {
@@ -26,7 +29,19 @@ impl Bearer {
                     .map_err(|_| "the token has characters a header cannot carry".to_string())
             })
             .transpose()?;
-        Ok(Bearer { header, trace })
+        Ok(Bearer {
+            header,
+            trace,
+            deadline: None,
+        })
+    }
+
+    /// Send `d` as each call's deadline (`grpc-timeout`), so that the server stops working
+    /// on a call the client no longer waits for, and a long poll answers in time. (The
+    /// channel's own timeout, [`connect`]'s, only stops the client waiting.)
+    pub fn deadline(mut self, d: Duration) -> Bearer {
+        self.deadline = Some(d);
+        self
     }
 }
 
@@ -41,6 +56,9 @@ impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
+        }
+        if let Some(d) = self.deadline {
+            req.set_timeout(d);
         }
         if self.trace {
             if let Some(tp) = new_traceparent().and_then(|t| MetadataValue::try_from(t).ok()) {

@@ -30,6 +30,7 @@ pub fn meta_status(e: MetaError) -> Status {
         MetaError::InvalidPath { .. } => Status::invalid_argument(msg),
         MetaError::CursorTooOld { .. } => Status::out_of_range(msg),
         MetaError::CursorAhead { .. } => Status::invalid_argument(msg),
+        MetaError::OutOfBounds(_) => Status::invalid_argument(msg),
         MetaError::Engine(e) => engine_status(e),
         // `MetaError` is non-exhaustive: a new kind is an internal error until mapped here.
         _ => Status::internal(msg),
@@ -153,7 +154,7 @@ mod tests {
             oldest: 5,
         });
         assert!(
-            m.message().contains("list the namespace again"),
+            m.message().contains("revision (usage) first, then list it again"),
             "{}",
             m.message()
         );

@@ -4,8 +4,9 @@
 //! router would bring in axum). [`Gate`] does what every call shares: it opens the request's
 //! tracing span (with the W3C `traceparent`'s trace and parent ids), sheds load past the
 //! concurrency limit at once with RESOURCE_EXHAUSTED (health, reflection and the long-lived
-//! WatchChanges streams are exempt; WatchChanges has its own limit), and records per-RPC
-//! counts and latencies.
+//! WatchChanges streams are exempt; WatchChanges has its own limit), enforces the call's
+//! [`Deadline`] (answering DEADLINE_EXCEEDED past it), and records per-RPC counts and
+//! latencies.
 
 use crate::auth_rpc::AuthService;
 use crate::error::code_label;
@@ -22,8 +23,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tower_service::Service;
@@ -129,6 +131,31 @@ pub fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
     ok.then_some((trace, parent))
 }
 
+/// When a call must be answered by: the sooner of terad's `request_timeout_ms` and the
+/// client's `grpc-timeout`, from the call's arrival. The gate puts it in the request's
+/// extensions; a handler that waits (a Changes long poll) answers before it.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+/// A `grpc-timeout` value (1 to 8 digits and a unit: `H`, `M`, `S`, `m`, `u` or `n`), as a
+/// duration; `None` if it is not one.
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Records one call's count and latency when dropped: also when the call is cut short by
 /// its deadline or a client's cancel (recorded as DEADLINE_EXCEEDED or CANCELLED: tonic
 /// drops the future either way, and a deadline is the likely cause when one was set).
@@ -166,15 +193,24 @@ pub struct Gate<S> {
     limit: Arc<Semaphore>,
     max: usize,
     max_request_bytes: usize,
+    request_timeout: Duration,
 }
 
 impl<S> Gate<S> {
-    pub fn new(inner: S, max_concurrent: usize, max_request_bytes: usize) -> Gate<S> {
+    /// `max_concurrent` calls at once; requests up to `max_request_bytes`; each call answered
+    /// within `request_timeout` (or the client's shorter `grpc-timeout`).
+    pub fn new(
+        inner: S,
+        max_concurrent: usize,
+        max_request_bytes: usize,
+        request_timeout: Duration,
+    ) -> Gate<S> {
         Gate {
             inner,
             limit: Arc::new(Semaphore::new(max_concurrent)),
             max: max_concurrent,
             max_request_bytes,
+            request_timeout,
         }
     }
 }
@@ -213,9 +249,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> BoxFuture {
+    fn call(&mut self, mut req: http::Request<Body>) -> BoxFuture {
         let path = req.uri().path();
         let method = method_label(path);
+        let exempt = exempt(path);
         let span = tracing::info_span!(
             "rpc",
             method,
@@ -231,13 +268,25 @@ where
             span.record("trace_id", trace);
             span.record("parent_id", parent);
         }
+        let client_timeout = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let start = Instant::now();
+        let (budget, whose) = match client_timeout {
+            Some(t) if t < self.request_timeout => (t, "the client's grpc-timeout"),
+            _ => (self.request_timeout, "terad's request_timeout_ms"),
+        };
+        let deadline = start + budget;
+        req.extensions_mut().insert(Deadline(deadline));
         let mut record = CallRecord {
             method,
-            start: Instant::now(),
+            start,
             code: None,
-            had_deadline: req.headers().contains_key("grpc-timeout"),
+            had_deadline: client_timeout.is_some(),
         };
-        let permit = if exempt(path) {
+        let permit = if exempt {
             None
         } else {
             match self.limit.clone().try_acquire_owned() {
@@ -259,7 +308,16 @@ where
         let max_request_bytes = self.max_request_bytes;
         Box::pin(
             async move {
-                let mut res = fut.await;
+                let mut res = match tokio::time::timeout_at(deadline, fut).await {
+                    Ok(r) => r,
+                    // The handler is dropped: an engine call on the blocking pool finishes
+                    // (a write stays atomic), its answer is not sent.
+                    Err(_) => Ok(Status::deadline_exceeded(format!(
+                        "the call did not finish within its deadline of {} ms ({whose})",
+                        budget.as_millis()
+                    ))
+                    .into_http()),
+                };
                 drop(permit);
                 // A trailers-only error made by tonic's codec for a client's mistake is
                 // restated in terad's terms.
@@ -335,6 +393,107 @@ mod tests {
         // Our own statuses pass through.
         assert!(client_fault(&Status::out_of_range("cursor 3 is too old"), 1).is_none());
         assert!(client_fault(&Status::internal("disk on fire"), 1).is_none());
+    }
+
+    #[test]
+    fn grpc_timeouts_are_parsed_strictly() {
+        assert_eq!(parse_grpc_timeout("20m"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", "10 m"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A service that answers after `.0`, with OK, and says whether it saw a deadline.
+    #[derive(Clone)]
+    struct Slow(Duration);
+
+    impl Service<http::Request<Body>> for Slow {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = BoxFuture;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<Body>) -> BoxFuture {
+            let wait = self.0;
+            let left = req
+                .extensions()
+                .get::<Deadline>()
+                .map(|d| d.0.saturating_duration_since(Instant::now()));
+            Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                let mut r = http::Response::new(Body::empty());
+                r.headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("0"));
+                if let Some(l) = left {
+                    r.headers_mut()
+                        .insert("x-left-ms", (l.as_millis() as u64).into());
+                }
+                Ok(r)
+            })
+        }
+    }
+
+    fn call_to(timeout: Option<&'static str>) -> http::Request<Body> {
+        let mut b = http::Request::builder().uri("/tera.meta.v1.Metadata/Stat");
+        if let Some(t) = timeout {
+            b = b.header("grpc-timeout", t);
+        }
+        b.body(Body::empty()).expect("request")
+    }
+
+    /// A call past its deadline is answered DEADLINE_EXCEEDED, naming whose deadline it
+    /// was; one within it passes, and its handler sees the deadline.
+    #[tokio::test]
+    async fn deadlines_are_enforced_and_handed_to_handlers() {
+        let mut slow = Gate::new(
+            Slow(Duration::from_secs(30)),
+            8,
+            1 << 20,
+            Duration::from_millis(50),
+        );
+        let t0 = std::time::Instant::now();
+        let res = slow.call(call_to(None)).await.expect("infallible");
+        let s = Status::from_header_map(res.headers()).expect("a status");
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+        assert!(
+            s.message().contains("50 ms (terad's request_timeout_ms)"),
+            "{s:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        // The client's shorter deadline wins.
+        let mut slow = Gate::new(
+            Slow(Duration::from_secs(30)),
+            8,
+            1 << 20,
+            Duration::from_secs(60),
+        );
+        let res = slow.call(call_to(Some("20m"))).await.expect("infallible");
+        let s = Status::from_header_map(res.headers()).expect("a status");
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+        assert!(
+            s.message().contains("20 ms (the client's grpc-timeout)"),
+            "{s:?}"
+        );
+        // A fast call passes, and sees how long it has (the server's 60 s, not the client's
+        // longer 100 s).
+        let mut fast = Gate::new(Slow(Duration::ZERO), 8, 1 << 20, Duration::from_secs(60));
+        let res = fast.call(call_to(Some("100S"))).await.expect("infallible");
+        assert_eq!(res.headers()["grpc-status"], "0");
+        let left: u64 = res.headers()["x-left-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((50_000..=60_000).contains(&left), "{left} ms left");
     }
 
     #[test]

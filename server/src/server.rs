@@ -218,6 +218,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         router,
         config.max_concurrent_requests,
         config.max_request_bytes,
+        Duration::from_millis(config.request_timeout_ms),
     );
     // The acceptor hands each connection to one I/O thread, round robin; health turning
     // NOT_SERVING (draining) stops it, which closes the listener.
@@ -233,8 +234,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let io = IoThread {
             gate: gate.clone(),
             conns,
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
             blocking_threads: blocking_threads(&config),
+            max_streams: streams_per_connection(&config),
             draining: state.draining.subscribe(),
             stop: stop_tx.subscribe(),
         };
@@ -340,6 +341,14 @@ fn blocking_threads(c: &Config) -> usize {
     c.max_concurrent_requests + c.max_watches + 64
 }
 
+/// The HTTP/2 streams one connection may have open at once (its SETTINGS; a client queues
+/// the streams past it). No connection can use more calls than the concurrency limit and the
+/// watch limit together; without a bound (tonic sets none), one connection could open
+/// streams exempt from both (health Watch, reflection) until memory ran out.
+fn streams_per_connection(c: &Config) -> u32 {
+    u32::try_from(c.max_concurrent_requests + c.max_watches).unwrap_or(u32::MAX)
+}
+
 /// The `io_thread` label values of `terad_connections_accepted_total` (threads past the last
 /// share `other`, so that the label set stays bounded).
 const IO_LABELS: [&str; 16] = [
@@ -393,8 +402,8 @@ async fn accept(
 struct IoThread {
     gate: Gate<Router>,
     conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
-    request_timeout: Duration,
     blocking_threads: usize,
+    max_streams: u32,
     draining: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
 }
@@ -410,7 +419,7 @@ impl IoThread {
         let IoThread {
             gate,
             conns,
-            request_timeout,
+            max_streams,
             mut draining,
             mut stop,
             ..
@@ -423,8 +432,10 @@ impl IoThread {
             let signal = async move {
                 let _ = draining.wait_for(|d| *d).await;
             };
+            // Deadlines are the gate's (DEADLINE_EXCEEDED; tonic's own timeout answers
+            // CANCELLED).
             let serve = tonic::transport::Server::builder()
-                .timeout(request_timeout)
+                .max_concurrent_streams(max_streams)
                 .serve_with_incoming_shutdown(gate, incoming, signal);
             tokio::select! {
                 r = serve => r.map_err(ServerError::from),

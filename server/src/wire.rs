@@ -206,7 +206,8 @@ mod tests {
     }
 
     /// A folder whose entries between them set every field of `Entry` to a default and to
-    /// something else: folders and files, sizes up to `u64::MAX`, mtimes before the epoch,
+    /// something else: folders and files, sizes of up to ten varint bytes (a folder holding
+    /// 2^63 bytes), mtimes before the epoch,
     /// checksums and MIME types present and absent, non-ASCII names, 0, 1 and 3 attributes.
     fn fill(m: &MetaStore) {
         m.mkdir(NS, "/d", false, 5).unwrap();
@@ -215,7 +216,7 @@ mod tests {
             ("a.txt", 0, 0, ("", ""), ""),
             (
                 "b.bin",
-                u64::MAX,
+                1 << 62,
                 -1_000_000,
                 ("sha256", "00ff"),
                 "application/octet-stream",
@@ -238,6 +239,20 @@ mod tests {
             };
             m.upload(NS, &format!("/d/{name}"), &up, &Precondition::None)
                 .unwrap();
+        }
+        // "sub folder" holds 2^63 bytes: the largest file and one byte more.
+        for (name, size) in [("h1", tera_engine::meta::MAX_FILE_SIZE), ("h2", 1)] {
+            let up = Upload {
+                size,
+                ..Upload::default()
+            };
+            m.upload(
+                NS,
+                &format!("/d/sub folder/{name}"),
+                &up,
+                &Precondition::None,
+            )
+            .unwrap();
         }
         m.set_attrs(NS, "/d/b.bin", &[("owner", Some("alice"))], 9)
             .unwrap();

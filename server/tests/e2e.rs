@@ -509,6 +509,122 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A Changes long poll answers with an empty page before its deadline (the server's
+/// `request_timeout_ms`, or the client's shorter `grpc-timeout`) instead of failing past it,
+/// and within one poll slice of a drain, so SIGTERM does not wait for it; a size that does not
+/// fit is INVALID_ARGUMENT.
+#[tokio::test]
+async fn long_polls_answer_by_their_deadline_and_end_with_a_drain() {
+    use tera_server::client::{self, Bearer};
+    use tera_server::proto::auth as apb;
+    use tera_server::proto::meta as pb;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut t = start_with(&data, &["--set", "request_timeout_ms=5000"]);
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t"),
+    };
+    wait_serving(&ctl);
+    let ch = client::connect(&t.grpc, Duration::from_secs(60))
+        .await
+        .expect("connect");
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    let tok = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"))
+        .token(apb::TokenRequest {
+            user: "admin".into(),
+            password: password.trim().into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("token")
+        .into_inner();
+    let mut meta = client::meta(
+        ch.clone(),
+        Bearer::new(Some(&tok.token), false).expect("bearer"),
+    );
+    let cursor = meta
+        .get_usage(pb::GetUsageRequest { namespace: 0 })
+        .await
+        .expect("usage")
+        .into_inner()
+        .revision;
+    let poll = move |timeout: Option<Duration>| {
+        let mut req = tonic::Request::new(pb::ChangesRequest {
+            namespace: 0,
+            cursor,
+            max_revisions: 0,
+            wait_ms: 60_000,
+        });
+        if let Some(t) = timeout {
+            req.set_timeout(t);
+        }
+        req
+    };
+
+    // No client deadline: the server's 5 s, answered a little before it.
+    let t0 = Instant::now();
+    let page = meta
+        .changes(poll(None))
+        .await
+        .expect("an empty page, not CANCELLED or DEADLINE_EXCEEDED")
+        .into_inner();
+    let took = t0.elapsed();
+    assert!(page.changes.is_empty());
+    assert!(page.cursor >= cursor);
+    assert!(took >= Duration::from_secs(4), "it waited: {took:?}");
+    // The client's shorter deadline wins: answered before it (or the client would have
+    // failed the call with DEADLINE_EXCEEDED).
+    let t0 = Instant::now();
+    let page = meta
+        .changes(poll(Some(Duration::from_secs(2))))
+        .await
+        .expect("an empty page before the client's deadline")
+        .into_inner();
+    assert!(page.changes.is_empty());
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+
+    // Sizes: past 2^63 - 1 is refused.
+    let e = meta
+        .commit_upload(pb::CommitUploadRequest {
+            namespace: 0,
+            path: "/huge".into(),
+            size: u64::MAX,
+            ..Default::default()
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("largest file size"), "{e:?}");
+
+    // A long poll in flight when the drain starts is answered within a slice (500 ms), and
+    // terad exits 0 without waiting out the poll.
+    let mut m2 = meta.clone();
+    let pending = tokio::spawn(async move {
+        let t0 = Instant::now();
+        let r = m2.changes(poll(None)).await;
+        (r.map(|p| p.into_inner().changes.len()), t0.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = t.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let (r, took) = pending.await.expect("join");
+    assert_eq!(r.expect("an empty page"), 0);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    drop(meta);
+    drop(ch);
+    let status = tokio::task::spawn_blocking(move || t.child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert_eq!(status.code(), Some(0));
+}
+
 /// Past `max_concurrent_requests`, calls are refused at once with RESOURCE_EXHAUSTED rather
 /// than queued; health stays reachable.
 #[tokio::test]

@@ -813,7 +813,7 @@ class LimitsTests(Base):
                 u.Changes(meta_pb2.ChangesRequest(cursor=r0, max_revisions=1))
             except grpc.RpcError as e:
                 self.assertEqual(e.code(), StatusCode.OUT_OF_RANGE, e.details())
-                self.assertMentions(e, f"cursor {r0} is too old", "list the namespace again")
+                self.assertMentions(e, f"cursor {r0} is too old", "revision (usage) first, then list it again")
                 break
         else:
             self.fail("40 changes of 240 KB did not push the cursor out of a 1 MiB history")

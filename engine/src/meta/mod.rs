@@ -41,6 +41,9 @@ pub const MAX_NAME: usize = 255;
 pub const MAX_PATH: usize = 4096;
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 10_000;
+/// Largest file size, in bytes: 2^63 - 1, what a signed 64-bit size (Java's, WebDAV
+/// clients', `off_t`) can hold.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
 /// What a metadata operation can refuse; the server maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +63,13 @@ pub enum MetaError {
     PreconditionFailed(String),
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath { path: String, reason: String },
-    #[error("cursor {cursor} is too old: the change history starts after revision {oldest}; list the namespace again and follow changes from its revision")]
+    #[error("cursor {cursor} is too old: the change history starts after revision {oldest}; take the namespace's current revision (usage) first, then list it again and follow changes from that revision")]
     CursorTooOld { cursor: u64, oldest: u64 },
     #[error("cursor {cursor} is ahead of the namespace's revision {revision}: pass a cursor from a change page or from usage")]
     CursorAhead { cursor: u64, revision: u64 },
+    /// A value out of its range (a file size).
+    #[error("{0}")]
+    OutOfBounds(String),
     #[error(transparent)]
     Engine(#[from] crate::Error),
 }
@@ -702,13 +708,23 @@ impl<'a, 'b> Op<'a, 'b> {
     }
 
     /// Give `from` and each of its ancestors a new etag, add `size_delta` to their tree
-    /// sizes, and raise their tree mtimes to `mtime`.
-    fn touch_up(&mut self, from: u64, size_delta: i64, mtime: i64) -> MetaResult<()> {
+    /// sizes, and raise their tree mtimes to `mtime`. A tree size that would pass
+    /// `u64::MAX` refuses the whole mutation.
+    fn touch_up(&mut self, from: u64, size_delta: i128, mtime: i64) -> MetaResult<()> {
         let mut id = from;
         while id != 0 {
             let mut e = self.entry(id)?;
             e.etag = self.etag();
-            e.tree_size = (e.tree_size as i64 + size_delta).max(0) as u64;
+            // Never below 0: a tree's size is the sum of what is below it, so only damage
+            // could take it there, and a size is better clamped than refused forever.
+            let size = (i128::from(e.tree_size) + size_delta).max(0);
+            e.tree_size = u64::try_from(size).map_err(|_| {
+                MetaError::OutOfBounds(format!(
+                    "the files below the folder {:?} would total {size} bytes, more than the {} a tree can hold",
+                    if e.name.is_empty() { "/" } else { &e.name },
+                    u64::MAX
+                ))
+            })?;
             e.tree_mtime = e.tree_mtime.max(mtime);
             id = e.parent;
             self.save(e);
@@ -1129,6 +1145,12 @@ impl MetaStore {
         let Some((name, dir)) = parts.split_last() else {
             return Err(MetaError::IsAFolder("/".into()));
         };
+        if up.size > MAX_FILE_SIZE {
+            return Err(MetaError::OutOfBounds(format!(
+                "size {} of {path} is over the largest file size, {MAX_FILE_SIZE} bytes",
+                up.size
+            )));
+        }
         self.atomic(ns, |op| {
             let parent = op.resolve(path, dir).map_err(|e| match e {
                 MetaError::NotFound(_) => {
@@ -1188,7 +1210,11 @@ impl MetaStore {
                     .map(|e| e.attrs.clone())
                     .unwrap_or_default(),
             });
-            op.touch_up(parent.id, up.size as i64 - old_size as i64, up.mtime)?;
+            op.touch_up(
+                parent.id,
+                i128::from(up.size) - i128::from(old_size),
+                up.mtime,
+            )?;
             op.entry(id)
         })
     }
@@ -1239,7 +1265,7 @@ impl MetaStore {
             if op.child(target.id, new_name)?.is_some() {
                 return Err(MetaError::AlreadyExists(to.into()));
             }
-            let size = e.tree_size as i64;
+            let size = i128::from(e.tree_size);
             op.unlink(e.parent, &e.name)?;
             op.touch_up(e.parent, -size, mtime)?;
             op.link(target.id, new_name, e.id)?;
@@ -1350,7 +1376,7 @@ impl MetaStore {
             }
             op.unlink(e.parent, &e.name)?;
             op.forget(e.id);
-            op.touch_up(e.parent, -(e.tree_size as i64), mtime)?;
+            op.touch_up(e.parent, -i128::from(e.tree_size), mtime)?;
             Ok(detach)
         })
     }

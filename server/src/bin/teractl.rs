@@ -286,7 +286,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             };
             let ch = client::connect(&cli.server, timeout).await?;
-            let mut a = client::auth(ch, Bearer::new(None, true)?);
+            let mut a = client::auth(ch, Bearer::new(None, true)?.deadline(timeout));
             let r = a
                 .token(apb::TokenRequest {
                     user: user.clone(),
@@ -359,7 +359,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         return Ok(());
     }
     let ch = client::connect(&cli.server, timeout).await?;
-    let bearer = Bearer::new(Some(&token), true)?;
+    let bearer = Bearer::new(Some(&token), true)?.deadline(timeout);
     let mut m = client::meta(ch.clone(), bearer.clone());
     match &cli.command {
         Cmd::Whoami => {
@@ -556,7 +556,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             };
             // A stream has no deadline: connect again without one.
             let ch = client::connect(&cli.server, Duration::from_secs(365 * 24 * 3600)).await?;
-            let mut m = client::meta(ch, bearer);
+            let mut m = client::meta(ch, Bearer::new(Some(&token), true)?);
             let mut stream = m
                 .watch_changes(pb::WatchChangesRequest {
                     namespace: ns,
