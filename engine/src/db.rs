@@ -113,6 +113,9 @@ struct KsTable {
 /// The name of the keyspace behind [`Db::get`], [`Db::put`] and friends.
 pub const DEFAULT_KEYSPACE: &str = "default";
 
+/// How often a maintenance thread reports compaction failures, at most.
+const COMPACTION_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where watchers may read up to: the durable LSN, or everything without a log.
 struct VisibleLsn(Option<Arc<Wal>>);
 impl Visible for VisibleLsn {
@@ -1143,7 +1146,7 @@ impl Tx<'_> {
         );
         let keys: Vec<&[u8]> = spans
             .iter()
-            .map(|&(_, s, l)| &buf[s as usize..(s + l) as usize])
+            .map(|&(_, s, l)| &buf[s..s + l as usize])
             .collect();
         let mut out = Vec::with_capacity(keys.len());
         let (d, f) = self
@@ -1477,10 +1480,11 @@ impl Keyspace {
     pub fn range(&self, range: &Range) -> Result<RangeResult> {
         require_ordered(&self.ks)?;
         let (lo, hi) = stored_bounds(&self.ks, range);
+        // One more than the limit, to tell whether there is more.
         let want = if range.limit == 0 {
             usize::MAX
         } else {
-            range.limit + 1
+            range.limit.saturating_add(1)
         };
         let parts = self.range_parts(range);
         let revision = self.revision();
@@ -1501,7 +1505,7 @@ impl Keyspace {
                 &mut spans,
             );
         }
-        let key = |s: &(u32, u32, u32)| &buf[s.1 as usize..(s.1 + s.2) as usize];
+        let key = |s: &(u32, usize, u32)| &buf[s.1..s.1 + s.2 as usize];
         if locks.len() > 1 {
             if range.reverse {
                 spans.sort_unstable_by(|a, b| key(b).cmp(key(a)));
@@ -1683,17 +1687,29 @@ fn spawn_maintenance(inner: Arc<Inner>, node: u32) -> std::io::Result<JoinHandle
             if let Err(e) = tera_numa::pin_current_thread(&inner.topology, node) {
                 tracing::debug!(node, error = %e, "maintenance thread not pinned");
             }
-            let mut warned = false;
+            // Failures are reported at most once a minute (a failing device fails every
+            // step), each report saying how many were not.
+            let mut reported: Option<std::time::Instant> = None;
+            let mut unreported = 0u64;
             loop {
                 let mut worked = false;
                 for p in inner.parts.iter().filter(|p| p.node == node) {
                     match p.compact_step() {
                         Ok(did) => worked |= did,
-                        Err(e) if !warned => {
-                            tracing::error!(partition = p.id, error = %e, "compaction failed");
-                            warned = true;
+                        Err(e) => {
+                            if reported.is_none_or(|t| t.elapsed() >= COMPACTION_REPORT_EVERY) {
+                                tracing::error!(
+                                    partition = p.id,
+                                    error = %e,
+                                    unreported,
+                                    "compaction failed"
+                                );
+                                reported = Some(std::time::Instant::now());
+                                unreported = 0;
+                            } else {
+                                unreported += 1;
+                            }
                         }
-                        Err(_) => {}
                     }
                 }
                 let mut stop = inner.stop.lock();

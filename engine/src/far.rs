@@ -235,14 +235,48 @@ pub(crate) fn segment_path(dir: &Path, partition: usize, seg: u64) -> PathBuf {
     dir.join(format!("p{partition:03}-{seg:010}.seg"))
 }
 
-/// True for names the engine creates in the far directory: `p` + 3 digits + `-` + 10 digits
-/// + `.seg`.
+/// True for names the engine creates in the far directory ([`segment_path`]): `p` + the
+/// partition in 3 to 5 digits (partitions go up to 65,536) + `-` + 10 digits + `.seg`.
 pub(crate) fn is_segment_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    b.len() == 19
-        && b[0] == b'p'
-        && b[1..4].iter().all(u8::is_ascii_digit)
-        && b[4] == b'-'
-        && b[5..15].iter().all(u8::is_ascii_digit)
-        && &b[15..] == b".seg"
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let Some(stem) = name.strip_prefix('p').and_then(|n| n.strip_suffix(".seg")) else {
+        return false;
+    };
+    match stem.split_once('-') {
+        Some((p, seg)) => (3..=5).contains(&p.len()) && digits(p) && seg.len() == 10 && digits(seg),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every partition's segment names are recognised (at open, stale segments of a crashed
+    /// run are found by name), and nothing else is.
+    #[test]
+    fn segment_names_of_every_partition_are_recognised() {
+        let dir = Path::new("/far");
+        for p in [0, 7, 999, 1000, 12_345, 65_535] {
+            for seg in [0, 1, 9_999_999_999] {
+                let path = segment_path(dir, p, seg);
+                let name = path.file_name().unwrap().to_str().unwrap();
+                assert!(is_segment_name(name), "{name}");
+            }
+        }
+        for other in [
+            "p12-0000000001.seg",
+            "p123456-0000000001.seg",
+            "p001-000000001.seg",
+            "p001-0000000001.se",
+            "q001-0000000001.seg",
+            "p0a1-0000000001.seg",
+            "p001_0000000001.seg",
+            "p001-0000000001.seg.tmp",
+            "LOCK",
+            "",
+        ] {
+            assert!(!is_segment_name(other), "{other}");
+        }
+    }
 }

@@ -195,6 +195,20 @@ impl Table {
         })
     }
 
+    /// Whether pointing the key at an address would take an entry that is EMPTY now (the key
+    /// is not in the table, and no DELETED entry on its probe path can be reused): only then
+    /// does an upsert raise the load. The caller holds the partition lock.
+    pub(crate) fn takes_new_entry<E>(
+        &self,
+        hash: u64,
+        is_key: impl FnMut(u64) -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        Ok(matches!(
+            self.locate(hash, is_key)?,
+            Slot::Vacant(_, false) | Slot::Full
+        ))
+    }
+
     /// True when one more entry would pass the maximum load.
     pub(crate) fn needs_rebuild(&self) -> bool {
         (self.used.load(Relaxed) + 1) as f64 > self.capacity() as f64 * MAX_LOAD

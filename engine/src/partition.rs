@@ -721,7 +721,7 @@ impl Partition {
         value: &[u8],
         ordered: bool,
     ) -> Result<bool> {
-        self.ensure_index_room(st)?;
+        self.ensure_index_room_for(st, hash, key)?;
         st.seq += 1;
         let seq = st.seq;
         let addr = self.append(st, key, value, 0, seq, 0)?;
@@ -942,6 +942,10 @@ impl Partition {
                         Err(e2) => {
                             let head = self.head.load(Relaxed);
                             if head >= next {
+                                // Every page is gone, the sealed tail page too: the next
+                                // record starts the next page (which has no frame yet),
+                                // not the released one.
+                                st.tail = next << shift;
                                 return Err(if demote > 0 { e2 } else { e });
                             }
                             self.drain_pages(st, head, 1, 0, false)?;
@@ -1360,6 +1364,19 @@ impl Partition {
         }
     }
 
+    /// Before a put of `key`: room in the index if the key takes a new entry. An overwrite,
+    /// or a key written again where it was deleted (its DELETED entry is reused), needs none,
+    /// so such writes work at the index's limit too: undoing a refused batch writes keys
+    /// back this way, and must not be refused for the room the batch lacked.
+    fn ensure_index_room_for(&self, st: &mut State, hash: u64, key: &[u8]) -> Result<()> {
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        if table.needs_rebuild() && table.takes_new_entry(hash, |a| self.locked_is_key(a, key))? {
+            self.ensure_index_room(st)?;
+        }
+        Ok(())
+    }
+
     /// Before an insert: grow the index if it is full, shrinking the frames to pay for it.
     fn ensure_index_room(&self, st: &mut State) -> Result<()> {
         // SAFETY: lock held.
@@ -1664,7 +1681,7 @@ impl Locked<'_> {
         let p = self.part;
         let st = &mut *self.st;
         p.check_sizes(key, head.len() + value.len())?;
-        p.ensure_index_room(st)?;
+        p.ensure_index_room_for(st, hash, key)?;
         let len = record::record_len(key.len(), head.len() + value.len());
         // Room first: reserving may drain pages and move the old version, after which
         // nothing moves until the new record is in place.
@@ -1728,7 +1745,7 @@ impl Locked<'_> {
         max: usize,
         tag: u32,
         buf: &mut Vec<u8>,
-        spans: &mut Vec<(u32, u32, u32)>,
+        spans: &mut Vec<(u32, usize, u32)>,
     ) {
         if inverted(lo, hi) {
             return;
@@ -1746,7 +1763,8 @@ impl Locked<'_> {
         for k in keys {
             let start = buf.len();
             k.append_to(buf);
-            spans.push((tag, start as u32, (buf.len() - start) as u32));
+            // A key is at most `max_key` bytes; the buffer may pass 4 GiB.
+            spans.push((tag, start, (buf.len() - start) as u32));
         }
     }
 

@@ -167,6 +167,121 @@ fn the_index_outgrowing_the_budget_is_an_error_not_an_overrun() {
     }
 }
 
+/// A batch refused at the index's limit part way through (its delete applied, its new key
+/// refused) is undone: the deleted key is back, the database is not poisoned, and writes
+/// that need no new index entry (overwrites, a deleted key written again) still succeed.
+#[test]
+fn a_batch_refused_at_the_index_limit_is_undone_and_poisons_nothing() {
+    use tera_engine::{Batch, KeyspaceOptions, DEFAULT_KEYSPACE};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny(dir.path(), 56 << 10);
+    c.partitions = 1;
+    let db = open(c);
+    let mut n = 0u32;
+    let refused = loop {
+        match db.put(&key(n), b"") {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 100_000, "a 56 KiB budget cannot index 100,000 keys");
+    };
+    assert!(matches!(refused, Error::BudgetExhausted(_)), "{refused}");
+    let ks = db
+        .keyspace(DEFAULT_KEYSPACE, KeyspaceOptions::hash())
+        .unwrap();
+    let mut b = Batch::new();
+    b.delete(key(0)).put(key(n), b"new");
+    let e = ks.write(&b).unwrap_err();
+    assert!(matches!(e, Error::BudgetExhausted(_)), "{e}");
+    assert_eq!(db.poisoned(), None);
+    assert_eq!(db.get(&key(0)).unwrap().as_deref(), Some(&b""[..]));
+    assert_eq!(db.get(&key(n)).unwrap(), None);
+    db.put(&key(1), b"again").unwrap();
+    assert!(db.delete(&key(2)).unwrap());
+    db.put(&key(2), b"back").unwrap();
+    assert_eq!(db.get(&key(1)).unwrap().as_deref(), Some(&b"again"[..]));
+    assert_eq!(db.get(&key(2)).unwrap().as_deref(), Some(&b"back"[..]));
+    for j in (3..n).step_by(7) {
+        assert_eq!(
+            db.get(&key(j)).unwrap().as_deref(),
+            Some(&b""[..]),
+            "key {j}"
+        );
+    }
+}
+
+/// An ordered keyspace whose key index (counted in the DRAM budget, and checked against it
+/// only when the hash index grows) leaves the log no frame: every write from then on is
+/// refused with `BudgetExhausted`, none panics, and what was acknowledged stays readable.
+/// Several budgets, so that some run out of frames between two growths of the hash index.
+#[test]
+fn a_log_left_without_frames_refuses_writes_and_never_panics() {
+    use tera_engine::KeyspaceOptions;
+    for budget_kib in [48u64, 56, 64, 80, 96, 128] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = tiny(dir.path(), budget_kib << 10);
+        c.partitions = 1;
+        let db = open(c);
+        let ks = db.keyspace("sorted", KeyspaceOptions::ordered()).unwrap();
+        let long = |k: u32| {
+            let mut v = vec![b'k'; 256];
+            v[..4].copy_from_slice(&k.to_be_bytes());
+            v
+        };
+        let mut n = 0u32;
+        let refused = loop {
+            match ks.put(&long(n), b"v") {
+                Ok(_) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(
+                n < 100_000,
+                "{budget_kib} KiB cannot hold 100,000 keys of 256 bytes"
+            );
+        };
+        assert!(matches!(refused, Error::BudgetExhausted(_)), "{refused}");
+        for attempt in 0..3 {
+            for k in [n + 1 + attempt, 0] {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ks.put(&long(k), b"again")
+                }))
+                .unwrap_or_else(|_| panic!("{budget_kib} KiB: a put of key {k} panicked"));
+                if let Err(e) = r {
+                    assert!(matches!(e, Error::BudgetExhausted(_)), "{e}");
+                }
+            }
+        }
+        assert_eq!(db.poisoned(), None, "{budget_kib} KiB");
+        for j in (1..n).step_by(5) {
+            let v = ks.get(&long(j)).unwrap().map(|e| e.value);
+            assert_eq!(v, Some(b"v".to_vec()), "{budget_kib} KiB: key {j}");
+        }
+    }
+}
+
+/// `usize::MAX` as a range's limit means no limit in effect: every entry, none cut.
+#[test]
+fn a_range_limit_of_usize_max_returns_everything() {
+    use tera_engine::{KeyspaceOptions, Range};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(tiny(dir.path(), 1 << 20));
+    let ks = db.keyspace("sorted", KeyspaceOptions::ordered()).unwrap();
+    for k in [b"a", b"b", b"c"] {
+        ks.put(k, b"v").unwrap();
+    }
+    for reverse in [false, true] {
+        let r = ks
+            .range(&Range {
+                limit: usize::MAX,
+                reverse,
+                ..Range::prefix(b"")
+            })
+            .unwrap();
+        assert_eq!(r.entries.len(), 3, "reverse {reverse}");
+        assert!(!r.more);
+    }
+}
+
 /// Fill a database so that most records sit in far segments; returns the keys written.
 fn fill_far(db: &Db) -> u32 {
     let n = 400;

@@ -154,7 +154,8 @@ mod tests {
             oldest: 5,
         });
         assert!(
-            m.message().contains("revision (usage) first, then list it again"),
+            m.message()
+                .contains("revision (usage) first, then list it again"),
             "{}",
             m.message()
         );
