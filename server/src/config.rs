@@ -103,6 +103,11 @@ pub fn or_one_per_cpu(n: usize) -> usize {
     }
 }
 
+/// The least `max_response_bytes`: listings and change pages end once they fill half of it,
+/// and the entry that passes that mark (up to the engine's largest value, 1 MiB, plus its
+/// name and fields) must still fit.
+pub const MIN_RESPONSE_BYTES: usize = 4 << 20;
+
 /// A configuration that cannot be used; the text names the setting and the source.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -181,6 +186,12 @@ impl Config {
             return Err(ConfigError(format!(
                 "changelog_mib = {}: at most half of dram_budget_mib ({}), which it is part of (0: the engine's default)",
                 self.changelog_mib, self.dram_budget_mib
+            )));
+        }
+        if self.max_response_bytes < MIN_RESPONSE_BYTES {
+            return Err(ConfigError(format!(
+                "max_response_bytes = {}: at least {MIN_RESPONSE_BYTES} (4 MiB), so that a page ended at half of it still has room for the largest entry (1 MiB)",
+                self.max_response_bytes
             )));
         }
         for (name, v) in [
@@ -342,6 +353,22 @@ mod tests {
         assert!(e.0.contains("durability"), "{e}");
         let e = Config::resolve(None, &|_| None, &flags(&[("nope", "1")])).unwrap_err();
         assert!(e.0.contains("unknown setting"), "{e}");
+        let e = Config::resolve(
+            None,
+            &|_| None,
+            &flags(&[("max_response_bytes", "1048576")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains("max_response_bytes = 1048576: at least"),
+            "{e}"
+        );
+        assert!(Config::resolve(
+            None,
+            &|_| None,
+            &flags(&[("max_response_bytes", "4194304")])
+        )
+        .is_ok());
     }
 
     #[test]

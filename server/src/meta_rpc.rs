@@ -53,6 +53,14 @@ impl MetaService {
     pub fn new(state: Arc<State>) -> MetaService {
         MetaService { state }
     }
+
+    /// Bytes a listing or change page may fill before it ends early: half of
+    /// `max_response_bytes`, so that the entry that passes it (at most the engine's largest
+    /// value, 1 MiB, and its name) still fits; the configuration keeps `max_response_bytes`
+    /// at least [`crate::config::MIN_RESPONSE_BYTES`].
+    fn response_budget(&self) -> usize {
+        self.state.config.max_response_bytes / 2
+    }
 }
 
 /// Microseconds since the epoch.
@@ -121,8 +129,9 @@ fn parse_page_token(t: &str) -> Result<Option<String>, Status> {
         })
 }
 
-fn changes_pb(page: tera_engine::meta::ChangePage) -> pb::ChangesResponse {
-    pb::ChangesResponse {
+/// A change page as its response, cut to about `budget` bytes (see [`trim_changes`]).
+fn changes_pb(page: tera_engine::meta::ChangePage, budget: usize) -> pb::ChangesResponse {
+    let mut r = pb::ChangesResponse {
         changes: page
             .changes
             .into_iter()
@@ -135,6 +144,26 @@ fn changes_pb(page: tera_engine::meta::ChangePage) -> pb::ChangesResponse {
             })
             .collect(),
         cursor: page.cursor,
+    };
+    trim_changes(&mut r, budget);
+    r
+}
+
+/// Cut a change page at a revision boundary once its changes take `budget` bytes: the page
+/// keeps whole revisions (always the first, however large) and its cursor becomes the last
+/// one kept, so that the next page starts with the first revision cut. A revision is never
+/// split: the next page starts after the cursor, which would skip the rest of it.
+fn trim_changes(r: &mut pb::ChangesResponse, budget: usize) {
+    use prost::Message;
+    let mut size = 0usize;
+    for i in 0..r.changes.len() {
+        if size >= budget && r.changes[i].revision != r.changes[i - 1].revision {
+            r.cursor = r.changes[i - 1].revision;
+            r.changes.truncate(i);
+            return;
+        }
+        let n = r.changes[i].encoded_len();
+        size += 1 + prost::encoding::encoded_len_varint(n as u64) + n;
     }
 }
 
@@ -171,7 +200,7 @@ impl Metadata for MetaService {
             n => n,
         };
         let after = parse_page_token(&r.page_token)?;
-        let mut out = ListBuilder::with_capacity(page);
+        let mut out = ListBuilder::with_capacity(page, self.response_budget());
         let next = inline(|| {
             engine
                 .meta
@@ -345,7 +374,7 @@ impl Metadata for MetaService {
                 || tokio::time::Instant::now() >= end
                 || *self.state.draining.borrow()
             {
-                return Ok(Response::new(changes_pb(page)));
+                return Ok(Response::new(changes_pb(page, self.response_budget())));
             }
             cursor = page.cursor;
         }
@@ -376,6 +405,7 @@ impl Metadata for MetaService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut draining = self.state.draining.subscribe();
+        let budget = self.response_budget();
         tokio::spawn(async move {
             let _guard = guard;
             let mut page = Some(first);
@@ -400,8 +430,9 @@ impl Metadata for MetaService {
                         }
                     }
                 };
-                cursor = p.cursor;
-                if !p.changes.is_empty() && tx.send(Ok(changes_pb(p))).await.is_err() {
+                let r = changes_pb(p, budget);
+                cursor = r.cursor;
+                if !r.changes.is_empty() && tx.send(Ok(r)).await.is_err() {
                     return;
                 }
                 if claims.exp <= crate::auth::now_secs() {
@@ -446,6 +477,45 @@ impl Drop for WatchSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(revision: u64, name_len: usize) -> pb::Change {
+        pb::Change {
+            revision,
+            change: Some(pb::change::Change::Upsert(pb::Entry {
+                name: "n".repeat(name_len),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A change page is cut only between revisions, after the revision that passes the
+    /// budget, with the cursor at the last revision kept; under the budget it is untouched.
+    #[test]
+    fn change_pages_are_cut_between_revisions() {
+        // Revisions 5, 6, 6, 6, 7 of about 100 bytes each.
+        let page = || pb::ChangesResponse {
+            changes: [5, 6, 6, 6, 7].iter().map(|&r| change(r, 96)).collect(),
+            cursor: 9,
+        };
+        let mut r = page();
+        trim_changes(&mut r, 1 << 20);
+        assert_eq!(r, page(), "under the budget");
+        let mut r = page();
+        trim_changes(&mut r, 1);
+        assert_eq!(
+            (r.changes.len(), r.cursor),
+            (1, 5),
+            "the first revision, whole"
+        );
+        let mut r = page();
+        trim_changes(&mut r, 150);
+        let revs: Vec<u64> = r.changes.iter().map(|c| c.revision).collect();
+        assert_eq!(revs, [5, 6, 6, 6], "revision 6 is not split");
+        assert_eq!(r.cursor, 6);
+        let mut r = page();
+        trim_changes(&mut r, 450);
+        assert_eq!((r.changes.len(), r.cursor), (5, 9));
+    }
 
     #[test]
     fn page_tokens_round_trip_and_refuse_garbage() {

@@ -85,29 +85,41 @@ impl prost::Message for ListResponse {
     }
 }
 
-/// Builds a [`ListResponse`] from entry views, encoding each as it comes.
-#[derive(Debug, Default)]
+/// Builds a [`ListResponse`] from entry views, encoding each as it comes, up to a byte budget.
+#[derive(Debug)]
 pub struct ListBuilder {
     out: Vec<u8>,
     body: Vec<u8>,
+    budget: usize,
+}
+
+impl Default for ListBuilder {
+    fn default() -> ListBuilder {
+        ListBuilder::with_capacity(0, usize::MAX)
+    }
 }
 
 impl ListBuilder {
-    /// A builder for about `entries` entries.
-    pub fn with_capacity(entries: usize) -> ListBuilder {
+    /// A builder for about `entries` entries, that asks for no more once its entries take
+    /// `budget` bytes (see [`ListBuilder::push`]).
+    pub fn with_capacity(entries: usize, budget: usize) -> ListBuilder {
         ListBuilder {
-            out: Vec::with_capacity(entries * 128),
+            out: Vec::with_capacity(entries.min(1 << 14) * 128),
             body: Vec::with_capacity(256),
+            budget,
         }
     }
 
-    /// Append one entry.
-    pub fn push(&mut self, e: &EntryView<'_>) {
+    /// Append one entry; returns whether there is room for more (the entries so far take
+    /// less than the budget). A page that stops there ends with this entry, so one entry
+    /// always fits, however large.
+    pub fn push(&mut self, e: &EntryView<'_>) -> bool {
         self.body.clear();
         encode_entry(e, &mut self.body);
         encode_key(1, WireType::LengthDelimited, &mut self.out);
         encode_varint(self.body.len() as u64, &mut self.out);
         self.out.extend_from_slice(&self.body);
+        self.out.len() < self.budget
     }
 
     /// The response, with `next_page_token`.
@@ -266,7 +278,7 @@ mod tests {
     }
 
     fn built(m: &MetaStore, page: usize, after: Option<&str>) -> ListResponse {
-        let mut b = ListBuilder::with_capacity(page);
+        let mut b = ListBuilder::with_capacity(page, usize::MAX);
         let next = m.list_with(NS, "/d", page, after, |e| b.push(e)).unwrap();
         b.finish(crate::meta_rpc::page_token(next))
     }
@@ -302,6 +314,62 @@ mod tests {
         assert_ne!(b.entries[0].name, first.entries[0].name);
     }
 
+    /// Pages cut at a byte budget end with the entry that passed it, and following their
+    /// tokens lists every entry once, in order; a budget of one byte gives one entry a page.
+    #[test]
+    fn a_byte_budget_ends_pages_early_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, m) = store(dir.path());
+        fill(&m);
+        let full: Vec<String> = generated(&m, 100, None)
+            .entries
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(full.len(), 5);
+        for budget in [1, 60, 200, 100_000] {
+            let (mut names, mut pages) = (Vec::new(), 0);
+            let mut after: Option<String> = None;
+            loop {
+                let mut b = ListBuilder::with_capacity(100, budget);
+                let next = m
+                    .list_with(NS, "/d", 100, after.as_deref(), |e| b.push(e))
+                    .unwrap();
+                let bytes = b
+                    .finish(crate::meta_rpc::page_token(next.clone()))
+                    .encode_to_vec();
+                let r = ListResponse::decode(bytes.as_slice()).unwrap();
+                let last = r.entries.last().expect("never an empty page").name.clone();
+                // Without the last entry, the page was under its budget.
+                let without_last: usize = r.entries[..r.entries.len() - 1]
+                    .iter()
+                    .map(|e| {
+                        let n = e.encoded_len();
+                        1 + prost::encoding::encoded_len_varint(n as u64) + n
+                    })
+                    .sum();
+                assert!(without_last < budget, "budget {budget}");
+                names.extend(r.entries.into_iter().map(|e| e.name));
+                pages += 1;
+                match next {
+                    Some(n) => {
+                        assert_eq!(n, last);
+                        after = Some(n);
+                    }
+                    None => break,
+                }
+                assert!(pages <= full.len(), "budget {budget}: pages never end");
+            }
+            assert_eq!(names, full, "budget {budget}");
+            if budget == 1 {
+                assert_eq!(pages, full.len());
+            }
+            if budget == 100_000 {
+                assert_eq!(pages, 1);
+            }
+        }
+    }
+
     #[test]
     fn built_entries_are_prost_s_bytes() {
         let dir = tempfile::tempdir().unwrap();
@@ -314,7 +382,7 @@ mod tests {
             // A map's entries may come in any order; with at most one, there is one encoding.
             if e.attributes.len() <= 1 {
                 let mut b = ListBuilder::default();
-                b.push(v);
+                assert!(b.push(v), "no budget: room for more");
                 let ours = b.finish(String::new()).encode_to_vec();
                 let prost_s = ListResponse {
                     entries: vec![e],
@@ -324,6 +392,7 @@ mod tests {
                 assert_eq!(ours, prost_s, "{}", v.name);
                 checked += 1;
             }
+            true
         })
         .unwrap();
         assert_eq!(checked, p.entries.len() - 1);

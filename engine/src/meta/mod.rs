@@ -1022,22 +1022,27 @@ impl MetaStore {
         after: Option<&str>,
     ) -> MetaResult<ListPage> {
         let mut entries = Vec::new();
-        let next = self.list_with(ns, path, page, after, |v| entries.push(v.to_entry()))?;
+        let next = self.list_with(ns, path, page, after, |v| {
+            entries.push(v.to_entry());
+            true
+        })?;
         Ok(ListPage { entries, next })
     }
 
     /// [`MetaStore::list`] without the copies: each entry of the page goes to `visit` as a
     /// view of its stored bytes, in name order, and the result is the page's `next`. `visit`
-    /// runs under the namespace's lock, so it should only copy or encode what it is given. If
-    /// an entry does not parse, the listing fails with that error and `visit` has seen only
-    /// the entries before it.
+    /// runs under the namespace's lock, so it should only copy or encode what it is given; it
+    /// returns whether to go on, and when it says stop, the page ends with that entry (its
+    /// `next` is that entry's name if more follow: a caller can end a page early, at a byte
+    /// budget). If an entry does not parse, the listing fails with that error and `visit` has
+    /// seen only the entries before it.
     pub fn list_with(
         &self,
         ns: u64,
         path: &str,
         page: usize,
         after: Option<&str>,
-        mut visit: impl FnMut(&EntryView<'_>),
+        mut visit: impl FnMut(&EntryView<'_>) -> bool,
     ) -> MetaResult<Option<String>> {
         let parts = parse_path(path)?;
         let page = page.clamp(1, MAX_PAGE);
@@ -1054,16 +1059,23 @@ impl MetaStore {
             let more = keys.len() > page * ENTRY_KEY_BYTES;
             keys.truncate(page * ENTRY_KEY_BYTES);
             let refs: Vec<&[u8]> = keys.chunks_exact(ENTRY_KEY_BYTES).collect();
+            let count = refs.len();
+            let (mut seen, mut more) = (0, more);
             let mut last = String::new();
             let mut bad = None;
+            let mut stopped = false;
             op.tx.get_many(&refs, |_, v| {
-                if bad.is_some() {
+                if bad.is_some() || stopped {
                     return;
                 }
                 match EntryView::parse(v) {
                     Ok(e) => {
-                        visit(&e);
-                        if more {
+                        seen += 1;
+                        stopped = !visit(&e);
+                        if stopped && seen < count {
+                            more = true;
+                        }
+                        if more || stopped {
                             last.clear();
                             last.push_str(e.name);
                         }
