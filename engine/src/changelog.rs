@@ -466,7 +466,9 @@ impl Watcher {
     /// [`Error::Compacted`] if this watcher fell so far behind that changes it has not read
     /// were dropped.
     pub fn next(&mut self, timeout: Duration, max_revisions: usize) -> Result<Vec<Event>> {
-        let until = Instant::now() + timeout;
+        // Capped at about 136 years, so that `Duration::MAX` means "until something comes"
+        // instead of overflowing the clock.
+        let until = Instant::now() + timeout.min(Duration::from_secs(u64::from(u32::MAX)));
         loop {
             let seen = self.bell.count();
             let changes =

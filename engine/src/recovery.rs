@@ -177,6 +177,10 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
         // Every batch the scan saw is in the log buffer: make it durable before the
         // checkpoint counts, so replay can complete a batch caught half-applied.
         wal.sync_to(wal.end())?;
+        // A batch that failed and could not be undone during the scan poisoned the database
+        // and may be in the scan half-applied (it is not in the log): such a state must not
+        // become a checkpoint. (`sync_to` has nothing to flush then, so it would not say.)
+        inner.writable()?;
         let defs: Vec<_> = inner.all_ks().iter().map(|k| def_of(k)).collect();
         encode_ck_trailer(records, &defs, &mut payload);
         let at = off + out.len() as u64;

@@ -144,6 +144,15 @@ impl Wal {
             path: path.clone(),
             source,
         })?;
+        // Recovery replayed this file's frames from the page cache: a process killed between
+        // a flush's write and its fsync leaves them there, not on the device. Make them
+        // durable before anyone is told of them (watchers, a checkpoint that would let the
+        // log before it go): the LSN set as durable below must be.
+        storage.sync(&file).map_err(|source| Error::Io {
+            op: "fsync",
+            path: path.clone(),
+            source,
+        })?;
         storage.sync_dir(dir).map_err(|source| Error::Io {
             op: "sync directory",
             path: dir.to_path_buf(),

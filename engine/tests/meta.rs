@@ -329,6 +329,17 @@ fn sizes_that_do_not_fit_are_refused_and_change_nothing() {
     assert_eq!(m.usage(NS).unwrap().bytes, MAX_FILE_SIZE + 1);
 }
 
+/// A wait of `Duration::MAX` means "until a change comes", and returns at once when one is
+/// there (it must not overflow the clock).
+#[test]
+fn a_change_feed_wait_of_duration_max_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    m.mkdir(NS, "/x", false, 1).unwrap();
+    let page = m.changes(NS, 0, 10, std::time::Duration::MAX).unwrap();
+    assert!(!page.changes.is_empty());
+}
+
 #[test]
 fn etags_change_on_every_ancestor_and_never_repeat() {
     let dir = tempfile::tempdir().unwrap();

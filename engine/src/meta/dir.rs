@@ -172,8 +172,11 @@ impl<'a> Raw<'a> {
     }
 
     fn item(&self, i: usize) -> Option<(&'a [u8], u64)> {
+        if i >= self.len {
+            return None; // (an empty inner node is damage: nothing to descend to)
+        }
         let o = HEAD + 2 * i;
-        let off = u16::from_le_bytes(self.b[o..o + 2].try_into().ok()?) as usize;
+        let off = u16::from_le_bytes(self.b.get(o..o + 2)?.try_into().ok()?) as usize;
         let n = *self.b.get(off)? as usize;
         let key = self.b.get(off + 1..off + 1 + n)?;
         let v = self.b.get(off + 1 + n..off + 1 + n + 8)?;
@@ -315,6 +318,19 @@ fn descend(nodes: &mut impl Nodes, folder: u64, name: &[u8]) -> MetaResult<Desce
     }
 }
 
+/// The next node number of `folder` from its root's counter. Numbers are not reused while
+/// the folder has children, so a folder that has split 2^32 - 1 times refuses to grow (the
+/// mutation fails whole) rather than wrap onto node 0.
+fn take_no(next_no: &mut u32, folder: u64) -> MetaResult<u32> {
+    let no = *next_no;
+    *next_no = no.checked_add(1).ok_or_else(|| {
+        MetaError::OutOfBounds(format!(
+            "folder {folder} has used all 2^32 of its directory node numbers; move its entries into a new folder"
+        ))
+    })?;
+    Ok(no)
+}
+
 /// Add (or repoint) `folder`'s child `name` to `id`.
 pub(crate) fn insert(nodes: &mut impl Nodes, folder: u64, name: &[u8], id: u64) -> MetaResult<()> {
     let Descent {
@@ -339,8 +355,7 @@ pub(crate) fn insert(nodes: &mut impl Nodes, folder: u64, name: &[u8], id: u64) 
         }
         let right = node.split();
         let sep = right.keys[0].clone();
-        let right_no = next_no;
-        next_no += 1;
+        let right_no = take_no(&mut next_no, folder)?;
         nodes.store(folder, right_no, right.encode())?;
         match path.pop() {
             Some((pno, i)) => {
@@ -354,8 +369,7 @@ pub(crate) fn insert(nodes: &mut impl Nodes, folder: u64, name: &[u8], id: u64) 
             None => {
                 // The root split: its left half moves to a new node and the root becomes an
                 // inner node over the two halves (the root keeps number 0).
-                let left_no = next_no;
-                next_no += 1;
+                let left_no = take_no(&mut next_no, folder)?;
                 node.next_no = 0;
                 nodes.store(folder, left_no, node.encode())?;
                 node = Node {
@@ -676,5 +690,36 @@ mod tests {
             lookup(&mut junk, 1, b"a"),
             Err(MetaError::Engine(_))
         ));
+        // An inner node with no items: nothing to descend to.
+        let mut empty = Map::default();
+        empty.0.insert((1, 0), vec![1, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(
+            lookup(&mut empty, 1, b"a"),
+            Err(MetaError::Engine(_))
+        ));
+        assert!(insert(&mut empty, 1, b"a", 1).is_err());
+    }
+
+    /// A folder whose node counter is used up refuses the insert that would split a node
+    /// (instead of wrapping onto node 0), and keeps every name it had.
+    #[test]
+    fn a_used_up_node_counter_refuses_to_split() {
+        let mut m = Map::default();
+        insert(&mut m, 1, &name(0, false), 0).unwrap();
+        let root = m.0.get_mut(&(1, 0)).unwrap();
+        root[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut refused = None;
+        for i in 1..10_000 {
+            if let Err(e) = insert(&mut m, 1, &name(i, false), i) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("a split comes within 10,000 names");
+        assert!(matches!(e, MetaError::OutOfBounds(_)), "{e:?}");
+        assert!(e.to_string().contains("directory node numbers"), "{e}");
+        for j in 0..i {
+            assert_eq!(lookup(&mut m, 1, &name(j, false)).unwrap(), Some(j));
+        }
     }
 }
