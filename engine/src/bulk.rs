@@ -122,11 +122,21 @@ fn load_chunk(
     threads: usize,
 ) -> Result<(u64, u64, u64)> {
     staged.recs.sort_by_key(|r| r.0); // stable: keeps key order within a partition
+                                      // A group is one partition's records, cut where its log frame would pass
+                                      // `MAX_BATCH_BYTES` (each group is one frame).
     let mut groups = Vec::new();
     let mut i = 0;
     while i < staged.recs.len() {
         let p = staged.recs[i].0;
-        let j = i + staged.recs[i..].iter().take_while(|r| r.0 == p).count();
+        let (mut j, mut bytes) = (i, 0);
+        while let Some(&(q, _, _, kl, vl)) = staged.recs.get(j) {
+            let b = crate::wal::batch_op_bytes(kl, vl);
+            if q != p || (j > i && bytes + b > crate::wal::MAX_BATCH_BYTES) {
+                break;
+            }
+            bytes += b;
+            j += 1;
+        }
         groups.push(i..j);
         i = j;
     }
@@ -270,7 +280,7 @@ pub(crate) fn scan_parallel<A: Send>(
                         let (mut n, mut kb, mut vb) = (0u64, 0u64, 0u64);
                         let mut start = 0;
                         loop {
-                            let r = lk.scan_buckets(start, 4096, &mut addrs, |k, v| {
+                            let r = lk.scan_buckets(start, 4096, usize::MAX, &mut addrs, |k, v| {
                                 if k.len() >= KEY_PREFIX && k[..KEY_PREFIX] == prefix {
                                     let (m, v) = Meta::decode(v);
                                     f(&mut acc, &k[KEY_PREFIX..], v, m.modified);
@@ -280,8 +290,8 @@ pub(crate) fn scan_parallel<A: Send>(
                                 }
                             });
                             match r {
-                                Ok((buckets, _)) => {
-                                    start += 4096;
+                                Ok((scanned, buckets, _)) => {
+                                    start += scanned;
                                     if start >= buckets {
                                         break;
                                     }

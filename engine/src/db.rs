@@ -825,6 +825,15 @@ impl Inner {
         writes: &[(Vec<u8>, Option<Vec<u8>>)],
     ) -> Result<Option<(u64, u64)>> {
         self.writable()?;
+        // A batch is one log frame: refuse one too large for a frame before anything is
+        // applied (a frame over the limit would be written, acknowledged, and then refused
+        // as damage at the next open).
+        crate::wal::check_batch(
+            writes
+                .iter()
+                .map(|(k, v)| (k.len(), v.as_ref().map_or(0, Vec::len))),
+            crate::wal::MAX_BATCH_BYTES,
+        )?;
         // The state each touched key had before the batch (for rollback), and as the batch
         // goes on (for versions and create revisions).
         let mut before: HashMap<&[u8], Before> = HashMap::new();

@@ -13,6 +13,9 @@ pub enum Error {
     /// The value is longer than the configured maximum.
     #[error("value of {len} bytes is longer than the maximum of {max} bytes")]
     ValueTooLarge { len: usize, max: usize },
+    /// A batch (or transaction) is larger than one log frame can carry.
+    #[error("a batch of about {len} bytes is larger than the maximum of {max} bytes: split it into smaller batches")]
+    BatchTooLarge { len: usize, max: usize },
     /// The configuration cannot work; the message says which setting and why.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -1852,40 +1852,57 @@ impl Locked<'_> {
             .count()
     }
 
-    /// Visit the records indexed from buckets `start..start + n` of the current index table.
-    /// Returns the table's bucket count and generation: a caller that goes on with the next
-    /// slice later must start again if the generation changed (the table was rebuilt and
-    /// bucket positions moved).
+    /// Visit the records indexed from buckets `start..start + n` of the current index table,
+    /// stopping early, at a group of [`SCAN_GROUP`] buckets, once the visited keys and values
+    /// reach `max_bytes` (a checkpoint bounds its chunk frames so). Returns how many buckets
+    /// it visited, the table's bucket count and its generation: a caller that goes on with
+    /// the next slice later must start again if the generation changed (the table was
+    /// rebuilt and bucket positions moved).
     pub(crate) fn scan_buckets(
         &mut self,
         start: usize,
         n: usize,
+        max_bytes: usize,
         scratch: &mut Vec<u64>,
         mut f: impl FnMut(&[u8], &[u8]),
-    ) -> Result<(usize, u64)> {
+    ) -> Result<(usize, usize, u64)> {
         let p = self.part;
         // SAFETY: lock held.
         let table = unsafe { p.index.table() };
-        scratch.clear();
-        table.addresses_in(start, n, scratch);
-        // Ask for the records a little ahead of copying them, so that their cache misses
-        // overlap (a slice's records are scattered over the frames and segments).
-        for &a in scratch.iter().take(16) {
-            p.prefetch_record(a);
-        }
-        for (i, &a) in scratch.iter().enumerate() {
-            if let Some(&ahead) = scratch.get(i + 16) {
-                p.prefetch_record(ahead);
+        let group = if max_bytes == usize::MAX {
+            n
+        } else {
+            SCAN_GROUP
+        };
+        let (mut visited, mut bytes) = (0, 0usize);
+        while visited < n && bytes < max_bytes {
+            let m = group.min(n - visited);
+            scratch.clear();
+            table.addresses_in(start + visited, m, scratch);
+            visited += m;
+            // Ask for the records a little ahead of copying them, so that their cache misses
+            // overlap (a slice's records are scattered over the frames and segments).
+            for &a in scratch.iter().take(16) {
+                p.prefetch_record(a);
             }
-            if a & FAR == 0 {
-                let rec = p.dram_record(a);
-                f(rec.key(), rec.value());
-            } else {
-                p.far_record(a, true, |rec| f(rec.key(), rec.value()))
-                    .map_err(|e| p.locked_err(a, e))?;
+            for (i, &a) in scratch.iter().enumerate() {
+                if let Some(&ahead) = scratch.get(i + 16) {
+                    p.prefetch_record(ahead);
+                }
+                let mut visit = |k: &[u8], v: &[u8]| {
+                    bytes += k.len() + v.len();
+                    f(k, v)
+                };
+                if a & FAR == 0 {
+                    let rec = p.dram_record(a);
+                    visit(rec.key(), rec.value());
+                } else {
+                    p.far_record(a, true, |rec| visit(rec.key(), rec.value()))
+                        .map_err(|e| p.locked_err(a, e))?;
+                }
             }
         }
-        Ok((table.buckets(), self.st.index_generation))
+        Ok((visited, table.buckets(), self.st.index_generation))
     }
 
     /// Prefetch the index bucket of `hash`, ahead of a `put` or `contains` of it (loaders
@@ -2007,6 +2024,10 @@ pub(crate) fn ordered_key_bytes(key_len: usize) -> usize {
     };
     72 + heap
 }
+
+/// Buckets a byte-bounded [`Locked::scan_buckets`] visits between checks of its bound (at
+/// most 64 records past it).
+const SCAN_GROUP: usize = 8;
 
 /// Bytes of readmitted records one page advance may carry into the new tail page.
 fn readmit_cap(page_bytes: usize) -> usize {

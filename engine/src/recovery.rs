@@ -32,8 +32,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Buckets scanned per lock hold (8 slots each: about 1,600 records at a table's usual load,
-/// a few hundred microseconds of copying on this machine's 300 ns DRAM).
+/// a few hundred microseconds of copying on this machine's 300 ns DRAM), at most.
 const SLICE_BUCKETS: usize = 256;
+/// A slice also ends after the bucket that takes its records past this many bytes, so that a
+/// chunk frame stays far below the log's frame limit (which the next open enforces) and a
+/// checkpoint of large values holds little in memory at once: at most this plus one bucket
+/// (8 records).
+const SLICE_BYTES: usize = 16 << 20;
 /// A checkpoint file is synced every this many bytes written.
 const SYNC_EVERY: u64 = 32 << 20;
 /// How many records ahead a loader prefetches index buckets.
@@ -130,9 +135,9 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
                 payload.push(CK_RECORDS);
                 payload.push(u8::from(rescan));
                 payload.extend_from_slice(&0u32.to_le_bytes());
-                let (buckets, g) = {
+                let (scanned, buckets, g) = {
                     let mut lk = part.lock();
-                    lk.scan_buckets(start, SLICE_BUCKETS, &mut addrs, |k, v| {
+                    lk.scan_buckets(start, SLICE_BUCKETS, SLICE_BYTES, &mut addrs, |k, v| {
                         payload.extend_from_slice(&(k.len() as u32).to_le_bytes());
                         payload.extend_from_slice(&(v.len() as u32).to_le_bytes());
                         payload.extend_from_slice(k);
@@ -159,7 +164,7 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
                     continue;
                 }
                 generation = Some(g);
-                start += SLICE_BUCKETS;
+                start += scanned;
                 if start >= buckets {
                     break;
                 }

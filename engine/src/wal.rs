@@ -31,6 +31,30 @@ use std::sync::{Arc, OnceLock};
 pub(crate) const FRAME_HEADER: usize = 16;
 /// Largest frame payload accepted by the reader (a bulk-load chunk is the largest writer).
 pub(crate) const MAX_FRAME: usize = 1 << 30;
+/// Largest batch accepted, in [`batch_op_bytes`] summed over its operations: half a frame,
+/// so that its frame (keys, values and a few dozen bytes of revisions and lengths per
+/// operation) always fits, with room to spare. Bulk-load groups and checkpoint chunks stay
+/// under it too.
+pub(crate) const MAX_BATCH_BYTES: usize = MAX_FRAME / 2;
+
+/// What one operation of a batch counts toward [`MAX_BATCH_BYTES`]: its key, its value and
+/// more than its frame's fixed fields.
+pub(crate) fn batch_op_bytes(key_len: usize, value_len: usize) -> usize {
+    key_len + value_len + 64
+}
+
+/// Refuse a batch of operations with these key and value lengths if it counts more than
+/// `max` bytes ([`batch_op_bytes`] each).
+pub(crate) fn check_batch(
+    ops: impl Iterator<Item = (usize, usize)>,
+    max: usize,
+) -> crate::Result<()> {
+    let len = ops.map(|(k, v)| batch_op_bytes(k, v)).sum();
+    if len > max {
+        return Err(crate::Error::BatchTooLarge { len, max });
+    }
+    Ok(())
+}
 
 /// Append one frame to `out`.
 pub(crate) fn put_frame(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
@@ -480,6 +504,24 @@ fn intact_frame_after(bytes: &[u8], pos: usize, start: u64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch is refused by the bytes it counts (keys, values and 64 bytes of frame fields an
+    /// operation), so that its frame always fits; the limit is half a frame.
+    #[test]
+    fn batches_are_bounded_by_what_their_frame_can_carry() {
+        assert!(check_batch([(10, 100), (10, 0)].into_iter(), 248).is_ok());
+        let e = check_batch([(10, 100), (10, 0)].into_iter(), 247).unwrap_err();
+        assert!(
+            matches!(e, crate::Error::BatchTooLarge { len: 248, max: 247 }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("split it"), "{e}");
+        assert_eq!(MAX_BATCH_BYTES * 2, MAX_FRAME);
+        // 480 values of the default largest size (1 MiB) fit in one batch; 600 do not.
+        let max = (1 << 20) + 8 + 24;
+        assert!(check_batch(std::iter::repeat_n((64, max), 480), MAX_BATCH_BYTES).is_ok());
+        assert!(check_batch(std::iter::repeat_n((64, max), 600), MAX_BATCH_BYTES).is_err());
+    }
 
     #[test]
     fn frames_round_trip_and_reject_damage() {

@@ -134,6 +134,40 @@ fn reopen_with_checkpoint_and_log_gives_the_same_state() {
     check(&db, n, &model);
 }
 
+/// A checkpoint of large values is written in chunks bounded in bytes (a slice of the index
+/// ends once its records pass 16 MiB, so no chunk nears the log's frame limit, which the next
+/// open enforces) and reads back whole: every record, once.
+#[test]
+fn a_checkpoint_of_large_values_reads_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = durable(dir.path(), 4 << 20, Durability::Commit);
+        c.partitions = 1;
+        c.page_bytes = 64 << 10;
+        c.segment_bytes = 1 << 20;
+        c.max_value_bytes = 32 << 10;
+        c
+    };
+    let n = 1200u32; // about 36 MB: three slices or more
+    {
+        let db = Db::open(cfg()).unwrap();
+        for i in 0..n {
+            db.put(&key(i), &value_for(i, 1, 30_000)).unwrap();
+        }
+        let info = db.checkpoint().unwrap();
+        assert!(info.records >= u64::from(n), "{info:?}");
+        assert!(info.bytes > 36_000_000, "{info:?}");
+    }
+    let (db, r) = Db::open_with_info(cfg()).unwrap();
+    assert_eq!(r.log_frames, 0, "all from the checkpoint: {r:?}");
+    assert!(r.checkpoint_records >= u64::from(n), "{r:?}");
+    for i in 0..n {
+        let v = db.get(&key(i)).unwrap().expect("present");
+        assert_eq!(check_value(&v), (i, 1));
+    }
+    assert_eq!(db.stats().keys, u64::from(n));
+}
+
 #[test]
 fn versions_and_revisions_follow_etcd() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,6 +45,7 @@ pub fn engine_status(e: tera_engine::Error) -> Status {
         E::KeyTooLarge { .. } | E::ValueTooLarge { .. } => Status::invalid_argument(format!(
             "{msg}: the entry (its name, attributes and other fields together) is too large"
         )),
+        E::BatchTooLarge { .. } => Status::invalid_argument(msg),
         E::Compacted { .. } => Status::out_of_range(msg),
         E::BudgetExhausted(_) => Status::resource_exhausted(msg),
         E::Poisoned(_) => Status::unavailable(format!(
