@@ -769,6 +769,31 @@ impl Inner {
         Ok(())
     }
 
+    /// Revision `rev` was taken by a write that failed and applied nothing: log it as an
+    /// empty batch, and fill it in the change log with an empty change that watchers see once
+    /// that frame is durable. Logged, a reopen knows the revision was used and never hands
+    /// it out again (a watcher may have moved its cursor past it); unlogged, recovery would
+    /// restart the count below it. (After a log failure the frame is only buffered: the
+    /// database is poisoned and a reopen recovers from the log as it is.)
+    fn skip_revision(&self, ks: &KsInfo, rev: u64) {
+        match &self.wal {
+            Some(wal) => {
+                let mut frame = Vec::new();
+                start_batch(ks.id, rev, &mut frame);
+                finish_batch(&mut frame, 0);
+                let lsn = wal.append(&frame);
+                ks.changelog.insert(
+                    rev,
+                    Change {
+                        events: Vec::new(),
+                        lsn,
+                    },
+                );
+            }
+            None => ks.changelog.insert_empty(rev),
+        }
+    }
+
     /// Refuse writes after a log failure.
     pub(crate) fn writable(&self) -> Result<()> {
         match self.poison.get() {
@@ -915,7 +940,7 @@ impl Inner {
                      a reopen drops it"
                 ));
             }
-            ks.changelog.insert_empty(rev);
+            self.skip_revision(ks, rev);
             return Err(e);
         }
         // Keys created and removed.
@@ -1004,7 +1029,7 @@ impl Inner {
                 // `put_over` fails only before it takes a revision; should that ever change,
                 // the revision is filled with an empty change so later ones still arrive.
                 if let Some(m) = meta {
-                    ks.changelog.insert_empty(m.modified);
+                    self.skip_revision(ks, m.modified);
                 }
                 return Err(e);
             }

@@ -336,31 +336,45 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
             continue;
         }
         ks.rev.store(top, Relaxed);
+        // The newest frames, in log order, until the byte limit; `cut` is the highest
+        // revision of a frame left out. Log order is not revision order (revisions are taken
+        // before frames are appended, on every partition at once), so a frame left out can
+        // have a higher revision than one kept: the history starts after `cut`, never with a
+        // hole where a left-out revision would read as empty.
         let mut kept: Vec<(u64, u64, &Vec<crate::durable::LoggedOp>)> = Vec::new();
         let mut bytes = 0usize;
+        let mut cut: Option<u64> = None;
         for (_, end, rec) in records.iter().rev() {
             if let LogRecord::Batch { ks: id, rev, ops } = rec {
                 if *id != ks.id || *rev <= start {
                     continue;
                 }
-                bytes += ops
-                    .iter()
-                    .map(|o| o.key.len() + o.put.as_ref().map_or(0, |p| p.2.len()) + 96)
-                    .sum::<usize>();
-                if bytes > limit {
-                    break;
+                if cut.is_none() {
+                    bytes += ops
+                        .iter()
+                        .map(|o| o.key.len() + o.put.as_ref().map_or(0, |p| p.2.len()) + 96)
+                        .sum::<usize>();
+                    if bytes <= limit {
+                        kept.push((*rev, *end, ops));
+                        continue;
+                    }
                 }
-                kept.push((*rev, *end, ops));
+                cut = cut.max(Some(*rev));
             }
         }
         kept.sort_by_key(|k| k.0);
-        kept.dedup_by_key(|k| k.0);
-        // Revisions before the oldest kept one are not in the history.
-        let oldest = if bytes > limit {
-            kept.first().map_or(top, |k| k.0 - 1)
-        } else {
-            start
-        };
+        // A revision in several frames is a bulk load's (a frame per group): as when it ran,
+        // the history starts after it.
+        for w in kept.windows(2) {
+            if w[0].0 == w[1].0 {
+                cut = cut.max(Some(w[0].0));
+            }
+        }
+        if let Some(c) = cut {
+            kept.retain(|k| k.0 > c);
+        }
+        // Revisions up to the cut are not in the history.
+        let oldest = cut.unwrap_or(start).max(start);
         ks.changelog.compact_through(oldest);
         let mut next = kept.iter().peekable();
         for rev in oldest + 1..=top {
@@ -727,4 +741,99 @@ fn load_chunk<'a>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::durable::{finish_batch, push_put, start_batch};
+    use crate::wal::{list_wal, put_frame};
+    use crate::{Config, Db, Durability, Error, KeyspaceOptions, DEFAULT_KEYSPACE};
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// Log order is not revision order: when recovery's change history is cut at its byte
+    /// limit, a revision left out of it, however it sits among the kept ones, is before the
+    /// history (a watcher from before it is told to read again), never delivered as empty.
+    #[test]
+    fn the_history_rebuilt_at_recovery_has_no_hole_where_a_frame_was_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            let mut c = Config::new(dir.path());
+            c.dram_budget_bytes = 4 << 20;
+            c.partitions = 1;
+            c.page_bytes = 64 << 10;
+            c.segment_bytes = 256 << 10;
+            c.max_value_bytes = 48 << 10;
+            c.max_key_bytes = 256;
+            c.changelog_bytes = 32 << 10;
+            c.durability = Durability::Commit;
+            c.checkpoint_wal_bytes = 0;
+            c.background_maintenance = false;
+            c.topology = Some(tera_numa::Topology::simulated(1, 2, 0, 1 << 30));
+            c
+        };
+        let top = {
+            let db = Db::open(config()).unwrap();
+            db.put(b"k0", b"v").unwrap();
+            db.keyspace(DEFAULT_KEYSPACE, KeyspaceOptions::hash())
+                .unwrap()
+                .revision()
+        };
+        assert!(
+            config().changelog_limit() < 40 << 10,
+            "the big frame passes it"
+        );
+        // Frames of revisions top+2 (40 KiB), top+1, top+3 and top+4, in that log order.
+        let (start, path) = list_wal(dir.path()).unwrap().pop().unwrap();
+        let mut lsn = start + std::fs::metadata(&path).unwrap().len();
+        let mut bytes = Vec::new();
+        for (d, len) in [(2u64, 40 << 10), (1, 10), (3, 10), (4, 10)] {
+            let rev = top + d;
+            let mut p = Vec::new();
+            start_batch(0, rev, &mut p);
+            push_put(&mut p, format!("r{d}").as_bytes(), rev, 1, &vec![b'x'; len]);
+            finish_batch(&mut p, 1);
+            let before = bytes.len();
+            put_frame(&mut bytes, lsn, &p);
+            lsn += (bytes.len() - before) as u64;
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+
+        let db = Db::open(config()).unwrap();
+        let ks = db
+            .keyspace(DEFAULT_KEYSPACE, KeyspaceOptions::hash())
+            .unwrap();
+        assert_eq!(ks.revision(), top + 4);
+        for d in 1..=4 {
+            let e = ks
+                .get(format!("r{d}").as_bytes())
+                .unwrap()
+                .expect("replayed");
+            assert_eq!(e.mod_revision, top + d);
+        }
+        // From before the frame left out: read again (not an empty top+2).
+        match ks
+            .watch(b"", None, top)
+            .and_then(|mut w| w.next(Duration::ZERO, 10))
+        {
+            Err(Error::Compacted { oldest, .. }) => assert_eq!(oldest, top + 2),
+            other => panic!("expected Compacted, got {other:?}"),
+        }
+        // From it on: top+3 and top+4, each with its key.
+        let mut w = ks.watch(b"", None, top + 2).unwrap();
+        let events = w.next(Duration::ZERO, 10).unwrap();
+        let got: Vec<(u64, Vec<u8>)> = events
+            .iter()
+            .map(|e| (e.mod_revision, e.key.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(top + 3, b"r3".to_vec()), (top + 4, b"r4".to_vec())]
+        );
+    }
 }

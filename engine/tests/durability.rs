@@ -168,6 +168,47 @@ fn a_checkpoint_of_large_values_reads_back_whole() {
     assert_eq!(db.stats().keys, u64::from(n));
 }
 
+/// A revision taken by a batch that failed (here the index is full) is logged as an empty
+/// batch: after a reopen, revisions go on above it, never handing out again one that a
+/// watcher may have moved its cursor past.
+#[test]
+fn a_failed_batch_s_revision_is_never_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = durable(dir.path(), 56 << 10, Durability::Commit);
+        c.partitions = 1;
+        c
+    };
+    let failed = {
+        let db = Db::open(cfg()).unwrap();
+        let mut n = 0u32;
+        while db.put(&key(n), b"").is_ok() {
+            n += 1;
+            assert!(n < 100_000);
+        }
+        let ks = db
+            .keyspace(tera_engine::DEFAULT_KEYSPACE, KeyspaceOptions::hash())
+            .unwrap();
+        let before = ks.revision();
+        let mut b = Batch::new();
+        b.put(key(n), b"new");
+        assert!(matches!(ks.write(&b), Err(Error::BudgetExhausted(_))));
+        assert_eq!(
+            ks.revision(),
+            before + 1,
+            "the failed batch took a revision"
+        );
+        ks.revision()
+    };
+    let db = Db::open(cfg()).unwrap();
+    let ks = db
+        .keyspace(tera_engine::DEFAULT_KEYSPACE, KeyspaceOptions::hash())
+        .unwrap();
+    assert_eq!(ks.revision(), failed);
+    db.delete(&key(0)).unwrap();
+    assert_eq!(ks.revision(), failed + 1);
+}
+
 #[test]
 fn versions_and_revisions_follow_etcd() {
     let dir = tempfile::tempdir().unwrap();
