@@ -329,6 +329,50 @@ fn sizes_that_do_not_fit_are_refused_and_change_nothing() {
     assert_eq!(m.usage(NS).unwrap().bytes, MAX_FILE_SIZE + 1);
 }
 
+/// Moving a folder lengthens the paths below it without naming them: past `MAX_PATH`, those
+/// entries stay reachable by path (stat, list, attributes, overwrite, move out, delete), while
+/// creating a new entry at such a path is refused with the reason.
+#[test]
+fn entries_moved_past_the_path_limit_stay_reachable() {
+    use tera_engine::meta::MAX_PATH;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    let seg = "n".repeat(250);
+    let mut deep = String::from("/a");
+    for _ in 0..16 {
+        deep.push('/');
+        deep.push_str(&seg);
+    }
+    assert!(deep.len() <= MAX_PATH);
+    let folder = m.mkdir(NS, &deep, true, 1).unwrap();
+    let file = m
+        .upload(NS, &format!("{deep}/f"), &up(3, 1), &Precondition::None)
+        .unwrap();
+    let long = format!("/{}", "b".repeat(255));
+    m.rename(NS, "/a", &long, None, 2).unwrap();
+    let moved = format!("{long}{}", &deep[2..]);
+    assert!(moved.len() > MAX_PATH, "{}", moved.len());
+    let f = format!("{moved}/f");
+    assert_eq!(m.stat(NS, &moved).unwrap().id, folder.id);
+    assert_eq!(m.stat(NS, &f).unwrap().id, file.id);
+    let listing = m.list(NS, &moved, 10, None).unwrap();
+    assert_eq!(listing.entries.len(), 1);
+    m.set_attrs(NS, &f, &[("k", Some("v"))], 3).unwrap();
+    m.upload(NS, &f, &up(4, 4), &Precondition::None).unwrap();
+    assert_eq!(m.stat(NS, &f).unwrap().size, 4);
+    // A new entry there is refused, saying why.
+    let e = m
+        .upload(NS, &format!("{moved}/g"), &up(1, 5), &Precondition::None)
+        .unwrap_err();
+    assert!(e.to_string().contains("the most for a new entry"), "{e}");
+    assert!(m.mkdir(NS, &format!("{moved}/h"), false, 5).is_err());
+    // Moved out, and deleted.
+    m.rename(NS, &f, "/f", None, 6).unwrap();
+    assert_eq!(m.stat(NS, "/f").unwrap().id, file.id);
+    m.delete(NS, &moved, false, None, 7).unwrap();
+    assert!(matches!(m.stat(NS, &moved), Err(MetaError::NotFound(_))));
+}
+
 /// A wait of `Duration::MAX` means "until a change comes", and returns at once when one is
 /// there (it must not overflow the clock).
 #[test]
@@ -382,7 +426,10 @@ fn bad_paths_are_refused_with_the_reason() {
         ("/a/../b", ". or .."),
         ("/a\0b", "NUL"),
         (long_name.as_str(), "longer than 255"),
-        (long_path.as_str(), "longer than 4096"),
+        (
+            long_path.as_str(),
+            "longer than 4096 bytes, the most for a new entry",
+        ),
     ] {
         match m.mkdir(NS, p, true, 1) {
             Err(MetaError::InvalidPath { reason, .. }) => {
@@ -390,7 +437,23 @@ fn bad_paths_are_refused_with_the_reason() {
             }
             other => panic!("{p:?}: {other:?}"),
         }
-        assert!(matches!(m.stat(NS, p), Err(MetaError::InvalidPath { .. })));
+        // A lookup may be longer (entries moved deep stay reachable): nothing is there.
+        let r = m.stat(NS, p);
+        if p == long_path {
+            assert!(matches!(r, Err(MetaError::NotFound(_))), "{r:?}");
+        } else {
+            assert!(
+                matches!(r, Err(MetaError::InvalidPath { .. })),
+                "{p:?}: {r:?}"
+            );
+        }
+    }
+    let too_long = "/abc".repeat((tera_engine::meta::MAX_LOOKUP_PATH / 4) + 1);
+    match m.stat(NS, &too_long) {
+        Err(MetaError::InvalidPath { reason, .. }) => {
+            assert!(reason.contains("longer than 1048576 bytes"), "{reason}")
+        }
+        other => panic!("{other:?}"),
     }
     assert_eq!(m.stat(NS, "/").unwrap().tree_size, 0);
 }

@@ -37,8 +37,12 @@ use std::fmt;
 pub const ROOT_ID: u64 = 1;
 /// Longest name of an entry, in bytes.
 pub const MAX_NAME: usize = 255;
-/// Longest path, in bytes.
+/// Longest path of an entry being created (a new folder or file, a move's target), in bytes.
 pub const MAX_PATH: usize = 4096;
+/// Longest path that reaches an existing entry, in bytes. Moving a folder makes the paths
+/// below it longer without naming them, so they can pass [`MAX_PATH`]; such entries stay
+/// reachable (stat, list, attributes, delete, a move's source) up to this length.
+pub const MAX_LOOKUP_PATH: usize = 1 << 20;
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 10_000;
 /// Largest file size, in bytes: 2^63 - 1, what a signed 64-bit size (Java's, WebDAV
@@ -176,12 +180,33 @@ impl fmt::Display for Kind {
 /// Split and check a path: absolute, no empty, `.` or `..` components, no NUL, names up to
 /// [`MAX_NAME`] bytes, the whole up to [`MAX_PATH`]. `/` is the root (no components).
 pub fn parse_path(path: &str) -> MetaResult<Vec<&str>> {
+    parse_path_within(path, MAX_PATH)
+}
+
+/// [`parse_path`] for a path that reaches an existing entry: up to [`MAX_LOOKUP_PATH`].
+fn parse_existing(path: &str) -> MetaResult<Vec<&str>> {
+    parse_path_within(path, MAX_LOOKUP_PATH)
+}
+
+/// The refusal of a path to a new entry that is longer than [`MAX_PATH`].
+fn too_long_to_create(path: &str) -> MetaError {
+    MetaError::InvalidPath {
+        path: path.chars().take(200).collect(),
+        reason: format!("longer than {MAX_PATH} bytes, the most for a new entry"),
+    }
+}
+
+fn parse_path_within(path: &str, max: usize) -> MetaResult<Vec<&str>> {
     let bad = |reason: &str| MetaError::InvalidPath {
         path: path.chars().take(200).collect(),
         reason: reason.into(),
     };
-    if path.len() > MAX_PATH {
-        return Err(bad(&format!("longer than {MAX_PATH} bytes")));
+    if path.len() > max {
+        return Err(if max == MAX_PATH {
+            too_long_to_create(path)
+        } else {
+            bad(&format!("longer than {max} bytes"))
+        });
     }
     if path.contains('\0') {
         return Err(bad("contains a NUL byte"));
@@ -834,7 +859,7 @@ impl MetaStore {
         attrs: &[(&str, Option<&str>)],
         mtime: i64,
     ) -> MetaResult<MetaEntry> {
-        let parts = parse_path(path)?;
+        let parts = parse_existing(path)?;
         self.atomic(ns, |op| {
             let mut e = op.resolve(path, &parts)?;
             let before = e.attrs.clone();
@@ -988,7 +1013,7 @@ impl MetaStore {
 
     /// The entry at `path`.
     pub fn stat(&self, ns: u64, path: &str) -> MetaResult<MetaEntry> {
-        let parts = parse_path(path)?;
+        let parts = parse_existing(path)?;
         self.atomic_read(ns, |op| op.resolve(path, &parts))
     }
 
@@ -1044,7 +1069,7 @@ impl MetaStore {
         after: Option<&str>,
         mut visit: impl FnMut(&EntryView<'_>) -> bool,
     ) -> MetaResult<Option<String>> {
-        let parts = parse_path(path)?;
+        let parts = parse_existing(path)?;
         let page = page.clamp(1, MAX_PAGE);
         self.atomic_read(ns, |op| {
             let dir = op.resolve(path, &parts)?;
@@ -1153,7 +1178,7 @@ impl MetaStore {
         up: &Upload,
         pre: &Precondition,
     ) -> MetaResult<MetaEntry> {
-        let parts = parse_path(path)?;
+        let parts = parse_existing(path)?;
         let Some((name, dir)) = parts.split_last() else {
             return Err(MetaError::IsAFolder("/".into()));
         };
@@ -1197,6 +1222,7 @@ impl MetaStore {
             let old_size = existing.as_ref().map_or(0, |e| e.size);
             let id = match &existing {
                 Some(e) => e.id,
+                None if path.len() > MAX_PATH => return Err(too_long_to_create(path)),
                 None => {
                     let id = op.next_id;
                     op.next_id += 1;
@@ -1242,7 +1268,7 @@ impl MetaStore {
         if_match: Option<&str>,
         mtime: i64,
     ) -> MetaResult<MetaEntry> {
-        let src = parse_path(from)?;
+        let src = parse_existing(from)?;
         let dst = parse_path(to)?;
         if src.is_empty() {
             return Err(MetaError::InvalidPath {
@@ -1369,7 +1395,7 @@ impl MetaStore {
         if_match: Option<&str>,
         mtime: i64,
     ) -> MetaResult<bool> {
-        let parts = parse_path(path)?;
+        let parts = parse_existing(path)?;
         if parts.is_empty() {
             return Err(MetaError::InvalidPath {
                 path: path.into(),
