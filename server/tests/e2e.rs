@@ -126,6 +126,26 @@ impl Ctl {
     }
 }
 
+/// A token for the first-start admin of the terad whose data directory is `data`, living
+/// `ttl` seconds (0: the server's default).
+async fn admin_token(
+    ch: &tonic::transport::Channel,
+    data: &Path,
+    ttl: u32,
+) -> tera_server::proto::auth::TokenResponse {
+    use tera_server::client::{self, Bearer};
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"))
+        .token(tera_server::proto::auth::TokenRequest {
+            user: "admin".into(),
+            password: password.trim().into(),
+            ttl_seconds: ttl,
+        })
+        .await
+        .expect("token")
+        .into_inner()
+}
+
 /// Wait until health says SERVING (the database opens after the port is bound).
 fn wait_serving(ctl: &Ctl) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -349,7 +369,6 @@ fn terad_serves_teractl_end_to_end() {
 #[tokio::test]
 async fn terad_speaks_reflection_and_refuses_what_it_must() {
     use tera_server::client::{self, Bearer};
-    use tera_server::proto::auth as apb;
     use tera_server::proto::health::health_check_response::ServingStatus;
     use tera_server::proto::health::HealthCheckRequest;
     use tera_server::proto::meta as pb;
@@ -414,17 +433,8 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
     ));
 
     // A token that lives one second, refused once it has expired.
-    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
-    let mut auth = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"));
-    let tok = auth
-        .token(apb::TokenRequest {
-            user: "admin".into(),
-            password: password.trim().into(),
-            ttl_seconds: 1,
-        })
-        .await
-        .expect("token")
-        .into_inner();
+    let auth = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"));
+    let tok = admin_token(&ch, &data, 1).await;
     let mut meta = client::meta(
         ch.clone(),
         Bearer::new(Some(&tok.token), true).expect("bearer"),
@@ -516,7 +526,6 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
 #[tokio::test]
 async fn long_polls_answer_by_their_deadline_and_end_with_a_drain() {
     use tera_server::client::{self, Bearer};
-    use tera_server::proto::auth as apb;
     use tera_server::proto::meta as pb;
     use tonic::Code;
 
@@ -531,16 +540,7 @@ async fn long_polls_answer_by_their_deadline_and_end_with_a_drain() {
     let ch = client::connect(&t.grpc, Duration::from_secs(60))
         .await
         .expect("connect");
-    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
-    let tok = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"))
-        .token(apb::TokenRequest {
-            user: "admin".into(),
-            password: password.trim().into(),
-            ttl_seconds: 0,
-        })
-        .await
-        .expect("token")
-        .into_inner();
+    let tok = admin_token(&ch, &data, 0).await;
     let mut meta = client::meta(
         ch.clone(),
         Bearer::new(Some(&tok.token), false).expect("bearer"),
