@@ -39,9 +39,9 @@ pub const MAX_WAIT_MS: u32 = 60_000;
 /// before it checks whether the client left, the token expired, the deadline is near or the
 /// server drains.
 const WATCH_POLL: Duration = Duration::from_millis(500);
-/// A Changes long poll answers this long before its deadline (or a tenth of the time it has,
+/// A Changes long poll answers this long before its deadline (or a fifth of the time it has,
 /// if less), so that the answer reaches the client in time.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
 /// The Metadata service.
 #[derive(Debug, Clone)]
@@ -360,7 +360,7 @@ impl Metadata for MetaService {
         let start = tokio::time::Instant::now();
         let mut end = start + Duration::from_millis(u64::from(r.wait_ms));
         if let Some(d) = deadline {
-            let margin = (d.0.saturating_duration_since(start) / 10).min(DEADLINE_MARGIN);
+            let margin = (d.0.saturating_duration_since(start) / 5).min(DEADLINE_MARGIN);
             end = end.min(d.0 - margin);
         }
         let mut cursor = r.cursor;
