@@ -1315,6 +1315,24 @@ impl Keyspace {
         self.ks.rev.load(Acquire)
     }
 
+    /// [`Keyspace::revision`] made durable: every batch up to the returned revision is in the
+    /// log on disk (or a failed one's empty frame is), so a reopen after a crash continues
+    /// above it and never hands it out again. A client that keeps a revision as a change
+    /// cursor should take it from here. It waits for batches committing at the moment (it
+    /// takes each partition's lock once: a batch takes its revision and appends its frame
+    /// under its partition's lock) and for one log flush, shared with concurrent committers;
+    /// without a log (durability `none`) it is the revision.
+    pub fn durable_revision(&self) -> Result<u64> {
+        let rev = self.revision();
+        if let Some(wal) = self.inner.wal() {
+            for p in self.inner.parts() {
+                drop(p.lock());
+            }
+            wal.sync_to(wal.end())?;
+        }
+        Ok(rev)
+    }
+
     /// Keys in the keyspace.
     pub fn len(&self) -> u64 {
         self.ks.keys.load(Relaxed).max(0) as u64

@@ -209,6 +209,34 @@ fn a_failed_batch_s_revision_is_never_handed_out_again() {
     assert_eq!(ks.revision(), failed + 1);
 }
 
+/// `durable_revision` makes every batch up to the revision it returns durable: with a flush
+/// interval of an hour, a watcher (which sees a change once it is durable) sees the batch at
+/// once after it, and not before.
+#[test]
+fn durable_revision_makes_the_batches_up_to_it_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(durable(
+        dir.path(),
+        256 << 10,
+        Durability::Periodic(Duration::from_secs(3600)),
+    ))
+    .unwrap();
+    let ks = db
+        .keyspace(tera_engine::DEFAULT_KEYSPACE, KeyspaceOptions::hash())
+        .unwrap();
+    let before = ks.revision();
+    let rev = ks.put(b"k", b"v").unwrap();
+    let mut w = ks.watch(b"", None, before).unwrap();
+    assert!(
+        w.next(Duration::from_millis(50), 10).unwrap().is_empty(),
+        "not durable yet, so not visible"
+    );
+    assert_eq!(ks.durable_revision().unwrap(), rev);
+    let events = w.next(Duration::from_secs(5), 10).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].mod_revision, rev);
+}
+
 #[test]
 fn versions_and_revisions_follow_etcd() {
     let dir = tempfile::tempdir().unwrap();

@@ -497,7 +497,7 @@ fn attributes_usage_and_the_change_feed() {
     use tera_engine::meta::Change;
     let dir = tempfile::tempdir().unwrap();
     let (_db, m) = store(dir.path());
-    let start = m.cursor();
+    let start = m.cursor().unwrap();
     m.mkdir(NS, "/p", false, 1).unwrap();
     let f = m
         .upload(NS, "/p/f", &up(9, 2), &Precondition::None)
@@ -560,7 +560,7 @@ fn attributes_usage_and_the_change_feed() {
     assert_eq!(live[&tera_engine::meta::ROOT_ID], m.stat(NS, "/").unwrap());
 
     // Waiting for the next change.
-    let now = m.cursor();
+    let now = m.cursor().unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
             std::thread::sleep(Duration::from_millis(50));
@@ -586,7 +586,7 @@ fn a_cursor_older_than_the_history_is_too_old() {
     let db = Db::open(c).unwrap();
     let m = MetaStore::open(&db).unwrap();
     m.create_namespace(NS, 1).unwrap();
-    let start = m.cursor();
+    let start = m.cursor().unwrap();
     for i in 0..300 {
         m.upload(NS, &format!("/f{i}"), &up(i, i as i64), &Precondition::None)
             .unwrap();
@@ -698,13 +698,13 @@ fn an_operation_that_changes_nothing_takes_no_revision() {
     m.mkdir(NS, "/a/b", true, 2).unwrap();
     m.upload(NS, "/a/f", &up(5, 3), &Precondition::None)
         .unwrap();
-    let before = m.cursor();
+    let before = m.cursor().unwrap();
     let root = m.stat(NS, "/").unwrap();
     // A move onto itself, mkdir -p of an existing folder, setting what is already set.
     m.rename(NS, "/a/f", "/a/f", None, 9).unwrap();
     m.mkdir(NS, "/a/b", true, 9).unwrap();
     m.set_attrs(NS, "/a", &[("gone", None)], 9).unwrap();
-    assert_eq!(m.cursor(), before, "no revision was taken");
+    assert_eq!(m.cursor().unwrap(), before, "no revision was taken");
     assert_eq!(m.stat(NS, "/").unwrap().etag, root.etag, "no etag moved");
     let page = m
         .changes(NS, before, 100, std::time::Duration::ZERO)
@@ -720,7 +720,7 @@ fn an_operation_that_changes_nothing_takes_no_revision() {
     // A real change still takes one.
     m.upload(NS, "/a/f", &up(6, 10), &Precondition::None)
         .unwrap();
-    assert!(m.cursor() > before);
+    assert!(m.cursor().unwrap() > before);
 }
 
 /// `/big`: 3 folders of 60 files and a sub-folder of 25 more each, names long enough that
@@ -758,7 +758,7 @@ fn a_recursive_delete_is_reclaimed_in_bounded_steps() {
         keys() > before + ids.len() as u64,
         "entries and directory nodes"
     );
-    let start = m.cursor();
+    let start = m.cursor().unwrap();
 
     m.delete(NS, "/big", true, None, 2).unwrap();
     assert!(matches!(m.stat(NS, "/big"), Err(MetaError::NotFound(_))));

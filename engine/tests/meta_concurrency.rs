@@ -348,7 +348,7 @@ fn eight_writers_keep_the_invariants_and_lose_no_update() {
     c.changelog_bytes = 32 << 20; // keep the whole feed for the replay check
     let db = Db::open(c).unwrap();
     let m = MetaStore::open(&db).unwrap();
-    let start = m.cursor();
+    let start = m.cursor().unwrap();
     m.create_namespace(NS, 1).unwrap();
     m.mkdir(NS, "/counters", false, 1).unwrap();
     for h in 0..HOMES {

@@ -457,7 +457,8 @@ impl Metadata for MetaService {
     ) -> Result<Response<pb::Usage>, Status> {
         let (_, ns) = self.state.authorize(&req, req.get_ref().namespace)?;
         let engine = self.state.engine()?;
-        let u = inline(|| engine.meta.usage(ns))?;
+        // On the blocking pool: the revision is made durable, which may wait for a flush.
+        let u = blocking(move || engine.meta.usage(ns)).await?;
         Ok(Response::new(pb::Usage {
             bytes: u.bytes,
             revision: u.revision,

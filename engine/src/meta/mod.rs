@@ -879,9 +879,10 @@ impl MetaStore {
         })
     }
 
-    /// The namespace's total file size.
+    /// The namespace's total file size, and the durable revision it is from (a change
+    /// cursor; see [`MetaStore::cursor`]).
     pub fn usage(&self, ns: u64) -> MetaResult<Usage> {
-        let revision = self.ks.revision();
+        let revision = self.cursor()?;
         let root = self.stat(ns, "/")?;
         Ok(Usage {
             bytes: root.tree_size,
@@ -889,10 +890,12 @@ impl MetaStore {
         })
     }
 
-    /// The keyspace's current revision: a cursor from which [`MetaStore::changes`] returns
-    /// every later change.
-    pub fn cursor(&self) -> u64 {
-        self.ks.revision()
+    /// The keyspace's current revision, made durable: a cursor from which
+    /// [`MetaStore::changes`] returns every later change, also after a crash (a revision not
+    /// yet durable could be handed out again by the recovery, and a client holding it would
+    /// skip that change). May wait for one log flush.
+    pub fn cursor(&self) -> MetaResult<u64> {
+        Ok(self.ks.durable_revision()?)
     }
 
     /// Changes to namespace `ns` after `cursor`, from at most `max_revisions` revisions,
