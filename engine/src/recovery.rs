@@ -374,7 +374,7 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
             kept.retain(|k| k.0 > c);
         }
         // Revisions up to the cut are not in the history.
-        let oldest = cut.unwrap_or(start).max(start);
+        let oldest = cut.unwrap_or(start);
         ks.changelog.compact_through(oldest);
         let mut next = kept.iter().peekable();
         for rev in oldest + 1..=top {

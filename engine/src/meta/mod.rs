@@ -180,12 +180,10 @@ impl fmt::Display for Kind {
 /// Split and check a path: absolute, no empty, `.` or `..` components, no NUL, names up to
 /// [`MAX_NAME`] bytes, the whole up to [`MAX_PATH`]. `/` is the root (no components).
 pub fn parse_path(path: &str) -> MetaResult<Vec<&str>> {
-    parse_path_within(path, MAX_PATH)
-}
-
-/// [`parse_path`] for a path that reaches an existing entry: up to [`MAX_LOOKUP_PATH`].
-fn parse_existing(path: &str) -> MetaResult<Vec<&str>> {
-    parse_path_within(path, MAX_LOOKUP_PATH)
+    if path.len() > MAX_PATH {
+        return Err(too_long_to_create(path));
+    }
+    parse_existing(path)
 }
 
 /// The refusal of a path to a new entry that is longer than [`MAX_PATH`].
@@ -196,17 +194,14 @@ fn too_long_to_create(path: &str) -> MetaError {
     }
 }
 
-fn parse_path_within(path: &str, max: usize) -> MetaResult<Vec<&str>> {
+/// [`parse_path`] for a path that reaches an existing entry: up to [`MAX_LOOKUP_PATH`].
+fn parse_existing(path: &str) -> MetaResult<Vec<&str>> {
     let bad = |reason: &str| MetaError::InvalidPath {
         path: path.chars().take(200).collect(),
         reason: reason.into(),
     };
-    if path.len() > max {
-        return Err(if max == MAX_PATH {
-            too_long_to_create(path)
-        } else {
-            bad(&format!("longer than {max} bytes"))
-        });
+    if path.len() > MAX_LOOKUP_PATH {
+        return Err(bad(&format!("longer than {MAX_LOOKUP_PATH} bytes")));
     }
     if path.contains('\0') {
         return Err(bad("contains a NUL byte"));
