@@ -432,16 +432,13 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
             if f.file_descriptor_proto.len() == 1
     ));
 
-    // A token that lives one second, refused once it has expired.
+    // The size limits, with a token of the default lifetime.
     let auth = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"));
-    let tok = admin_token(&ch, &data, 1).await;
+    let tok = admin_token(&ch, &data, 0).await;
     let mut meta = client::meta(
         ch.clone(),
         Bearer::new(Some(&tok.token), true).expect("bearer"),
     );
-    meta.get_usage(pb::GetUsageRequest { namespace: 0 })
-        .await
-        .expect("usage with a fresh token");
 
     // An oversized request (over max_request_bytes, 1 MiB by default) is refused.
     let big = pb::CommitUploadRequest {
@@ -465,7 +462,18 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
         .expect_err("mime too long");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
-    // Wait out the token's second (the expiry is what is tested, not a stand-in for a signal).
+    // A token that lives a few seconds (at least two: the expiry is whole seconds), refused
+    // once it has expired.
+    let tok = admin_token(&ch, &data, 3).await;
+    let mut meta = client::meta(
+        ch.clone(),
+        Bearer::new(Some(&tok.token), true).expect("bearer"),
+    );
+    meta.get_usage(pb::GetUsageRequest { namespace: 0 })
+        .await
+        .expect("usage with a fresh token");
+
+    // Wait out the token's life (the expiry is what is tested, not a stand-in for a signal).
     let left = tok.expires_at - tera_server::auth::now_secs() + 1;
     tokio::time::sleep(Duration::from_secs(left.max(0) as u64)).await;
     let e = meta
