@@ -7,19 +7,17 @@
 //! behaviour, whatever the arguments.
 
 use std::ffi::c_ulong;
-use std::mem::size_of;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::topology::{Topology, TopologySource};
+use crate::cpulist::MAX_INDEX;
+use crate::topology::{Topology, TopologySource, SYSFS_NODES};
 use crate::{os, parse_cpu_list, NumaError};
 
 /// `MPOL_MF_MOVE` from `<linux/mempolicy.h>`: also migrate pages already placed elsewhere
 /// (those mapped only by this process); pages that cannot move are left where they are. The
 /// libc crate does not define it.
 const MPOL_MF_MOVE: libc::c_uint = 1 << 1;
-/// Where Linux lists NUMA nodes; absent on kernels built without NUMA, where only node 0 exists.
-const SYSFS_NODES: &str = "/sys/devices/system/node";
 
 /// Restricts the calling thread to the CPUs of `node` in `topology`.
 ///
@@ -28,9 +26,13 @@ const SYSFS_NODES: &str = "/sys/devices/system/node";
 /// Callers log these and run unpinned: [`NumaError::Simulated`] when the
 /// topology is simulated (its CPUs are not this machine's), [`NumaError::NoSuchNode`] when the
 /// topology has no such node, [`NumaError::NoCpus`] for a CPU-less node,
-/// [`NumaError::NoSuchCpu`] for a CPU index beyond what `sched_setaffinity` can address, and
+/// [`NumaError::NoSuchCpu`] for a CPU index above 2^20 (more than any Linux machine has), and
 /// [`NumaError::Os`] when the kernel refuses (for instance when none of the node's CPUs is
-/// online or allowed to this process any more).
+/// online, exists or is allowed to this process any more).
+///
+/// The mask given to the kernel is as long as the node's largest CPU needs, not a fixed
+/// 1024-CPU `cpu_set_t`, so CPUs from 1024 up can be pinned to. The kernel ignores CPUs it
+/// does not have, as it does offline ones, and pins to the others.
 pub fn pin_current_thread(topology: &Topology, node: u32) -> Result<(), NumaError> {
     if topology.source() == TopologySource::Simulated {
         return Err(NumaError::Simulated { node });
@@ -42,22 +44,34 @@ pub fn pin_current_thread(topology: &Topology, node: u32) -> Result<(), NumaErro
     if cpus.is_empty() {
         return Err(NumaError::NoCpus { node });
     }
-    // SAFETY: cpu_set_t is a plain array of integers, for which all-zero bits are a valid
-    // value (the empty set).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let capacity = 8 * size_of::<libc::cpu_set_t>();
-    for &cpu in cpus {
-        let index = usize::try_from(cpu)
-            .ok()
-            .filter(|&i| i < capacity)
-            .ok_or(NumaError::NoSuchCpu { cpu })?;
-        // SAFETY: `index` is below the set's capacity in bits (checked just above), so CPU_SET
-        // writes one bit inside `set`, which we own mutably.
-        unsafe { libc::CPU_SET(index, &mut set) };
+    if let Some(&cpu) = cpus.iter().find(|&&cpu| cpu > MAX_INDEX) {
+        return Err(NumaError::NoSuchCpu { cpu });
     }
-    // SAFETY: `set` is an initialised cpu_set_t that lives across the call and the size passed
-    // is its own; the kernel only reads it. pid 0 means the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
+    // The kernel's layout (what CPU_SET writes in a cpu_set_t): CPU i is bit i % BITS of word
+    // i / BITS, as many words as the largest CPU needs (at most 2^20 / BITS + 1, as checked
+    // above).
+    let bits = c_ulong::BITS;
+    let mut mask: Vec<c_ulong> = Vec::new();
+    for &cpu in cpus {
+        let word = usize::try_from(cpu / bits).map_err(|_| NumaError::NoSuchCpu { cpu })?;
+        if mask.len() <= word {
+            mask.resize(word + 1, 0);
+        }
+        let bit: c_ulong = 1 << (cpu % bits);
+        mask[word] |= bit;
+    }
+    let this_thread: libc::pid_t = 0;
+    // SAFETY: sched_setaffinity(2) reads `size_of_val(mask)` bytes from `mask`, which is alive
+    // and exactly that long, and does not keep the pointer; it writes no memory of ours. pid 0
+    // means the calling thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setaffinity,
+            this_thread,
+            std::mem::size_of_val(mask.as_slice()),
+            mask.as_ptr(),
+        )
+    };
     if rc != 0 {
         return Err(NumaError::last_os_error("sched_setaffinity"));
     }
@@ -172,6 +186,8 @@ fn check_memory_node(sysfs_nodes: &Path, node: u32) -> Result<(), NumaError> {
 
 #[cfg(test)]
 mod tests {
+    use std::mem::size_of;
+
     use super::*;
     use crate::Node;
 
@@ -202,25 +218,57 @@ mod tests {
     }
 
     #[test]
-    fn pinning_to_a_cpu_beyond_cpu_setsize_is_refused() {
-        let t = Topology::from_nodes(TopologySource::Hwloc, vec![node(0, vec![0, 1_000_000])]);
-        let err = std::thread::spawn(move || pin_current_thread(&t, 0))
+    fn pinning_to_a_cpu_beyond_any_machine_is_refused() {
+        for huge in [MAX_INDEX + 1, u32::MAX] {
+            let t = Topology::from_nodes(TopologySource::Hwloc, vec![node(0, vec![0, huge])]);
+            let before = current_thread_cpus();
+            let (err, after) = std::thread::spawn(move || {
+                let err = pin_current_thread(&t, 0).unwrap_err();
+                (err, current_thread_cpus())
+            })
             .join()
-            .unwrap()
-            .unwrap_err();
-        assert!(
-            matches!(err, NumaError::NoSuchCpu { cpu: 1_000_000 }),
-            "{err:?}"
+            .unwrap();
+            assert!(
+                matches!(err, NumaError::NoSuchCpu { cpu } if cpu == huge),
+                "{err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("cannot pin to CPU {huge}: this machine has no such CPU")
+            );
+            // Refused before the kernel was asked: the thread kept its affinity.
+            assert_eq!(after, before);
+        }
+    }
+
+    #[test]
+    fn cpus_from_1024_up_reach_the_kernel() {
+        // A cpu_set_t stops at CPU 1023. CPU 5000 is not this machine's, so the kernel ignores
+        // it and pins to the one CPU that is; alone, it leaves the kernel nothing to pin to.
+        let last = *current_thread_cpus().last().unwrap();
+        let t = Topology::from_nodes(
+            TopologySource::Hwloc,
+            vec![node(0, vec![last, 5000]), node(1, vec![5000])],
         );
-        assert_eq!(
-            err.to_string(),
-            "cannot pin to CPU 1000000: this machine has no such CPU"
-        );
+        let (pinned, alone) = std::thread::spawn(move || {
+            let pinned = pin_current_thread(&t, 0).map(|()| current_thread_cpus());
+            (pinned, pin_current_thread(&t, 1))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pinned.unwrap(), [last]);
+        match alone {
+            Err(NumaError::Os { op, ref source }) => {
+                assert_eq!(op, "sched_setaffinity");
+                assert_eq!(source.raw_os_error(), Some(libc::EINVAL));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn kernel_refusal_is_an_os_error() {
-        // CPU 1000 fits in a cpu_set_t, but no CPU of the set exists here, so the kernel says no.
+        // No CPU of the set exists here (the machine has fewer than 1001), so the kernel says no.
         let t = Topology::from_nodes(TopologySource::Hwloc, vec![node(0, vec![1000])]);
         let err = std::thread::spawn(move || pin_current_thread(&t, 0))
             .join()

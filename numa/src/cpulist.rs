@@ -3,12 +3,14 @@
 //! [`Topology`](crate::Topology)'s `Display`.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use crate::NumaError;
 
-/// Largest index accepted in a list. Linux caps CPUs at 8192 and nodes at 1024; this bound keeps
-/// a hostile "0-4000000000" from allocating gigabytes.
-const MAX_INDEX: u32 = 1 << 20;
+/// Largest index accepted in a list. Linux caps CPUs at 8192 and nodes at 1024; this bound, and
+/// merging ranges before expanding them, keep a hostile "0-4000000000" (or "0-1048576" repeated
+/// thousands of times) from allocating gigabytes: a list holds at most `MAX_INDEX + 1` indices.
+pub(crate) const MAX_INDEX: u32 = 1 << 20;
 
 /// Parses a list in Linux list format: comma-separated items, each a single index (`8`) or an
 /// inclusive range (`0-3`).
@@ -32,10 +34,12 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, NumaError> {
         input: input.to_owned(),
         reason,
     };
-    let mut out = Vec::new();
     if input.is_empty() {
-        return Ok(out);
+        return Ok(Vec::new());
     }
+    // Ranges first, expanded only once merged, so that the output never holds more than
+    // MAX_INDEX + 1 indices however often the input repeats a range.
+    let mut ranges = Vec::new();
     for item in input.split(',') {
         let item = item.trim();
         if item.is_empty() {
@@ -51,11 +55,37 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, NumaError> {
         if first > last {
             return Err(invalid("range runs backwards"));
         }
+        ranges.push((first, last));
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        // Sorted by start, so a range overlapping or touching the previous one extends it.
+        if let Some(previous) = merged.last_mut() {
+            if first <= previous.1.saturating_add(1) {
+                previous.1 = previous.1.max(last);
+                continue;
+            }
+        }
+        merged.push((first, last));
+    }
+    let len: usize = merged
+        .iter()
+        .map(|&(first, last)| (last - first) as usize + 1)
+        .sum();
+    let mut out = Vec::with_capacity(len);
+    for (first, last) in merged {
         out.extend(first..=last);
     }
-    out.sort_unstable();
-    out.dedup();
     Ok(out)
+}
+
+/// Reads and parses a file in Linux list format, such as `/sys/devices/system/cpu/online`. The
+/// error is a sentence for the log, naming the file.
+pub(crate) fn read_cpu_list(path: &Path) -> Result<Vec<u32>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_cpu_list(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn parse_index(text: &str, invalid: &impl Fn(&'static str) -> NumaError) -> Result<u32, NumaError> {
@@ -113,6 +143,50 @@ mod tests {
     #[test]
     fn unsorted_and_overlapping_items_are_sorted_and_deduplicated() {
         assert_eq!(parse_cpu_list("8,0-2,1,2-3").unwrap(), [0, 1, 2, 3, 8]);
+    }
+
+    #[test]
+    fn touching_and_nested_ranges_are_merged() {
+        assert_eq!(
+            parse_cpu_list("20-21,0-10,2-3,11,21-22,30").unwrap(),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 20, 21, 22, 30]
+        );
+        assert_eq!(parse_cpu_list("4,4,4-4").unwrap(), [4]);
+        assert_eq!(
+            parse_cpu_list(&format!("{MAX_INDEX},0,{MAX_INDEX}")).unwrap(),
+            [0, MAX_INDEX]
+        );
+    }
+
+    #[test]
+    fn repeated_huge_ranges_are_merged_before_expanding() {
+        // About 20 KB of input naming 2000 times every index up to the bound: expanding each
+        // item before deduplicating would allocate 8 GB.
+        let input = format!("0-{MAX_INDEX},").repeat(2000);
+        let input = input.trim_end_matches(',');
+        let list = parse_cpu_list(input).unwrap();
+        let expected = MAX_INDEX as usize + 1;
+        assert_eq!(list.len(), expected);
+        assert_eq!(list.first(), Some(&0));
+        assert_eq!(list.last(), Some(&MAX_INDEX));
+        assert!(list.windows(2).all(|w| w[1] == w[0] + 1));
+        assert!(list.capacity() <= 2 * expected, "{}", list.capacity());
+    }
+
+    #[test]
+    fn reads_a_list_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("online");
+        std::fs::write(&path, "0,2-3\n").unwrap();
+        assert_eq!(read_cpu_list(&path).unwrap(), [0, 2, 3]);
+        std::fs::write(&path, "two\n").unwrap();
+        let err = read_cpu_list(&path).unwrap_err();
+        assert!(
+            err.contains("online") && err.contains("invalid CPU list"),
+            "{err}"
+        );
+        let err = read_cpu_list(&dir.path().join("absent")).unwrap_err();
+        assert!(err.starts_with("cannot read "), "{err}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub enum NumaError {
         node: u32,
     },
 
-    /// A CPU index is beyond what this machine (or `sched_setaffinity`) can address.
+    /// A CPU index above 2^20, more than any Linux machine has (the kernel caps CPUs at 8192).
     #[error("cannot pin to CPU {cpu}: this machine has no such CPU")]
     NoSuchCpu {
         /// The CPU index that was out of range.

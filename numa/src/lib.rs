@@ -1,11 +1,13 @@
 //! `tera-numa` tells the engine where memory and CPUs are, and puts threads and pages there.
 //!
 //! It owns four things: the machine's NUMA [`Topology`] (discovered with hwloc through the
-//! `hwlocality` crate, or simulated for tests), the Linux memory tiers that mark a node as a
-//! far-tier candidate, pinning a thread to a node's CPUs ([`pin_current_thread`]) and binding a
-//! range of memory to a node ([`bind_memory`]). Everything here degrades instead of failing: a
-//! machine where hwloc does not work still gets a one-node topology, and pinning or binding
-//! report an error that callers log before going on unpinned.
+//! `hwlocality` crate, each node's CPUs taken from the kernel's
+//! `/sys/devices/system/node/node<id>/cpulist`, or simulated for tests), the Linux memory tiers
+//! that mark a node as a far-tier candidate, pinning a thread to a node's CPUs
+//! ([`pin_current_thread`]) and binding a range of memory to a node ([`bind_memory`]).
+//! Everything here degrades instead of failing: a machine where hwloc does not work still gets
+//! a one-node topology, and pinning or binding report an error that callers log before going on
+//! unpinned.
 //!
 //! Architecture invariant: this crate depends on no other Teraservices crate, and all use of
 //! hwlocality stays in the private `hwloc` module, so that the rest of the crate (and every
