@@ -11,6 +11,7 @@
 //! (or gets the default action), as if we were not here.
 
 use std::cell::Cell;
+use std::sync::atomic::{compiler_fence, Ordering::SeqCst};
 use std::sync::{Once, OnceLock};
 
 /// The SIGBUS disposition before ours, to pass faults that are not ours on to.
@@ -30,9 +31,14 @@ fn page_size() -> usize {
 
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let code = unsafe { (*info).si_code };
+    // Only a fault the kernel raised has an address: a SIGBUS sent with kill(2), tgkill(2)
+    // or sigqueue(3) (si_code <= 0) carries a pid and uid where the address would be.
+    let from_kernel = code > 0;
+    // SAFETY: as above.
     let addr = unsafe { (*info).si_addr() } as usize;
     let (start, len) = RANGE.with(Cell::get);
-    if len != 0 && addr >= start && addr < start + len {
+    if from_kernel && len != 0 && addr >= start && addr < start + len {
         let page = addr & !(page_size() - 1);
         // SAFETY: replaces one page inside a mapping this thread is reading, which the engine
         // owns; mmap is async-signal-safe.
@@ -67,12 +73,40 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
                 let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
                 f(sig);
             }
+            if !from_kernel {
+                // A sent signal is over once the previous handler returns; it may have reset
+                // the disposition on its way (Rust's own stack-overflow handler does, expecting
+                // a faulting load to re-run): put ours back, or the next truncated far file
+                // would kill the process.
+                // SAFETY: sigaction is async-signal-safe; `our_action` only fills a struct.
+                unsafe {
+                    let sa = our_action();
+                    libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+                }
+            }
             return;
         }
     }
-    // SAFETY: signal() with SIG_DFL is async-signal-safe.
+    // SAFETY: signal() with SIG_DFL and raise() are async-signal-safe.
     unsafe {
         libc::signal(sig, libc::SIG_DFL);
+        // A sent signal has no load to re-run: send it again, now to the default action
+        // (SA_NODEFER leaves it unblocked), rather than survive it and lose our handler.
+        if !from_kernel {
+            libc::raise(sig);
+        }
+    }
+}
+
+/// Our disposition for SIGBUS.
+fn our_action() -> libc::sigaction {
+    // SAFETY: a zeroed sigaction is a valid starting point; we fill handler, flags and mask.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigbus as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa
     }
 }
 
@@ -84,12 +118,9 @@ fn install() {
         if p > 0 {
             PAGE.store(p as usize, std::sync::atomic::Ordering::Relaxed);
         }
-        // SAFETY: a zeroed sigaction is a valid starting point; we fill handler and flags.
+        // SAFETY: installing a handler for SIGBUS; `old` is a valid out-pointer.
         unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_sigbus as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
-            libc::sigemptyset(&mut sa.sa_mask);
+            let sa = our_action();
             let mut old: libc::sigaction = std::mem::zeroed();
             // Record the previous disposition before ours can run.
             if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) == 0 {
@@ -111,13 +142,115 @@ pub(crate) fn init() {
 /// end of the file (the mapping then reads as zeros there).
 #[inline]
 pub(crate) fn guarded<R>(start: *const u8, len: usize, f: impl FnOnce() -> R) -> Result<R, ()> {
-    let prev = RANGE.with(|r| r.replace((start as usize, len)));
+    /// Puts the previous range back however `f` ends: a panic out of `f` (it may run a
+    /// caller's closure) must not leave a stale range that a later fault at a reused address
+    /// would match.
+    struct Restore((usize, usize));
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // The handler must not see the range cleared before `f`'s loads are done.
+            compiler_fence(SeqCst);
+            RANGE.with(|r| r.set(self.0));
+        }
+    }
+    let restore = Restore(RANGE.with(|r| r.replace((start as usize, len))));
     FAULTED.with(|c| c.set(false));
+    // The handler runs on this thread between our instructions: the compiler must neither
+    // sink the range's store past `f`'s loads nor hoist the fault flag's load above them
+    // (the cells are plain memory it could otherwise reorder or forward).
+    compiler_fence(SeqCst);
     let out = f();
-    RANGE.with(|r| r.set(prev));
-    if FAULTED.with(Cell::get) {
+    compiler_fence(SeqCst);
+    let faulted = FAULTED.with(Cell::get);
+    drop(restore);
+    if faulted {
         Err(())
     } else {
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_guarded_restores_the_range() {
+        init();
+        let buf = [0u8; 64];
+        let r = std::panic::catch_unwind(|| guarded(buf.as_ptr(), buf.len(), || panic!("boom")));
+        assert!(r.is_err());
+        assert_eq!(RANGE.with(Cell::get), (0, 0));
+        // And a guarded read that ends normally reads and restores.
+        assert_eq!(guarded(buf.as_ptr(), buf.len(), || buf[3]), Ok(0));
+        assert_eq!(RANGE.with(Cell::get), (0, 0));
+    }
+
+    /// Run in a child process (this test binary, filtered to one test, with the variable
+    /// set to what to do before installing our handler).
+    const CHILD: &str = "TERA_SIGBUS_CHILD";
+
+    fn run_child(test: &str, mode: &str) -> std::process::ExitStatus {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("sigbus::tests::{test}"),
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, mode)
+            .status()
+            .unwrap()
+    }
+
+    /// Whether SIGBUS is handled by `on_sigbus` now.
+    fn ours_installed() -> bool {
+        // SAFETY: querying the disposition into a valid out-pointer.
+        unsafe {
+            let mut now: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
+                && now.sa_sigaction == on_sigbus as *const () as usize
+        }
+    }
+
+    #[test]
+    fn a_sent_sigbus_gets_the_default_action_when_there_was_no_handler() {
+        if std::env::var_os(CHILD).is_some() {
+            // SAFETY: setting the default disposition has no preconditions.
+            unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+            init();
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGBUS) };
+            // Survived: the handler swallowed a signal that was not a fault of ours.
+            std::process::exit(0);
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let status = run_child(
+            "a_sent_sigbus_gets_the_default_action_when_there_was_no_handler",
+            "dfl",
+        );
+        assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
+    }
+
+    #[test]
+    fn a_sent_sigbus_passed_to_the_previous_handler_leaves_ours_installed() {
+        if std::env::var_os(CHILD).is_some() {
+            // The previous handler is Rust's own (for stack overflows), which resets the
+            // disposition to the default when a signal is not its guard page's.
+            init();
+            assert!(ours_installed());
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGBUS) };
+            std::process::exit(if ours_installed() { 0 } else { 3 });
+        }
+        let status = run_child(
+            "a_sent_sigbus_passed_to_the_previous_handler_leaves_ours_installed",
+            "std",
+        );
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{status:?} (3: our handler was lost)"
+        );
     }
 }
