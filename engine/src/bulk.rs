@@ -60,7 +60,9 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         bytes: Vec::new(),
         recs: Vec::new(),
     };
-    loop {
+    // Whether a frame carries the load's revision.
+    let mut logged = false;
+    let loaded = (|| loop {
         staged.bytes.clear();
         staged.recs.clear();
         let mut stop: Option<Error> = None;
@@ -93,34 +95,55 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             }
         }
         if staged.recs.is_empty() && stop.is_none() {
-            break;
+            return Ok(());
         }
         let n = staged.recs.len();
-        let (loaded, skipped, bytes) = load_chunk(inner, ks, rev, &mut staged, threads)?;
+        // A chunk that fails part way has loaded (and logged) some of its groups: count them
+        // before reporting the failure, or the keyspace's key count would miss them (and a
+        // retried load into the "empty" keyspace would be let in).
+        let ((loaded, skipped, bytes), failed) = load_chunk(inner, ks, rev, &mut staged, threads);
         info.records += loaded;
         info.skipped += skipped;
         info.bytes += bytes;
         ks.keys.fetch_add(loaded as i64, Relaxed);
+        logged |= loaded > 0;
         if let Some(w) = inner.wal() {
             w.sync_to(w.end())?;
         }
-        if let Some(e) = stop {
+        if let Some(e) = failed.or(stop) {
             return Err(e);
         }
         if n < CHUNK {
-            break;
+            return Ok(());
+        }
+    })();
+    // The revision is handed out (in `info`, and watchers were moved past it) even when no
+    // record carried it (empty input, every record skipped, or a failure before the first
+    // group): log it as an empty batch, so that a reopen continues above it.
+    let mut sealed = Ok(());
+    if !logged {
+        if let Some(w) = inner.wal() {
+            let mut frame = Vec::new();
+            start_batch(ks.id, rev, &mut frame);
+            finish_batch(&mut frame, 0);
+            let lsn = w.append(&frame);
+            sealed = w.sync_to(lsn);
         }
     }
+    loaded?;
+    sealed?;
     Ok(info)
 }
 
+/// Load one chunk: its counts (records loaded, skipped, bytes) and the first failure, if a
+/// group failed (the other groups are loaded and logged all the same).
 fn load_chunk(
     inner: &Inner,
     ks: &KsInfo,
     rev: u64,
     staged: &mut Staged,
     threads: usize,
-) -> Result<(u64, u64, u64)> {
+) -> ((u64, u64, u64), Option<Error>) {
     staged.recs.sort_by_key(|r| r.0); // stable: keeps key order within a partition
                                       // A group is one partition's records, cut where its log frame would pass
                                       // `MAX_BATCH_BYTES` (each group is one frame).
@@ -187,7 +210,7 @@ fn load_chunk(
                         loaded.fetch_add(u64::from(n), Relaxed);
                         if let Some(w) = inner.wal() {
                             finish_batch(&mut frame, n);
-                            w.append(&frame);
+                            lk.set_logged(w.append(&frame));
                         }
                     }
                     drop(lk);
@@ -199,14 +222,14 @@ fn load_chunk(
             });
         }
     });
-    if let Some(e) = failure.into_inner() {
-        return Err(e);
-    }
-    Ok((
-        loaded.into_inner(),
-        skipped.into_inner(),
-        bytes.into_inner(),
-    ))
+    (
+        (
+            loaded.into_inner(),
+            skipped.into_inner(),
+            bytes.into_inner(),
+        ),
+        failure.into_inner(),
+    )
 }
 
 pub(crate) fn scan_parallel<A: Send>(
@@ -280,15 +303,22 @@ pub(crate) fn scan_parallel<A: Send>(
                         let (mut n, mut kb, mut vb) = (0u64, 0u64, 0u64);
                         let mut start = 0;
                         loop {
-                            let r = lk.scan_buckets(start, 4096, usize::MAX, &mut addrs, |k, v| {
-                                if k.len() >= KEY_PREFIX && k[..KEY_PREFIX] == prefix {
-                                    let (m, v) = Meta::decode(v);
-                                    f(&mut acc, &k[KEY_PREFIX..], v, m.modified);
-                                    n += 1;
-                                    kb += (k.len() - KEY_PREFIX) as u64;
-                                    vb += v.len() as u64;
-                                }
-                            });
+                            let r = lk.scan_buckets(
+                                start,
+                                4096,
+                                usize::MAX,
+                                true,
+                                &mut addrs,
+                                |k, v| {
+                                    if k.len() >= KEY_PREFIX && k[..KEY_PREFIX] == prefix {
+                                        let (m, v) = Meta::decode(v);
+                                        f(&mut acc, &k[KEY_PREFIX..], v, m.modified);
+                                        n += 1;
+                                        kb += (k.len() - KEY_PREFIX) as u64;
+                                        vb += v.len() as u64;
+                                    }
+                                },
+                            );
                             match r {
                                 Ok((scanned, buckets, _)) => {
                                     start += scanned;

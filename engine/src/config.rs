@@ -18,7 +18,10 @@ pub enum Durability {
     /// every `interval`: a crash loses at most the last interval (plus one flush) of commits.
     Periodic(std::time::Duration),
     /// A commit returns once its batch is durable; concurrent committers share one flush
-    /// (group commit).
+    /// (group commit). A read in [`crate::Keyspace::atomic`] (or a `range` or `count`)
+    /// returns once every batch it could have seen is durable, so nothing it hands out can be
+    /// undone by a crash; lock-free reads ([`crate::Keyspace::get`] and the parallel scans)
+    /// can see a batch while it waits for its flush.
     Commit,
 }
 

@@ -939,6 +939,9 @@ impl Inner {
                     "a batch failed ({e}) and could not be undone ({u}); it is not logged, so \
                      a reopen drops it"
                 ));
+                // What is left of it can never be durable: reads under this lock must not
+                // hand it out (`after_read` fails on the poison).
+                lk.set_logged(u64::MAX);
             }
             self.skip_revision(ks, rev);
             return Err(e);
@@ -985,7 +988,9 @@ impl Inner {
                     }
                 }
                 finish_batch(&mut scratch, events.len() as u32);
-                wal.append(&scratch)
+                let lsn = wal.append(&scratch);
+                lk.set_logged(lsn);
+                lsn
             }
             None => 0,
         };
@@ -1047,7 +1052,9 @@ impl Inner {
                     start_batch(ks.id, rev, enc);
                     push_put(enc, key, m.create, m.version, value);
                     finish_batch(enc, 1);
-                    wal.append(enc)
+                    let lsn = wal.append(enc);
+                    lk.set_logged(lsn);
+                    lsn
                 }
                 None => 0,
             };
@@ -1056,6 +1063,24 @@ impl Inner {
             ks.changelog.insert_encoded(rev, lsn, enc);
             Ok((rev, lsn))
         })
+    }
+
+    /// After a read under a partition lock (the lock is released): with durability `commit`,
+    /// wait until the log is durable up to `seen`, the end of the partition's last logged
+    /// batch when the lock was held, so that the read never answers with a batch a crash
+    /// could still undo. Usually nothing is waiting and this is one atomic load; otherwise
+    /// it shares the flush that the batch's own committer is waiting for. With `periodic`
+    /// durability a commit is acknowledged before it is durable, and a read is not held to
+    /// more than that.
+    fn after_read(&self, seen: u64) -> Result<()> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        if self.durability != Durability::Commit || wal.durable() >= seen {
+            return Ok(());
+        }
+        wal.sync_to(seen)
+            .map_err(|e| Error::NotDurable(e.to_string()))
     }
 
     /// After the partition lock is released: wait for durability as the mode says.
@@ -1343,7 +1368,9 @@ impl Keyspace {
         self.len() == 0
     }
 
-    /// The entry of `key`, or `None`. Lock-free.
+    /// The entry of `key`, or `None`. Lock-free, so it can return a batch still waiting for
+    /// its log flush (which a crash would undo); a read in [`Keyspace::atomic`] waits for
+    /// what it saw to be durable (with [`Durability::Commit`]).
     pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
         let mut value = Vec::new();
         let mut head = [0; META];
@@ -1379,6 +1406,12 @@ impl Keyspace {
     /// revision, all or nothing, when it returns `Ok` (and are dropped when it returns an
     /// error). Returns `f`'s result and the revision, or `None` if nothing changed. `f` must
     /// not call back into the database.
+    ///
+    /// With [`Durability::Commit`] nothing returns before it is durable: a batch waits for its
+    /// flush, and a call that commits nothing (a read, a batch that changes nothing, `f`'s
+    /// error) waits until every batch of the partition it could have seen is durable, so
+    /// that its answer never rests on a write a crash would undo (usually nothing is
+    /// waiting). If the log fails meanwhile, such a call gets [`Error::NotDurable`].
     pub fn atomic<R>(
         &self,
         partition_key: &[u8],
@@ -1395,19 +1428,27 @@ impl Keyspace {
             writes: Vec::new(),
             scratch: Vec::new(),
         };
-        let r = f(&mut tx)?;
-        if tx.writes.is_empty() {
-            return Ok((r, None));
-        }
-        let writes = std::mem::take(&mut tx.writes);
-        let committed = inner.commit_locked(&self.ks, &mut tx.lk, &writes)?;
+        let r = f(&mut tx);
+        let committed = match &r {
+            Ok(_) if !tx.writes.is_empty() => {
+                let writes = std::mem::take(&mut tx.writes);
+                inner.commit_locked(&self.ks, &mut tx.lk, &writes)?
+            }
+            _ => None,
+        };
+        let seen = tx.lk.logged();
         drop(tx);
         match committed {
             Some((rev, lsn)) => {
                 inner.after_commit(lsn)?;
-                Ok((r, Some(rev)))
+                Ok((r?, Some(rev)))
             }
-            None => Ok((r, None)),
+            // A read, a batch that changed nothing, or `f`'s error: its answer rests on the
+            // state it saw, which must be durable before anyone hears of it.
+            None => {
+                inner.after_read(seen)?;
+                Ok((r?, None))
+            }
         }
     }
 
@@ -1528,7 +1569,9 @@ impl Keyspace {
     }
 
     /// Entries of an ordered keyspace in `range`, in key order (or reverse), up to its limit.
-    /// Each partition is read under its lock, so a batch is seen whole or not at all.
+    /// Each partition is read under its lock, so a batch is seen whole or not at all; with
+    /// [`Durability::Commit`] it returns once every batch it could have seen is durable (as
+    /// [`Keyspace::atomic`] does).
     pub fn range(&self, range: &Range) -> Result<RangeResult> {
         require_ordered(&self.ks)?;
         let (lo, hi) = stored_bounds(&self.ks, range);
@@ -1581,7 +1624,9 @@ impl Keyspace {
             let (d, f) = lk.get_many(&keys, |n, k, v| out[idx[n]] = Some(entry_of(k, v)))?;
             self.inner.reads.count_n(d, f);
         }
+        let seen = locks.iter().map(Locked::logged).max().unwrap_or(0);
         drop(locks);
+        self.inner.after_read(seen)?;
         Ok(RangeResult {
             entries: out
                 .into_iter()
@@ -1596,11 +1641,16 @@ impl Keyspace {
     pub fn count(&self, range: &Range) -> Result<u64> {
         require_ordered(&self.ks)?;
         let (lo, hi) = stored_bounds(&self.ks, range);
-        Ok(self
-            .range_parts(range)
+        self.range_parts(range)
             .into_iter()
-            .map(|p| self.inner.parts[p].lock().count(as_ref(&lo), as_ref(&hi)) as u64)
-            .sum())
+            .map(|p| {
+                let lk = self.inner.parts[p].lock();
+                let n = lk.count(as_ref(&lo), as_ref(&hi)) as u64;
+                let seen = lk.logged();
+                drop(lk);
+                self.inner.after_read(seen).map(|()| n)
+            })
+            .sum::<Result<u64>>()
     }
 
     /// Watch the changes to keys in `start..end` (`end` `None`: no upper bound) made after

@@ -42,12 +42,18 @@ pub enum Error {
     /// A partition's log has used all of its 2^47 bytes of addresses.
     #[error("address space exhausted: {0}")]
     AddressSpaceExhausted(String),
-    /// A write-ahead log write or sync failed: the database refuses writes (reads go on) until
-    /// it is reopened. The text says what failed. A commit that gets this error (or the `Io`
+    /// A write-ahead log write or sync failed: the database refuses writes until it is
+    /// reopened (reads go on, but a read in [`crate::Keyspace::atomic`] that saw a write the
+    /// failure left undurable gets [`Error::NotDurable`]). The text says what failed. A commit that gets this error (or the `Io`
     /// error of the failed flush it waited on) was not acknowledged: after a reopen it is
     /// there whole or not at all.
     #[error("writes are refused: {0}")]
     Poisoned(String),
+    /// A read in [`crate::Keyspace::atomic`] saw a batch that could not be made durable (the
+    /// log failed while it waited for it): answering would hand out a write that a reopen
+    /// drops. Reads of state that was durable go on; reopen the database to read the rest.
+    #[error("the read saw a write that could not be made durable ({0}): reopen the database")]
+    NotDurable(String),
     /// A watch asked for changes after a revision the change log no longer holds.
     #[error("revision {requested} is compacted: the change log holds changes after revision {oldest} only; read the keyspace again and watch from its revision")]
     Compacted { requested: u64, oldest: u64 },

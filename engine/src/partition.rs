@@ -268,6 +268,10 @@ struct State {
     /// Bumped whenever the index table is replaced, so that a scan done a slice at a time
     /// can tell that bucket positions changed.
     index_generation: u64,
+    /// The log position after the last frame of a batch of this partition (0 before any, or
+    /// without a log): what a read under the lock may have seen, and must wait to be durable
+    /// before it answers (`db.rs`, `after_read`).
+    logged: u64,
 }
 
 /// A snapshot of one partition's counters.
@@ -400,6 +404,7 @@ impl Partition {
                 ordered: BTreeSet::new(),
                 ordered_bytes: 0,
                 index_generation: 0,
+                logged: 0,
             })),
             shared,
         };
@@ -1620,6 +1625,16 @@ pub(crate) struct Locked<'a> {
 }
 
 impl Locked<'_> {
+    /// The log position after the last frame logged for this partition's batches.
+    pub(crate) fn logged(&self) -> u64 {
+        self.st.logged
+    }
+
+    /// Note that a frame of this partition's batch was logged, ending at `lsn`.
+    pub(crate) fn set_logged(&mut self, lsn: u64) {
+        self.st.logged = self.st.logged.max(lsn);
+    }
+
     /// Copy the value of `key` into `out`; returns where it was found.
     pub(crate) fn get(&mut self, hash: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Tier>> {
         let p = self.part;
@@ -1854,7 +1869,9 @@ impl Locked<'_> {
 
     /// Visit the records indexed from buckets `start..start + n` of the current index table,
     /// stopping early, at a group of [`SCAN_GROUP`] buckets, once the visited keys and values
-    /// reach `max_bytes` (a checkpoint bounds its chunk frames so). Returns how many buckets
+    /// reach `max_bytes` (a checkpoint bounds its chunk frames so). With `emulate`, each far
+    /// record visited pays the emulated far latency, as a read does (a user's scan does; a
+    /// checkpoint, the engine's own copy, does not). Returns how many buckets
     /// it visited, the table's bucket count and its generation: a caller that goes on with
     /// the next slice later must start again if the generation changed (the table was
     /// rebuilt and bucket positions moved).
@@ -1863,6 +1880,7 @@ impl Locked<'_> {
         start: usize,
         n: usize,
         max_bytes: usize,
+        emulate: bool,
         scratch: &mut Vec<u64>,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<(usize, usize, u64)> {
@@ -1897,6 +1915,9 @@ impl Locked<'_> {
                     let rec = p.dram_record(a);
                     visit(rec.key(), rec.value());
                 } else {
+                    if emulate {
+                        crate::emulate::far_delay(p.shared.far_ns);
+                    }
                     p.far_record(a, true, |rec| visit(rec.key(), rec.value()))
                         .map_err(|e| p.locked_err(a, e))?;
                 }

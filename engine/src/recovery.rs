@@ -137,13 +137,20 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
                 payload.extend_from_slice(&0u32.to_le_bytes());
                 let (scanned, buckets, g) = {
                     let mut lk = part.lock();
-                    lk.scan_buckets(start, SLICE_BUCKETS, SLICE_BYTES, &mut addrs, |k, v| {
-                        payload.extend_from_slice(&(k.len() as u32).to_le_bytes());
-                        payload.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                        payload.extend_from_slice(k);
-                        payload.extend_from_slice(v);
-                        n += 1;
-                    })?
+                    lk.scan_buckets(
+                        start,
+                        SLICE_BUCKETS,
+                        SLICE_BYTES,
+                        false,
+                        &mut addrs,
+                        |k, v| {
+                            payload.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                            payload.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                            payload.extend_from_slice(k);
+                            payload.extend_from_slice(v);
+                            n += 1;
+                        },
+                    )?
                 };
                 payload[2..6].copy_from_slice(&n.to_le_bytes());
                 records += u64::from(n);

@@ -499,6 +499,32 @@ fn bulk_load_then_recover_and_scan() {
     assert_eq!(info.records, u64::from(n));
 }
 
+/// A bulk load that loads nothing (empty input, or input refused at its first record) still
+/// hands out its revision (watchers are moved past it): a reopen must continue above it.
+#[test]
+fn an_empty_bulk_load_s_revision_is_never_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (empty, refused) = {
+        let db = Db::open(durable(dir.path(), 512 << 10, Durability::Commit)).unwrap();
+        let a = db.keyspace("a", KeyspaceOptions::hash()).unwrap();
+        let empty = a
+            .bulk_load(Vec::<(Vec<u8>, Vec<u8>)>::new())
+            .unwrap()
+            .revision;
+        assert_eq!(a.revision(), empty);
+        let b = db.keyspace("b", KeyspaceOptions::hash()).unwrap();
+        let e = b.bulk_load([(vec![b'k'; 300], b"v".to_vec())]).unwrap_err();
+        assert!(matches!(e, Error::KeyTooLarge { .. }), "{e}");
+        (empty, b.revision())
+    };
+    assert!(refused > 0, "the refused load took a revision");
+    let db = Db::open(durable(dir.path(), 512 << 10, Durability::Commit)).unwrap();
+    let a = db.get_keyspace("a").unwrap();
+    assert!(a.put(b"k", b"v").unwrap() > empty, "a's next revision");
+    let b = db.get_keyspace("b").unwrap();
+    assert!(b.put(b"k", b"v").unwrap() > refused, "b's next revision");
+}
+
 /// A database written until its budget refuses a write must reopen with the same budget.
 /// (Recovery once grew each index by rebuilds as keys arrived, needing old and new tables
 /// side by side, more than the running database had needed.)

@@ -146,3 +146,33 @@ fn the_nth_write_fails_for_every_n_in_a_range() {
         run(Flaky::new(n, n + 1, n % 2 == 1, u64::MAX), "");
     }
 }
+
+/// A bulk load whose far writes start failing part way returns the error, and the records it
+/// did load are counted: the key count matches what reads find, and a second load into the
+/// keyspace (no longer empty) is refused.
+#[test]
+fn a_bulk_load_that_fails_part_way_counts_what_it_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = with_policy(tiny(dir.path(), 64 << 10), Arc::new(NeverPromote));
+    c.storage = Flaky::new(3, u64::MAX, false, u64::MAX);
+    let db = open(c);
+    let ks = db
+        .keyspace("bulk", tera_engine::KeyspaceOptions::hash())
+        .unwrap();
+    let n = 3000u32;
+    let e = ks
+        .bulk_load((0..n).map(|i| (key(i), value_for(i, 1, 200))))
+        .expect_err("the budget forces far writes, which fail");
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    let found = (0..n)
+        .filter(|&i| ks.get(&key(i)).unwrap().is_some())
+        .count() as u64;
+    assert!(found > 0, "some groups were loaded before the failure");
+    assert!(found < u64::from(n), "the failure stopped the load");
+    assert_eq!(ks.len(), found, "the key count includes what was loaded");
+    let again = ks.bulk_load([(b"x".to_vec(), b"y".to_vec())]);
+    assert!(
+        matches!(again, Err(Error::Keyspace { .. })),
+        "a second load into the part-loaded keyspace: {again:?}"
+    );
+}

@@ -155,3 +155,35 @@ suite! {
     far: mostly_far, far = true;
     emulated: emulated_far, far = true;
 }
+
+/// A parallel scan pays the emulated latency for each far record it visits, as a read does:
+/// a scan of far data at DRAM speed would make every emulated scan figure wrong.
+#[test]
+fn a_parallel_scan_pays_the_emulated_far_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = with_policy(tiny(dir.path(), 56 << 10), Arc::new(NeverPromote));
+    c.far_latency_ns = 200_000;
+    let db = open(c);
+    let ks = db
+        .keyspace("scan", tera_engine::KeyspaceOptions::hash())
+        .unwrap();
+    for k in 0..500u32 {
+        ks.put(&key(k), &value_for(k, 1, 200)).unwrap();
+    }
+    let far = db.stats().far.records;
+    assert!(far > 300, "{far} far records");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let t = std::time::Instant::now();
+    let (counts, _) = ks
+        .scan_parallel(|| 0u64, |n: &mut u64, _, _, _| *n += 1)
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(counts.iter().sum::<u64>(), 500);
+    // A busy-wait cannot end early: the scan takes at least its far records' waits, spread
+    // over every thread it could use.
+    let floor = std::time::Duration::from_micros(200) * far as u32 / threads;
+    assert!(
+        took >= floor,
+        "scanned {far} far records in {took:?}, under the emulated floor of {floor:?}"
+    );
+}

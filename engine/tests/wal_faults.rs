@@ -5,7 +5,7 @@
 //! batches, on single puts and deletes, and on checkpoint writes, with durability `commit`
 //! and `periodic`. Every failure is reported clearly (the I/O error names the operation and
 //! the file); a failed log write or sync poisons the database, which then refuses writes with
-//! the reason while reads go on; a failed checkpoint poisons nothing and leaves no temporary
+//! the reason while reads go on (a range over a batch the failure left undurable is refused); a failed checkpoint poisons nothing and leaves no temporary
 //! file. Once the fault clears, a reopened database holds every acknowledged write, each
 //! unacknowledged batch whole or not at all, and takes writes again.
 //!
@@ -262,13 +262,20 @@ fn read_state(db: &Db) -> State {
             .unwrap();
         let m: BTreeMap<_, _> = accs.into_iter().flatten().collect();
         if ks.options().ordered {
-            let r = ks.range(&Range::prefix(b"")).unwrap();
-            let ranged: Vec<_> = r.entries.into_iter().map(|e| (e.key, e.value)).collect();
-            let scanned: Vec<_> = m.clone().into_iter().collect();
-            assert_eq!(
-                ranged, scanned,
-                "{name}: the ordered index agrees with a scan"
-            );
+            match ks.range(&Range::prefix(b"")) {
+                Ok(r) => {
+                    let ranged: Vec<_> = r.entries.into_iter().map(|e| (e.key, e.value)).collect();
+                    let scanned: Vec<_> = m.clone().into_iter().collect();
+                    assert_eq!(
+                        ranged, scanned,
+                        "{name}: the ordered index agrees with a scan"
+                    );
+                }
+                // A range (it reads under the partitions' locks) refuses to answer with a
+                // batch the log failure left undurable; lock-free scans still see it.
+                Err(Error::NotDurable(_)) if db.poisoned().is_some() => {}
+                Err(e) => panic!("{name}: range: {e}"),
+            }
         }
         assert_eq!(ks.len(), m.len() as u64, "{name}: key count");
         s.insert(name, m);

@@ -51,6 +51,9 @@ pub fn engine_status(e: tera_engine::Error) -> Status {
         E::Poisoned(_) => Status::unavailable(format!(
             "{msg}; the server refuses writes until it is restarted (reads go on)"
         )),
+        E::NotDurable(_) => Status::unavailable(format!(
+            "{msg}; restart the server to read this namespace again"
+        )),
         _ => Status::internal(msg),
     }
 }
@@ -141,6 +144,8 @@ mod tests {
         let e = tera_engine::Error::ValueTooLarge { len: 9, max: 1 };
         assert_eq!(code(MetaError::Engine(e)), Code::InvalidArgument);
         let e = tera_engine::Error::Poisoned("fsync failed".into());
+        assert_eq!(code(MetaError::Engine(e)), Code::Unavailable);
+        let e = tera_engine::Error::NotDurable("fsync failed".into());
         assert_eq!(code(MetaError::Engine(e)), Code::Unavailable);
         let e = tera_engine::Error::Config("x".into());
         assert_eq!(code(MetaError::Engine(e)), Code::Internal);
