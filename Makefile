@@ -105,6 +105,7 @@ test: deps pydeps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace $(TEST_FLAGS)
 	TERA_BENCH_QUICK=1 $(CARGO) test -p tera-benches --benches
+	python3 benches/scripts/test_scripts.py
 	$(MAKE) --no-print-directory loom
 
 run: deps

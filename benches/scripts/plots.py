@@ -3,21 +3,32 @@
 
     python3 benches/scripts/plots.py OUT_DIR RESULTS.jsonl [MORE.jsonl ...]
 
-For every group of runs with the same workload, distribution, record count and mode
-(in memory or memory-bounded), it prints a Markdown table (engines by DRAM fraction:
-ops/s, p50/p99/p99.9, DRAM hit ratio where the engine has one, ratios to Teraservices)
-and writes two SVG files into OUT_DIR:
+For every group of runs from the same file with the same workload, distribution, record
+count and mode (in memory or memory-bounded), it prints a Markdown table (engines by DRAM
+fraction: ops/s, p50/p99/p99.9, DRAM hit ratio where the engine has one, ratios to
+Teraservices) and writes two SVG files into OUT_DIR:
 
   <group>-throughput.svg   ops/s against DRAM fraction, one line per engine
   <group>-latency.svg      p50, p99 and p99.9 per engine at the smallest fraction (log scale)
+
+Lines of different files never share a table, a ratio or a plot: each file is one
+invocation (or set of rounds) measured together, and figures of different invocations are not
+comparable on this machine. <group> is named from the workload, distribution, records and mode
+(e.g. ycsbb-zipf0.99-16m-bounded); when several of the files given have a group of that name,
+each one's is prefixed with its file's name (e.g. issue6-bounded-16m--ycsbb-...).
 
 Lines from a run with `--rounds` (each with its `round`) get one row per engine and fraction:
 every round's ops/s, the median, and the ratios to Teraservices per round and of the medians;
 the plots then show each engine's median run.
 
+A run that failed (tierbench's error line for a child that was killed or failed, which names
+only the engine and DRAM fraction) is shown as "failed: <error>" in every table of its file
+and mode where that engine has no figure for that fraction and round; a file whose runs all
+failed gets a table of its failures.
+
 Only the standard library is used, so the script runs wherever tierbench does. Probe lines
-({"probe": ...}) are printed as a machine table first. Runs with emulated far latency are
-labelled so in every title.
+({"probe": ...}) are printed as a machine table per file first. Runs with emulated far latency
+are labelled so in every title. Self-test: python3 benches/scripts/test_scripts.py
 """
 
 import json
@@ -38,6 +49,8 @@ COLOURS = {
 
 
 def load(paths):
+    """tierbench's run lines and probe lines of every file, each tagged with its file
+    (`_file`). Lines of other tools (no `engine`) are left out."""
     runs, probes = [], []
     for p in paths:
         with open(p) as f:
@@ -46,32 +59,62 @@ def load(paths):
                 if not line.startswith("{"):
                     continue
                 v = json.loads(line)
+                v["_file"] = p
                 if "probe" in v:
                     probes.append(v)
-                elif "error" in v:
-                    runs.append(v)
-                elif "ops_per_sec" in v:
+                elif "engine" in v and ("error" in v or "ops_per_sec" in v):
                     runs.append(v)
     return runs, probes
 
 
+def mode(r):
+    return "bounded" if r.get("memory_limit_bytes") else "inmem"
+
+
 def group_key(r):
-    mode = "bounded" if r.get("memory_limit_bytes") else "inmem"
-    return (r.get("workload", "?"), r.get("dist", "?"), r.get("records", 0), mode, r.get("far_latency", "none"))
+    """(file, workload, distribution, records, mode, far latency): one table and one pair of
+    plots each. An error line has no workload; see `make_groups`."""
+    return (r["_file"], r.get("workload"), r.get("dist"), r.get("records", 0), mode(r), r.get("far_latency", "none"))
 
 
 def group_name(k):
-    w, d, n, mode, far = k
+    _, w, d, n, mode, far = k
     return f"ycsb{w.lower()}-{d.replace(':', '')}-{n // 1_000_000}m-{mode}" + ("-emulated" if far == "emulated" else "")
 
 
 def title(k):
-    w, d, n, mode, far = k
+    _, w, d, n, mode, far = k
     m = "memory-bounded (cgroup)" if mode == "bounded" else "in memory, no limit"
+    if w is None:
+        return f"runs that failed, {m}"
     t = f"YCSB-{w}, {d}, {n / 1e6:g}M records, {m}"
     if far == "emulated":
         t += ", far latency EMULATED"
     return t
+
+
+def same_run(a, b):
+    return (a["engine"], a.get("dram_fraction"), a.get("round", 0)) == (b["engine"], b.get("dram_fraction"), b.get("round", 0))
+
+
+def make_groups(runs):
+    """Runs grouped by `group_key`, in the order first seen. A failed child's error line names
+    only its engine and DRAM fraction (and round): it goes into every group of its file and
+    mode where that engine has no figure for that fraction and round (the child may have
+    finished some workloads before it failed); with no such group, into a group of its
+    file's failures."""
+    groups = OrderedDict()
+    for r in runs:
+        if "error" not in r:
+            groups.setdefault(group_key(r), []).append(r)
+    for e in (r for r in runs if "error" in r):
+        homes = [k for k in groups if k[1] is not None and k[0] == e["_file"] and k[4] == mode(e)]
+        if not homes:
+            groups.setdefault((e["_file"], None, None, 0, mode(e), "none"), []).append(e)
+        for k in homes:
+            if not any(same_run(r, e) for r in groups[k]):
+                groups[k].append(e)
+    return groups
 
 
 def fmt_ns(v):
@@ -91,8 +134,10 @@ def engines_in(rs):
     return [e for e in ENGINE_ORDER if e in seen] + sorted(seen - set(ENGINE_ORDER))
 
 
-def table(k, rs):
-    out = [f"#### {title(k)}", ""]
+def table(k, rs, src=""):
+    """One row per engine and DRAM fraction; `src` ends the heading (the file, when several
+    are shown)."""
+    out = [f"#### {title(k)}{src}", ""]
     # Lines from before tierbench counted device reads have no such column.
     dev = any(r.get("device_reads_per_op") is not None for r in rs)
     out.append("| engine | DRAM fraction | ops/s | ÷ tera | p50 | p99 | p99.9 | DRAM hit | peak memory |"
@@ -138,10 +183,10 @@ def median_rows(rs):
     return [sorted(v, key=lambda r: r["ops_per_sec"])[(len(v) - 1) // 2] for v in by.values()]
 
 
-def rounds_table(k, rs):
+def rounds_table(k, rs, src=""):
     """Runs repeated over `--rounds`: each round's ops/s, the median, and the ratios to
     Teraservices' figure of the same round and of the medians."""
-    out = [f"#### {title(k)}, {1 + max(r.get('round', 0) for r in rs)} rounds", ""]
+    out = [f"#### {title(k)}, {1 + max(r.get('round', 0) for r in rs)} rounds{src}", ""]
     out.append("| engine | DRAM fraction | ops/s per round | median | ÷ tera, per round | ÷ tera, medians | DRAM hit | device reads / op |")
     out.append("|---|---|---|---|---|---|---|---|")
     ok = [r for r in rs if "ops_per_sec" in r]
@@ -163,7 +208,7 @@ def rounds_table(k, rs):
             mratio = f"{m['ops_per_sec'] / tm['ops_per_sec']:.2f}" if tm else "-"
             hits = " / ".join(f"{r['dram_hit_ratio']:.3f}" for r in runs if r.get("dram_hit_ratio") is not None) or "-"
             dev = " / ".join(opt3(r.get("device_reads_per_op")) for r in runs)
-            note = f" ({len(failed)} failed)" if failed else ""
+            note = f" ({len(failed)} failed: {failed[0]['error']})" if failed else ""
             out.append(f"| {e} | {f:g} | {per}{note} | {m['ops_per_sec']:,.0f} | {ratios} | {mratio} | {hits} | {dev} |")
     out.append("")
     return "\n".join(out)
@@ -273,23 +318,42 @@ def main():
     out_dir, paths = sys.argv[1], sys.argv[2:]
     os.makedirs(out_dir, exist_ok=True)
     runs, probes = load(paths)
-    if probes:
+    # With several files, every table says which one it is from.
+    several = len(set(paths)) > 1
+    for p in paths:
+        mine = [v for v in probes if v["_file"] == p]
+        if not mine:
+            continue
+        if several:
+            print(f"Machine probes of {p}:\n")
         print("| probe | value |\n|---|---|")
-        for p in probes:
-            name = p["probe"] + (f" (queue depth {p['queue_depth']})" if "queue_depth" in p else "")
-            print(f"| {name} | {p.get('value', p.get('error'))} |")
+        for v in mine:
+            name = v["probe"] + (f" (queue depth {v['queue_depth']})" if "queue_depth" in v else "")
+            print(f"| {name} | {v.get('value', v.get('error'))} |")
         print()
-    groups = OrderedDict()
-    for r in runs:
-        groups.setdefault(group_key(r), []).append(r)
+    groups = make_groups(runs)
+    # A plot's name is its group's, prefixed with its file's name where several files have a
+    # group of that name (so that no file's plot overwrites another's).
+    files_of = {}
+    for k in groups:
+        if k[1] is not None:
+            files_of.setdefault(group_name(k), set()).add(k[0])
     for k, rs in groups.items():
+        src = f" ({k[0]})" if several or k[1] is None else ""
         rounds = any("round" in r for r in rs)
-        print(rounds_table(k, rs) if rounds else table(k, rs))
+        print(rounds_table(k, rs, src) if rounds else table(k, rs, src))
+        if k[1] is None:
+            continue
+        name = group_name(k)
+        if len(files_of[name]) > 1:
+            stem = os.path.basename(k[0])
+            stem = stem[: -len(".jsonl")] if stem.endswith(".jsonl") else stem
+            name = f"{stem}--{name}"
         shown = median_rows(rs) if rounds else rs
         for kind, fn in (("throughput", throughput_svg), ("latency", latency_svg)):
             s = fn(k, shown)
             if s:
-                path = os.path.join(out_dir, f"{group_name(k)}-{kind}.svg")
+                path = os.path.join(out_dir, f"{name}-{kind}.svg")
                 with open(path, "w") as f:
                     f.write(s)
                 print(f"![{kind}]({os.path.relpath(path, 'docs')})\n")

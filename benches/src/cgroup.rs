@@ -5,9 +5,14 @@
 //! Both hierarchies are handled: cgroup v2 (`memory.max`, `memory.peak`) when the unified
 //! hierarchy has the memory controller, otherwise v1 (`memory.limit_in_bytes`,
 //! `memory.max_usage_in_bytes`). The group is made under the cgroup this process is in.
+//! A v2 peak reset holds only for reads through the file descriptor it was written to, so
+//! the group keeps that descriptor and reads the peak through it.
 //! Where neither can be made (not root, no controller, a v2 parent that cannot delegate),
 //! [`Hierarchy::detect`] or [`Group::create`] says why, and the caller skips the mode.
 
+use parking_lot::Mutex;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Which cgroup hierarchy holds the memory controller.
@@ -96,6 +101,9 @@ impl Hierarchy {
 pub struct Group {
     pub version: Version,
     pub path: PathBuf,
+    /// v2: `memory.peak` opened for reading and writing by the last [`Group::reset_peak`],
+    /// whose reset holds for reads through this descriptor only.
+    peak_file: Mutex<Option<File>>,
 }
 
 fn write(path: &Path, value: &str) -> Result<(), String> {
@@ -133,6 +141,7 @@ impl Group {
         Ok(Group {
             version: h.version,
             path,
+            peak_file: Mutex::new(None),
         })
     }
 
@@ -167,7 +176,11 @@ impl Group {
 
     /// Open an existing group (in the child process).
     pub fn open(version: Version, path: PathBuf) -> Group {
-        Group { version, path }
+        Group {
+            version,
+            path,
+            peak_file: Mutex::new(None),
+        }
     }
 
     /// Move the calling process into the group.
@@ -220,21 +233,50 @@ impl Group {
         }
     }
 
-    /// Highest use since creation or the last [`Group::reset_peak`] (v2 needs Linux 5.19).
+    /// Highest use since creation or the last [`Group::reset_peak`] (v2 needs Linux 5.19; on
+    /// v2 a reset counts only through the descriptor it was written to, so after one the peak
+    /// is read again through that descriptor).
     pub fn peak(&self) -> Option<u64> {
         match self.version {
             Version::V1 => read_u64(&self.path.join("memory.max_usage_in_bytes")),
-            Version::V2 => read_u64(&self.path.join("memory.peak")),
+            Version::V2 => {
+                let mut kept = self.peak_file.lock();
+                match kept.as_mut() {
+                    Some(f) => {
+                        let mut s = String::new();
+                        f.seek(SeekFrom::Start(0)).ok()?;
+                        f.read_to_string(&mut s).ok()?;
+                        s.trim().parse().ok()
+                    }
+                    None => read_u64(&self.path.join("memory.peak")),
+                }
+            }
         }
     }
 
-    /// Start the peak over (v1; v2 from Linux 6.12). Best effort.
+    /// Start the peak over (v1; v2 from Linux 6.12). Best effort. On v2 the reset is written
+    /// to a descriptor of `memory.peak` opened for reading and writing, which the group keeps
+    /// for [`Group::peak`]: the kernel applies a v2 reset to reads through that descriptor
+    /// only (a reset through a descriptor then closed is lost).
     pub fn reset_peak(&self) {
-        let f = match self.version {
-            Version::V1 => "memory.max_usage_in_bytes",
-            Version::V2 => "memory.peak",
-        };
-        let _ = std::fs::write(self.path.join(f), "0");
+        match self.version {
+            Version::V1 => {
+                let _ = std::fs::write(self.path.join("memory.max_usage_in_bytes"), "0");
+            }
+            Version::V2 => {
+                let opened = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.path.join("memory.peak"))
+                    .and_then(|mut f| {
+                        f.write_all(b"0")?;
+                        Ok(f)
+                    });
+                // Without a reset (a kernel before 6.12) the peak is the one since creation,
+                // read by path as before.
+                *self.peak_file.lock() = opened.ok();
+            }
+        }
     }
 }
 
@@ -342,5 +384,36 @@ mod tests {
         std::fs::write(g.path.join("memory.max_usage_in_bytes"), "4096").unwrap();
         assert_eq!(g.peak(), Some(4096));
         assert_eq!(g.usage(), None);
+        // v1 resets by writing 0 where the peak is read.
+        g.reset_peak();
+        assert_eq!(g.peak(), Some(0));
+    }
+
+    #[test]
+    fn v2_peak_is_read_through_the_descriptor_of_its_reset() {
+        // A fake v2 group: a plain file stands for memory.peak. The kernel's file keeps a
+        // reset per descriptor, which a plain file cannot show; what this checks is that the
+        // reset is written, its descriptor kept, and every read after it goes from the start
+        // of that descriptor (a second read without a seek would see nothing).
+        let d = tempfile::tempdir().unwrap();
+        let g = Group::open(Version::V2, d.path().to_path_buf());
+        let peak = d.path().join("memory.peak");
+        std::fs::write(&peak, "").unwrap();
+        assert_eq!(g.peak(), None, "empty: no figure");
+        g.reset_peak();
+        assert!(
+            g.peak_file.lock().is_some(),
+            "the reset's descriptor is kept"
+        );
+        assert_eq!(std::fs::read_to_string(&peak).unwrap(), "0");
+        assert_eq!(g.peak(), Some(0));
+        std::fs::write(&peak, "8192").unwrap();
+        assert_eq!(g.peak(), Some(8192));
+        assert_eq!(g.peak(), Some(8192), "read again from the start");
+        // No memory.peak (a kernel before 5.19): no descriptor, no figure.
+        std::fs::remove_file(&peak).unwrap();
+        g.reset_peak();
+        assert!(g.peak_file.lock().is_none());
+        assert_eq!(g.peak(), None);
     }
 }

@@ -1,7 +1,8 @@
 //! `tierbench` as a user runs it: several engines in one invocation give one JSON line per
 //! (engine, workload, distribution), with the same operations for each; bad arguments are
-//! refused with a message that says what to use; and a memory-bounded run either runs in a
-//! cgroup and reports its peak, or says why it cannot.
+//! refused with a message that says what to use (those of `metabench` and `durabench` too,
+//! before they start anything); and a memory-bounded run either runs in a cgroup and reports
+//! its peak, or says why it cannot.
 
 use serde_json::Value;
 use std::process::Command;
@@ -155,6 +156,33 @@ fn refuses_bad_arguments_with_a_useful_message() {
         (&["--engine", "dram", "--workload", "E"][..], "cannot scan"),
         (&["--memory-limit", "--far-ns", "300"][..], "drop --far-ns"),
         (&["--load", "sideways"][..], "unknown --load"),
+        // Numbers that would panic in a worker after the load. (`--theta -1` without `=` is
+        // refused by clap itself, as an unknown flag `-1`.)
+        (
+            &["--theta=-1"][..],
+            "the Zipf exponent must be a finite number",
+        ),
+        (
+            &["--theta=nan"][..],
+            "the Zipf exponent must be a finite number",
+        ),
+        (
+            &["--seconds=-1"][..],
+            "--seconds must be a number of seconds above 0",
+        ),
+        (
+            &["--seconds=nan"][..],
+            "--seconds must be a number of seconds above 0",
+        ),
+        (
+            &["--seconds=inf"][..],
+            "--seconds must be a number of seconds above 0",
+        ),
+        (&["--warmup-seconds=-1"][..], "--warmup-seconds must be"),
+        (
+            &["--dram-fractions=inf"][..],
+            "--dram-fractions must be positive",
+        ),
     ] {
         let mut a = SMALL.to_vec();
         a.extend(args);
@@ -162,6 +190,73 @@ fn refuses_bad_arguments_with_a_useful_message() {
         assert!(!out.status.success(), "{args:?} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // metabench and durabench: refused at once, not by a division by zero or a panic in a
+    // worker thread.
+    let metabench = env!("CARGO_BIN_EXE_metabench");
+    let durabench = env!("CARGO_BIN_EXE_durabench");
+    for (exe, args, says) in [
+        (
+            metabench,
+            &["throughput", "--namespaces", "0"][..],
+            "--namespaces, --folders and --files must each be at least 1",
+        ),
+        (
+            metabench,
+            &["throughput", "--folders", "0"][..],
+            "--namespaces, --folders and --files must each be at least 1",
+        ),
+        (
+            metabench,
+            &["throughput", "--files", "0"][..],
+            "--namespaces, --folders and --files must each be at least 1",
+        ),
+        (
+            metabench,
+            &["throughput", "--seconds=-1"][..],
+            "--seconds must be a number of seconds above 0",
+        ),
+        (
+            metabench,
+            &["throughput", "--seconds=nan"][..],
+            "--seconds must be a number of seconds above 0",
+        ),
+        (
+            metabench,
+            &["throughput", "--seconds=inf"][..],
+            "--seconds must be a number of seconds above 0",
+        ),
+        (
+            metabench,
+            &["throughput", "--threads", "0"][..],
+            "--threads must list thread counts of at least 1",
+        ),
+        (
+            metabench,
+            &["throughput", "--ops", "stat,rename"][..],
+            "unknown operation \"rename\"",
+        ),
+        (
+            durabench,
+            &["commit", "--seconds=-1"][..],
+            "--seconds must be a number of seconds above 0",
+        ),
+        (
+            durabench,
+            &["commit", "--seconds=nan"][..],
+            "--seconds must be a number of seconds above 0",
+        ),
+        (
+            durabench,
+            &["checkpoint", "--records", "0"][..],
+            "--records must be at least 1",
+        ),
+    ] {
+        let out = Command::new(exe).args(args).output().expect("it runs");
+        assert!(!out.status.success(), "{exe} {args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{exe} {args:?}: {err}");
+        assert!(!err.contains("panicked"), "{exe} {args:?}: {err}");
     }
     if !cfg!(feature = "peers") {
         let mut a = SMALL.to_vec();

@@ -5,7 +5,9 @@
 //! from the mix back to back. The tasks and connections are dealt over `threads` client
 //! threads, each a single-threaded runtime (like terad's I/O threads, so that a connection's
 //! ready requests leave together). It prints ops/s and p50/p99/p99.9 latency per level and
-//! operation (hdrhistogram, microsecond resolution), with error counts by status code.
+//! operation (hdrhistogram, microsecond resolution), with error counts by status code; a
+//! RESOURCE_EXHAUSTED that is the engine's DRAM budget refusing a write is counted apart, as
+//! `RESOURCE_EXHAUSTED(budget)`, from terad shedding load (see [`error_label`]).
 
 use crate::client::{self, Bearer, Meta};
 use crate::proto::meta as pb;
@@ -141,6 +143,36 @@ impl Rng {
 
 fn status_code(s: &tonic::Status) -> &'static str {
     crate::error::code_label(s.code())
+}
+
+/// The label a failed call is counted under in the report: its code's name, except for a
+/// RESOURCE_EXHAUSTED from the engine's DRAM budget (`tera_engine::Error::BudgetExhausted`,
+/// which `error::engine_status` passes on with the engine's message, "DRAM budget exhausted:
+/// ..."): `RESOURCE_EXHAUSTED(budget)`. terad answers RESOURCE_EXHAUSTED for overload too (its
+/// request, login and watch limits), which a soak test tolerates; a budget refusal means
+/// writes are being refused, which it must not.
+pub fn error_label(s: &tonic::Status) -> &'static str {
+    if s.code() == tonic::Code::ResourceExhausted && s.message().starts_with(BUDGET_MESSAGE) {
+        "RESOURCE_EXHAUSTED(budget)"
+    } else {
+        status_code(s)
+    }
+}
+
+/// How the message of `tera_engine::Error::BudgetExhausted` begins (its `Display`); a test
+/// below keeps the two in step.
+const BUDGET_MESSAGE: &str = "DRAM budget exhausted";
+
+/// A `--duration` or `--warmup` of teractl bench (`flag` names it in the message): a finite
+/// number of seconds, not negative, that a `Duration` holds, and above 0 unless `zero_ok`.
+pub fn seconds(flag: &str, secs: f64, zero_ok: bool) -> Result<Duration, String> {
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if zero_ok || !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "{flag} must be a number of seconds {}, not {secs}",
+            if zero_ok { "of 0 or more" } else { "above 0" }
+        )),
+    }
 }
 
 async fn setup(m: &mut Meta, o: &BenchOptions, root: &str) -> Result<(), String> {
@@ -439,7 +471,7 @@ impl Level {
                                     h.saturating_record((t1 - t0).as_micros().max(1) as u64);
                                 }
                             }
-                            Err(s) => *counts.errors.entry((op, status_code(&s))).or_default() += 1,
+                            Err(s) => *counts.errors.entry((op, error_label(&s))).or_default() += 1,
                         }
                     }
                 }));
@@ -473,5 +505,45 @@ mod tests {
         );
         assert!(parse_mix("read=1").is_err());
         assert!(parse_mix("stat=0").is_err());
+    }
+
+    #[test]
+    fn budget_refusals_are_told_apart_from_overload() {
+        use tera_engine::meta::MetaError;
+        use tera_engine::Error;
+        let budget = || Error::BudgetExhausted("partition 3: no frame for the record".into());
+        // As terad answers it, from the engine and through the metadata model.
+        let s = crate::error::engine_status(budget());
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(error_label(&s), "RESOURCE_EXHAUSTED(budget)", "{s:?}");
+        let s = crate::error::meta_status(MetaError::Engine(budget()));
+        assert_eq!(error_label(&s), "RESOURCE_EXHAUSTED(budget)", "{s:?}");
+        assert!(budget().to_string().starts_with(BUDGET_MESSAGE));
+        // terad's overload answers stay plain RESOURCE_EXHAUSTED, and other codes their names.
+        let shed = tonic::Status::resource_exhausted(
+            "terad is serving its limit of 10 requests at once: retry with backoff",
+        );
+        assert_eq!(error_label(&shed), "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            error_label(&tonic::Status::not_found("DRAM budget exhausted")),
+            "NOT_FOUND"
+        );
+    }
+
+    #[test]
+    fn bench_seconds_are_checked() {
+        assert_eq!(
+            seconds("--duration", 20.0, false),
+            Ok(Duration::from_secs(20))
+        );
+        assert_eq!(seconds("--warmup", 0.0, true), Ok(Duration::ZERO));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e300] {
+            let e = seconds("--duration", bad, false).unwrap_err();
+            assert!(
+                e.contains("--duration must be a number of seconds above 0"),
+                "{e}"
+            );
+        }
+        assert!(seconds("--warmup", -2.0, true).is_err());
     }
 }

@@ -10,6 +10,8 @@
 //!   bandwidth, measured in the same run.
 //!
 //! Nothing here emulates far-tier latency. See docs/benchmarks.md for published runs.
+//! Arguments that make no sense (a time that is not a positive number of seconds, a
+//! checkpoint of no records) are refused before anything runs.
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -78,8 +80,25 @@ enum Cmd {
     },
 }
 
+/// Refuse arguments that would panic or divide by zero.
+fn check(cmd: &Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Commit { seconds, .. } => tera_benches::check_seconds("--seconds", *seconds, false),
+        // The writers pick random records of the loaded ones.
+        Cmd::Checkpoint { records: 0, .. } => Err(
+            "checkpoint: --records must be at least 1 (the writers overwrite loaded records)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 fn main() {
     let a = Args::parse();
+    if let Err(e) = check(&a.cmd) {
+        eprintln!("durabench: {e}");
+        std::process::exit(1);
+    }
     let tmp;
     let dir = match &a.dir {
         Some(d) => d.clone(),

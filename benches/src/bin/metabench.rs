@@ -5,10 +5,15 @@
 //!   about as long.
 //! - `throughput` fills namespaces of folders of files, then runs each operation (stat, list
 //!   of a folder, create folder, commit upload, move) alone from 1, 2, ... threads for a fixed
-//!   time, on random namespaces: ops/s and latency percentiles.
+//!   time, on random namespaces: ops/s and latency percentiles. A move renames a file of the
+//!   thread's own in that namespace from one name to the other and back; the files are made
+//!   before any clock starts, and a rename that fails is not counted as an operation: it is
+//!   counted in the line's `errors`, and the run exits non-zero.
 //!
 //! One JSON object per figure on stdout, a summary on stderr. The far-tier latency is
-//! emulated only when `--far-ns` says so, and the JSON says which.
+//! emulated only when `--far-ns` says so, and the JSON says which. Arguments that make no
+//! sense (no namespaces, folders or files, a time that is not a positive number of seconds,
+//! an unknown operation) are refused before anything runs.
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -80,11 +85,63 @@ struct Tp {
     ops: Vec<String>,
 }
 
+/// The operations `throughput --ops` knows.
+const OPS: [&str; 5] = ["stat", "list", "mkdir", "upload", "move"];
+
 fn main() {
-    match Cli::parse().cmd {
-        Cmd::Bigfolder(a) => bigfolder(a),
-        Cmd::Throughput(t) => throughput(t),
+    let cli = Cli::parse();
+    if let Err(e) = check(&cli.cmd) {
+        eprintln!("metabench: {e}");
+        std::process::exit(1);
     }
+    match cli.cmd {
+        Cmd::Bigfolder(a) => bigfolder(a),
+        Cmd::Throughput(t) => {
+            let failed = throughput(t);
+            if failed > 0 {
+                eprintln!(
+                    "metabench: {failed} move(s) failed (see the lines' \"errors\" and \"first_error\"): the move figures of those lines are not valid"
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// Refuse arguments that would divide by zero, panic in a worker or mean nothing.
+fn check(cmd: &Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Bigfolder(a) => {
+            if a.page == 0 {
+                return Err("--page must be at least 1".into());
+            }
+        }
+        Cmd::Throughput(t) => {
+            if t.namespaces == 0 || t.folders == 0 || t.files == 0 {
+                return Err(format!(
+                    "--namespaces, --folders and --files must each be at least 1 (got {}, {}, {})",
+                    t.namespaces, t.folders, t.files
+                ));
+            }
+            if t.threads.is_empty() || t.threads.contains(&0) {
+                return Err("--threads must list thread counts of at least 1".into());
+            }
+            tera_benches::check_seconds("--seconds", t.seconds, false)?;
+            if t.dram_fractions
+                .iter()
+                .any(|f| !(f.is_finite() && *f > 0.0))
+            {
+                return Err("--dram-fractions must be positive".into());
+            }
+            if let Some(op) = t.ops.iter().find(|o| !OPS.contains(&o.as_str())) {
+                return Err(format!(
+                    "unknown operation {op:?} in --ops: use {}",
+                    OPS.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A fresh database in a temporary directory (kept while the returned guard lives).
@@ -110,29 +167,52 @@ fn open_bytes(budget: u64, far_ns: u64, expected_records: u64) -> (tempfile::Tem
     (dir, db)
 }
 
-fn throughput(a: Tp) {
+/// Run every fraction; returns the number of moves that failed.
+fn throughput(a: Tp) -> u64 {
     let mut fractions = a.dram_fractions.clone();
     fractions.retain(|&f| f != 1.0);
     fractions.insert(0, 1.0);
     let mut record_bytes = 0;
+    let mut failed = 0;
     for f in fractions {
         let budget = if f == 1.0 {
             a.budget_mib << 20
         } else {
             (record_bytes as f64 * f) as u64
         };
-        let stored = throughput_at(&a, f, budget);
+        let (stored, failed_here) = throughput_at(&a, f, budget);
+        failed += failed_here;
         if f == 1.0 {
             record_bytes = stored;
         }
     }
+    failed
+}
+
+/// The file thread `th` moves back and forth in every namespace: `/mv/t<th>-a` or, after an
+/// odd number of moves there, `/mv/t<th>-b`.
+fn mv_path(th: usize, at_b: bool) -> String {
+    format!("/mv/t{th}-{}", if at_b { 'b' } else { 'a' })
+}
+
+/// What one worker thread measured.
+struct Worker {
+    ops: u64,
+    hist: Histogram<u64>,
+    /// Operations that failed (moves only; the others panic): not in `ops` or `hist`.
+    failed: u64,
+    first_error: Option<String>,
 }
 
 /// Fill a fresh database with budget `budget` and run every operation; returns the record
-/// bytes stored after the fill.
-fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
-    // Entry records, plus about one directory node per folder and the namespace headers.
-    let expected = a.namespaces * (a.folders * (a.files + 2) + 8);
+/// bytes stored after the fill and the number of moves that failed.
+fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> (u64, u64) {
+    let fillers = a.threads.iter().copied().max().unwrap_or(1);
+    let moves = a.ops.iter().any(|o| o == "move");
+    // Entry records, plus about one directory node per folder and the namespace headers (and
+    // the files the moves rename).
+    let expected =
+        a.namespaces * (a.folders * (a.files + 2) + 8 + if moves { fillers as u64 } else { 0 });
     let (_dir, db) = open_bytes(budget, a.far_ns, expected);
     let m = MetaStore::open(&db).expect("meta");
     let up = |i: u64| Upload {
@@ -143,7 +223,6 @@ fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
     };
     // Fill: namespaces split over the threads of the largest count.
     let t = Instant::now();
-    let fillers = a.threads.iter().copied().max().unwrap_or(1);
     std::thread::scope(|s| {
         for f in 0..fillers as u64 {
             let (m, up) = (&m, &up);
@@ -187,23 +266,43 @@ fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
     if fraction == 1.0 && st.far.records > 0 {
         eprintln!("warning: the fraction-1 run tiered records to far memory: raise --budget-mib");
     }
+    // The files the moves rename: one per thread (of the largest count) in every namespace,
+    // made here, before any clock starts, and after the fill's figures were taken. `at_b[th]
+    // [ns]` says which of its two names thread `th`'s file has in namespace `ns`; a thread
+    // count's run leaves them where the next one finds them.
+    let mut at_b: Vec<Vec<bool>> = if moves {
+        for ns in 0..a.namespaces {
+            for th in 0..fillers {
+                m.upload(ns, &mv_path(th, false), &up(0), &Precondition::None)
+                    .expect("upload of a file to move");
+            }
+        }
+        vec![vec![false; a.namespaces as usize]; fillers]
+    } else {
+        Vec::new()
+    };
     let next_dir = AtomicU64::new(0);
+    let mut failed_total = 0;
     for op in a.ops.iter().map(String::as_str) {
         for &threads in &a.threads {
             let stop = AtomicBool::new(false);
             let before = db.stats();
             let t = Instant::now();
-            let hists: Vec<(u64, Histogram<u64>)> = std::thread::scope(|s| {
-                let hs: Vec<_> = (0..threads as u64)
+            let workers: Vec<Worker> = std::thread::scope(|s| {
+                // Each thread gets its own files' places (none unless moving).
+                let mut places = at_b.iter_mut();
+                let hs: Vec<_> = (0..threads)
                     .map(|th| {
                         let (m, stop, next_dir, up) = (&m, &stop, &next_dir, &up);
+                        let mut mine: Option<&mut Vec<bool>> = places.next();
                         s.spawn(move || {
                             let mut h =
                                 Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
                             let mut x = 0x9e37_79b9_7f4a_7c15u64
-                                ^ (th + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                                ^ (th as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
                             let mut n = 0u64;
-                            let mut flip = false;
+                            let mut failed = 0u64;
+                            let mut first_error = None;
                             while !stop.load(Relaxed) {
                                 x ^= x << 13;
                                 x ^= x >> 7;
@@ -237,31 +336,39 @@ fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
                                         .expect("upload");
                                     }
                                     "move" => {
-                                        // Each thread moves its own file back and forth in
-                                        // namespace `ns`, creating it on first use.
-                                        let (a_, b_) =
-                                            (format!("/mv/t{th}-a"), format!("/mv/t{th}-b"));
-                                        let (from, to) = if flip { (&b_, &a_) } else { (&a_, &b_) };
-                                        match m.rename(ns, from, to, None, 1) {
-                                            Ok(_) => {}
-                                            Err(tera_engine::meta::MetaError::NotFound(_)) => {
-                                                let _ =
-                                                    m.upload(ns, from, &up(0), &Precondition::None);
-                                                let _ = m.delete(ns, to, false, None, 1);
+                                        // Thread `th` moves its own file in namespace `ns`
+                                        // to its other name: every rename has a source and
+                                        // a free target, and one that fails anyway is an
+                                        // error, not an operation.
+                                        let here = &mut mine
+                                            .as_deref_mut()
+                                            .expect("the files to move were made")
+                                            [ns as usize];
+                                        let (from, to) = (mv_path(th, *here), mv_path(th, !*here));
+                                        match m.rename(ns, &from, &to, None, 1) {
+                                            Ok(_) => *here = !*here,
+                                            Err(e) => {
+                                                failed += 1;
+                                                if first_error.is_none() {
+                                                    first_error = Some(format!(
+                                                        "namespace {ns}: {from} -> {to}: {e}"
+                                                    ));
+                                                }
+                                                continue;
                                             }
-                                            Err(tera_engine::meta::MetaError::AlreadyExists(_)) => {
-                                                let _ = m.delete(ns, to, false, None, 1);
-                                            }
-                                            Err(e) => panic!("move: {e}"),
                                         }
-                                        flip = !flip;
                                     }
                                     other => panic!("unknown operation {other}"),
                                 }
                                 let _ = h.record(t0.elapsed().as_nanos().max(1) as u64);
                                 n += 1;
                             }
-                            (n, h)
+                            Worker {
+                                ops: n,
+                                hist: h,
+                                failed,
+                                first_error,
+                            }
                         })
                     })
                     .collect();
@@ -272,9 +379,19 @@ fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
             let secs = t.elapsed().as_secs_f64();
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
             let mut n = 0;
-            for (k, x) in hists {
-                n += k;
-                h.add(x).unwrap();
+            let mut failed = 0;
+            let mut first_error = None;
+            for w in workers {
+                n += w.ops;
+                h.add(w.hist).unwrap();
+                failed += w.failed;
+                first_error = first_error.or(w.first_error);
+            }
+            failed_total += failed;
+            if let Some(e) = &first_error {
+                eprintln!(
+                    "fraction {fraction}: {op} {threads} threads: {failed} failed (not counted as operations); the first: {e}"
+                );
             }
             let after = db.stats();
             let hit = after.dram_hit_ratio_since(&before);
@@ -291,6 +408,10 @@ fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
                     "op": op,
                     "threads": threads,
                     "ops_per_sec": (n as f64 / secs).round(),
+                    // Operations that failed, left out of ops_per_sec and the percentiles
+                    // (a run with any exits non-zero).
+                    "errors": failed,
+                    "first_error": first_error,
                     "p50_ns": h.value_at_quantile(0.5),
                     "p99_ns": h.value_at_quantile(0.99),
                     "dram_hit_ratio": (hit * 10000.0).round() / 10000.0,
@@ -307,7 +428,7 @@ fn throughput_at(a: &Tp, fraction: f64, budget: u64) -> u64 {
             );
         }
     }
-    record_bytes
+    (record_bytes, failed_total)
 }
 
 fn bigfolder(a: Args) {

@@ -61,8 +61,10 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     /// Most unmeasured seconds before each measured run. The warm-up runs the workload in
-    /// slices of `--warmup-slice` seconds until the DRAM hit ratio of a slice moves by less
-    /// than 0.002 from the slice before (the tiers have settled), or this much time has passed.
+    /// slices of `--warmup-slice` seconds until a slice's DRAM hit ratio is no better than the
+    /// best of the two slices before it by 0.001 (the tiers have settled; engines with no hit
+    /// ratio: until a slice's ops/s is no better than the best of the two before by 1%), or
+    /// until the next slice would pass this many seconds. 0: no warm-up.
     #[arg(long, default_value_t = 60.0)]
     warmup_seconds: f64,
     /// Length of one warm-up slice, in seconds.
@@ -216,7 +218,14 @@ fn page_bytes(share: u64, record: usize) -> usize {
 /// A parsed `--dist` item.
 fn parse_dist(s: &str, theta: f64) -> Result<(Dist, String), String> {
     match s {
-        "zipf" => Ok((Dist::Zipf { theta }, format!("zipf:{theta}"))),
+        // `--theta`, checked here as `zipf:<exponent>` is below: Zipf::new refuses the rest,
+        // and would do so in a worker thread after the load.
+        "zipf" if theta >= 0.0 && theta.is_finite() => {
+            Ok((Dist::Zipf { theta }, format!("zipf:{theta}")))
+        }
+        "zipf" => Err(format!(
+            "--theta {theta}: the Zipf exponent must be a finite number of 0 or more"
+        )),
         "uniform" => Ok((Dist::Uniform, "uniform".into())),
         _ => match s.strip_prefix("zipf:").map(str::parse::<f64>) {
             Some(Ok(t)) if t >= 0.0 && t.is_finite() => Ok((Dist::Zipf { theta: t }, s.into())),
@@ -392,7 +401,10 @@ fn real_main() -> Result<(), String> {
     if a.records == 0 || a.threads == 0 {
         return Err("--records and --threads must be at least 1".into());
     }
-    if a.dram_fractions.iter().any(|f| f.is_nan() || *f <= 0.0) {
+    if a.dram_fractions
+        .iter()
+        .any(|f| !(f.is_finite() && *f > 0.0))
+    {
         return Err("--dram-fractions must be positive".into());
     }
     if a.memory_limit && a.tera_reserve_mib >= a.memory_allowance_mib {
@@ -404,6 +416,9 @@ fn real_main() -> Result<(), String> {
     if !(a.budget_headroom.is_finite() && a.budget_headroom > 0.0) {
         return Err("--budget-headroom must be positive".into());
     }
+    tera_benches::check_seconds("--seconds", a.seconds, false)?;
+    tera_benches::check_seconds("--warmup-seconds", a.warmup_seconds, true)?;
+    tera_benches::check_seconds("--warmup-slice", a.warmup_slice, true)?;
     if !matches!(a.load.as_str(), "bulk" | "puts") {
         return Err(format!("unknown --load {:?}: use bulk or puts", a.load));
     }
@@ -578,7 +593,14 @@ fn real_main() -> Result<(), String> {
             }
             let limit = (data_bytes as f64 * fraction) as u64 + (a.memory_allowance_mib << 20);
             let limited = hierarchy.as_ref().map(|h| (h, limit));
-            if !run_child(limited, engine, fraction, &far_root, &mut emit)? {
+            if !run_child(
+                limited,
+                engine,
+                fraction,
+                &far_root,
+                a.data_dir.as_deref(),
+                &mut emit,
+            )? {
                 failed.push(format!("{engine} at fraction {fraction}"));
             }
         }
@@ -615,16 +637,32 @@ fn child_args() -> Vec<std::ffi::OsString> {
     out
 }
 
+/// Remove the directories of run `name` (`<engine>-<i>`): its far directory under `far_root`
+/// and its twin under `--data-dir`. A run removes them when it ends, but one that was killed
+/// (say by its cgroup's OOM killer) or failed leaves them, and the next run of that engine
+/// would open the stale files (LMDB's append load fails on them; the others load over them).
+/// Best effort.
+fn remove_run_dirs(far_root: &Path, data_dir: Option<&Path>, name: &str) {
+    if let Some(d) = data_dir {
+        let _ = std::fs::remove_dir_all(d.join(name));
+    }
+    let _ = std::fs::remove_dir_all(far_root.join(name));
+}
+
 /// Run one engine at one fraction in a child process (inside a memory cgroup of its own
 /// with the given limit, for a memory-bounded run), and pass its lines on. Returns false if
-/// the child failed (its error is emitted as a line).
+/// the child failed (its error is emitted as a line). The child's directories (it runs as
+/// index 0: `<engine>-0`) are removed before it starts and after it fails.
 fn run_child(
     limited: Option<(&Hierarchy, u64)>,
     engine: &str,
     fraction: f64,
     far_root: &Path,
+    data_dir: Option<&Path>,
     emit: &mut dyn FnMut(Value),
 ) -> Result<bool, String> {
+    let dirs = format!("{engine}-0");
+    remove_run_dirs(far_root, data_dir, &dirs);
     let group = match limited {
         Some((h, limit)) => {
             let name = format!("tierbench-{}-{engine}", std::process::id());
@@ -671,6 +709,7 @@ fn run_child(
             (None, _) => status.to_string(),
         };
         eprintln!("tierbench: {engine} at fraction {fraction}: {why}; going on with the next run");
+        remove_run_dirs(far_root, data_dir, &dirs);
         let limit = group.as_ref().map(|g| g.2);
         emit(
             json!({"engine": engine, "dram_fraction": fraction, "memory_limit_bytes": limit, "error": why}),
@@ -694,7 +733,10 @@ fn run_engine(
     group: Option<&Group>,
     emit: &mut dyn FnMut(Value),
 ) -> Result<(), String> {
-    let dir = far_root.join(format!("{engine}-{i}"));
+    let name = format!("{engine}-{i}");
+    // Whatever an earlier run of this name left (one killed before it could clean up).
+    remove_run_dirs(far_root, a.data_dir.as_deref(), &name);
+    let dir = far_root.join(&name);
     let spec = RunSpec {
         a,
         engine,
@@ -810,10 +852,7 @@ fn run_engine(
         }
     }
     drop(store);
-    if let Some(d) = &a.data_dir {
-        let _ = std::fs::remove_dir_all(d.join(dir.file_name().unwrap_or_default()));
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_run_dirs(far_root, a.data_dir.as_deref(), &name);
     Ok(())
 }
 

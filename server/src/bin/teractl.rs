@@ -273,6 +273,14 @@ fn print_changes(r: &pb::ChangesResponse) {
 async fn run(cli: Cli) -> Result<(), String> {
     let timeout = Duration::from_millis(cli.timeout_ms);
     let ns = cli.namespace;
+    // Bench times that cannot be durations are refused before anything connects.
+    if let Cmd::Bench {
+        duration, warmup, ..
+    } = &cli.command
+    {
+        bench::seconds("--duration", *duration, false)?;
+        bench::seconds("--warmup", *warmup, true)?;
+    }
     match &cli.command {
         Cmd::Login { user, ttl } => {
             let password = match std::env::var("TERACTL_PASSWORD") {
@@ -346,8 +354,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             token,
             namespace: ns,
             levels: concurrency.clone(),
-            duration: Duration::from_secs_f64(*duration),
-            warmup: Duration::from_secs_f64(*warmup),
+            duration: bench::seconds("--duration", *duration, false)?,
+            warmup: bench::seconds("--warmup", *warmup, true)?,
             mix: bench::parse_mix(mix)?,
             channels: *channels,
             threads: tera_server::config::or_one_per_cpu(*threads),
