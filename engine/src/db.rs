@@ -1073,14 +1073,36 @@ impl Inner {
     /// durability a commit is acknowledged before it is durable, and a read is not held to
     /// more than that.
     fn after_read(&self, seen: u64) -> Result<()> {
-        let Some(wal) = &self.wal else {
-            return Ok(());
-        };
-        if self.durability != Durability::Commit || wal.durable() >= seen {
+        if self.read_durable(seen) {
             return Ok(());
         }
+        let wal = self.wal.as_ref().expect("a read waits only with a log");
         wal.sync_to(seen)
             .map_err(|e| Error::NotDurable(e.to_string()))
+    }
+
+    /// `after_read` for an async task: ready once the log is durable up to `seen`, without
+    /// a thread waiting (see `Wal::poll_durable`).
+    fn poll_read_durable(
+        &self,
+        seen: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        if self.read_durable(seen) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let wal = self.wal.as_ref().expect("a read waits only with a log");
+        wal.poll_durable(seen, cx)
+            .map_err(|e| Error::NotDurable(e.to_string()))
+    }
+
+    /// Whether a read that saw up to log position `seen` may answer now (`after_read` would
+    /// not wait): one atomic load.
+    fn read_durable(&self, seen: u64) -> bool {
+        match &self.wal {
+            Some(wal) => self.durability != Durability::Commit || wal.durable() >= seen,
+            None => true,
+        }
     }
 
     /// After the partition lock is released: wait for durability as the mode says.
@@ -1112,6 +1134,14 @@ pub struct Keyspace {
     inner: Arc<Inner>,
     ks: Arc<KsInfo>,
 }
+
+/// What a read under a partition lock saw, as a position in the write-ahead log: with
+/// [`Durability::Commit`] its answer must not be handed out before that position is durable
+/// ([`Keyspace::is_durable`], [`Keyspace::wait_durable`]). From [`Keyspace::read_deferred`].
+/// `Seen::default()` rests on nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use = "the answer of the read must wait until what it saw is durable"]
+pub struct Seen(u64);
 
 impl std::fmt::Debug for Keyspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1450,6 +1480,58 @@ impl Keyspace {
                 Ok((r?, None))
             }
         }
+    }
+
+    /// [`Keyspace::atomic`] for a read that must not block on the log (an async server's
+    /// runtime thread): `f` runs under the partition's lock and may not write (a write is
+    /// refused), and its result comes back at once with what it [`Seen`]. Before handing the
+    /// result out, the caller checks [`Keyspace::is_durable`] and, if it is not,
+    /// [`Keyspace::wait_durable`]s (off the runtime); the result of `f`'s error too, which
+    /// also rests on what it read.
+    pub fn read_deferred<R>(
+        &self,
+        partition_key: &[u8],
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
+    ) -> (Result<R>, Seen) {
+        let inner = &*self.inner;
+        let ik = ikey(&self.ks, partition_key);
+        let part = inner.partition_for(&self.ks, &ik, hash_key(&ik));
+        let mut tx = Tx {
+            inner,
+            ks: &self.ks,
+            part,
+            lk: inner.parts[part].lock(),
+            writes: Vec::new(),
+            scratch: Vec::new(),
+        };
+        let mut r = f(&mut tx);
+        if r.is_ok() && !tx.writes.is_empty() {
+            r = Err(Error::Keyspace {
+                name: self.ks.name.clone(),
+                reason: "read_deferred does not write (its writes are dropped): use atomic".into(),
+            });
+        }
+        let seen = Seen(tx.lk.logged());
+        (r, seen)
+    }
+
+    /// Whether a read's answer that rests on `seen` may be handed out now: one atomic load.
+    pub fn is_durable(&self, seen: Seen) -> bool {
+        self.inner.read_durable(seen.0)
+    }
+
+    /// Wait until what a read saw is durable (with [`Durability::Commit`]; at once
+    /// otherwise), sharing the log flush its writers wait for. [`Error::NotDurable`] if the
+    /// log failed first: the answer must then not be given.
+    pub fn wait_durable(&self, seen: Seen) -> Result<()> {
+        self.inner.after_read(seen.0)
+    }
+
+    /// [`Keyspace::wait_durable`] for an async task: no thread waits; the flush that makes
+    /// `seen` durable (the one its writers wait for) wakes the task. Works with any
+    /// executor.
+    pub fn durable(&self, seen: Seen) -> impl std::future::Future<Output = Result<()>> + '_ {
+        std::future::poll_fn(move |cx| self.inner.poll_read_durable(seen.0, cx))
     }
 
     /// Set `key` to `value`; returns the revision.

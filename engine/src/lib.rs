@@ -69,7 +69,7 @@ pub use changelog::{Event, EventKind, Watcher};
 pub use config::{Config, Durability, MAX_KEY_BYTES};
 #[cfg(not(tera_loom))]
 pub use db::{
-    BulkLoadInfo, CheckpointInfo, Db, Keyspace, RecoveryInfo, ScanInfo, Tx, DEFAULT_KEYSPACE,
+    BulkLoadInfo, CheckpointInfo, Db, Keyspace, RecoveryInfo, ScanInfo, Seen, Tx, DEFAULT_KEYSPACE,
 };
 #[cfg(not(tera_loom))]
 pub use error::{Error, Result};

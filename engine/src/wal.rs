@@ -26,6 +26,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 /// Bytes of a frame header.
 pub(crate) const FRAME_HEADER: usize = 16;
@@ -139,6 +140,9 @@ pub(crate) struct Wal {
     fsyncs: AtomicU64,
     poison: Arc<OnceLock<String>>,
     bell: Arc<Bell>,
+    /// Tasks waiting without a thread for the durable LSN to reach a position
+    /// ([`Wal::poll_durable`]); woken by the flush that gets there, or by the failure.
+    waiters: Mutex<Vec<(u64, Waker)>>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -201,6 +205,7 @@ impl Wal {
             fsyncs: AtomicU64::new(0),
             poison,
             bell,
+            waiters: Mutex::new(Vec::new()),
         })
     }
 
@@ -273,6 +278,43 @@ impl Wal {
         }
     }
 
+    /// Whether the log is durable up to `lsn`, for an async task: `Pending` registers
+    /// `cx`'s waker, which the flush that gets there (or the log's failure) wakes; the
+    /// poisoning error once the log failed. The task does not drive a flush: it waits for
+    /// one that is due anyway (with `commit` durability the committer of every frame a read
+    /// can wait for syncs it).
+    ///
+    /// No lost wake-up: a flush stores the durable LSN before it takes the waiters' lock, and
+    /// this checks under that lock, so either the check sees the new LSN or the flush finds
+    /// the waker.
+    pub(crate) fn poll_durable(&self, lsn: u64, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.durable() >= lsn {
+            return Poll::Ready(Ok(()));
+        }
+        let mut waiters = self.waiters.lock();
+        if self.durable() >= lsn {
+            return Poll::Ready(Ok(()));
+        }
+        if let Err(e) = self.poisoned() {
+            return Poll::Ready(Err(e));
+        }
+        waiters.push((lsn, cx.waker().clone()));
+        Poll::Pending
+    }
+
+    /// Wake the async waiters `due` says are done (every one, after a failure).
+    fn wake(&self, due: impl Fn(u64) -> bool) {
+        let mut waiters = self.waiters.lock();
+        waiters.retain(|(lsn, w)| {
+            if due(*lsn) {
+                w.wake_by_ref();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     /// Write and sync everything buffered. Only the leader calls this.
     fn flush(&self) -> Result<()> {
         self.poisoned()?;
@@ -289,6 +331,7 @@ impl Wal {
             Ok(()) => {
                 self.durable.store(end, Release);
                 self.bell.ring();
+                self.wake(|lsn| lsn <= end);
                 // Hand the buffer's allocation back, unless someone refilled it meanwhile.
                 let mut b = self.buf.lock();
                 if b.data.is_empty() && b.data.capacity() < data.capacity() {
@@ -306,6 +349,7 @@ impl Wal {
                      acknowledged write"
                 ));
                 self.bell.ring();
+                self.wake(|_| true);
                 tracing::error!(error = %why, "write-ahead log failed; writes are refused from now on");
                 Err(e)
             }

@@ -256,3 +256,157 @@ fn after_a_failed_flush_a_read_of_what_it_lost_is_refused() {
     assert!(v == b"1" || v == b"2", "{v:?}");
     assert_eq!(read_atomic(&ks, &other).unwrap(), Some(b"x".to_vec()));
 }
+
+#[test]
+fn a_deferred_read_answers_at_once_and_says_what_to_wait_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, gate) = open_gated(dir.path());
+    let ks = db.keyspace("k", KeyspaceOptions::hash()).unwrap();
+    let other = key_elsewhere(&ks, b"a");
+    ks.put(b"a", b"1").unwrap();
+    ks.put(&other, b"x").unwrap();
+    // Writes are refused (and dropped) in a deferred read.
+    let (r, _) = ks.read_deferred(b"a", |tx| tx.put(b"a", b"9"));
+    assert!(matches!(r, Err(Error::Keyspace { .. })), "{r:?}");
+    assert_eq!(read_atomic(&ks, b"a").unwrap(), Some(b"1".to_vec()));
+
+    gate.hold();
+    let ks = &ks;
+    std::thread::scope(|s| {
+        let _release = Release(&gate);
+        let writer = s.spawn(|| ks.put(b"a", b"2"));
+        while ks.get(b"a").unwrap().map(|e| e.value) != Some(b"2".to_vec()) {
+            std::thread::yield_now();
+        }
+        // Answers at once, with the batch, and says it is not durable yet.
+        let (r, seen) = ks.read_deferred(b"a", |tx| tx.get(b"a"));
+        assert_eq!(r.unwrap().map(|e| e.value), Some(b"2".to_vec()));
+        assert!(!ks.is_durable(seen));
+        // Another partition's read rests on nothing that waits.
+        let (r, seen_other) = ks.read_deferred(&other, |tx| tx.get(&other));
+        assert_eq!(r.unwrap().map(|e| e.value), Some(b"x".to_vec()));
+        assert!(ks.is_durable(seen_other));
+        ks.wait_durable(seen_other).unwrap();
+        // Waiting for it takes the flush.
+        let (tx, rx) = mpsc::channel();
+        s.spawn(move || tx.send(ks.wait_durable(seen)));
+        assert!(
+            rx.recv_timeout(Duration::from_millis(500)).is_err(),
+            "wait_durable returned while the flush is held"
+        );
+        gate.release();
+        writer.join().unwrap().unwrap();
+        rx.recv()
+            .unwrap()
+            .expect("durable once the flush is released");
+        assert!(ks.is_durable(seen));
+    });
+}
+
+/// The metadata model's deferred reads (what terad's runtime threads call): a folder being
+/// created is seen at once, marked not durable, and its stat and listing wait for it.
+#[test]
+fn the_metadata_model_s_deferred_reads_say_what_to_wait_for() {
+    use tera_engine::meta::MetaStore;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, gate) = open_gated(dir.path());
+    let meta = MetaStore::open(&db).unwrap();
+    meta.create_namespace(7, 0).unwrap();
+    meta.create_namespace(8, 0).unwrap();
+    gate.hold();
+    let meta = &meta;
+    std::thread::scope(|s| {
+        let _release = Release(&gate);
+        let writer = s.spawn(|| meta.mkdir(7, "/new", false, 1));
+        let (entry, seen) = loop {
+            if let (Ok(e), seen) = meta.stat_deferred(7, "/new") {
+                break (e, seen);
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(entry.name, "new");
+        assert!(!meta.is_durable(seen), "the mkdir's flush is held");
+        let mut names = Vec::new();
+        let (next, seen_list) = meta.list_with_deferred(7, "/", 10, None, |e| {
+            names.push(e.name.to_string());
+            true
+        });
+        assert_eq!(next.unwrap(), None);
+        assert_eq!(names, ["new"]);
+        assert!(!meta.is_durable(seen_list));
+        // An error answer rests on what it read too.
+        let (r, seen_err) = meta.stat_deferred(7, "/new/missing");
+        assert!(r.is_err());
+        assert!(!meta.is_durable(seen_err));
+        // Namespace 8 is another partition (a namespace is one), with nothing waiting.
+        let (r, seen8) = meta.stat_deferred(8, "/");
+        r.unwrap();
+        assert!(meta.is_durable(seen8));
+        // The blocking forms wait.
+        let (tx, rx) = mpsc::channel();
+        s.spawn(move || tx.send(meta.stat(7, "/new").map(|e| e.name)));
+        assert!(
+            rx.recv_timeout(Duration::from_millis(500)).is_err(),
+            "stat answered while the mkdir's flush is held"
+        );
+        gate.release();
+        writer.join().unwrap().unwrap();
+        assert_eq!(rx.recv().unwrap().unwrap(), "new");
+        assert!(meta.is_durable(seen) && meta.is_durable(seen_list));
+        meta.wait_durable(seen_err).unwrap();
+    });
+}
+
+/// A waker that records that it was woken.
+struct Woken(AtomicBool);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, SeqCst);
+    }
+}
+
+/// The async wait of a deferred read: pending while the flush is held, woken by the flush
+/// (no thread waits), and woken with `NotDurable` when the flush fails instead.
+#[test]
+fn the_async_wait_is_woken_by_the_flush_or_its_failure() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    for fail in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, gate) = open_gated(dir.path());
+        let ks = db.keyspace("k", KeyspaceOptions::hash()).unwrap();
+        ks.put(b"a", b"1").unwrap();
+        gate.hold();
+        gate.fail_next.store(fail, SeqCst);
+        let ks = &ks;
+        std::thread::scope(|s| {
+            let _release = Release(&gate);
+            let writer = s.spawn(|| ks.put(b"a", b"2"));
+            while ks.get(b"a").unwrap().map(|e| e.value) != Some(b"2".to_vec()) {
+                std::thread::yield_now();
+            }
+            let (r, seen) = ks.read_deferred(b"a", |tx| tx.get(b"a"));
+            assert_eq!(r.unwrap().map(|e| e.value), Some(b"2".to_vec()));
+            let woken = Arc::new(Woken(AtomicBool::new(false)));
+            let waker = Waker::from(woken.clone());
+            let mut cx = Context::from_waker(&waker);
+            let mut wait = std::pin::pin!(ks.durable(seen));
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!woken.0.load(SeqCst), "woken while the flush is held");
+            gate.release();
+            let committed = writer.join().unwrap();
+            assert_eq!(committed.is_err(), fail);
+            assert!(
+                woken.0.load(SeqCst),
+                "the flush (or its failure) wakes the task"
+            );
+            match (fail, wait.as_mut().poll(&mut cx)) {
+                (false, Poll::Ready(Ok(()))) => {}
+                (true, Poll::Ready(Err(Error::NotDurable(_)))) => {}
+                (_, other) => panic!("fail {fail}: {other:?}"),
+            }
+        });
+    }
+}

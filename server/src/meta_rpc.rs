@@ -6,7 +6,7 @@ use crate::error::oversized;
 use crate::proto::meta::metadata_server::Metadata;
 use crate::proto::meta::{self as pb, stat_request::Target};
 use crate::router::Deadline;
-use crate::state::{blocking, inline, State};
+use crate::state::{blocking, settle, State};
 use crate::wire::ListBuilder;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -176,10 +176,11 @@ impl Metadata for MetaService {
             .into_inner()
             .target
             .ok_or_else(|| Status::invalid_argument("set path or id: the entry to stat"))?;
-        let e = inline(|| match target {
-            Target::Path(p) => engine.meta.stat(ns, &p),
-            Target::Id(id) => engine.meta.stat_id(ns, id),
-        })?;
+        let read = match target {
+            Target::Path(p) => engine.meta.stat_deferred(ns, &p),
+            Target::Id(id) => engine.meta.stat_id_deferred(ns, id),
+        };
+        let e = settle(&engine, read).await?;
         Ok(Response::new(entry_pb(e)))
     }
 
@@ -201,11 +202,10 @@ impl Metadata for MetaService {
         };
         let after = parse_page_token(&r.page_token)?;
         let mut out = ListBuilder::with_capacity(page, self.response_budget());
-        let next = inline(|| {
-            engine
-                .meta
-                .list_with(ns, &r.path, page, after.as_deref(), |e| out.push(e))
-        })?;
+        let read = engine
+            .meta
+            .list_with_deferred(ns, &r.path, page, after.as_deref(), |e| out.push(e));
+        let next = settle(&engine, read).await?;
         Ok(Response::new(out.finish(page_token(next))))
     }
 

@@ -125,13 +125,26 @@ fn unauthenticated(e: TokenError) -> Status {
     Status::unauthenticated(e.to_string())
 }
 
-/// Run a short engine read on the calling runtime thread. Reads take a partition lock only
-/// for microseconds (writers hold it for their in-memory apply, never across an fsync) and
-/// the far tier is memory, so a read blocks less than a hop to the blocking pool would cost:
-/// that hop (two context switches) was most of a stat's server time. Writes, which may wait
-/// for an fsync, and change-feed waits go through [`blocking`].
-pub fn inline<T>(f: impl FnOnce() -> Result<T, MetaError>) -> Result<T, Status> {
-    f().map_err(crate::error::meta_status)
+/// The answer of a read made on the calling runtime thread (`MetaStore::*_deferred`), once
+/// what it saw is durable. Reads take a partition lock only for microseconds (writers hold it
+/// for their in-memory apply, never across an fsync) and the far tier is memory, so a read
+/// blocks less than a hop to the blocking pool would cost: that hop (two context switches)
+/// was most of a stat's server time. Usually what it saw is durable already (one atomic
+/// load); when a batch it saw still waits for its flush, the task awaits that flush (the
+/// engine wakes it), so that no thread waits for an fsync. Writes, which may wait for an
+/// fsync, and change-feed waits go through [`blocking`].
+pub async fn settle<T>(
+    engine: &Engine,
+    (r, seen): (Result<T, MetaError>, tera_engine::Seen),
+) -> Result<T, Status> {
+    if !engine.meta.is_durable(seen) {
+        engine
+            .meta
+            .durable(seen)
+            .await
+            .map_err(crate::error::meta_status)?;
+    }
+    r.map_err(crate::error::meta_status)
 }
 
 /// Run a blocking engine call off the async runtime.

@@ -28,7 +28,7 @@
 
 mod dir;
 
-use crate::db::{Db, Keyspace, Tx};
+use crate::db::{Db, Keyspace, Seen, Tx};
 use crate::keyspace::KeyspaceOptions;
 use std::collections::HashMap;
 use std::fmt;
@@ -1011,28 +1011,72 @@ impl MetaStore {
 
     /// The entry at `path`.
     pub fn stat(&self, ns: u64, path: &str) -> MetaResult<MetaEntry> {
-        let parts = parse_existing(path)?;
-        self.atomic_read(ns, |op| op.resolve(path, &parts))
+        self.settle(self.stat_deferred(ns, path))
     }
 
     /// The entry with id `id`.
     pub fn stat_id(&self, ns: u64, id: u64) -> MetaResult<MetaEntry> {
-        self.atomic_read(ns, |op| op.entry(id))
+        self.settle(self.stat_id_deferred(ns, id))
     }
 
-    /// Reads under the namespace's lock (one consistent state), writing nothing.
-    fn atomic_read<R>(
+    /// [`MetaStore::stat`] without waiting for what it read to be durable: the answer, to be
+    /// given only once [`MetaStore::is_durable`] (or [`MetaStore::wait_durable`]) says so
+    /// (see [`Keyspace::read_deferred`]). For an async server's runtime threads, which must
+    /// not wait for a log flush.
+    pub fn stat_deferred(&self, ns: u64, path: &str) -> (MetaResult<MetaEntry>, Seen) {
+        match parse_existing(path) {
+            Ok(parts) => self.read_deferred(ns, |op| op.resolve(path, &parts)),
+            Err(e) => (Err(e), Seen::default()),
+        }
+    }
+
+    /// [`MetaStore::stat_id`] without waiting (see [`MetaStore::stat_deferred`]).
+    pub fn stat_id_deferred(&self, ns: u64, id: u64) -> (MetaResult<MetaEntry>, Seen) {
+        self.read_deferred(ns, |op| op.entry(id))
+    }
+
+    /// Whether an answer that rests on `seen` may be given now (one atomic load).
+    pub fn is_durable(&self, seen: Seen) -> bool {
+        self.ks.is_durable(seen)
+    }
+
+    /// Wait until what a deferred read saw is durable; an error if the log failed first
+    /// (the answer must not be given).
+    pub fn wait_durable(&self, seen: Seen) -> MetaResult<()> {
+        Ok(self.ks.wait_durable(seen)?)
+    }
+
+    /// [`MetaStore::wait_durable`] for an async task: no thread waits (see
+    /// [`Keyspace::durable`]).
+    pub fn durable(&self, seen: Seen) -> impl std::future::Future<Output = MetaResult<()>> + '_ {
+        let wait = self.ks.durable(seen);
+        async move { Ok(wait.await?) }
+    }
+
+    /// A deferred read's answer, once what it saw is durable.
+    fn settle<R>(&self, (r, seen): (MetaResult<R>, Seen)) -> MetaResult<R> {
+        self.wait_durable(seen)?;
+        r
+    }
+
+    /// Reads under the namespace's lock (one consistent state), writing nothing, and what
+    /// they saw.
+    fn read_deferred<R>(
         &self,
         ns: u64,
         f: impl FnOnce(&mut Op<'_, '_>) -> MetaResult<R>,
-    ) -> MetaResult<R> {
+    ) -> (MetaResult<R>, Seen) {
         let mut out = None;
         let pk = ns.to_be_bytes();
-        self.ks.atomic(&pk, |tx| {
+        let (r, seen) = self.ks.read_deferred(&pk, |tx| {
             out = Some(Op::begin(tx, ns, self.node_bytes).and_then(|mut op| f(&mut op)));
             Ok(())
-        })?;
-        out.expect("ran")
+        });
+        let r = match r {
+            Ok(()) => out.expect("ran"),
+            Err(e) => Err(MetaError::Engine(e)),
+        };
+        (r, seen)
     }
 
     /// A page of the folder at `path`, in name order: up to `page` entries (1 to
@@ -1065,11 +1109,27 @@ impl MetaStore {
         path: &str,
         page: usize,
         after: Option<&str>,
-        mut visit: impl FnMut(&EntryView<'_>) -> bool,
+        visit: impl FnMut(&EntryView<'_>) -> bool,
     ) -> MetaResult<Option<String>> {
-        let parts = parse_existing(path)?;
+        self.settle(self.list_with_deferred(ns, path, page, after, visit))
+    }
+
+    /// [`MetaStore::list_with`] without waiting for what it read to be durable (see
+    /// [`MetaStore::stat_deferred`]): what `visit` was given must not be handed out before.
+    pub fn list_with_deferred(
+        &self,
+        ns: u64,
+        path: &str,
+        page: usize,
+        after: Option<&str>,
+        mut visit: impl FnMut(&EntryView<'_>) -> bool,
+    ) -> (MetaResult<Option<String>>, Seen) {
+        let parts = match parse_existing(path) {
+            Ok(parts) => parts,
+            Err(e) => return (Err(e), Seen::default()),
+        };
         let page = page.clamp(1, MAX_PAGE);
-        self.atomic_read(ns, |op| {
+        self.read_deferred(ns, |op| {
             let dir = op.resolve(path, &parts)?;
             if dir.kind != Kind::Folder {
                 return Err(MetaError::NotAFolder(path.into()));
