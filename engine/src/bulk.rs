@@ -187,6 +187,9 @@ fn load_chunk(
                     start_batch(ks.id, rev, &mut frame);
                     let mut n = 0u32;
                     let r = (|| {
+                        // A log failure on another thread stops the load: nothing more is
+                        // applied that could never be durable.
+                        inner.writable()?;
                         let group = &staged.recs[range.clone()];
                         for (j, &(_, hash, ks_at, kl, vl)) in group.iter().enumerate() {
                             if let Some(ahead) = group.get(j + 8) {

@@ -940,8 +940,12 @@ impl Inner {
                      a reopen drops it"
                 ));
                 // What is left of it can never be durable: reads under this lock must not
-                // hand it out (`after_read` fails on the poison).
+                // hand it out (with `commit` durability, `after_read` fails on the poison),
+                // and reads already waiting for a flush must learn that none will come.
                 lk.set_logged(u64::MAX);
+                if let Some(wal) = &self.wal {
+                    wal.wake_all();
+                }
             }
             self.skip_revision(ks, rev);
             return Err(e);

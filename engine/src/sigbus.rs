@@ -61,6 +61,10 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     // then re-runs the load, which kills the process with SIGBUS as it would have without us).
     if let Some(prev) = PREVIOUS.get() {
         let h = prev.sa_sigaction;
+        if h == libc::SIG_IGN && !from_kernel {
+            // A sent SIGBUS the process ignored before us: ignore it still (ours stays).
+            return;
+        }
         if h != libc::SIG_DFL && h != libc::SIG_IGN {
             if prev.sa_flags & libc::SA_SIGINFO != 0 {
                 // SAFETY: the previous handler was installed for SIGBUS with SA_SIGINFO, so
@@ -75,13 +79,20 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
             }
             if !from_kernel {
                 // A sent signal is over once the previous handler returns; it may have reset
-                // the disposition on its way (Rust's own stack-overflow handler does, expecting
-                // a faulting load to re-run): put ours back, or the next truncated far file
-                // would kill the process.
-                // SAFETY: sigaction is async-signal-safe; `our_action` only fills a struct.
+                // the disposition to the default on its way (Rust's own stack-overflow
+                // handler does, expecting a faulting load to re-run): put ours back, or the
+                // next truncated far file would kill the process. A disposition it set on
+                // purpose (another handler, ignore) is left as it is.
+                // SAFETY: sigaction is async-signal-safe; `our_action` only fills a struct,
+                // and `now` is a valid out-pointer.
                 unsafe {
-                    let sa = our_action();
-                    libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+                    let mut now: libc::sigaction = std::mem::zeroed();
+                    if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut now) == 0
+                        && now.sa_sigaction == libc::SIG_DFL
+                    {
+                        let sa = our_action();
+                        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+                    }
                 }
             }
             return;
@@ -230,6 +241,27 @@ mod tests {
             "dfl",
         );
         assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
+    }
+
+    #[test]
+    fn a_sent_sigbus_stays_ignored_when_it_was_ignored_before() {
+        if std::env::var_os(CHILD).is_some() {
+            // SAFETY: setting the ignore disposition has no preconditions.
+            unsafe { libc::signal(libc::SIGBUS, libc::SIG_IGN) };
+            init();
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGBUS) };
+            std::process::exit(if ours_installed() { 0 } else { 3 });
+        }
+        let status = run_child(
+            "a_sent_sigbus_stays_ignored_when_it_was_ignored_before",
+            "ign",
+        );
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{status:?} (3: our handler was lost)"
+        );
     }
 
     #[test]

@@ -259,7 +259,12 @@ impl Wal {
             if self.durable() >= lsn {
                 return Ok(());
             }
-            self.poisoned()?;
+            if let Err(e) = self.poisoned() {
+                // No flush comes any more: let async waiters see the poison too, whoever
+                // poisoned the log.
+                self.wake_all();
+                return Err(e);
+            }
             {
                 let mut leading = self.leader.lock();
                 if self.durable() >= lsn {
@@ -298,21 +303,36 @@ impl Wal {
         if let Err(e) = self.poisoned() {
             return Poll::Ready(Err(e));
         }
-        waiters.push((lsn, cx.waker().clone()));
+        // A task polled again while it waits keeps one entry.
+        match waiters.iter_mut().find(|(_, w)| w.will_wake(cx.waker())) {
+            Some(entry) => entry.0 = entry.0.min(lsn),
+            None => waiters.push((lsn, cx.waker().clone())),
+        }
         Poll::Pending
     }
 
-    /// Wake the async waiters `due` says are done (every one, after a failure).
+    /// Wake the async waiters `due` says are done. The wakers run after the lock is
+    /// released (an executor may poll the task at once, and its poll takes the lock). Called
+    /// with no other log lock held.
     fn wake(&self, due: impl Fn(u64) -> bool) {
-        let mut waiters = self.waiters.lock();
-        waiters.retain(|(lsn, w)| {
+        let mut woken = Vec::new();
+        self.waiters.lock().retain(|(lsn, w)| {
             if due(*lsn) {
-                w.wake_by_ref();
+                woken.push(w.clone());
                 false
             } else {
                 true
             }
         });
+        for w in woken {
+            w.wake();
+        }
+    }
+
+    /// Wake every async waiter: the log is poisoned (by a flush, or by a batch that could not
+    /// be undone), so no flush will come; each sees the poison when it polls.
+    pub(crate) fn wake_all(&self) {
+        self.wake(|_| true);
     }
 
     /// Write and sync everything buffered. Only the leader calls this.
@@ -327,7 +347,9 @@ impl Wal {
             (data, start)
         };
         let end = start + data.len() as u64;
-        match self.write_out(&mut io, &data, start) {
+        let written = self.write_out(&mut io, &data, start);
+        drop(io);
+        match written {
             Ok(()) => {
                 self.durable.store(end, Release);
                 self.bell.ring();
@@ -548,6 +570,49 @@ fn intact_frame_after(bytes: &[u8], pos: usize, start: u64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waker that records that it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Poisoned from outside a flush (as a batch that cannot be undone poisons it), the log
+    /// still wakes the tasks waiting for a flush that will not come, and they see the poison.
+    #[test]
+    fn async_waiters_are_woken_when_the_log_is_poisoned_outside_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let poison = Arc::new(OnceLock::new());
+        let wal = Wal::open(
+            dir.path(),
+            Arc::new(crate::far::OsStorage),
+            1 << 20,
+            0,
+            0,
+            poison.clone(),
+            Arc::new(Bell::default()),
+        )
+        .unwrap();
+        let lsn = wal.append(b"frame");
+        let flag = Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(wal.poll_durable(lsn, &mut cx).is_pending());
+        // Polled again while waiting: still one entry.
+        assert!(wal.poll_durable(lsn, &mut cx).is_pending());
+        assert_eq!(wal.waiters.lock().len(), 1);
+        poison.set("a batch could not be undone".into()).unwrap();
+        assert!(matches!(wal.sync_to(lsn), Err(Error::Poisoned(_))));
+        assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "woken");
+        assert!(wal.waiters.lock().is_empty());
+        assert!(matches!(
+            wal.poll_durable(lsn, &mut cx),
+            Poll::Ready(Err(Error::Poisoned(_)))
+        ));
+    }
 
     /// A batch is refused by the bytes it counts (keys, values and 64 bytes of frame fields an
     /// operation), so that its frame always fits; the limit is half a frame.

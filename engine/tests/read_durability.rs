@@ -410,3 +410,26 @@ fn the_async_wait_is_woken_by_the_flush_or_its_failure() {
         });
     }
 }
+
+/// The metadata model's own answers rest on what they read: after a flush failed, a second
+/// mkdir of the folder the failed one left applied answers `NotDurable`, not "already exists"
+/// (the folder is gone after a restart), and so does its stat.
+#[test]
+fn the_metadata_model_does_not_answer_from_a_write_that_failed_its_flush() {
+    use tera_engine::meta::{MetaError, MetaStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (db, gate) = open_gated(dir.path());
+    let meta = MetaStore::open(&db).unwrap();
+    meta.create_namespace(1, 0).unwrap();
+    gate.fail_next.store(true, SeqCst);
+    let e = meta.mkdir(1, "/d", false, 1).unwrap_err();
+    assert!(e.to_string().contains("Input/output error"), "{e}");
+    match meta.mkdir(1, "/d", false, 2) {
+        Err(MetaError::Engine(Error::NotDurable(_))) => {}
+        other => panic!("expected NotDurable, got {other:?}"),
+    }
+    match meta.stat(1, "/d") {
+        Err(MetaError::Engine(Error::NotDurable(_))) => {}
+        other => panic!("expected NotDurable, got {other:?}"),
+    }
+}

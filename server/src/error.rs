@@ -49,7 +49,7 @@ pub fn engine_status(e: tera_engine::Error) -> Status {
         E::Compacted { .. } => Status::out_of_range(msg),
         E::BudgetExhausted(_) => Status::resource_exhausted(msg),
         E::Poisoned(_) => Status::unavailable(format!(
-            "{msg}; the server refuses writes until it is restarted (reads go on)"
+            "{msg}; the server refuses writes until it is restarted (reads of what was made durable go on)"
         )),
         E::NotDurable(_) => Status::unavailable(format!(
             "{msg}; restart the server to read this namespace again"

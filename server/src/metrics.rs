@@ -134,6 +134,12 @@ async fn answer(
         ("GET", "/healthz") => {
             if state.serving() {
                 ("200 OK", "text/plain", "serving\n".to_string())
+            } else if let Some(why) = state.poisoned() {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("poisoned (restart terad): {why}\n"),
+                )
             } else if *state.draining.borrow() {
                 (
                     "503 Service Unavailable",

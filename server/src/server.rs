@@ -294,7 +294,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             r = &mut open, if !opened => {
                 opened = true;
                 match r {
-                    Ok(Ok(())) => tracing::info!("serving"),
+                    Ok(Ok(())) => {
+                        tracing::info!("serving");
+                        tokio::spawn(watch_poison(state.clone()));
+                    }
                     Ok(Err(e)) => return Err(e),
                     Err(e) => return Err(ServerError::Engine(format!("the open task failed: {e}"))),
                 }
@@ -389,6 +392,23 @@ async fn accept(
             return;
         }
         next = next.wrapping_add(1);
+    }
+}
+
+/// Health follows the database: once a log failure poisons it, health turns NOT_SERVING
+/// (and `/healthz` says why). Checked once a second, until the drain.
+async fn watch_poison(state: Arc<State>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if *state.draining.borrow() {
+            return;
+        }
+        if let Some(why) = state.engine_if_open().and_then(|e| e.db.poisoned()) {
+            tracing::error!(reason = %why, "the database is poisoned: health is NOT_SERVING until terad is restarted");
+            state.set_poisoned(why);
+            return;
+        }
     }
 }
 

@@ -32,6 +32,9 @@ pub struct State {
     pub serving: watch::Sender<bool>,
     /// Open WatchChanges streams.
     pub watches: AtomicUsize,
+    /// Why the database refuses writes (a log failure), once terad noticed: health is then
+    /// NOT_SERVING until a restart.
+    poisoned: OnceLock<String>,
     /// Tokens already verified (see [`VerifiedTokens`]).
     verified: VerifiedTokens,
 }
@@ -46,8 +49,22 @@ impl State {
             draining: watch::Sender::new(false),
             serving: watch::Sender::new(false),
             watches: AtomicUsize::new(0),
+            poisoned: OnceLock::new(),
             verified: VerifiedTokens::default(),
         }
+    }
+
+    /// The database was poisoned (`why`): health turns NOT_SERVING for good, so that a load
+    /// balancer or an orchestrator moves the traffic away and restarts terad (which refuses
+    /// writes, and reads of what the failure left undurable, until then).
+    pub fn set_poisoned(&self, why: String) {
+        let _ = self.poisoned.set(why);
+        self.serving.send_replace(false);
+    }
+
+    /// Why the database refuses writes, once terad noticed.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.get().map(String::as_str)
     }
 
     /// Install the database once it is open and recovered.
@@ -55,7 +72,7 @@ impl State {
         if self.engine.set(e).is_err() {
             tracing::error!("the database was installed twice; keeping the first");
         }
-        if !*self.draining.borrow() {
+        if !*self.draining.borrow() && self.poisoned.get().is_none() {
             self.serving.send_replace(true);
         }
     }
@@ -162,4 +179,44 @@ where
 /// Completes once the server drains.
 pub async fn drained(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|d| *d).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(dir: &std::path::Path) -> State {
+        let (users, _) = Users::open(&dir.join("users.toml"), dir).unwrap();
+        State::new(users, TokenKey::new([7; 32]), Config::default())
+    }
+
+    fn engine(dir: &std::path::Path) -> Arc<Engine> {
+        let mut c = tera_engine::Config::new(dir.join("far"));
+        c.dram_budget_bytes = 64 << 20;
+        c.background_maintenance = false;
+        let db = Db::open(c).unwrap();
+        let meta = MetaStore::open(&db).unwrap();
+        Arc::new(Engine { db, meta })
+    }
+
+    #[test]
+    fn a_poisoned_database_turns_health_not_serving_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(dir.path());
+        s.set_engine(engine(dir.path()));
+        assert!(s.serving());
+        assert_eq!(s.poisoned(), None);
+        s.set_poisoned("the write-ahead log could not be made durable".into());
+        assert!(!s.serving());
+        assert_eq!(
+            s.poisoned(),
+            Some("the write-ahead log could not be made durable")
+        );
+        // Poisoned before the database is installed (a second install): it stays down.
+        let dir2 = tempfile::tempdir().unwrap();
+        let s2 = state(dir2.path());
+        s2.set_poisoned("x".into());
+        s2.set_engine(engine(dir2.path()));
+        assert!(!s2.serving());
+    }
 }

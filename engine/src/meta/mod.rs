@@ -985,7 +985,12 @@ impl MetaStore {
                     }
                 }
             })
-            .map_err(|e| err.take().unwrap_or(MetaError::Engine(e)))?;
+            .map_err(|e| match e {
+                // The model's own answer (already exists, not found, ...) rests on what it
+                // read; if that could not be made durable, the answer must not be given.
+                e @ crate::Error::NotDurable(_) => MetaError::Engine(e),
+                e => err.take().unwrap_or(MetaError::Engine(e)),
+            })?;
         Ok(out.expect("set on success"))
     }
 
