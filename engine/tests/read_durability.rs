@@ -98,6 +98,13 @@ fn key_elsewhere(ks: &Keyspace, key: &[u8]) -> Vec<u8> {
         .expect("two partitions")
 }
 
+/// Wait until a lock-free read of `key` sees `want` (a batch applied, its flush maybe held).
+fn until_visible(ks: &Keyspace, key: &[u8], want: Option<&[u8]>) {
+    while ks.get(key).unwrap().map(|e| e.value).as_deref() != want {
+        std::thread::yield_now();
+    }
+}
+
 /// The value of `key`, read in `atomic` as the metadata model reads.
 fn read_atomic(ks: &Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
     Ok(ks.atomic(key, |tx| tx.get(key))?.0.map(|e| e.value))
@@ -129,9 +136,7 @@ where
         let _release = Release(gate);
         let writer = s.spawn(|| ks.put(b"a", b"2"));
         // The batch is applied (a lock-free read sees it) while its flush is held.
-        while ks.get(b"a").unwrap().map(|e| e.value) != Some(b"2".to_vec()) {
-            std::thread::yield_now();
-        }
+        until_visible(ks, b"a", Some(b"2"));
         let (tx, rx) = mpsc::channel();
         s.spawn(move || tx.send(read(ks, b"a")));
         // Not answered while the batch it sees is not durable: a wrong implementation
@@ -191,9 +196,7 @@ fn ranges_and_counts_wait_until_the_batches_they_saw_are_durable() {
     std::thread::scope(|s| {
         let _release = Release(&gate);
         let writer = s.spawn(|| ks.delete(b"a"));
-        while ks.get(b"a").unwrap().is_some() {
-            std::thread::yield_now();
-        }
+        until_visible(&ks, b"a", None);
         let (tx, rx) = mpsc::channel();
         let ks = &ks;
         s.spawn(move || tx.send(ks.count(&Range::prefix(b"a"))));
@@ -275,9 +278,7 @@ fn a_deferred_read_answers_at_once_and_says_what_to_wait_for() {
     std::thread::scope(|s| {
         let _release = Release(&gate);
         let writer = s.spawn(|| ks.put(b"a", b"2"));
-        while ks.get(b"a").unwrap().map(|e| e.value) != Some(b"2".to_vec()) {
-            std::thread::yield_now();
-        }
+        until_visible(ks, b"a", Some(b"2"));
         // Answers at once, with the batch, and says it is not durable yet.
         let (r, seen) = ks.read_deferred(b"a", |tx| tx.get(b"a"));
         assert_eq!(r.unwrap().map(|e| e.value), Some(b"2".to_vec()));
@@ -383,9 +384,7 @@ fn the_async_wait_is_woken_by_the_flush_or_its_failure() {
         std::thread::scope(|s| {
             let _release = Release(&gate);
             let writer = s.spawn(|| ks.put(b"a", b"2"));
-            while ks.get(b"a").unwrap().map(|e| e.value) != Some(b"2".to_vec()) {
-                std::thread::yield_now();
-            }
+            until_visible(ks, b"a", Some(b"2"));
             let (r, seen) = ks.read_deferred(b"a", |tx| tx.get(b"a"));
             assert_eq!(r.unwrap().map(|e| e.value), Some(b"2".to_vec()));
             let woken = Arc::new(Woken(AtomicBool::new(false)));
