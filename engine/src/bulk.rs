@@ -62,7 +62,7 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     };
     // Whether a frame carries the load's revision.
     let mut logged = false;
-    let loaded = (|| loop {
+    let outcome = (|| loop {
         staged.bytes.clear();
         staged.recs.clear();
         let mut stop: Option<Error> = None;
@@ -130,7 +130,7 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             sealed = w.sync_to(lsn);
         }
     }
-    loaded?;
+    outcome?;
     sealed?;
     Ok(info)
 }

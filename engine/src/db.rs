@@ -1452,16 +1452,7 @@ impl Keyspace {
         f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
     ) -> Result<(R, Option<u64>)> {
         let inner = &*self.inner;
-        let ik = ikey(&self.ks, partition_key);
-        let part = inner.partition_for(&self.ks, &ik, hash_key(&ik));
-        let mut tx = Tx {
-            inner,
-            ks: &self.ks,
-            part,
-            lk: inner.parts[part].lock(),
-            writes: Vec::new(),
-            scratch: Vec::new(),
-        };
+        let mut tx = self.begin(partition_key);
         let r = f(&mut tx);
         let committed = match &r {
             Ok(_) if !tx.writes.is_empty() => {
@@ -1486,6 +1477,21 @@ impl Keyspace {
         }
     }
 
+    /// A transaction under the lock of the partition of `partition_key`.
+    fn begin(&self, partition_key: &[u8]) -> Tx<'_> {
+        let inner = &*self.inner;
+        let ik = ikey(&self.ks, partition_key);
+        let part = inner.partition_for(&self.ks, &ik, hash_key(&ik));
+        Tx {
+            inner,
+            ks: &self.ks,
+            part,
+            lk: inner.parts[part].lock(),
+            writes: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
     /// [`Keyspace::atomic`] for a read that must not block on the log (an async server's
     /// runtime thread): `f` runs under the partition's lock and may not write (a write is
     /// refused), and its result comes back at once with what it [`Seen`]. Before handing the
@@ -1497,17 +1503,7 @@ impl Keyspace {
         partition_key: &[u8],
         f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
     ) -> (Result<R>, Seen) {
-        let inner = &*self.inner;
-        let ik = ikey(&self.ks, partition_key);
-        let part = inner.partition_for(&self.ks, &ik, hash_key(&ik));
-        let mut tx = Tx {
-            inner,
-            ks: &self.ks,
-            part,
-            lk: inner.parts[part].lock(),
-            writes: Vec::new(),
-            scratch: Vec::new(),
-        };
+        let mut tx = self.begin(partition_key);
         let mut r = f(&mut tx);
         if r.is_ok() && !tx.writes.is_empty() {
             r = Err(Error::Keyspace {

@@ -81,13 +81,27 @@ impl Storage for Gate {
     }
 }
 
-fn open_gated(dir: &Path) -> (tera_engine::Db, Arc<Gate>) {
-    let gate = Arc::new(Gate::default());
+/// A small database with `commit` durability and no background checkpoints.
+fn commit_config(dir: &Path) -> tera_engine::Config {
     let mut c = tiny(dir, 256 << 10);
     c.durability = Durability::Commit;
     c.checkpoint_wal_bytes = 0;
+    c
+}
+
+fn open_gated(dir: &Path) -> (tera_engine::Db, Arc<Gate>) {
+    let gate = Arc::new(Gate::default());
+    let mut c = commit_config(dir);
     c.storage = gate.clone();
     (open(c), gate)
+}
+
+/// Make `a` = 1 and, in another partition, a key = x (both durable); returns that key.
+fn a_and_other(ks: &Keyspace) -> Vec<u8> {
+    let other = key_elsewhere(ks, b"a");
+    ks.put(b"a", b"1").unwrap();
+    ks.put(&other, b"x").unwrap();
+    other
 }
 
 /// A key whose partition differs from `key`'s.
@@ -127,9 +141,7 @@ fn check_the_read_waits<F>(ks: &Keyspace, gate: &Gate, read: F)
 where
     F: Fn(&Keyspace, &[u8]) -> Result<Option<Vec<u8>>, Error> + Sync,
 {
-    let other = key_elsewhere(ks, b"a");
-    ks.put(b"a", b"1").unwrap();
-    ks.put(&other, b"x").unwrap();
+    let other = a_and_other(ks);
     gate.hold();
     let (read, other) = (&read, &other);
     std::thread::scope(|s| {
@@ -218,9 +230,7 @@ fn after_a_failed_flush_a_read_of_what_it_lost_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (db, gate) = open_gated(dir.path());
     let ks = db.keyspace("k", KeyspaceOptions::hash()).unwrap();
-    let other = key_elsewhere(&ks, b"a");
-    ks.put(b"a", b"1").unwrap();
-    ks.put(&other, b"x").unwrap();
+    let other = a_and_other(&ks);
 
     gate.fail_next.store(true, SeqCst);
     let e = ks.put(b"a", b"2").expect_err("the flush fails");
@@ -250,10 +260,7 @@ fn after_a_failed_flush_a_read_of_what_it_lost_is_refused() {
 
     // Reopened, the database holds the acknowledged value or the failed batch whole, and
     // reads go on.
-    let mut c = tiny(dir.path(), 256 << 10);
-    c.durability = Durability::Commit;
-    c.checkpoint_wal_bytes = 0;
-    let db = open(c);
+    let db = open(commit_config(dir.path()));
     let ks = db.keyspace("k", KeyspaceOptions::hash()).unwrap();
     let v = read_atomic(&ks, b"a").unwrap().expect("a exists");
     assert!(v == b"1" || v == b"2", "{v:?}");
@@ -265,9 +272,7 @@ fn a_deferred_read_answers_at_once_and_says_what_to_wait_for() {
     let dir = tempfile::tempdir().unwrap();
     let (db, gate) = open_gated(dir.path());
     let ks = db.keyspace("k", KeyspaceOptions::hash()).unwrap();
-    let other = key_elsewhere(&ks, b"a");
-    ks.put(b"a", b"1").unwrap();
-    ks.put(&other, b"x").unwrap();
+    let other = a_and_other(&ks);
     // Writes are refused (and dropped) in a deferred read.
     let (r, _) = ks.read_deferred(b"a", |tx| tx.put(b"a", b"9"));
     assert!(matches!(r, Err(Error::Keyspace { .. })), "{r:?}");
