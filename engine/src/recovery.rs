@@ -261,8 +261,8 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
     info.log_frames = contents.frames.len() as u64;
     let wal_path = dir.join(crate::wal::wal_name(contents.file_start));
     let mut records = Vec::with_capacity(contents.frames.len());
-    for (lsn, payload) in &contents.frames {
-        let end = lsn + (FRAME_HEADER + payload.len()) as u64;
+    for (lsn, end, payload) in &contents.frames {
+        let end = *end;
         let rec = decode_log(payload).ok_or_else(|| {
             corrupt(
                 &wal_path,
@@ -753,10 +753,127 @@ fn load_chunk<'a>(
 #[cfg(test)]
 mod tests {
     use crate::durable::{finish_batch, push_put, start_batch};
-    use crate::wal::{list_wal, put_frame};
+    use crate::wal::{list_wal, put_log_frame};
     use crate::{Config, Db, Durability, Error, KeyspaceOptions, DEFAULT_KEYSPACE};
     use std::io::Write;
     use std::time::Duration;
+
+    fn small_config(dir: &std::path::Path, durability: Durability) -> Config {
+        let mut c = Config::new(dir);
+        c.dram_budget_bytes = 4 << 20;
+        c.partitions = 2;
+        c.page_bytes = 64 << 10;
+        c.segment_bytes = 256 << 10;
+        c.max_value_bytes = 48 << 10;
+        c.max_key_bytes = 256;
+        c.durability = durability;
+        c.checkpoint_wal_bytes = 0;
+        c.background_maintenance = false;
+        c.topology = Some(tera_numa::Topology::simulated(1, 2, 0, 1 << 30));
+        c
+    }
+
+    /// A power loss in the middle of a group flush: the device kept the flush's first pages
+    /// and its last, not one in between. The database opens with the writes before the hole
+    /// (none of the flush was acknowledged, so a prefix of it is all a reopen may keep) and
+    /// goes on from there.
+    #[test]
+    fn a_group_flush_torn_in_its_middle_opens_with_the_writes_before_the_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || small_config(dir.path(), Durability::Periodic(Duration::from_secs(3600)));
+        {
+            let db = Db::open(config()).unwrap();
+            for i in 0..50u32 {
+                db.put(format!("k{i:02}").as_bytes(), &[b'v'; 200]).unwrap();
+            }
+            // Closing flushes the 50 writes at once.
+        }
+        let c = crate::wal::read_wal(dir.path(), &crate::far::OsStorage, 0).unwrap();
+        let puts: Vec<(u64, u64)> = c
+            .frames
+            .iter()
+            .filter(|f| f.2[0] == crate::durable::REC_BATCH)
+            .map(|f| (f.0, f.1))
+            .collect();
+        assert_eq!(puts.len(), 50);
+        let (start, path) = list_wal(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let flush_of = |b: &[u8], lsn: u64| {
+            crate::wal::get_log_frame(&b[(lsn - start) as usize..], lsn)
+                .unwrap()
+                .1
+        };
+        let flush = flush_of(&bytes, puts[0].0);
+        assert!(
+            puts.iter().all(|p| flush_of(&bytes, p.0) == flush),
+            "one flush wrote them all"
+        );
+        // The 21st write's frame lost.
+        let (bad, end) = puts[20];
+        bytes[(bad - start) as usize..(end - start) as usize].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (db, info) = Db::open_with_info(config()).unwrap();
+        assert_eq!(info.torn_bytes, start + bytes.len() as u64 - bad);
+        for i in 0..50u32 {
+            let got = db.get(format!("k{i:02}").as_bytes()).unwrap();
+            assert_eq!(got.is_some(), i < 20, "k{i:02}");
+        }
+        db.put(b"after", b"x").unwrap();
+        drop(db);
+        let db = Db::open(config()).unwrap();
+        assert_eq!(db.get(b"after").unwrap().as_deref(), Some(&b"x"[..]));
+        assert!(db.get(b"k19").unwrap().is_some() && db.get(b"k20").unwrap().is_none());
+    }
+
+    /// A data directory whose log was written before frames named their flush opens with
+    /// every write, and new writes go to a new log file that the next open reads after it.
+    #[test]
+    fn a_log_of_format_1_opens_with_every_write_and_the_next_ones_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || small_config(dir.path(), Durability::Commit);
+        {
+            let db = Db::open(config()).unwrap();
+            for i in 0..50u32 {
+                db.put(format!("k{i:02}").as_bytes(), &[b'v'; 100]).unwrap();
+            }
+        }
+        assert!(
+            super::list_ckpts(dir.path()).unwrap().is_empty(),
+            "no checkpoint"
+        );
+        // Write the same records again as format 1 frames, at their positions in that format.
+        let c = crate::wal::read_wal(dir.path(), &crate::far::OsStorage, 0).unwrap();
+        let files = list_wal(dir.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        let mut old = Vec::new();
+        for (_, _, payload) in &c.frames {
+            let lsn = old.len() as u64;
+            crate::wal::put_frame(&mut old, lsn, payload);
+        }
+        std::fs::write(&files[0].1, &old).unwrap();
+
+        let db = Db::open(config()).unwrap();
+        for i in 0..50u32 {
+            assert!(
+                db.get(format!("k{i:02}").as_bytes()).unwrap().is_some(),
+                "k{i:02}"
+            );
+        }
+        db.put(b"k00", b"new").unwrap();
+        db.put(b"after", b"x").unwrap();
+        drop(db);
+        let files: Vec<u64> = list_wal(dir.path()).unwrap().iter().map(|f| f.0).collect();
+        assert_eq!(
+            files,
+            [0, old.len() as u64],
+            "a new file at the old one's end"
+        );
+        let db = Db::open(config()).unwrap();
+        assert_eq!(db.get(b"k00").unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(db.get(b"after").unwrap().as_deref(), Some(&b"x"[..]));
+        assert!(db.get(b"k49").unwrap().is_some());
+    }
 
     /// Log order is not revision order: when recovery's change history is cut at its byte
     /// limit, a revision left out of it, however it sits among the kept ones, is before the
@@ -765,18 +882,9 @@ mod tests {
     fn the_history_rebuilt_at_recovery_has_no_hole_where_a_frame_was_left_out() {
         let dir = tempfile::tempdir().unwrap();
         let config = || {
-            let mut c = Config::new(dir.path());
-            c.dram_budget_bytes = 4 << 20;
+            let mut c = small_config(dir.path(), Durability::Commit);
             c.partitions = 1;
-            c.page_bytes = 64 << 10;
-            c.segment_bytes = 256 << 10;
-            c.max_value_bytes = 48 << 10;
-            c.max_key_bytes = 256;
             c.changelog_bytes = 32 << 10;
-            c.durability = Durability::Commit;
-            c.checkpoint_wal_bytes = 0;
-            c.background_maintenance = false;
-            c.topology = Some(tera_numa::Topology::simulated(1, 2, 0, 1 << 30));
             c
         };
         let top = {
@@ -793,6 +901,7 @@ mod tests {
         // Frames of revisions top+2 (40 KiB), top+1, top+3 and top+4, in that log order.
         let (start, path) = list_wal(dir.path()).unwrap().pop().unwrap();
         let mut lsn = start + std::fs::metadata(&path).unwrap().len();
+        let flush = lsn;
         let mut bytes = Vec::new();
         for (d, len) in [(2u64, 40 << 10), (1, 10), (3, 10), (4, 10)] {
             let rev = top + d;
@@ -801,7 +910,7 @@ mod tests {
             push_put(&mut p, format!("r{d}").as_bytes(), rev, 1, &vec![b'x'; len]);
             finish_batch(&mut p, 1);
             let before = bytes.len();
-            put_frame(&mut bytes, lsn, &p);
+            put_log_frame(&mut bytes, lsn, flush, &p);
             lsn += (bytes.len() - before) as u64;
         }
         std::fs::OpenOptions::new()

@@ -9,11 +9,19 @@
 //! already covered when they get it, so many commits share one flush. In `periodic` mode a
 //! background thread does the same every interval instead.
 //!
-//! A frame is `len: u32 | crc32c: u32 | lsn: u64 | payload[len]`, the checksum covering the
+//! A frame is `len: u32 | crc32c: u32 | lsn: u64 | flush: u64 | payload[len]`, `flush` being
+//! the LSN at which the flush that writes the frame starts, the checksum covering `flush`, the
 //! LSN and the payload. Recovery reads frames in LSN order and stops at the first one whose
-//! length, LSN or checksum is wrong: that is the torn tail of the last flush, which is cut off
-//! (the file is truncated there) and never replayed. A bad frame followed by another file is
-//! not a torn tail but damage, and opening fails rather than drop committed batches.
+//! length, LSN or checksum is wrong. If it is in the last file and every intact frame after it
+//! belongs to the same flush (its `flush` is at or before the damage), it is the torn tail of
+//! the last flush, which was never acknowledged (a flush's `pwrite` can reach the device in
+//! any order of pages before its `fdatasync` returns): the file is cut there and nothing after
+//! it is replayed. An intact frame of a later flush after it, or a later file, means damage to
+//! a flush that completed, and opening fails rather than drop committed batches.
+//!
+//! Logs written before the `flush` field (format 1: `len | crc32c | lsn | payload`, the
+//! checkpoint's framing) are still read, with the stricter rule they were written for (any
+//! intact frame after a bad one is damage); appending then goes on in a new file.
 //!
 //! After a write or sync fails, the log is poisoned: nothing more is written, and the database
 //! refuses writes with the first error's text (a failed `fsync` cannot be retried safely).
@@ -28,8 +36,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-/// Bytes of a frame header.
+/// Bytes of a checkpoint frame's header, and of a log frame's in format 1.
 pub(crate) const FRAME_HEADER: usize = 16;
+/// Bytes of a log frame's header: [`FRAME_HEADER`] and the flush's start.
+pub(crate) const LOG_FRAME_HEADER: usize = FRAME_HEADER + 8;
 /// Largest frame payload accepted by the reader (a bulk-load chunk is the largest writer).
 pub(crate) const MAX_FRAME: usize = 1 << 30;
 /// Largest batch accepted, in [`batch_op_bytes`] summed over its operations: half a frame,
@@ -57,7 +67,42 @@ pub(crate) fn check_batch(
     Ok(())
 }
 
-/// Append one frame to `out`.
+/// Append one log frame to `out`: at `lsn`, written by the flush that starts at `flush`.
+pub(crate) fn put_log_frame(out: &mut Vec<u8>, lsn: u64, flush: u64, payload: &[u8]) {
+    debug_assert!(flush <= lsn);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&log_crc(lsn, flush, payload).to_le_bytes());
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&flush.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// A log frame's checksum. `flush` goes first, so that a frame of format 1 (whose checksum
+/// covers `lsn ++ payload`) never reads as intact in this format by its bytes lining up.
+fn log_crc(lsn: u64, flush: u64, payload: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&flush.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c_append(crc, &lsn.to_le_bytes()), payload)
+}
+
+/// Parse the log frame at the start of `buf`, expected at `lsn`: its payload and the LSN at
+/// which its flush started. `None` if it is not a whole, intact frame written at that
+/// position.
+pub(crate) fn get_log_frame(buf: &[u8], lsn: u64) -> Option<(&[u8], u64)> {
+    if buf.len() < LOG_FRAME_HEADER {
+        return None;
+    }
+    let len = u32::from_le_bytes(buf[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().ok()?);
+    let at = u64::from_le_bytes(buf[8..16].try_into().ok()?);
+    let flush = u64::from_le_bytes(buf[16..24].try_into().ok()?);
+    if at != lsn || flush > lsn || len > MAX_FRAME || buf.len() < LOG_FRAME_HEADER + len {
+        return None;
+    }
+    let payload = &buf[LOG_FRAME_HEADER..LOG_FRAME_HEADER + len];
+    (log_crc(lsn, flush, payload) == crc).then_some((payload, flush))
+}
+
+/// Append one checkpoint frame (or a log frame of format 1) to `out`.
 pub(crate) fn put_frame(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
     let mut crc = crc32c::crc32c(&lsn.to_le_bytes());
     crc = crc32c::crc32c_append(crc, payload);
@@ -67,8 +112,8 @@ pub(crate) fn put_frame(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Parse the frame at the start of `buf`, expected at `lsn`. `None` if it is not a whole,
-/// intact frame written at that position.
+/// Parse the checkpoint frame (or log frame of format 1) at the start of `buf`, expected at
+/// `lsn`. `None` if it is not a whole, intact frame written at that position.
 pub(crate) fn get_frame(buf: &[u8], lsn: u64) -> Option<&[u8]> {
     let (payload, crc) = frame_unchecked(buf, lsn)?;
     frame_ok(payload, lsn, crc).then_some(payload)
@@ -214,7 +259,10 @@ impl Wal {
     pub(crate) fn append(&self, payload: &[u8]) -> u64 {
         let mut b = self.buf.lock();
         let lsn = b.start + b.data.len() as u64;
-        put_frame(&mut b.data, lsn, payload);
+        // The next flush takes the whole buffer, from `b.start`: that is where the flush
+        // that writes this frame starts.
+        let flush = b.start;
+        put_log_frame(&mut b.data, lsn, flush, payload);
         b.start + b.data.len() as u64
     }
 
@@ -451,12 +499,34 @@ pub(crate) fn list_wal(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// What [`read_wal`] found: the frames from `from` on, and where appending resumes.
 pub(crate) struct WalContents {
-    pub(crate) frames: Vec<(u64, Vec<u8>)>,
-    /// The file to go on appending to, and the LSN after the last intact frame.
+    /// Each frame's LSN, the LSN after it, and its payload.
+    pub(crate) frames: Vec<(u64, u64, Vec<u8>)>,
+    /// The file to go on appending to (a new one at `end` if the last file is of format 1),
+    /// and the LSN after the last intact frame.
     pub(crate) file_start: u64,
     pub(crate) end: u64,
     /// Bytes cut off the end as a torn tail.
     pub(crate) torn_bytes: u64,
+}
+
+/// The framing of one log file, told by its first frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// `len | crc | lsn | payload`: written before frames carried their flush.
+    V1,
+    /// `len | crc | lsn | flush | payload`.
+    V2,
+}
+
+impl Format {
+    /// The frame at the start of `buf`, expected at `lsn`: its payload and the length of the
+    /// whole frame.
+    fn frame(self, buf: &[u8], lsn: u64) -> Option<(&[u8], usize)> {
+        match self {
+            Format::V1 => get_frame(buf, lsn).map(|p| (p, FRAME_HEADER + p.len())),
+            Format::V2 => get_log_frame(buf, lsn).map(|(p, _)| (p, LOG_FRAME_HEADER + p.len())),
+        }
+    }
 }
 
 /// Read the log from LSN `from` (a checkpoint's start; 0 without one), cutting a torn tail.
@@ -483,34 +553,43 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
             ),
         });
     }
+    let mut last_format = Format::V2;
     for (i, (start, path)) in files.iter().enumerate().skip(first) {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             op: "read",
             path: path.clone(),
             source,
         })?;
+        // A file of format 1 starts with an intact frame of that format; anything else (an
+        // empty file, or a first frame torn) is read as the current format.
+        let format =
+            if get_log_frame(&bytes, *start).is_none() && get_frame(&bytes, *start).is_some() {
+                Format::V1
+            } else {
+                Format::V2
+            };
+        last_format = format;
         let mut pos = 0usize;
         // Frames before `from` are skipped by position: walk them to keep alignment.
         let mut lsn = *start;
-        while let Some(payload) = get_frame(&bytes[pos..], lsn) {
-            let len = FRAME_HEADER + payload.len();
+        while let Some((payload, len)) = format.frame(&bytes[pos..], lsn) {
             if lsn >= from {
-                out.frames.push((lsn, payload.to_vec()));
+                out.frames.push((lsn, lsn + len as u64, payload.to_vec()));
             }
             pos += len;
             lsn += len as u64;
         }
         let last = i + 1 == files.len();
         if pos < bytes.len() {
-            // A torn tail is the end of the last flush: nothing intact follows it. An intact
-            // frame after a bad one means damage in the middle of the log.
-            if let Some(at) = intact_frame_after(&bytes, pos, *start) {
+            // A torn tail is the unacknowledged end of the last flush: no intact frame of a
+            // later flush follows it.
+            if let Some(reason) = damage_after(&bytes, pos, *start, format) {
                 return Err(Error::Corrupt {
                     path: path.clone(),
                     offset: pos as u64,
                     reason: format!(
-                        "a damaged frame with an intact frame after it (at offset {at}): \
-                         this is damage, not a torn tail; refusing to drop committed batches"
+                        "{reason}: this is damage, not a torn tail; refusing to drop committed \
+                         batches"
                     ),
                 });
             }
@@ -555,16 +634,53 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
             ),
         });
     }
+    if last_format == Format::V1 {
+        // Frames of the current format go to a file of their own.
+        out.file_start = out.end;
+    }
     Ok(out)
 }
 
-/// The offset of an intact frame somewhere after `pos` in a file starting at LSN `start`.
-fn intact_frame_after(bytes: &[u8], pos: usize, start: u64) -> Option<usize> {
-    (pos + 1..bytes.len().saturating_sub(FRAME_HEADER - 1)).find(|&p| {
+/// Why the bytes from the bad frame at `pos` on, in a file of `format` starting at LSN
+/// `start`, are damage rather than the torn tail of the last flush; `None` for a torn tail.
+///
+/// Intact frames may follow a torn one in the same flush: its single `pwrite` reaches the
+/// device in any order of pages. One that names a flush starting after the bad frame was
+/// written after the bad frame's flush completed, so the bad frame had been made durable and
+/// acknowledged: damage. A frame of format 1 does not name its flush, so any intact one is
+/// taken as damage.
+fn damage_after(bytes: &[u8], pos: usize, start: u64, format: Format) -> Option<String> {
+    let bad = start + pos as u64;
+    let mut p = pos + 1;
+    while p + FRAME_HEADER <= bytes.len() {
+        let lsn = start + p as u64;
         // The LSN field must equal the frame's own position: a cheap filter before the CRC.
-        bytes[p + 8..p + 16] == (start + p as u64).to_le_bytes()
-            && get_frame(&bytes[p..], start + p as u64).is_some()
-    })
+        if bytes[p + 8..p + 16] != lsn.to_le_bytes() {
+            p += 1;
+            continue;
+        }
+        if format == Format::V2 {
+            if let Some((payload, flush)) = get_log_frame(&bytes[p..], lsn) {
+                if flush > bad {
+                    return Some(format!(
+                        "a damaged frame at LSN {bad} with an intact frame of a later flush \
+                         (from LSN {flush}) after it, at offset {p}"
+                    ));
+                }
+                // Written by the same flush as the bad frame: part of the torn tail.
+                p += LOG_FRAME_HEADER + payload.len();
+                continue;
+            }
+        }
+        if get_frame(&bytes[p..], lsn).is_some() {
+            return Some(format!(
+                "a damaged frame with an intact frame after it (at offset {p}), in a log file \
+                 of format 1, whose frames do not name their flush"
+            ));
+        }
+        p += 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -630,6 +746,180 @@ mod tests {
         let max = (1 << 20) + 8 + 24;
         assert!(check_batch(std::iter::repeat_n((64, max), 480), MAX_BATCH_BYTES).is_ok());
         assert!(check_batch(std::iter::repeat_n((64, max), 600), MAX_BATCH_BYTES).is_err());
+    }
+
+    fn open_log(dir: &Path, file_start: u64, end: u64) -> Wal {
+        Wal::open(
+            dir,
+            Arc::new(crate::far::OsStorage),
+            1 << 20,
+            file_start,
+            end,
+            Arc::new(OnceLock::new()),
+            Arc::new(Bell::default()),
+        )
+        .unwrap()
+    }
+
+    /// Two flushes through the log: three frames of 1000 bytes, then six of 1500. Returns
+    /// the log file and each frame's `(lsn, end)`.
+    fn two_flushes(dir: &Path) -> (PathBuf, Vec<(u64, u64)>) {
+        let wal = open_log(dir, 0, 0);
+        let mut frames = Vec::new();
+        for (n, len) in [(3, 1000), (6, 1500)] {
+            for i in 0..n {
+                let start = wal.end();
+                let end = wal.append(&vec![i as u8; len]);
+                frames.push((start, end));
+            }
+            wal.sync_to(wal.end()).unwrap();
+        }
+        assert_eq!(wal.stats().fsyncs, 2, "two flushes");
+        (dir.join(wal_name(0)), frames)
+    }
+
+    /// Zero `len` bytes of the file from `at`, as a device that lost those pages would.
+    fn zero(path: &Path, at: u64, len: usize) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at as usize..at as usize + len].fill(0);
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    /// A power loss during a flush can leave any of its pages unwritten, so intact frames of
+    /// that flush may follow a damaged one. None of it was acknowledged (its `fdatasync` never
+    /// returned): the log is cut at the damage, the intact prefix kept, nothing after it.
+    #[test]
+    fn a_flush_damaged_in_its_middle_is_a_torn_tail_cut_at_the_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, frames) = two_flushes(dir.path());
+        let len = std::fs::metadata(&path).unwrap().len();
+        // The second flush's third frame lost; its fourth to sixth are intact.
+        let (bad, _) = frames[5];
+        zero(&path, bad, 100);
+        let c = read_wal(dir.path(), &crate::far::OsStorage, 0).unwrap();
+        let kept: Vec<(u64, u64)> = c.frames.iter().map(|f| (f.0, f.1)).collect();
+        assert_eq!(kept, frames[..5], "the frames before the damage");
+        assert_eq!(c.frames[4].2, vec![1u8; 1500], "payloads kept whole");
+        assert_eq!((c.file_start, c.end, c.torn_bytes), (0, bad, len - bad));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            bad,
+            "cut at the damage"
+        );
+        // Appending resumes there, and the next read sees the new frame after the kept ones.
+        let wal = open_log(dir.path(), c.file_start, c.end);
+        wal.append(b"after");
+        wal.sync_to(wal.end()).unwrap();
+        let c = read_wal(dir.path(), &crate::far::OsStorage, 0).unwrap();
+        assert_eq!(c.frames.len(), 6);
+        assert_eq!(c.frames[5].2, b"after");
+        assert_eq!(c.torn_bytes, 0);
+    }
+
+    /// Damage in a flush that completed, with a later flush's frames after it, is not a torn
+    /// tail: the damaged flush was acknowledged. Opening refuses, and the file is left whole.
+    #[test]
+    fn damage_to_a_flush_a_later_flush_follows_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, frames) = two_flushes(dir.path());
+        let before = std::fs::read(&path).unwrap();
+        let (bad, _) = frames[1];
+        zero(&path, bad, 100);
+        let e = read_wal(dir.path(), &crate::far::OsStorage, 0)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&e, Error::Corrupt { offset, .. } if *offset == bad),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("later flush") && msg.contains("not a torn tail"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            before.len() as u64,
+            "nothing cut"
+        );
+    }
+
+    /// A log written before frames named their flush (format 1, the checkpoint's framing) is
+    /// read; appending goes on in a new file of the current format, and the next read takes
+    /// both. Damage in it followed by an intact frame is refused, as it always was.
+    #[test]
+    fn a_log_of_format_1_is_read_and_appending_goes_on_in_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(wal_name(0));
+        let mut bytes = Vec::new();
+        for i in 0..3u8 {
+            let lsn = bytes.len() as u64;
+            put_frame(&mut bytes, lsn, &[i; 40]);
+        }
+        std::fs::write(&old, &bytes).unwrap();
+        let c = read_wal(dir.path(), &crate::far::OsStorage, 0).unwrap();
+        let payloads: Vec<&[u8]> = c.frames.iter().map(|f| &f.2[..]).collect();
+        assert_eq!(payloads, [&[0u8; 40][..], &[1; 40], &[2; 40]]);
+        let end = bytes.len() as u64;
+        assert_eq!((c.end, c.file_start), (end, end), "a new file at the end");
+        let wal = open_log(dir.path(), c.file_start, c.end);
+        wal.append(b"new");
+        wal.sync_to(wal.end()).unwrap();
+        drop(wal);
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            bytes,
+            "the old file untouched"
+        );
+        let files: Vec<u64> = list_wal(dir.path()).unwrap().iter().map(|f| f.0).collect();
+        assert_eq!(files, [0, end]);
+        let c = read_wal(dir.path(), &crate::far::OsStorage, 0).unwrap();
+        assert_eq!(c.frames.len(), 4);
+        assert_eq!((c.frames[3].0, &c.frames[3].2[..]), (end, &b"new"[..]));
+        assert_eq!(c.file_start, end, "appending stays in the new file");
+
+        // Format 1 frames do not name their flush: an intact one after damage is damage.
+        std::fs::remove_file(dir.path().join(wal_name(end))).unwrap();
+        let mut damaged = bytes.clone();
+        damaged[FRAME_HEADER + 56 + 20] ^= 1; // the second frame's payload
+        std::fs::write(&old, &damaged).unwrap();
+        let e = read_wal(dir.path(), &crate::far::OsStorage, 0)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("format 1"), "{e}");
+        // Even when its first frame is the damaged one.
+        let mut damaged = bytes.clone();
+        damaged[FRAME_HEADER + 5] ^= 1;
+        std::fs::write(&old, &damaged).unwrap();
+        let e = read_wal(dir.path(), &crate::far::OsStorage, 0)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("format 1"), "{e}");
+    }
+
+    /// A frame of format 1 never reads as intact in the current format, nor the reverse, and
+    /// a frame naming a flush after itself is not intact.
+    #[test]
+    fn the_two_framings_never_read_as_each_other() {
+        let mut v1 = Vec::new();
+        put_frame(&mut v1, 64, &[7; 32]);
+        assert!(get_frame(&v1, 64).is_some());
+        assert!(get_log_frame(&v1, 64).is_none());
+        let mut v2 = Vec::new();
+        put_log_frame(&mut v2, 64, 32, &[7; 32]);
+        assert_eq!(get_log_frame(&v2, 64), Some((&[7u8; 32][..], 32)));
+        assert!(get_frame(&v2, 64).is_none());
+        let mut later = Vec::new();
+        let crc = log_crc(64, 65, &[7; 32]);
+        later.extend_from_slice(&32u32.to_le_bytes());
+        later.extend_from_slice(&crc.to_le_bytes());
+        later.extend_from_slice(&64u64.to_le_bytes());
+        later.extend_from_slice(&65u64.to_le_bytes());
+        later.extend_from_slice(&[7; 32]);
+        assert!(
+            get_log_frame(&later, 64).is_none(),
+            "a flush after its frame"
+        );
     }
 
     #[test]
