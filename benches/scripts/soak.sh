@@ -25,8 +25,17 @@ out=$data/terad.out
 "$bin/terad" --listen 127.0.0.1:0 --metrics-listen off --data-dir "$data/d" "${budget[@]}" >"$out" 2>"$data/terad.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q "listening on" "$out" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do
+  grep -q "listening on" "$out" 2>/dev/null && break
+  kill -0 $pid 2>/dev/null || break
+  sleep 0.1
+done
 addr=$(sed -n 's/^terad: listening on //p' "$out")
+if [ -z "$addr" ]; then
+  echo "soak.sh: terad did not start (binary $bin/terad); its output:" >&2
+  cat "$out" "$data/terad.log" >&2
+  exit 1
+fi
 export TERACTL_SERVER="http://$addr" TERACTL_TOKEN_FILE="$data/token"
 TERACTL_PASSWORD=$(cat "$data/d/admin-password") "$bin/teractl" login admin >/dev/null
 rss_log=$data/rss.txt
