@@ -60,6 +60,7 @@ mod sigbus;
 #[cfg(not(tera_loom))]
 mod stats;
 mod sync;
+mod waiters;
 #[cfg(not(tera_loom))]
 mod wal;
 

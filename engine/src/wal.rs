@@ -29,12 +29,13 @@
 use crate::bell::Bell;
 use crate::error::{Error, Result};
 use crate::far::Storage;
+use crate::waiters::DurableWaiters;
 use parking_lot::{Condvar, Mutex};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 /// Bytes of a checkpoint frame's header, and of a log frame's in format 1.
 pub(crate) const FRAME_HEADER: usize = 16;
@@ -181,20 +182,19 @@ pub(crate) struct Wal {
     /// Whether a flush is under way, and the signal that one ended.
     leader: Mutex<bool>,
     flushed: Condvar,
-    durable: AtomicU64,
     fsyncs: AtomicU64,
     poison: Arc<OnceLock<String>>,
     bell: Arc<Bell>,
-    /// Tasks waiting without a thread for the durable LSN to reach a position
-    /// ([`Wal::poll_durable`]); woken by the flush that gets there, or by the failure.
-    waiters: Mutex<Vec<(u64, Waker)>>,
+    /// The durable LSN, and the tasks waiting without a thread for it to reach a position
+    /// ([`Wal::poll_durable`]), woken by the flush that gets there or by the failure.
+    waiters: DurableWaiters,
 }
 
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal")
             .field("dir", &self.dir)
-            .field("durable", &self.durable.load(Acquire))
+            .field("durable", &self.durable())
             .finish_non_exhaustive()
     }
 }
@@ -246,11 +246,10 @@ impl Wal {
             }),
             leader: Mutex::new(false),
             flushed: Condvar::new(),
-            durable: AtomicU64::new(end),
             fsyncs: AtomicU64::new(0),
             poison,
             bell,
-            waiters: Mutex::new(Vec::new()),
+            waiters: DurableWaiters::new(end),
         })
     }
 
@@ -279,7 +278,7 @@ impl Wal {
 
     /// LSN up to which the log is durable.
     pub(crate) fn durable(&self) -> u64 {
-        self.durable.load(Acquire)
+        self.waiters.durable()
     }
 
     pub(crate) fn stats(&self) -> WalStats {
@@ -310,7 +309,7 @@ impl Wal {
             if let Err(e) = self.poisoned() {
                 // No flush comes any more: let async waiters see the poison too, whoever
                 // poisoned the log.
-                self.wake_all();
+                self.waiters.wake_all();
                 return Err(e);
             }
             {
@@ -335,52 +334,15 @@ impl Wal {
     /// `cx`'s waker, which the flush that gets there (or the log's failure) wakes; the
     /// poisoning error once the log failed. The task does not drive a flush: it waits for
     /// one that is due anyway (with `commit` durability the committer of every frame a read
-    /// can wait for syncs it).
-    ///
-    /// No lost wake-up: a flush stores the durable LSN before it takes the waiters' lock, and
-    /// this checks under that lock, so either the check sees the new LSN or the flush finds
-    /// the waker.
+    /// can wait for syncs it). Why no wake-up is lost: `DurableWaiters`.
     pub(crate) fn poll_durable(&self, lsn: u64, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if self.durable() >= lsn {
-            return Poll::Ready(Ok(()));
-        }
-        let mut waiters = self.waiters.lock();
-        if self.durable() >= lsn {
-            return Poll::Ready(Ok(()));
-        }
-        if let Err(e) = self.poisoned() {
-            return Poll::Ready(Err(e));
-        }
-        // A task polled again while it waits keeps one entry.
-        match waiters.iter_mut().find(|(_, w)| w.will_wake(cx.waker())) {
-            Some(entry) => entry.0 = entry.0.min(lsn),
-            None => waiters.push((lsn, cx.waker().clone())),
-        }
-        Poll::Pending
-    }
-
-    /// Wake the async waiters `due` says are done. The wakers run after the lock is
-    /// released (an executor may poll the task at once, and its poll takes the lock). Called
-    /// with no other log lock held.
-    fn wake(&self, due: impl Fn(u64) -> bool) {
-        let mut woken = Vec::new();
-        self.waiters.lock().retain(|(lsn, w)| {
-            if due(*lsn) {
-                woken.push(w.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for w in woken {
-            w.wake();
-        }
+        self.waiters.poll(lsn, cx, || self.poisoned().err())
     }
 
     /// Wake every async waiter: the log is poisoned (by a flush, or by a batch that could not
     /// be undone), so no flush will come; each sees the poison when it polls.
     pub(crate) fn wake_all(&self) {
-        self.wake(|_| true);
+        self.waiters.wake_all();
     }
 
     /// Write and sync everything buffered. Only the leader calls this.
@@ -399,9 +361,8 @@ impl Wal {
         drop(io);
         match written {
             Ok(()) => {
-                self.durable.store(end, Release);
+                self.waiters.advance(end);
                 self.bell.ring();
-                self.wake(|lsn| lsn <= end);
                 // Hand the buffer's allocation back, unless someone refilled it meanwhile.
                 let mut b = self.buf.lock();
                 if b.data.is_empty() && b.data.capacity() < data.capacity() {
@@ -419,7 +380,7 @@ impl Wal {
                      acknowledged write"
                 ));
                 self.bell.ring();
-                self.wake(|_| true);
+                self.waiters.wake_all();
                 tracing::error!(error = %why, "write-ahead log failed; writes are refused from now on");
                 Err(e)
             }
@@ -714,16 +675,16 @@ mod tests {
         .unwrap();
         let lsn = wal.append(b"frame");
         let flag = Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
-        let waker = Waker::from(flag.clone());
+        let waker = std::task::Waker::from(flag.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(wal.poll_durable(lsn, &mut cx).is_pending());
         // Polled again while waiting: still one entry.
         assert!(wal.poll_durable(lsn, &mut cx).is_pending());
-        assert_eq!(wal.waiters.lock().len(), 1);
+        assert_eq!(wal.waiters.waiting(), 1);
         poison.set("a batch could not be undone".into()).unwrap();
         assert!(matches!(wal.sync_to(lsn), Err(Error::Poisoned(_))));
         assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "woken");
-        assert!(wal.waiters.lock().is_empty());
+        assert_eq!(wal.waiters.waiting(), 0);
         assert!(matches!(
             wal.poll_durable(lsn, &mut cx),
             Poll::Ready(Err(Error::Poisoned(_)))
