@@ -57,6 +57,11 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Open WatchChanges streams at once; past it, RESOURCE_EXHAUSTED.
     pub max_watches: usize,
+    /// Client connections open at once; past it, a new connection is refused with an HTTP/2
+    /// GOAWAY saying so (ENHANCE_YOUR_CALM, which gRPC clients report as RESOURCE_EXHAUSTED:
+    /// overload). Connections are also refused when open
+    /// files come near the process's limit, which terad raises to its hard limit at start.
+    pub max_connections: usize,
     /// Longest time a request may take (a client's shorter grpc-timeout wins), in ms.
     pub request_timeout_ms: u64,
     /// On SIGTERM, how long in-flight requests have to finish before terad stops anyway.
@@ -86,6 +91,7 @@ impl Default for Config {
             io_threads: 0,
             max_concurrent_requests: 1024,
             max_watches: 256,
+            max_connections: 4096,
             request_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
             log_format: "text".into(),
@@ -196,6 +202,7 @@ impl Config {
         }
         for (name, v) in [
             ("max_concurrent_requests", self.max_concurrent_requests),
+            ("max_connections", self.max_connections),
             ("max_request_bytes", self.max_request_bytes),
             ("max_response_bytes", self.max_response_bytes),
             ("token_ttl_secs", self.token_ttl_secs as usize),

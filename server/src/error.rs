@@ -54,6 +54,16 @@ pub fn engine_status(e: tera_engine::Error) -> Status {
         E::NotDurable(_) => Status::unavailable(format!(
             "{msg}; restart the server to read this namespace again"
         )),
+        // The write that led a failed log flush gets the failure itself (those that shared
+        // the flush get `Poisoned`); a far-tier read can fail on the device too.
+        E::Io { .. } => Status::unavailable(format!(
+            "{msg}: the server's storage failed. A write answered so was not acknowledged: \
+             after a restart it is there whole or not at all; if the write-ahead log failed, \
+             the server refuses writes until it is restarted"
+        )),
+        E::Corrupt { .. } => Status::data_loss(format!(
+            "{msg}: the server refuses to answer from damaged data"
+        )),
         _ => Status::internal(msg),
     }
 }
@@ -147,6 +157,18 @@ mod tests {
         assert_eq!(code(MetaError::Engine(e)), Code::Unavailable);
         let e = tera_engine::Error::NotDurable("fsync failed".into());
         assert_eq!(code(MetaError::Engine(e)), Code::Unavailable);
+        let e = tera_engine::Error::Io {
+            op: "write",
+            path: "wal-0.log".into(),
+            source: std::io::Error::from_raw_os_error(libc::EFBIG),
+        };
+        assert_eq!(code(MetaError::Engine(e)), Code::Unavailable);
+        let e = tera_engine::Error::Corrupt {
+            path: "far/seg-1".into(),
+            offset: 8,
+            reason: "checksum".into(),
+        };
+        assert_eq!(code(MetaError::Engine(e)), Code::DataLoss);
         let e = tera_engine::Error::Config("x".into());
         assert_eq!(code(MetaError::Engine(e)), Code::Internal);
     }

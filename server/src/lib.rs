@@ -25,6 +25,7 @@ pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod conns;
 pub mod error;
 pub mod health;
 pub mod meta_rpc;

@@ -4,11 +4,12 @@
 //! drain: health NOT_SERVING, stop accepting, let in-flight calls finish (up to the drain
 //! timeout), end the streams, then flush and checkpoint the database. The calls are served
 //! by `io_threads` I/O threads, each a single-threaded runtime with the connections the
-//! acceptor dealt it (`IoThread` says why).
+//! acceptor dealt it (`IoThread` says why), at most `max_connections` of them (`conns`).
 
 use crate::auth::{TokenKey, Users};
 use crate::auth_rpc::AuthService;
 use crate::config::{Config, DurabilityMode};
+use crate::conns::{self, ConnLimit, Counted, Slot};
 use crate::health::HealthService;
 use crate::meta_rpc::MetaService;
 use crate::proto::auth::auth_server::AuthServer;
@@ -223,6 +224,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The acceptor hands each connection to one I/O thread, round robin; health turning
     // NOT_SERVING (draining) stops it, which closes the listener.
     let threads = config.io_thread_count();
+    let limit = connection_limit(&config);
     let (stop_tx, _) = watch::channel(false);
     let mut feeds = Vec::with_capacity(threads);
     // Each I/O thread reports here when it ends: all of them after a drain, or one that
@@ -249,7 +251,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     drop(done_tx);
     tracing::info!(threads, "gRPC I/O threads started");
-    tokio::spawn(accept(listener, feeds, state.draining.subscribe()));
+    tokio::spawn(accept(listener, feeds, limit, state.draining.subscribe()));
     let serve = async move {
         for _ in 0..threads {
             match done_rx.recv().await {
@@ -352,6 +354,33 @@ fn streams_per_connection(c: &Config) -> u32 {
     u32::try_from(c.max_concurrent_requests + c.max_watches).unwrap_or(u32::MAX)
 }
 
+/// The connection limit: `max_connections`, and descriptors kept for the engine below the
+/// limit on open files, which is raised to its hard limit first (`conns` says why).
+fn connection_limit(config: &Config) -> Arc<ConnLimit> {
+    let nofile = match conns::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the limit on open files; connections are limited by max_connections only");
+            u64::MAX
+        }
+    };
+    let max = config.max_connections;
+    if (max as u64).saturating_add(conns::FD_RESERVE) > nofile {
+        tracing::warn!(
+            max_connections = max,
+            open_files_limit = nofile,
+            "the limit on open files is below max_connections: connections will be refused once their descriptors come within {} of it (raise it with ulimit -n or LimitNOFILE=)",
+            conns::FD_RESERVE
+        );
+    }
+    tracing::info!(
+        max_connections = max,
+        open_files_limit = nofile,
+        "connection limits"
+    );
+    ConnLimit::new(max, nofile)
+}
+
 /// The `io_thread` label values of `terad_connections_accepted_total` (threads past the last
 /// share `other`, so that the label set stays bounded).
 const IO_LABELS: [&str; 16] = [
@@ -360,22 +389,46 @@ const IO_LABELS: [&str; 16] = [
 
 /// Accept connections and deal them out to the I/O threads in turn, until the drain starts
 /// (which drops the listener: new connections are refused from then on).
+/// Connections past the limits are refused (`ConnLimit::refuse`), with a warning at most
+/// every 10 s.
 async fn accept(
     listener: tokio::net::TcpListener,
-    feeds: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    feeds: Vec<mpsc::UnboundedSender<(std::net::TcpStream, Slot)>>,
+    limit: Arc<ConnLimit>,
     mut draining: watch::Receiver<bool>,
 ) {
+    use std::os::fd::AsRawFd;
     let mut next = 0usize;
+    let mut warned: Option<Instant> = None;
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
             _ = draining.wait_for(|d| *d) => return,
         };
-        let stream = match conn.and_then(|(s, _)| {
-            s.set_nodelay(true)?;
-            s.into_std()
-        }) {
-            Ok(s) => s,
+        let admitted = conn.and_then(|(s, _)| {
+            let fd = u64::try_from(s.as_raw_fd()).unwrap_or(0);
+            match limit.admit(fd) {
+                Ok(slot) => {
+                    s.set_nodelay(true)?;
+                    Ok(Some((s.into_std()?, slot)))
+                }
+                Err(why) => {
+                    if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        warned = Some(Instant::now());
+                        tracing::warn!(
+                            reason = why.label(),
+                            open = limit.open(),
+                            "refusing connections (terad_connections_refused_total counts them)"
+                        );
+                    }
+                    limit.refuse(s, why);
+                    Ok(None)
+                }
+            }
+        });
+        let conn = match admitted {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
             Err(e) => {
                 // Out of descriptors, or a connection reset before it was accepted: say so,
                 // and give a full table a moment to drain instead of spinning.
@@ -387,7 +440,7 @@ async fn accept(
         let i = next % feeds.len();
         metrics::counter!("terad_connections_accepted_total", "io_thread" => IO_LABELS.get(i).copied().unwrap_or("other"))
             .increment(1);
-        if feeds[i].send(stream).is_err() {
+        if feeds[i].send(conn).is_err() {
             // That I/O thread stopped (it failed to serve); the server is ending.
             return;
         }
@@ -421,7 +474,7 @@ async fn watch_poison(state: Arc<State>) {
 /// concurrency 100; docs/benchmarks.md).
 struct IoThread {
     gate: Gate<Router>,
-    conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    conns: mpsc::UnboundedReceiver<(std::net::TcpStream, Slot)>,
     blocking_threads: usize,
     max_streams: u32,
     draining: watch::Receiver<bool>,
@@ -447,8 +500,9 @@ impl IoThread {
         let r = rt.block_on(async move {
             // `from_std` registers the connection with this thread's reactor: it runs here,
             // as the server polls for the next connection.
+            // Each keeps its slot in the connection count until tonic drops it.
             let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns)
-                .map(tokio::net::TcpStream::from_std);
+                .map(|(s, slot)| tokio::net::TcpStream::from_std(s).map(|s| Counted::new(s, slot)));
             let signal = async move {
                 let _ = draining.wait_for(|d| *d).await;
             };

@@ -31,12 +31,45 @@ fn start(data: &Path) -> Terad {
 }
 
 fn start_with(data: &Path, extra: &[&str]) -> Terad {
+    start_limited(data, extra, &[])
+}
+
+/// Start terad with these resource limits (`libc::RLIMIT_*`, soft and hard set alike). With a
+/// limit on file size, SIGXFSZ is ignored, so that a write past it fails with `EFBIG` instead
+/// of killing terad.
+fn start_limited(
+    data: &Path,
+    extra: &[&str],
+    limits: &[(libc::__rlimit_resource_t, u64)],
+) -> Terad {
+    use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(data.with_extension("log"))
         .expect("log file");
-    let mut child = Command::new(TERAD)
+    let mut cmd = Command::new(TERAD);
+    let limits = limits.to_vec();
+    if !limits.is_empty() {
+        // SAFETY: the closure runs in the child between fork and exec, and calls only
+        // setrlimit and signal, which are async-signal-safe; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(resource, n) in &limits {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(resource, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            })
+        };
+    }
+    let mut child = cmd
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .args(["--dram-budget-mib", "64", "--log-level", "debug"])
         .arg("--data-dir")
@@ -680,6 +713,283 @@ async fn terad_sheds_load_past_its_limit() {
         .all(|c| matches!(c, Code::ResourceExhausted | Code::Unauthenticated)));
     // Health is exempt from the limit.
     assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
+}
+
+/// Open a connection and speak HTTP/2's client preface: the bytes terad answers with until
+/// it closes (empty if it is still serving after `wait`).
+fn http2_answer(addr: &str, wait: Duration) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("preface");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => out,
+        // Still open: served (its SETTINGS may have come).
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Vec::new(),
+        Err(e) => panic!("reading the answer: {e}"),
+    }
+}
+
+/// The GOAWAY frame in `bytes` (after the server's SETTINGS): its error code and debug text.
+fn goaway_of(bytes: &[u8]) -> Option<(u32, String)> {
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let payload = bytes.get(at + 9..at + 9 + len)?;
+        if bytes[at + 3] == 7 && len >= 8 {
+            let code = u32::from_be_bytes(payload[4..8].try_into().ok()?);
+            return Some((code, String::from_utf8_lossy(&payload[8..]).into_owned()));
+        }
+        at += 9 + len;
+    }
+    None
+}
+
+/// A gauge or counter's value in a /metrics page (the first line that starts with `name`).
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Wait until terad counts `n` open connections.
+fn wait_open_connections(t: &Terad, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = http_get(&t.metrics, "/metrics");
+        if metric(&page, "terad_connections_open") == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {n} open connections: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Past `max_connections`, a new connection is refused at once with an HTTP/2 GOAWAY
+/// (ENHANCE_YOUR_CALM) naming the limit, and counted; when a connection closes its slot comes
+/// back and the next one is served.
+#[test]
+fn terad_refuses_connections_past_max_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = start_with(&dir.path().join("data"), &["--set", "max_connections=2"]);
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t"),
+    };
+    wait_serving(&ctl);
+    wait_open_connections(&t, 0.0);
+    let addr = t.grpc.trim_start_matches("http://");
+    let a = std::net::TcpStream::connect(addr).expect("first");
+    let _b = std::net::TcpStream::connect(addr).expect("second");
+    wait_open_connections(&t, 2.0);
+    let answer = http2_answer(addr, Duration::from_secs(10));
+    let (code, text) = goaway_of(&answer).expect("a GOAWAY");
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+    assert!(text.contains("max_connections = 2"), "{text}");
+    // A gRPC client reports ENHANCE_YOUR_CALM as RESOURCE_EXHAUSTED (overload).
+    let err = ctl.fails(&["health"], "RESOURCE_EXHAUSTED");
+    let page = http_get(&t.metrics, "/metrics");
+    let refused = metric(
+        &page,
+        "terad_connections_refused_total{reason=\"max_connections\"}",
+    );
+    assert!(
+        refused >= Some(2.0),
+        "{refused:?}: {page}; teractl said {err}"
+    );
+    drop(a);
+    wait_open_connections(&t, 1.0);
+    assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
+}
+
+/// With few open files allowed, connections are refused before their descriptors reach the
+/// ones kept for the database: the database goes on writing (a new log file, a checkpoint)
+/// while clients hold every connection they could get.
+#[test]
+fn terad_keeps_file_descriptors_for_the_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // 256 are kept; terad's own files, sockets and the database's take a few dozen more.
+    let t = start_limited(&data, &[], &[(libc::RLIMIT_NOFILE, 384)]);
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t"),
+    };
+    wait_serving(&ctl);
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    ctl.login("admin", password.trim());
+    let addr = t.grpc.trim_start_matches("http://");
+    let counts = |t: &Terad| {
+        let page = http_get(&t.metrics, "/metrics");
+        let refused = metric(
+            &page,
+            "terad_connections_refused_total{reason=\"file_descriptors\"}",
+        );
+        (
+            metric(&page, "terad_connections_open").unwrap_or(0.0),
+            refused.unwrap_or(0.0),
+        )
+    };
+    // Hold connections until terad refuses one.
+    let mut held = Vec::new();
+    while counts(&t).1 == 0.0 {
+        assert!(held.len() < 384, "never refused");
+        held.push(std::net::TcpStream::connect(addr).expect("connect"));
+    }
+    // Once terad has seen every connection held, the open ones are those it admitted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let admitted = loop {
+        let (open, refused) = counts(&t);
+        if (open + refused) as usize == held.len() {
+            break open as usize;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} + {refused} != {}",
+            held.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (code, text) = goaway_of(&http2_answer(addr, Duration::from_secs(10))).expect("a GOAWAY");
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+    assert!(text.contains("too many open files (limit 384"), "{text}");
+    assert!(admitted > 8, "only {admitted} connections before refusing");
+    // The database can still open files: writes from a connection that got a slot back,
+    // then a checkpoint at shutdown.
+    held.truncate(admitted - 1);
+    wait_open_connections(&t, (admitted - 1) as f64);
+    for i in 0..20 {
+        ctl.ok(&["mkdir", &format!("/d{i}")]);
+    }
+    drop(held);
+    let mut t = t;
+    assert!(
+        sigterm_and_wait(&mut t).success(),
+        "a clean stop, checkpoint included"
+    );
+}
+
+/// A real failure of the write-ahead log: terad runs with a limit on file size, so the log's
+/// write past 256 KiB fails (`EFBIG`). That write and every later one are refused UNAVAILABLE
+/// naming the log, and so are reads of the namespace the failed write was in; health turns
+/// NOT_SERVING and `/healthz` says why. Restarted without the limit, terad has every write it
+/// acknowledged.
+#[tokio::test]
+async fn a_failed_log_write_poisons_terad_and_loses_nothing_acknowledged() {
+    use tera_server::client::{self, Bearer};
+    use tera_server::proto::health as hpb;
+    use tera_server::proto::meta as pb;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut t = start_limited(&data, &[], &[(libc::RLIMIT_FSIZE, 256 << 10)]);
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t"),
+    };
+    wait_serving(&ctl);
+    let ch = client::connect(&t.grpc, Duration::from_secs(30))
+        .await
+        .expect("connect");
+    let tok = admin_token(&ch, &data, 0).await;
+    let mut meta = client::meta(
+        ch.clone(),
+        Bearer::new(Some(&tok.token), false).expect("bearer"),
+    );
+    let name = |i: usize| format!("/{i:05}-{}", "n".repeat(200));
+    let mut acked = 0;
+    let failure = loop {
+        assert!(acked < 100_000, "the log never failed");
+        let r = meta
+            .create_folder(pb::CreateFolderRequest {
+                namespace: 0,
+                path: name(acked),
+                parents: false,
+            })
+            .await;
+        match r {
+            Ok(_) => acked += 1,
+            Err(s) => break s,
+        }
+    };
+    assert!(acked > 50, "only {acked} writes before the log failed");
+    assert_eq!(failure.code(), tonic::Code::Unavailable, "{failure:?}");
+    assert!(
+        failure.message().contains("wal-") && failure.message().contains("storage failed"),
+        "{failure:?}"
+    );
+    // Refused from then on, with the same reason; reads of what was acknowledged go on.
+    let again = meta
+        .create_folder(pb::CreateFolderRequest {
+            namespace: 0,
+            path: "/after".into(),
+            parents: false,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    // Reads of this namespace too: its last write is the one the failure left undurable, so
+    // no read there can be answered without the risk of showing it.
+    let read = meta
+        .stat(pb::StatRequest {
+            namespace: 0,
+            target: Some(pb::stat_request::Target::Path(name(acked - 1))),
+        })
+        .await
+        .expect_err("a read of what the failure left undurable");
+    assert_eq!(read.code(), tonic::Code::Unavailable, "{read:?}");
+    assert!(read.message().contains("restart the server"), "{read:?}");
+    // Health follows within a couple of seconds, and /healthz says why.
+    let mut health = client::health(ch.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(hpb::HealthCheckRequest::default())
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        if status == hpb::health_check_response::ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "health still {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = http_get(&t.metrics, "/healthz");
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    assert!(
+        page.contains("poisoned (restart terad)") && page.contains("write-ahead log"),
+        "{page}"
+    );
+    drop((meta, health, ch));
+
+    // Restarted without the limit: every acknowledged folder is there.
+    t.child.kill().expect("kill");
+    t.child.wait().expect("wait");
+    let t = start_with(&data, &[]);
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("t2"),
+    };
+    wait_serving(&ctl);
+    let ch = client::connect(&t.grpc, Duration::from_secs(30))
+        .await
+        .expect("connect");
+    let tok = admin_token(&ch, &data, 0).await;
+    let mut meta = client::meta(ch, Bearer::new(Some(&tok.token), false).expect("bearer"));
+    for i in 0..acked {
+        meta.stat(pb::StatRequest {
+            namespace: 0,
+            target: Some(pb::stat_request::Target::Path(name(i))),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("acknowledged folder {i} lost: {e:?}"));
+    }
 }
 
 /// `teractl bench` against a terad with three I/O threads: every operation of the mix runs

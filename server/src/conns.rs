@@ -1,0 +1,313 @@
+//! How many connections terad holds: at most `max_connections`, and never so many that the
+//! engine could not open a file. Every connection costs a file descriptor, and so does every
+//! far-tier segment and log file; a flood of clients that used them all would make the
+//! engine's next log file or segment fail to open, which poisons the database. So the
+//! acceptor refuses a connection past the limit, or one whose descriptor leaves fewer than
+//! [`FD_RESERVE`] below the process's limit, with an HTTP/2 GOAWAY that says why, and counts
+//! it. The GOAWAY's code is ENHANCE_YOUR_CALM, which gRPC clients report as
+//! RESOURCE_EXHAUSTED (gRPC's mapping of HTTP/2 codes): terad's answer to overload. At start terad raises its soft limit on
+//! open files to the hard one, as Go's runtime does for its servers.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tonic::transport::server::Connected;
+
+/// Descriptors kept free for the engine (log and checkpoint files, new far segments, the
+/// directories it syncs) and for terad's own files.
+pub const FD_RESERVE: u64 = 256;
+
+/// Refusals answered at once, each holding its socket for up to [`REFUSAL_LINGER`]; past it a
+/// refused connection is closed without a word.
+const MAX_REFUSING: usize = 64;
+/// How long a refusal waits for the client to read the GOAWAY and close.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Raise the soft limit on open files to the hard limit; returns the soft limit in effect.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct passed, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct passed. It fails (EPERM) where the hard limit is
+        // above the kernel's `nr_open`; the soft limit then stays as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Why a connection was refused: the `reason` label of `terad_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` were open.
+    MaxConnections,
+    /// The connection's descriptor came within [`FD_RESERVE`] of the process's limit.
+    FileDescriptors,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::FileDescriptors => "file_descriptors",
+        }
+    }
+}
+
+/// The connection count and its limits, shared by the acceptor and every connection's
+/// [`Slot`].
+#[derive(Debug)]
+pub struct ConnLimit {
+    open: AtomicUsize,
+    max: usize,
+    /// The soft limit on open files (descriptors are numbered from 0, lowest free first, so a
+    /// descriptor's number is about the count of those open below it).
+    nofile: u64,
+    refusing: Arc<AtomicUsize>,
+}
+
+impl ConnLimit {
+    pub fn new(max: usize, nofile: u64) -> Arc<ConnLimit> {
+        Arc::new(ConnLimit {
+            open: AtomicUsize::new(0),
+            max,
+            nofile,
+            refusing: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    /// Admit a connection whose socket has descriptor `fd`: a slot held as long as the
+    /// connection lives, or why not. Only the acceptor admits, so the check and the count
+    /// cannot race each other past the limit.
+    pub fn admit(self: &Arc<Self>, fd: u64) -> Result<Slot, Refusal> {
+        if self.open.load(Relaxed) >= self.max {
+            return Err(Refusal::MaxConnections);
+        }
+        if fd.saturating_add(FD_RESERVE) >= self.nofile {
+            return Err(Refusal::FileDescriptors);
+        }
+        self.open.fetch_add(1, Relaxed);
+        metrics::gauge!("terad_connections_open").increment(1.0);
+        Ok(Slot(self.clone()))
+    }
+
+    /// Refuse `stream`: an HTTP/2 server preface and a GOAWAY (ENHANCE_YOUR_CALM) whose debug
+    /// text says why, then close once the client has read it (or after [`REFUSAL_LINGER`]).
+    /// Runs on a task of its own; past [`MAX_REFUSING`] at once the socket is just closed.
+    pub fn refuse(&self, stream: tokio::net::TcpStream, why: Refusal) {
+        metrics::counter!("terad_connections_refused_total", "reason" => why.label()).increment(1);
+        if self.refusing.fetch_add(1, Relaxed) >= MAX_REFUSING {
+            self.refusing.fetch_sub(1, Relaxed);
+            return;
+        }
+        let text = match why {
+            Refusal::MaxConnections => format!(
+                "terad: too many connections (max_connections = {}); retry later",
+                self.max
+            ),
+            Refusal::FileDescriptors => format!(
+                "terad: too many open files (limit {}, {FD_RESERVE} kept for the database); \
+                 retry later",
+                self.nofile
+            ),
+        };
+        let refusing = self.refusing.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REFUSAL_LINGER, say_goaway(stream, &text)).await;
+            refusing.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+/// Write the refusal and wait for the client to close. Closing with the client's preface
+/// unread would reset the connection, and a reset can reach the client before the GOAWAY it
+/// followed, so the client's bytes are read (and dropped) until it closes.
+async fn say_goaway(mut s: tokio::net::TcpStream, text: &str) -> io::Result<()> {
+    s.write_all(&goaway(text)).await?;
+    s.shutdown().await?;
+    let mut buf = [0u8; 1024];
+    while s.read(&mut buf).await? > 0 {}
+    Ok(())
+}
+
+/// HTTP/2 error code ENHANCE_YOUR_CALM (RFC 9113 §7): the peer is generating excessive load.
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// A server connection preface (an empty SETTINGS frame) and a GOAWAY frame for no streams
+/// (last stream id 0) with `text` as its debug data (RFC 9113 §3.4, §6.5, §6.8).
+pub fn goaway(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + 9 + 8 + text.len());
+    let frame = |out: &mut Vec<u8>, kind: u8, payload: &[u8]| {
+        let len = payload.len() as u32;
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.push(kind);
+        out.push(0); // flags
+        out.extend_from_slice(&0u32.to_be_bytes()); // stream 0
+        out.extend_from_slice(payload);
+    };
+    frame(&mut out, 0x4, &[]);
+    let mut payload = Vec::with_capacity(8 + text.len());
+    payload.extend_from_slice(&0u32.to_be_bytes());
+    payload.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    payload.extend_from_slice(text.as_bytes());
+    frame(&mut out, 0x7, &payload);
+    out
+}
+
+/// One admitted connection's place in the count, given back when the connection ends.
+#[derive(Debug)]
+pub struct Slot(Arc<ConnLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        metrics::gauge!("terad_connections_open").decrement(1.0);
+    }
+}
+
+/// A connection's stream with its [`Slot`]: what tonic serves, so that the slot is given back
+/// when tonic drops the connection.
+#[derive(Debug)]
+pub struct Counted<IO> {
+    io: IO,
+    _slot: Slot,
+}
+
+impl<IO> Counted<IO> {
+    pub fn new(io: IO, slot: Slot) -> Self {
+        Counted { io, _slot: slot }
+    }
+}
+
+impl<IO: AsRawFd> AsRawFd for Counted<IO> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.io.as_raw_fd()
+    }
+}
+
+impl<IO: Connected> Connected for Counted<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+// Every method delegates, `poll_write_vectored` and `is_write_vectored` included: HTTP/2
+// writes a batch of answers with one `writev` only if the stream says it can.
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_admitted_up_to_the_limit_and_slots_come_back() {
+        let limit = ConnLimit::new(2, 10_000);
+        let a = limit.admit(10).expect("first");
+        let b = limit.admit(11).expect("second");
+        assert_eq!(limit.open(), 2);
+        assert_eq!(limit.admit(12).unwrap_err(), Refusal::MaxConnections);
+        drop(a);
+        assert_eq!(limit.open(), 1);
+        let _c = limit.admit(12).expect("a slot came back");
+        drop(b);
+        assert_eq!(limit.open(), 1);
+    }
+
+    #[test]
+    fn a_descriptor_too_near_the_process_limit_is_refused() {
+        let limit = ConnLimit::new(100, 1024);
+        let _slot = limit.admit(1024 - FD_RESERVE - 1).expect("below the reserve");
+        assert_eq!(
+            limit.admit(1024 - FD_RESERVE).unwrap_err(),
+            Refusal::FileDescriptors
+        );
+        assert_eq!(limit.open(), 1, "a refusal takes no slot");
+    }
+
+    /// The frames, byte by byte, as RFC 9113 lays them out.
+    #[test]
+    fn the_refusal_is_a_settings_frame_and_a_goaway_with_the_reason() {
+        let b = goaway("why");
+        assert_eq!(&b[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0], "empty SETTINGS");
+        assert_eq!(
+            &b[9..18],
+            &[0, 0, 11, 7, 0, 0, 0, 0, 0],
+            "GOAWAY of 11 bytes"
+        );
+        assert_eq!(&b[18..22], &[0, 0, 0, 0], "last stream 0");
+        assert_eq!(&b[22..26], &[0, 0, 0, 0xb], "ENHANCE_YOUR_CALM");
+        assert_eq!(&b[26..], b"why");
+    }
+
+    #[test]
+    fn the_soft_limit_on_open_files_is_raised_to_the_hard_one() {
+        let soft = raise_nofile_limit().expect("getrlimit");
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct passed.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(soft, lim.rlim_cur);
+        assert!(
+            lim.rlim_cur == lim.rlim_max || lim.rlim_max > 1 << 20,
+            "raised unless the hard limit is above what the kernel allows: {lim:?}"
+        );
+    }
+}
