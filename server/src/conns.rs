@@ -272,7 +272,9 @@ mod tests {
     #[test]
     fn a_descriptor_too_near_the_process_limit_is_refused() {
         let limit = ConnLimit::new(100, 1024);
-        let _slot = limit.admit(1024 - FD_RESERVE - 1).expect("below the reserve");
+        let _slot = limit
+            .admit(1024 - FD_RESERVE - 1)
+            .expect("below the reserve");
         assert_eq!(
             limit.admit(1024 - FD_RESERVE).unwrap_err(),
             Refusal::FileDescriptors
