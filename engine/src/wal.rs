@@ -25,6 +25,8 @@
 //!
 //! After a write or sync fails, the log is poisoned: nothing more is written, and the database
 //! refuses writes with the first error's text (a failed `fsync` cannot be retried safely).
+//! The failed flush is cut off the log, so that a reopen in the same boot cannot replay its
+//! frames from the page cache.
 
 use crate::bell::Bell;
 use crate::error::{Error, Result};
@@ -379,11 +381,40 @@ impl Wal {
                      refuses writes until it is reopened, and recovery keeps every \
                      acknowledged write"
                 ));
+                self.cut_failed_flush(start);
                 self.bell.ring();
                 self.waiters.wake_all();
                 tracing::error!(error = %why, "write-ahead log failed; writes are refused from now on");
                 Err(e)
             }
+        }
+    }
+
+    /// Cut the log at `start`, where the flush that failed began. Linux keeps the pages of a
+    /// failed writeback in the page cache, marked clean: a reopen in the same boot would read
+    /// them and replay frames the device may never have received, which the next power loss
+    /// would take back. None of them was made durable (with `commit`, none was
+    /// acknowledged), so they go. If the cut fails too, the error is logged: reopen only
+    /// after a reboot then.
+    fn cut_failed_flush(&self, start: u64) {
+        let io = self.io.lock();
+        let Some(len) = start.checked_sub(io.file_start) else {
+            return;
+        };
+        let cut = self
+            .storage
+            .set_len(&io.file, len)
+            .and_then(|()| self.storage.sync(&io.file));
+        match cut {
+            Ok(()) => {
+                tracing::warn!(path = %io.path.display(), offset = len, "cut the failed flush off the write-ahead log")
+            }
+            Err(e) => tracing::error!(
+                path = %io.path.display(),
+                offset = len,
+                error = %e,
+                "could not cut the failed flush off the write-ahead log: reopen only after a reboot, or its frames may be replayed from the page cache"
+            ),
         }
     }
 
@@ -689,6 +720,57 @@ mod tests {
             wal.poll_durable(lsn, &mut cx),
             Poll::Ready(Err(Error::Poisoned(_)))
         ));
+    }
+
+    /// Storage whose `fdatasync` fails from when `fail` is set (the write before it lands in
+    /// the page cache, as with a device that fails its writeback).
+    #[derive(Debug, Default)]
+    struct SyncFails {
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Storage for SyncFails {
+        fn sync(&self, file: &File) -> std::io::Result<()> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            file.sync_data()
+        }
+    }
+
+    /// After `fdatasync` fails, the failed flush's frames are cut off the log: they are in
+    /// the file (the page cache) but may not be on the device, and a reopen in this boot
+    /// must not replay them. The frames made durable before stay.
+    #[test]
+    fn a_failed_flush_is_cut_off_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SyncFails::default());
+        let poison = Arc::new(OnceLock::new());
+        let wal = Wal::open(
+            dir.path(),
+            storage.clone(),
+            1 << 20,
+            0,
+            0,
+            poison.clone(),
+            Arc::new(Bell::default()),
+        )
+        .unwrap();
+        let durable = wal.append(b"durable");
+        wal.sync_to(durable).unwrap();
+        let lost = wal.append(b"never durable");
+        storage
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = wal.sync_to(lost).unwrap_err();
+        assert!(e.to_string().contains("fsync"), "{e}");
+        assert!(poison.get().is_some(), "poisoned");
+        let path = dir.path().join(wal_name(0));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), durable, "cut");
+        let c = read_wal(dir.path(), &crate::far::OsStorage, 0).unwrap();
+        let payloads: Vec<&[u8]> = c.frames.iter().map(|f| &f.2[..]).collect();
+        assert_eq!(payloads, [&b"durable"[..]]);
+        assert_eq!((c.end, c.torn_bytes), (durable, 0));
     }
 
     /// A batch is refused by the bytes it counts (keys, values and 64 bytes of frame fields an
