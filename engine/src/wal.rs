@@ -378,8 +378,8 @@ impl Wal {
                 let why = e.to_string();
                 let _ = self.poison.set(format!(
                     "the write-ahead log could not be made durable ({why}); the database \
-                     refuses writes until it is reopened, and recovery keeps every \
-                     acknowledged write"
+                     refuses writes until it is reopened, and recovery keeps every write made \
+                     durable (with commit durability, every acknowledged write)"
                 ));
                 self.cut_failed_flush(start);
                 self.bell.ring();
@@ -508,6 +508,9 @@ enum Format {
     V1,
     /// `len | crc | lsn | flush | payload`.
     V2,
+    /// Empty, or its first frame unreadable: read as V2, but an intact frame of format 1 after
+    /// damage is damage too (the file may be of format 1 with its first frame damaged).
+    Unknown,
 }
 
 impl Format {
@@ -516,7 +519,9 @@ impl Format {
     fn frame(self, buf: &[u8], lsn: u64) -> Option<(&[u8], usize)> {
         match self {
             Format::V1 => get_frame(buf, lsn).map(|p| (p, FRAME_HEADER + p.len())),
-            Format::V2 => get_log_frame(buf, lsn).map(|(p, _)| (p, LOG_FRAME_HEADER + p.len())),
+            Format::V2 | Format::Unknown => {
+                get_log_frame(buf, lsn).map(|(p, _)| (p, LOG_FRAME_HEADER + p.len()))
+            }
         }
     }
 }
@@ -554,12 +559,13 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
         })?;
         // A file of format 1 starts with an intact frame of that format; anything else (an
         // empty file, or a first frame torn) is read as the current format.
-        let format =
-            if get_log_frame(&bytes, *start).is_none() && get_frame(&bytes, *start).is_some() {
-                Format::V1
-            } else {
-                Format::V2
-            };
+        let format = if get_log_frame(&bytes, *start).is_some() {
+            Format::V2
+        } else if get_frame(&bytes, *start).is_some() {
+            Format::V1
+        } else {
+            Format::Unknown
+        };
         last_format = format;
         let mut pos = 0usize;
         // Frames before `from` are skipped by position: walk them to keep alignment.
@@ -575,7 +581,7 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
         if pos < bytes.len() {
             // A torn tail is the unacknowledged end of the last flush: no intact frame of a
             // later flush follows it.
-            if let Some(reason) = damage_after(&bytes, pos, *start, format) {
+            if let Some(reason) = damage_after(&bytes, pos, *start, format, from) {
                 return Err(Error::Corrupt {
                     path: path.clone(),
                     offset: pos as u64,
@@ -627,7 +633,19 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
         });
     }
     if last_format == Format::V1 {
-        // Frames of the current format go to a file of their own.
+        // Frames of the current format go to a file of their own. The file read last may hold
+        // frames only in the page cache (its writer killed between a flush's write and its
+        // fsync), and appending will not sync it: sync it now, before anything it holds is
+        // taken as durable.
+        let path = &files.last().expect("a file was read").1;
+        storage
+            .open(path)
+            .and_then(|f| storage.sync(&f))
+            .map_err(|source| Error::Io {
+                op: "fsync",
+                path: path.clone(),
+                source,
+            })?;
         out.file_start = out.end;
     }
     Ok(out)
@@ -639,10 +657,17 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
 /// Intact frames may follow a torn one in the same flush: its single `pwrite` reaches the
 /// device in any order of pages. One that names a flush starting after the bad frame was
 /// written after the bad frame's flush completed, so the bad frame had been made durable and
-/// acknowledged: damage. A frame of format 1 does not name its flush, so any intact one is
-/// taken as damage.
-fn damage_after(bytes: &[u8], pos: usize, start: u64, format: Format) -> Option<String> {
+/// acknowledged: damage. So is damage before `from`, the checkpoint's start, and an intact
+/// frame whose flush started before it: the checkpoint made everything up to `from` durable,
+/// so those flushes completed. A frame of format 1 does not name its flush, so any intact one
+/// is taken as damage (in files not known to be of the current format).
+fn damage_after(bytes: &[u8], pos: usize, start: u64, format: Format, from: u64) -> Option<String> {
     let bad = start + pos as u64;
+    if bad < from {
+        return Some(format!(
+            "a damaged frame at LSN {bad}, before the checkpoint's LSN {from} (made durable)"
+        ));
+    }
     let mut p = pos + 1;
     while p + FRAME_HEADER <= bytes.len() {
         let lsn = start + p as u64;
@@ -651,7 +676,7 @@ fn damage_after(bytes: &[u8], pos: usize, start: u64, format: Format) -> Option<
             p += 1;
             continue;
         }
-        if format == Format::V2 {
+        if format != Format::V1 {
             if let Some((payload, flush)) = get_log_frame(&bytes[p..], lsn) {
                 if flush > bad {
                     return Some(format!(
@@ -659,12 +684,18 @@ fn damage_after(bytes: &[u8], pos: usize, start: u64, format: Format) -> Option<
                          (from LSN {flush}) after it, at offset {p}"
                     ));
                 }
+                if flush < from {
+                    return Some(format!(
+                        "a damaged frame at LSN {bad} in a flush that started at LSN {flush}, \
+                         before the checkpoint's LSN {from} (so it completed)"
+                    ));
+                }
                 // Written by the same flush as the bad frame: part of the torn tail.
                 p += LOG_FRAME_HEADER + payload.len();
                 continue;
             }
         }
-        if get_frame(&bytes[p..], lsn).is_some() {
+        if format != Format::V2 && get_frame(&bytes[p..], lsn).is_some() {
             return Some(format!(
                 "a damaged frame with an intact frame after it (at offset {p}), in a log file \
                  of format 1, whose frames do not name their flush"
@@ -887,6 +918,32 @@ mod tests {
         );
     }
 
+    /// Everything before a checkpoint's LSN was made durable, so damage there, or in a flush
+    /// that started before it, is never a torn tail: opening refuses and cuts nothing.
+    #[test]
+    fn damage_in_a_flush_a_checkpoint_covers_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, frames) = two_flushes(dir.path());
+        let before = std::fs::read(&path).unwrap();
+        // A checkpoint at the second flush's fourth frame: that flush completed.
+        let from = frames[6].0;
+        for (bad, why) in [(5, "before the checkpoint's LSN"), (7, "so it completed")] {
+            std::fs::write(&path, &before).unwrap();
+            zero(&path, frames[bad].0, 100);
+            let e = read_wal(dir.path(), &crate::far::OsStorage, from)
+                .err()
+                .expect("refused");
+            assert!(e.to_string().contains(why), "frame {bad}: {e}");
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                before.len() as u64,
+                "nothing cut"
+            );
+            // Without the checkpoint, the same damage is the last flush's torn tail.
+            assert!(read_wal(dir.path(), &crate::far::OsStorage, 0).is_ok());
+        }
+    }
+
     /// A log written before frames named their flush (format 1, the checkpoint's framing) is
     /// read; appending goes on in a new file of the current format, and the next read takes
     /// both. Damage in it followed by an intact frame is refused, as it always was.
@@ -900,6 +957,16 @@ mod tests {
             put_frame(&mut bytes, lsn, &[i; 40]);
         }
         std::fs::write(&old, &bytes).unwrap();
+        // The file read last is synced before appending moves to a new one (its frames may
+        // be in the page cache only): a failing sync fails the read.
+        let failing = SyncFails::default();
+        failing
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = read_wal(dir.path(), &failing, 0)
+            .err()
+            .expect("fsync failed");
+        assert!(matches!(&e, Error::Io { op: "fsync", .. }), "{e}");
         let c = read_wal(dir.path(), &crate::far::OsStorage, 0).unwrap();
         let payloads: Vec<&[u8]> = c.frames.iter().map(|f| &f.2[..]).collect();
         assert_eq!(payloads, [&[0u8; 40][..], &[1; 40], &[2; 40]]);

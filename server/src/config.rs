@@ -62,6 +62,15 @@ pub struct Config {
     /// overload). Connections are also refused when open
     /// files come near the process's limit, which terad raises to its hard limit at start.
     pub max_connections: usize,
+    /// A connection whose client sends nothing for this long after connecting is closed, in
+    /// ms.
+    pub handshake_timeout_ms: u64,
+    /// How often terad pings each connection over HTTP/2, in ms (0: never). A connection whose
+    /// client does not answer a ping within `keepalive_timeout_ms` is closed, so that clients
+    /// that died without closing do not hold connections for good.
+    pub keepalive_interval_ms: u64,
+    /// How long a ping may go unanswered, in ms.
+    pub keepalive_timeout_ms: u64,
     /// Longest time a request may take (a client's shorter grpc-timeout wins), in ms.
     pub request_timeout_ms: u64,
     /// On SIGTERM, how long in-flight requests have to finish before terad stops anyway.
@@ -92,6 +101,9 @@ impl Default for Config {
             max_concurrent_requests: 1024,
             max_watches: 256,
             max_connections: 4096,
+            handshake_timeout_ms: 10_000,
+            keepalive_interval_ms: 60_000,
+            keepalive_timeout_ms: 20_000,
             request_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
             log_format: "text".into(),
@@ -203,6 +215,8 @@ impl Config {
         for (name, v) in [
             ("max_concurrent_requests", self.max_concurrent_requests),
             ("max_connections", self.max_connections),
+            ("handshake_timeout_ms", self.handshake_timeout_ms as usize),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms as usize),
             ("max_request_bytes", self.max_request_bytes),
             ("max_response_bytes", self.max_response_bytes),
             ("token_ttl_secs", self.token_ttl_secs as usize),

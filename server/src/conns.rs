@@ -2,12 +2,17 @@
 //! engine could not open a file. Every connection costs a file descriptor, and so does every
 //! far-tier segment and log file; a flood of clients that used them all would make the
 //! engine's next log file or segment fail to open, which poisons the database. So the
-//! acceptor refuses a connection past the limit, or one whose descriptor leaves fewer than
-//! [`FD_RESERVE`] below the process's limit, with an HTTP/2 GOAWAY that says why, and counts
-//! it. The GOAWAY's code is ENHANCE_YOUR_CALM, which gRPC clients report as
-//! RESOURCE_EXHAUSTED (gRPC's mapping of HTTP/2 codes): terad's answer to overload. At start terad raises its soft limit on
+//! connection count is capped below the limit on open files (less the descriptors open at
+//! start and a reserve, [`reserve_for`]), and a connection whose descriptor number comes
+//! within the reserve of the limit is refused too; refused connections get an HTTP/2 GOAWAY
+//! that says why, and are counted. The GOAWAY's code is ENHANCE_YOUR_CALM (overload): tonic
+//! reports it as RESOURCE_EXHAUSTED when its request was already on the way, other clients as
+//! UNAVAILABLE. A connection holds its slot only while it is used: one that sends nothing
+//! within `handshake_timeout_ms` is closed ([`Counted`]), and one whose peer stops answering
+//! HTTP/2 pings is closed by the server's keepalive. At start terad raises its soft limit on
 //! open files to the hard one, as Go's runtime does for its servers.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -19,8 +24,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tonic::transport::server::Connected;
 
 /// Descriptors kept free for the engine (log and checkpoint files, new far segments, the
-/// directories it syncs) and for terad's own files.
+/// directories it syncs) and for terad's own files, at most: see [`reserve_for`].
 pub const FD_RESERVE: u64 = 256;
+
+/// The descriptors kept free under a limit of `nofile` open files: [`FD_RESERVE`], or a
+/// quarter of the limit where that is smaller, so that a small limit still admits clients.
+pub fn reserve_for(nofile: u64) -> u64 {
+    FD_RESERVE.min(nofile / 4)
+}
+
+/// The descriptors this process has open (`/proc/self/fd`, less the one reading it).
+pub fn open_descriptors() -> io::Result<u64> {
+    let n = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+    Ok(n.saturating_sub(1))
+}
 
 /// Refusals answered at once, each holding its socket for up to [`REFUSAL_LINGER`]; past it a
 /// refused connection is closed without a word.
@@ -28,7 +45,8 @@ const MAX_REFUSING: usize = 64;
 /// How long a refusal waits for the client to read the GOAWAY and close.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
-/// Raise the soft limit on open files to the hard limit; returns the soft limit in effect.
+/// Raise the soft limit on open files to the hard limit (or to the kernel's `nr_open` where
+/// the hard limit is above it, or unlimited); returns the soft limit in effect.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -38,15 +56,23 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if lim.rlim_cur < lim.rlim_max {
+    // The kernel refuses (EPERM) a soft limit above `nr_open`, an unlimited hard limit
+    // included: try that bound second.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    for want in [Some(lim.rlim_max), nr_open.map(|n| n.min(lim.rlim_max))] {
+        let Some(want) = want.filter(|&w| w > lim.rlim_cur) else {
+            continue;
+        };
         let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
+            rlim_cur: want,
             rlim_max: lim.rlim_max,
         };
-        // SAFETY: setrlimit reads the struct passed. It fails (EPERM) where the hard limit is
-        // above the kernel's `nr_open`; the soft limit then stays as it was.
+        // SAFETY: setrlimit reads the struct passed, which lives for the call.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
+            lim.rlim_cur = want;
+            break;
         }
     }
     Ok(lim.rlim_cur)
@@ -57,7 +83,8 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 pub enum Refusal {
     /// `max_connections` were open.
     MaxConnections,
-    /// The connection's descriptor came within [`FD_RESERVE`] of the process's limit.
+    /// The connections open leave no room under the limit on open files, or the
+    /// connection's descriptor came within the reserve of it.
     FileDescriptors,
 }
 
@@ -75,21 +102,38 @@ impl Refusal {
 #[derive(Debug)]
 pub struct ConnLimit {
     open: AtomicUsize,
+    /// `max_connections`.
     max: usize,
-    /// The soft limit on open files (descriptors are numbered from 0, lowest free first, so a
-    /// descriptor's number is about the count of those open below it).
+    /// What the limit on open files leaves for connections: the limit, less the descriptors
+    /// open at start and the reserve.
+    room: usize,
+    /// The soft limit on open files. Descriptors are numbered lowest free first, so one
+    /// numbered within the reserve of it means the reserve is being used.
     nofile: u64,
+    reserve: u64,
     refusing: Arc<AtomicUsize>,
 }
 
 impl ConnLimit {
-    pub fn new(max: usize, nofile: u64) -> Arc<ConnLimit> {
+    /// A limit of `max` connections in a process that may open `nofile` files and has
+    /// `open_now` open.
+    pub fn new(max: usize, nofile: u64, open_now: u64) -> Arc<ConnLimit> {
+        let reserve = reserve_for(nofile);
+        let room = nofile.saturating_sub(reserve).saturating_sub(open_now);
         Arc::new(ConnLimit {
             open: AtomicUsize::new(0),
             max,
+            room: usize::try_from(room).unwrap_or(usize::MAX),
             nofile,
+            reserve,
             refusing: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The connections the limits allow at once: `max_connections`, or fewer where the limit
+    /// on open files leaves less room.
+    pub fn capacity(&self) -> usize {
+        self.max.min(self.room)
     }
 
     /// Connections open now.
@@ -101,10 +145,11 @@ impl ConnLimit {
     /// connection lives, or why not. Only the acceptor admits, so the check and the count
     /// cannot race each other past the limit.
     pub fn admit(self: &Arc<Self>, fd: u64) -> Result<Slot, Refusal> {
-        if self.open.load(Relaxed) >= self.max {
+        let open = self.open.load(Relaxed);
+        if open >= self.max {
             return Err(Refusal::MaxConnections);
         }
-        if fd.saturating_add(FD_RESERVE) >= self.nofile {
+        if open >= self.room || fd.saturating_add(self.reserve) >= self.nofile {
             return Err(Refusal::FileDescriptors);
         }
         self.open.fetch_add(1, Relaxed);
@@ -127,9 +172,8 @@ impl ConnLimit {
                 self.max
             ),
             Refusal::FileDescriptors => format!(
-                "terad: too many open files (limit {}, {FD_RESERVE} kept for the database); \
-                 retry later",
-                self.nofile
+                "terad: too many open files (limit {}, {} kept for the database); retry later",
+                self.nofile, self.reserve
             ),
         };
         let refusing = self.refusing.clone();
@@ -187,16 +231,24 @@ impl Drop for Slot {
 }
 
 /// A connection's stream with its [`Slot`]: what tonic serves, so that the slot is given back
-/// when tonic drops the connection.
+/// when tonic drops the connection. Until the client's first bytes arrive, a read also waits
+/// on a deadline (`handshake_timeout_ms`): a connection that says nothing gets an error and
+/// is closed, instead of holding its slot for good.
 #[derive(Debug)]
 pub struct Counted<IO> {
     io: IO,
     _slot: Slot,
+    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> Counted<IO> {
-    pub fn new(io: IO, slot: Slot) -> Self {
-        Counted { io, _slot: slot }
+    /// Call on the runtime that serves the connection (the deadline is its timer's).
+    pub fn new(io: IO, slot: Slot, handshake_timeout: Duration) -> Self {
+        Counted {
+            io,
+            _slot: slot,
+            first_bytes: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+        }
     }
 }
 
@@ -219,7 +271,22 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(deadline) = this.first_bytes.as_mut() {
+            match r {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_bytes = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing within handshake_timeout_ms",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        r
     }
 }
 
@@ -257,7 +324,8 @@ mod tests {
 
     #[test]
     fn connections_are_admitted_up_to_the_limit_and_slots_come_back() {
-        let limit = ConnLimit::new(2, 10_000);
+        let limit = ConnLimit::new(2, 10_000, 10);
+        assert_eq!(limit.capacity(), 2);
         let a = limit.admit(10).expect("first");
         let b = limit.admit(11).expect("second");
         assert_eq!(limit.open(), 2);
@@ -271,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_descriptor_too_near_the_process_limit_is_refused() {
-        let limit = ConnLimit::new(100, 1024);
+        let limit = ConnLimit::new(10_000, 1024, 10);
         let _slot = limit
             .admit(1024 - FD_RESERVE - 1)
             .expect("below the reserve");
@@ -280,6 +348,48 @@ mod tests {
             Refusal::FileDescriptors
         );
         assert_eq!(limit.open(), 1, "a refusal takes no slot");
+    }
+
+    /// Descriptors are handed out lowest free first, so a low number does not prove there is
+    /// room: the count of connections is capped below the limit as well, less what was open
+    /// at start and the reserve. A small limit keeps a quarter, not 256.
+    #[test]
+    fn the_count_is_capped_by_what_the_open_file_limit_leaves() {
+        let limit = ConnLimit::new(10_000, 1024, 700);
+        assert_eq!(limit.capacity(), 1024 - 256 - 700);
+        let slots: Vec<Slot> = (0..68).map(|i| limit.admit(10 + i).unwrap()).collect();
+        assert_eq!(limit.admit(3).unwrap_err(), Refusal::FileDescriptors);
+        drop(slots);
+        assert_eq!(reserve_for(384), 96);
+        assert_eq!(reserve_for(1 << 20), FD_RESERVE);
+        let small = ConnLimit::new(10_000, 384, 40);
+        assert_eq!(small.capacity(), 384 - 96 - 40);
+        let _s = small.admit(200).expect("room under a small limit");
+        let tiny = ConnLimit::new(10, 100, 90);
+        assert_eq!(tiny.capacity(), 0);
+        assert_eq!(tiny.admit(3).unwrap_err(), Refusal::FileDescriptors);
+    }
+
+    /// A connection whose client says nothing gets an error from its read once the
+    /// handshake deadline passes; one whose client spoke reads on without a deadline.
+    #[tokio::test]
+    async fn a_silent_connection_times_out_and_a_talking_one_does_not() {
+        let limit = ConnLimit::new(10, 10_000, 10);
+        let deadline = Duration::from_millis(100);
+        let (quiet, _quiet_peer) = tokio::io::duplex(64);
+        let mut quiet = Counted::new(quiet, limit.admit(5).unwrap(), deadline);
+        let mut buf = [0u8; 8];
+        let e = quiet.read(&mut buf).await.expect_err("timed out");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        drop(quiet);
+        assert_eq!(limit.open(), 0, "the slot came back");
+
+        let (talk, mut peer) = tokio::io::duplex(64);
+        let mut talk = Counted::new(talk, limit.admit(6).unwrap(), deadline);
+        peer.write_all(b"PRI").await.unwrap();
+        assert_eq!(talk.read(&mut buf).await.unwrap(), 3);
+        let slow = tokio::time::timeout(deadline * 4, talk.read(&mut buf)).await;
+        assert!(slow.is_err(), "no deadline once the client spoke");
     }
 
     /// The frames, byte by byte, as RFC 9113 lays them out.

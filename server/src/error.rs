@@ -62,7 +62,8 @@ pub fn engine_status(e: tera_engine::Error) -> Status {
              the server refuses writes until it is restarted"
         )),
         E::Corrupt { .. } => Status::data_loss(format!(
-            "{msg}: the server refuses to answer from damaged data"
+            "{msg}: the server refuses to answer from data that does not check out (damaged \
+             on its device, or inconsistent)"
         )),
         _ => Status::internal(msg),
     }

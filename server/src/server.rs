@@ -238,6 +238,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             conns,
             blocking_threads: blocking_threads(&config),
             max_streams: streams_per_connection(&config),
+            handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+            keepalive: (config.keepalive_interval_ms > 0).then(|| {
+                (
+                    Duration::from_millis(config.keepalive_interval_ms),
+                    Duration::from_millis(config.keepalive_timeout_ms),
+                )
+            }),
             draining: state.draining.subscribe(),
             stop: stop_tx.subscribe(),
         };
@@ -364,21 +371,24 @@ fn connection_limit(config: &Config) -> Arc<ConnLimit> {
             u64::MAX
         }
     };
-    let max = config.max_connections;
-    if (max as u64).saturating_add(conns::FD_RESERVE) > nofile {
+    let open_now = conns::open_descriptors().unwrap_or(0);
+    let limit = ConnLimit::new(config.max_connections, nofile, open_now);
+    let capacity = limit.capacity();
+    if capacity < config.max_connections {
         tracing::warn!(
-            max_connections = max,
+            max_connections = config.max_connections,
             open_files_limit = nofile,
-            "the limit on open files is below max_connections: connections will be refused once their descriptors come within {} of it (raise it with ulimit -n or LimitNOFILE=)",
-            conns::FD_RESERVE
+            open_files = open_now,
+            reserve = conns::reserve_for(nofile),
+            "the limit on open files leaves room for only {capacity} connections (raise it with ulimit -n or LimitNOFILE=)"
         );
     }
     tracing::info!(
-        max_connections = max,
+        connections = capacity,
         open_files_limit = nofile,
         "connection limits"
     );
-    ConnLimit::new(max, nofile)
+    limit
 }
 
 /// The `io_thread` label values of `terad_connections_accepted_total` (threads past the last
@@ -477,6 +487,9 @@ struct IoThread {
     conns: mpsc::UnboundedReceiver<(std::net::TcpStream, Slot)>,
     blocking_threads: usize,
     max_streams: u32,
+    handshake_timeout: Duration,
+    /// HTTP/2 ping interval and timeout.
+    keepalive: Option<(Duration, Duration)>,
     draining: watch::Receiver<bool>,
     stop: watch::Receiver<bool>,
 }
@@ -493,6 +506,8 @@ impl IoThread {
             gate,
             conns,
             max_streams,
+            handshake_timeout,
+            keepalive,
             mut draining,
             mut stop,
             ..
@@ -501,8 +516,12 @@ impl IoThread {
             // `from_std` registers the connection with this thread's reactor: it runs here,
             // as the server polls for the next connection.
             // Each keeps its slot in the connection count until tonic drops it.
-            let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns)
-                .map(|(s, slot)| tokio::net::TcpStream::from_std(s).map(|s| Counted::new(s, slot)));
+            let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns).map(
+                move |(s, slot)| {
+                    tokio::net::TcpStream::from_std(s)
+                        .map(|s| Counted::new(s, slot, handshake_timeout))
+                },
+            );
             let signal = async move {
                 let _ = draining.wait_for(|d| *d).await;
             };
@@ -510,6 +529,8 @@ impl IoThread {
             // CANCELLED).
             let serve = tonic::transport::Server::builder()
                 .max_concurrent_streams(max_streams)
+                .http2_keepalive_interval(keepalive.map(|k| k.0))
+                .http2_keepalive_timeout(keepalive.map(|k| k.1))
                 .serve_with_incoming_shutdown(gate, incoming, signal);
             tokio::select! {
                 r = serve => r.map_err(ServerError::from),
