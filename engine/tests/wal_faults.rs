@@ -450,7 +450,7 @@ fn assert_poison_text(why: &str, f: Fault) {
     assert!(
         why.contains("could not be made durable")
             && why.contains("refuses writes until it is reopened")
-            && why.contains("keeps every acknowledged write"),
+            && why.contains("keeps every write made durable"),
         "the poison text says why writes are refused: {why}"
     );
     assert!(

@@ -60,6 +60,8 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired at {0} (seconds since the epoch): get a new one from tera.auth.v1.Auth/Token, or run `teractl login` again")]
     Expired(i64),
+    #[error("the token's user was removed, or its password, role or namespace changed, since the token was issued: log in again")]
+    Revoked,
 }
 
 /// A user's role.
@@ -86,6 +88,10 @@ pub struct User {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UsersFile {
+    /// The namespace the next user added gets at least: namespaces are never handed out
+    /// twice, so a removed user's files do not go to the next user added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_namespace: Option<u64>,
     #[serde(default, rename = "user")]
     users: Vec<User>,
 }
@@ -102,6 +108,18 @@ pub struct Claims {
     pub iat: i64,
     /// Expires at, seconds since the epoch.
     pub exp: i64,
+    /// The fingerprint of the user's password hash when the token was issued
+    /// ([`fingerprint`]): a new password revokes the tokens issued before it.
+    #[serde(default)]
+    pub pwd: String,
+}
+
+/// A short fingerprint of a password hash (the first 8 bytes of its SHA-256, in hex). It is
+/// carried in tokens so that changing a user's password revokes them; it tells nothing of the
+/// password itself.
+pub fn fingerprint(password_hash: &str) -> String {
+    use sha2::Digest;
+    hex_encode(&Sha256::digest(password_hash.as_bytes())[..8])
 }
 
 impl Claims {
@@ -275,6 +293,9 @@ impl VerifiedTokens {
 pub struct Users {
     path: PathBuf,
     state: RwLock<Loaded>,
+    /// When the file was last checked for changes by [`Users::check_current`], in seconds
+    /// since the epoch: at most once a second.
+    checked: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Debug, Default)]
@@ -297,14 +318,17 @@ impl Users {
         let mut boot = None;
         if read_file(path)?.users.is_empty() {
             let password = random_password()?;
-            add_user(path, "admin", Role::Admin, &password)?;
+            // The password first: a crash between the two writes leaves no users, and the
+            // next start makes the admin again, instead of an admin whose password no one has.
             let password_file = data_dir.join("admin-password");
             write_private(&password_file, format!("{password}\n").as_bytes())?;
+            add_user(path, "admin", Role::Admin, &password)?;
             boot = Some(Bootstrap { password_file });
         }
         let users = Users {
             path: path.to_path_buf(),
             state: RwLock::new(Loaded::default()),
+            checked: std::sync::atomic::AtomicI64::new(0),
         };
         users.reload()?;
         Ok((users, boot))
@@ -359,6 +383,30 @@ impl Users {
         user.filter(|_| ok)
     }
 
+    /// Whether the token's claims still describe its user: the user is in the users file,
+    /// with the namespace, role and password the token was issued for. The file is checked
+    /// for changes at most once a second.
+    pub fn check_current(&self, claims: &Claims) -> Result<(), TokenError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_secs();
+        if self.checked.swap(now, Relaxed) != now {
+            if let Err(e) = self.reload() {
+                tracing::warn!(error = %e, "users file not reloaded; using the users loaded before");
+            }
+        }
+        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        match s.by_name.get(&claims.sub) {
+            Some(u)
+                if u.namespace == claims.ns
+                    && u.role == claims.role
+                    && fingerprint(&u.password_hash) == claims.pwd =>
+            {
+                Ok(())
+            }
+            _ => Err(TokenError::Revoked),
+        }
+    }
+
     /// Every user (for namespaces to create at start).
     pub fn all(&self) -> Vec<Arc<User>> {
         let s = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -371,11 +419,38 @@ const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9m2TmLcBQUv8gIWbWDZ5lXsDxL4zO0o1c3GfnGxbNbE";
 
 fn read_file(path: &Path) -> Result<UsersFile, AuthError> {
+    let bad = |reason: String| AuthError::UsersFile {
+        path: path.to_path_buf(),
+        reason,
+    };
     match std::fs::read_to_string(path) {
-        Ok(s) => toml::from_str(&s).map_err(|e| AuthError::UsersFile {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }),
+        Ok(s) => {
+            // Where it failed, not the line itself: the line may hold a password hash, and
+            // this error is logged.
+            let file: UsersFile = toml::from_str(&s).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|r| s[..r.start.min(s.len())].matches('\n').count() + 1);
+                bad(match line {
+                    Some(l) => format!("line {l}: {}", e.message()),
+                    None => e.message().to_string(),
+                })
+            })?;
+            let mut names = std::collections::HashSet::new();
+            let mut namespaces = std::collections::HashSet::new();
+            for u in &file.users {
+                if !names.insert(&u.name) {
+                    return Err(bad(format!("user {:?} is there twice", u.name)));
+                }
+                if u.namespace < FIRST_NAMESPACE || !namespaces.insert(u.namespace) {
+                    return Err(bad(format!(
+                        "user {:?} has namespace {}, which is 0 or another user's",
+                        u.name, u.namespace
+                    )));
+                }
+            }
+            Ok(file)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsersFile::default()),
         Err(source) => Err(AuthError::Io {
             path: path.to_path_buf(),
@@ -418,8 +493,10 @@ pub fn add_user(path: &Path, name: &str, role: Role, password: &str) -> Result<U
         .users
         .iter()
         .map(|u| u.namespace + 1)
+        .chain(file.next_namespace)
         .max()
-        .unwrap_or(FIRST_NAMESPACE);
+        .unwrap_or(FIRST_NAMESPACE)
+        .max(FIRST_NAMESPACE);
     let user = User {
         name: name.into(),
         password_hash: hash_password(password)?,
@@ -427,6 +504,7 @@ pub fn add_user(path: &Path, name: &str, role: Role, password: &str) -> Result<U
         namespace,
     };
     file.users.push(user.clone());
+    file.next_namespace = Some(namespace + 1);
     let body = toml::to_string(&file).map_err(|e| AuthError::Hash(e.to_string()))?;
     let text = format!(
         "# terad users: name, argon2 password hash, role (user or admin) and namespace.\n\
@@ -445,10 +523,15 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AuthError> {
         source,
     };
     let tmp = path.with_extension("tmp");
+    // A temporary file left by a crash may have other permissions (or be a link): start anew.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(io)?;
@@ -482,6 +565,7 @@ mod tests {
             role: Role::User,
             iat: 100,
             exp,
+            pwd: String::new(),
         }
     }
 
@@ -552,6 +636,123 @@ mod tests {
             k.verify("jwt.abc.def", 0),
             Err(TokenError::Malformed(_))
         ));
+    }
+
+    /// A token stops working when its user is removed from the users file, or its password,
+    /// role or namespace changes, and works again with a fresh login.
+    #[test]
+    fn tokens_are_revoked_when_their_user_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        let (users, _) = Users::open(&path, dir.path()).expect("open");
+        let bob = add_user(&path, "bob", Role::User, "pw-1").expect("add");
+        users.reload().expect("reload");
+        let issued = |u: &User| Claims {
+            sub: u.name.clone(),
+            ns: u.namespace,
+            role: u.role,
+            iat: 0,
+            exp: i64::MAX,
+            pwd: fingerprint(&u.password_hash),
+        };
+        let token = issued(&bob);
+        assert_eq!(users.check_current(&token), Ok(()));
+        let edit = |f: &dyn Fn(&mut UsersFile)| {
+            let mut file = read_file(&path).expect("read");
+            f(&mut file);
+            std::fs::write(&path, toml::to_string(&file).expect("toml")).expect("write");
+            users.reload().expect("reload");
+        };
+        // A new password.
+        edit(&|f| f.users[1].password_hash = hash_password("pw-2").expect("hash"));
+        assert_eq!(users.check_current(&token), Err(TokenError::Revoked));
+        let bob = users
+            .check_password("bob", "pw-2")
+            .expect("the new password");
+        let token = issued(&bob);
+        assert_eq!(users.check_current(&token), Ok(()));
+        // Promoted: the old token does not carry the admin role, and is refused.
+        edit(&|f| f.users[1].role = Role::Admin);
+        assert_eq!(users.check_current(&token), Err(TokenError::Revoked));
+        edit(&|f| f.users[1].role = Role::User);
+        assert_eq!(users.check_current(&token), Ok(()));
+        // Removed.
+        edit(&|f| {
+            f.users.remove(1);
+        });
+        assert_eq!(users.check_current(&token), Err(TokenError::Revoked));
+        // A token from before fingerprints (none in it) is refused too.
+        let old = Claims {
+            pwd: String::new(),
+            ..issued(&users.all()[0])
+        };
+        assert_eq!(users.check_current(&old), Err(TokenError::Revoked));
+    }
+
+    /// A removed user's namespace never goes to a user added later: the file remembers the
+    /// next namespace to hand out.
+    #[test]
+    fn namespaces_are_never_handed_out_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        Users::open(&path, dir.path()).expect("open");
+        let carol = add_user(&path, "carol", Role::User, "pw").expect("add");
+        assert_eq!(carol.namespace, FIRST_NAMESPACE + 1);
+        // The operator removes carol by deleting her entry.
+        let mut file = read_file(&path).expect("read");
+        file.users.retain(|u| u.name != "carol");
+        std::fs::write(&path, toml::to_string(&file).expect("toml")).expect("write");
+        let dave = add_user(&path, "dave", Role::User, "pw").expect("add");
+        assert_eq!(dave.namespace, FIRST_NAMESPACE + 2, "not carol's");
+    }
+
+    /// A users file that does not parse, or names a user twice, or gives two users one
+    /// namespace, is refused; the error says where, without quoting the line (it may hold a
+    /// password hash, and the error is logged).
+    #[test]
+    fn a_bad_users_file_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        let user = |name: &str, ns: u64| {
+            format!(
+                "[[user]]\nname = \"{name}\"\npassword_hash = \"$argon2id$x\"\nrole = \"user\"\nnamespace = {ns}\n"
+            )
+        };
+        for (text, want) in [
+            (
+                format!(
+                    "{}password_hash = \"$argon2id$secret-hash\" oops\n",
+                    user("a", 1)
+                ),
+                "line 6",
+            ),
+            (format!("{}{}", user("a", 1), user("a", 2)), "there twice"),
+            (
+                format!("{}{}", user("a", 1), user("b", 1)),
+                "another user's",
+            ),
+            (user("a", 0), "0 or another"),
+        ] {
+            std::fs::write(&path, &text).expect("write");
+            let e = read_file(&path).expect_err("refused").to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains("secret-hash"), "{e}");
+        }
+    }
+
+    /// A temporary file a crash left with other permissions does not pass them on.
+    #[test]
+    fn private_files_are_private_whatever_was_left_behind() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token.key");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, b"old").expect("write");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_private(&path, b"secret").expect("write_private");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).expect("read"), b"secret");
     }
 
     #[test]

@@ -140,6 +140,7 @@ impl Auth for AuthService {
             role: user.role,
             iat: now,
             exp: now + ttl as i64,
+            pwd: crate::auth::fingerprint(&user.password_hash),
         };
         tracing::info!(user = %user.name, namespace = ns, ttl, "token issued");
         Ok(Response::new(pb::TokenResponse {

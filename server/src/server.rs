@@ -180,6 +180,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(crate::metrics::serve_http(ml, state.clone(), handle));
     }
     tracing::info!(addr = %local, data_dir = %data_dir.display(), "serving gRPC");
+    if !local.ip().is_loopback() {
+        tracing::warn!(addr = %local, "terad speaks gRPC without TLS: passwords and tokens cross the network in the clear; listen on loopback behind a TLS-terminating proxy, or on a network you trust");
+    }
     announce(&format!("terad: listening on {local}"));
 
     // Open (and recover) the database off the runtime while the server already answers.

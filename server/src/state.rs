@@ -119,9 +119,12 @@ impl State {
                     "the authorization metadata must be `Bearer <token>`",
                 ))
             })?;
-        self.verified
+        let claims = self
+            .verified
             .verify(&self.key, token.trim(), crate::auth::now_secs())
-            .map_err(unauthenticated)
+            .map_err(unauthenticated)?;
+        self.users.check_current(&claims).map_err(unauthenticated)?;
+        Ok(claims)
     }
 
     /// The caller's claims and the namespace the request reaches (`requested`, 0 for the

@@ -170,10 +170,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let password = match std::env::var("TERAD_NEW_PASSWORD") {
-            Ok(p) if !p.is_empty() => p,
+        let (password, generated) = match std::env::var("TERAD_NEW_PASSWORD") {
+            Ok(p) if !p.is_empty() => (p, false),
             _ => match random_password() {
-                Ok(p) => p,
+                Ok(p) => (p, true),
                 Err(e) => {
                     eprintln!("terad: {e}");
                     return ExitCode::FAILURE;
@@ -186,10 +186,18 @@ fn main() -> ExitCode {
         }
         return match add_user(&config.users_file(), name, role, &password) {
             Ok(u) => {
-                println!(
-                    "user {} (namespace {}) password: {password}",
-                    u.name, u.namespace
-                );
+                // The operator's own password is not echoed; a generated one must be shown.
+                if generated {
+                    println!(
+                        "user {} (namespace {}) password: {password}",
+                        u.name, u.namespace
+                    );
+                } else {
+                    println!(
+                        "user {} (namespace {}) added with the password from TERAD_NEW_PASSWORD",
+                        u.name, u.namespace
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
