@@ -465,26 +465,46 @@ impl Watcher {
     /// passes). Returns at most the events of `max_revisions` revisions. Fails with
     /// [`Error::Compacted`] if this watcher fell so far behind that changes it has not read
     /// were dropped.
+    ///
+    /// Revisions out of range (other namespaces' writes) do not make it wait: while there is
+    /// history to read it reads on, page after page, until it finds events in range or the
+    /// timeout passes, and at least [`Watcher::SCAN_PAGES`] pages even with no time to wait.
+    /// So an empty answer means nothing in range came in time, or (with a short timeout) that
+    /// a long stretch of others' revisions was passed over: [`Watcher::revision`] moved.
     pub fn next(&mut self, timeout: Duration, max_revisions: usize) -> Result<Vec<Event>> {
         // Capped at about 136 years, so that `Duration::MAX` means "until something comes"
         // instead of overflowing the clock.
         let until = Instant::now() + timeout.min(Duration::from_secs(u64::from(u32::MAX)));
+        let max = max_revisions.max(1);
+        let mut pages = 0;
         loop {
             let seen = self.bell.count();
-            let changes =
-                self.log
-                    .read(self.after, self.visible.visible_lsn(), max_revisions.max(1))?;
+            let changes = self.log.read(self.after, self.visible.visible_lsn(), max)?;
+            // A full page: more history may be waiting right behind it.
+            let full = changes.len() >= max;
             let mut out = Vec::new();
             for (rev, events) in changes {
                 out.extend(events.into_iter().filter(|e| self.in_range(&e.key)));
                 self.after = rev;
             }
-            if !out.is_empty() || Instant::now() >= until {
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            pages += 1;
+            let late = Instant::now() >= until;
+            if full && (!late || pages < Self::SCAN_PAGES) {
+                continue;
+            }
+            if late {
                 return Ok(out);
             }
             self.bell.wait(seen, until);
         }
     }
+
+    /// Pages of history [`Watcher::next`] reads even when its timeout has passed, looking for
+    /// events in range.
+    pub const SCAN_PAGES: usize = 16;
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Watch: a watcher that starts after revision `r` receives exactly the changes after `r`,
 //! once each and in revision order, deletes included, filtered to its key range; concurrent
 //! writers on several partitions do not make it skip or repeat a revision; asking for a
-//! revision the change log dropped is its own error; a bulk load compacts the history.
+//! revision the change log dropped is its own error; a bulk load compacts the history; a
+//! watcher behind a long stretch of other keys' revisions reads through them instead of
+//! waiting.
 
 mod common;
 
@@ -178,4 +180,49 @@ fn a_waiting_watcher_wakes_on_every_write() {
     }
     t.join().unwrap();
     assert_eq!(seen, rounds as usize);
+}
+
+/// A watcher whose range sees one change behind 2,000 revisions of other keys gets it at once
+/// (it reads on while pages come back full and empty, instead of waiting on the bell for
+/// writes that already happened); with no time to wait, each call passes over up to
+/// `SCAN_PAGES` pages and moves its revision, and calling again reaches the change.
+#[test]
+fn a_watcher_reads_through_other_keys_revisions_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(tiny(dir.path(), 32 << 20)).unwrap();
+    let ks = db.keyspace("w", KeyspaceOptions::ordered()).unwrap();
+    let start = ks.revision();
+    for i in 0..2000u32 {
+        ks.put(format!("other/{i:05}").as_bytes(), b"x").unwrap();
+    }
+    let rev = ks.put(b"mine/a", b"1").unwrap();
+
+    let mut w = ks.watch(b"mine/", Some(b"mine0"), start).unwrap();
+    let t0 = std::time::Instant::now();
+    let got = w.next(Duration::from_secs(30), 50).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].key.as_slice(), got[0].mod_revision),
+        (&b"mine/a"[..], rev)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+    let mut w = ks.watch(b"mine/", Some(b"mine0"), start).unwrap();
+    let mut calls = 0;
+    let got = loop {
+        let before = w.revision();
+        let got = w.next(Duration::ZERO, 50).unwrap();
+        calls += 1;
+        if !got.is_empty() {
+            break got;
+        }
+        assert_eq!(
+            w.revision(),
+            before + (50 * tera_engine::Watcher::SCAN_PAGES) as u64,
+            "each empty call passes over SCAN_PAGES full pages"
+        );
+        assert!(calls < 10);
+    };
+    assert_eq!(got[0].mod_revision, rev);
+    assert_eq!(calls, 3, "2,001 revisions at 800 a call");
 }
