@@ -422,6 +422,8 @@ fn bad_paths_are_refused_with_the_reason() {
         ("", "not absolute"),
         ("relative/x", "not absolute"),
         ("/a//b", "empty component"),
+        ("//", "empty component"),
+        ("/a//", "empty component"),
         ("/a/./b", ". or .."),
         ("/a/../b", ". or .."),
         ("/a\0b", "NUL"),
@@ -456,6 +458,14 @@ fn bad_paths_are_refused_with_the_reason() {
         other => panic!("{other:?}"),
     }
     assert_eq!(m.stat(NS, "/").unwrap().tree_size, 0);
+    // One trailing slash names a folder; a file's path cannot have one.
+    m.mkdir(NS, "/d/", false, 1).unwrap();
+    assert!(m.stat(NS, "/d/").is_ok());
+    match m.upload(NS, "/d/f/", &up(3, 1), &Precondition::None) {
+        Err(MetaError::InvalidPath { reason, .. }) => assert!(reason.contains("end with /")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(m.stat(NS, "/d/f"), Err(MetaError::NotFound(_))));
 }
 
 #[test]

@@ -209,9 +209,13 @@ fn parse_existing(path: &str) -> MetaResult<Vec<&str>> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(bad("not absolute (it must start with /)"));
     };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() {
         return Ok(Vec::new());
+    }
+    // One trailing slash is allowed (a folder's path); `//` is not the root.
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(bad("has an empty component (//)"));
     }
     let parts: Vec<&str> = rest.split('/').collect();
     for p in &parts {
@@ -1245,6 +1249,12 @@ impl MetaStore {
         let Some((name, dir)) = parts.split_last() else {
             return Err(MetaError::IsAFolder("/".into()));
         };
+        if path.ends_with('/') {
+            return Err(MetaError::InvalidPath {
+                path: path.chars().take(200).collect(),
+                reason: "a file's path cannot end with /".into(),
+            });
+        }
         if up.size > MAX_FILE_SIZE {
             return Err(MetaError::OutOfBounds(format!(
                 "size {} of {path} is over the largest file size, {MAX_FILE_SIZE} bytes",
