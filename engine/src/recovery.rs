@@ -259,14 +259,20 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
     let contents = read_wal(&dir, &*storage, from)?;
     info.torn_bytes = contents.torn_bytes;
     info.log_frames = contents.frames.len() as u64;
-    let wal_path = dir.join(crate::wal::wal_name(contents.file_start));
+    // The log file holding an LSN, and its offset there, for errors.
+    let files = crate::wal::list_wal(&dir)?;
+    let at = |lsn: u64| match files.iter().rev().find(|f| f.0 <= lsn) {
+        Some((start, path)) => (path.clone(), lsn - start),
+        None => (dir.join(crate::wal::wal_name(contents.file_start)), lsn),
+    };
     let mut records = Vec::with_capacity(contents.frames.len());
     for (lsn, end, payload) in &contents.frames {
         let end = *end;
         let rec = decode_log(payload).ok_or_else(|| {
+            let (path, offset) = at(*lsn);
             corrupt(
-                &wal_path,
-                *lsn,
+                &path,
+                offset,
                 "a log frame with an intact checksum holds a record this version does not \
                  know (written by a newer version?)",
             )
@@ -321,9 +327,10 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
     for (lsn, _, rec) in &records {
         if let LogRecord::Batch { ks, rev, .. } = rec {
             if inner.ks_by_id(*ks).is_none() {
+                let (path, offset) = at(*lsn);
                 return Err(corrupt(
-                    &wal_path,
-                    *lsn,
+                    &path,
+                    offset,
                     format!("a batch of keyspace {ks}, which the log never created"),
                 ));
             }

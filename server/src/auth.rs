@@ -301,7 +301,9 @@ pub struct Users {
 #[derive(Debug, Default)]
 struct Loaded {
     by_name: HashMap<String, Arc<User>>,
-    modified: Option<SystemTime>,
+    /// The SHA-256 of the file's text: the file is parsed again only when it changed (its
+    /// modification time can stay the same over two quick edits).
+    digest: Option<[u8; 32]>,
 }
 
 /// What [`Users::open`] did on a first start.
@@ -334,25 +336,37 @@ impl Users {
         Ok((users, boot))
     }
 
-    /// Load the file again if its modification time changed.
+    /// Load the file again if its text changed.
     pub fn reload(&self) -> Result<(), AuthError> {
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        use sha2::Digest;
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(AuthError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        };
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         {
             let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-            if s.modified.is_some() && s.modified == modified {
+            if s.digest == Some(digest) {
                 return Ok(());
             }
         }
-        let file = read_file(&self.path)?;
+        let file = parse_file(&self.path, &text)?;
         let by_name = file
             .users
             .into_iter()
             .map(|u| (u.name.clone(), Arc::new(u)))
             .collect();
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
-        *s = Loaded { by_name, modified };
+        *s = Loaded {
+            by_name,
+            digest: Some(digest),
+        };
         Ok(())
     }
 
@@ -419,44 +433,50 @@ const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9m2TmLcBQUv8gIWbWDZ5lXsDxL4zO0o1c3GfnGxbNbE";
 
 fn read_file(path: &Path) -> Result<UsersFile, AuthError> {
-    let bad = |reason: String| AuthError::UsersFile {
-        path: path.to_path_buf(),
-        reason,
-    };
     match std::fs::read_to_string(path) {
-        Ok(s) => {
-            // Where it failed, not the line itself: the line may hold a password hash, and
-            // this error is logged.
-            let file: UsersFile = toml::from_str(&s).map_err(|e| {
-                let line = e
-                    .span()
-                    .map(|r| s[..r.start.min(s.len())].matches('\n').count() + 1);
-                bad(match line {
-                    Some(l) => format!("line {l}: {}", e.message()),
-                    None => e.message().to_string(),
-                })
-            })?;
-            let mut names = std::collections::HashSet::new();
-            let mut namespaces = std::collections::HashSet::new();
-            for u in &file.users {
-                if !names.insert(&u.name) {
-                    return Err(bad(format!("user {:?} is there twice", u.name)));
-                }
-                if u.namespace < FIRST_NAMESPACE || !namespaces.insert(u.namespace) {
-                    return Err(bad(format!(
-                        "user {:?} has namespace {}, which is 0 or another user's",
-                        u.name, u.namespace
-                    )));
-                }
-            }
-            Ok(file)
-        }
+        Ok(s) => parse_file(path, &s),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsersFile::default()),
         Err(source) => Err(AuthError::Io {
             path: path.to_path_buf(),
             source,
         }),
     }
+}
+
+/// Parse and check the users file's text.
+fn parse_file(path: &Path, s: &str) -> Result<UsersFile, AuthError> {
+    let bad = |reason: String| AuthError::UsersFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // Where it failed, not what: the parser's message can quote the line or the value, which
+    // may be a password hash, and this error is logged.
+    let file: UsersFile = toml::from_str(s).map_err(|e| {
+        let line = e.span().map(|r| {
+            let end = r.start.min(s.len());
+            s.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        });
+        let what = "not a valid users entry (each [[user]] has name, password_hash, role = user \
+                    or admin, and namespace, a number)";
+        bad(match line {
+            Some(l) => format!("line {l}: {what}"),
+            None => what.to_string(),
+        })
+    })?;
+    let mut names = std::collections::HashSet::new();
+    let mut namespaces = std::collections::HashSet::new();
+    for u in &file.users {
+        if !names.insert(&u.name) {
+            return Err(bad(format!("user {:?} is there twice", u.name)));
+        }
+        if u.namespace < FIRST_NAMESPACE || !namespaces.insert(u.namespace) {
+            return Err(bad(format!(
+                "user {:?} has namespace {}, which is 0 or another user's",
+                u.name, u.namespace
+            )));
+        }
+    }
+    Ok(file)
 }
 
 /// An argon2id hash of `password`, as a PHC string.
@@ -732,6 +752,10 @@ mod tests {
                 "another user's",
             ),
             (user("a", 0), "0 or another"),
+            (
+                user("a", 1).replace("role = \"user\"", "role = \"$argon2id$secret-hash\""),
+                "line 4",
+            ),
         ] {
             std::fs::write(&path, &text).expect("write");
             let e = read_file(&path).expect_err("refused").to_string();

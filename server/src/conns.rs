@@ -57,17 +57,21 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     // The kernel refuses (EPERM) a soft limit above `nr_open`, an unlimited hard limit
-    // included: try that bound second.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok());
-    for want in [Some(lim.rlim_max), nr_open.map(|n| n.min(lim.rlim_max))] {
+    // included, and a hard limit above it too: the second try lowers the hard limit to it.
+    let second = nr_open.map(|n| n.min(lim.rlim_max));
+    for (want, hard) in [
+        (Some(lim.rlim_max), lim.rlim_max),
+        (second, second.unwrap_or(0)),
+    ] {
         let Some(want) = want.filter(|&w| w > lim.rlim_cur) else {
             continue;
         };
         let raised = libc::rlimit {
             rlim_cur: want,
-            rlim_max: lim.rlim_max,
+            rlim_max: hard,
         };
         // SAFETY: setrlimit reads the struct passed, which lives for the call.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
@@ -104,36 +108,57 @@ pub struct ConnLimit {
     open: AtomicUsize,
     /// `max_connections`.
     max: usize,
-    /// What the limit on open files leaves for connections: the limit, less the descriptors
-    /// open at start and the reserve.
-    room: usize,
+    /// What the limit on open files leaves for connections: the limit, less the reserve and
+    /// the descriptors open for other things ([`ConnLimit::rebase`]).
+    room: AtomicUsize,
     /// The soft limit on open files. Descriptors are numbered lowest free first, so one
     /// numbered within the reserve of it means the reserve is being used.
     nofile: u64,
     reserve: u64,
     refusing: Arc<AtomicUsize>,
+    /// Refusals that may hold their socket at once (a quarter of the reserve, at most 64).
+    max_refusing: usize,
 }
 
 impl ConnLimit {
     /// A limit of `max` connections in a process that may open `nofile` files and has
-    /// `open_now` open.
+    /// `open_now` open for other things.
     pub fn new(max: usize, nofile: u64, open_now: u64) -> Arc<ConnLimit> {
         let reserve = reserve_for(nofile);
-        let room = nofile.saturating_sub(reserve).saturating_sub(open_now);
-        Arc::new(ConnLimit {
+        let limit = Arc::new(ConnLimit {
             open: AtomicUsize::new(0),
             max,
-            room: usize::try_from(room).unwrap_or(usize::MAX),
+            room: AtomicUsize::new(0),
             nofile,
             reserve,
             refusing: Arc::new(AtomicUsize::new(0)),
-        })
+            max_refusing: MAX_REFUSING.min(usize::try_from(reserve / 4).unwrap_or(0)),
+        });
+        limit.set_room(open_now);
+        limit
+    }
+
+    fn set_room(&self, others: u64) {
+        let room = self
+            .nofile
+            .saturating_sub(self.reserve)
+            .saturating_sub(others);
+        self.room
+            .store(usize::try_from(room).unwrap_or(usize::MAX), Relaxed);
+    }
+
+    /// Count again what is open besides the connections (`open_fds`, as
+    /// [`open_descriptors`] says, less the connections and refusals holding sockets): call
+    /// once the database is open, whose files were still being opened at start.
+    pub fn rebase(&self, open_fds: u64) {
+        let sockets = (self.open.load(Relaxed) + self.refusing.load(Relaxed)) as u64;
+        self.set_room(open_fds.saturating_sub(sockets));
     }
 
     /// The connections the limits allow at once: `max_connections`, or fewer where the limit
     /// on open files leaves less room.
     pub fn capacity(&self) -> usize {
-        self.max.min(self.room)
+        self.max.min(self.room.load(Relaxed))
     }
 
     /// Connections open now.
@@ -149,7 +174,7 @@ impl ConnLimit {
         if open >= self.max {
             return Err(Refusal::MaxConnections);
         }
-        if open >= self.room || fd.saturating_add(self.reserve) >= self.nofile {
+        if open >= self.room.load(Relaxed) || fd.saturating_add(self.reserve) >= self.nofile {
             return Err(Refusal::FileDescriptors);
         }
         self.open.fetch_add(1, Relaxed);
@@ -159,10 +184,11 @@ impl ConnLimit {
 
     /// Refuse `stream`: an HTTP/2 server preface and a GOAWAY (ENHANCE_YOUR_CALM) whose debug
     /// text says why, then close once the client has read it (or after [`REFUSAL_LINGER`]).
-    /// Runs on a task of its own; past [`MAX_REFUSING`] at once the socket is just closed.
+    /// Runs on a task of its own. Past `max_refusing` at once (a quarter of the reserve, so
+    /// that lingering refusals leave most of it) the socket is just closed.
     pub fn refuse(&self, stream: tokio::net::TcpStream, why: Refusal) {
         metrics::counter!("terad_connections_refused_total", "reason" => why.label()).increment(1);
-        if self.refusing.fetch_add(1, Relaxed) >= MAX_REFUSING {
+        if self.refusing.fetch_add(1, Relaxed) >= self.max_refusing {
             self.refusing.fetch_sub(1, Relaxed);
             return;
         }
@@ -368,6 +394,12 @@ mod tests {
         let tiny = ConnLimit::new(10, 100, 90);
         assert_eq!(tiny.capacity(), 0);
         assert_eq!(tiny.admit(3).unwrap_err(), Refusal::FileDescriptors);
+        // Counted again once more is open: 40 more descriptors besides 10 connections.
+        let limit = ConnLimit::new(10_000, 1024, 700);
+        let slots: Vec<Slot> = (0..10).map(|i| limit.admit(10 + i).unwrap()).collect();
+        limit.rebase(700 + 10 + 40);
+        assert_eq!(limit.capacity(), 1024 - 256 - 740);
+        drop(slots);
     }
 
     /// A connection whose client says nothing gets an error from its read once the
@@ -417,9 +449,9 @@ mod tests {
         // SAFETY: getrlimit writes the struct passed.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
         assert_eq!(soft, lim.rlim_cur);
-        assert!(
-            lim.rlim_cur == lim.rlim_max || lim.rlim_max > 1 << 20,
-            "raised unless the hard limit is above what the kernel allows: {lim:?}"
+        assert_eq!(
+            lim.rlim_cur, lim.rlim_max,
+            "raised to the hard limit (or both to nr_open)"
         );
     }
 }

@@ -407,6 +407,7 @@ impl Metadata for MetaService {
         let mut draining = self.state.draining.subscribe();
         let budget = self.response_budget();
         tokio::spawn(async move {
+            let state = guard.0.clone();
             let _guard = guard;
             let mut page = Some(first);
             loop {
@@ -441,6 +442,11 @@ impl Metadata for MetaService {
                             "the token expired during the stream: get a new one and watch again from the last cursor",
                         )))
                         .await;
+                    return;
+                }
+                // Revoked (the user removed, or its password, role or namespace changed).
+                if let Err(e) = state.users.check_current(&claims) {
+                    let _ = tx.send(Err(Status::unauthenticated(e.to_string()))).await;
                     return;
                 }
                 if *draining.borrow() {

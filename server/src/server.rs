@@ -131,6 +131,7 @@ fn announce(line: &str) {
 /// Run terad until `shutdown` completes, then drain and checkpoint. Returns once the
 /// database is checkpointed (or with the error that stopped it).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let nofile = raise_open_files();
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
         path: data_dir.clone(),
@@ -227,7 +228,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The acceptor hands each connection to one I/O thread, round robin; health turning
     // NOT_SERVING (draining) stops it, which closes the listener.
     let threads = config.io_thread_count();
-    let limit = connection_limit(&config);
+    let limit = connection_limit(&config, nofile);
     let (stop_tx, _) = watch::channel(false);
     let mut feeds = Vec::with_capacity(threads);
     // Each I/O thread reports here when it ends: all of them after a drain, or one that
@@ -261,7 +262,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     drop(done_tx);
     tracing::info!(threads, "gRPC I/O threads started");
-    tokio::spawn(accept(listener, feeds, limit, state.draining.subscribe()));
+    tokio::spawn(accept(
+        listener,
+        feeds,
+        limit.clone(),
+        state.draining.subscribe(),
+    ));
     let serve = async move {
         for _ in 0..threads {
             match done_rx.recv().await {
@@ -308,6 +314,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 match r {
                     Ok(Ok(())) => {
                         tracing::info!("serving");
+                        // The database's files are open now: count again what the limit on
+                        // open files leaves for connections.
+                        if let Ok(fds) = conns::open_descriptors() {
+                            limit.rebase(fds);
+                            tracing::info!(connections = limit.capacity(), open_files = fds, "connection limit after opening the database");
+                        }
                         tokio::spawn(watch_poison(state.clone()));
                     }
                     Ok(Err(e)) => return Err(e),
@@ -366,14 +378,20 @@ fn streams_per_connection(c: &Config) -> u32 {
 
 /// The connection limit: `max_connections`, and descriptors kept for the engine below the
 /// limit on open files, which is raised to its hard limit first (`conns` says why).
-fn connection_limit(config: &Config) -> Arc<ConnLimit> {
-    let nofile = match conns::raise_nofile_limit() {
+/// Raise the soft limit on open files (first thing, before the database opens its files).
+fn raise_open_files() -> u64 {
+    match conns::raise_nofile_limit() {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the limit on open files; connections are limited by max_connections only");
             u64::MAX
         }
-    };
+    }
+}
+
+/// The connection limit under `nofile` open files, with what is open now; counted again once
+/// the database is open (`ConnLimit::rebase`).
+fn connection_limit(config: &Config, nofile: u64) -> Arc<ConnLimit> {
     let open_now = conns::open_descriptors().unwrap_or(0);
     let limit = ConnLimit::new(config.max_connections, nofile, open_now);
     let capacity = limit.capacity();
