@@ -301,6 +301,8 @@ pub struct Users {
 #[derive(Debug, Default)]
 struct Loaded {
     by_name: HashMap<String, Arc<User>>,
+    /// Each user's password [`fingerprint`], computed once per load (every call checks it).
+    fingerprints: HashMap<String, String>,
     /// The SHA-256 of the file's text: the file is parsed again only when it changed (its
     /// modification time can stay the same over two quick edits).
     digest: Option<[u8; 32]>,
@@ -357,6 +359,11 @@ impl Users {
             }
         }
         let file = parse_file(&self.path, &text)?;
+        let fingerprints = file
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), fingerprint(&u.password_hash)))
+            .collect();
         let by_name = file
             .users
             .into_iter()
@@ -365,6 +372,7 @@ impl Users {
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         *s = Loaded {
             by_name,
+            fingerprints,
             digest: Some(digest),
         };
         Ok(())
@@ -409,11 +417,9 @@ impl Users {
             }
         }
         let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-        match s.by_name.get(&claims.sub) {
-            Some(u)
-                if u.namespace == claims.ns
-                    && u.role == claims.role
-                    && fingerprint(&u.password_hash) == claims.pwd =>
+        match (s.by_name.get(&claims.sub), s.fingerprints.get(&claims.sub)) {
+            (Some(u), Some(f))
+                if u.namespace == claims.ns && u.role == claims.role && *f == claims.pwd =>
             {
                 Ok(())
             }
