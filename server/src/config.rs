@@ -58,9 +58,10 @@ pub struct Config {
     /// Open WatchChanges streams at once; past it, RESOURCE_EXHAUSTED.
     pub max_watches: usize,
     /// Client connections open at once; past it, a new connection is refused with an HTTP/2
-    /// GOAWAY saying so (ENHANCE_YOUR_CALM, which gRPC clients report as RESOURCE_EXHAUSTED:
-    /// overload). Connections are also refused when open
-    /// files come near the process's limit, which terad raises to its hard limit at start.
+    /// GOAWAY saying so (ENHANCE_YOUR_CALM: overload; the client's call fails, with
+    /// RESOURCE_EXHAUSTED in tonic if its request was already on the way). Connections are
+    /// also refused when open files come near the process's limit, which terad raises to its
+    /// hard limit at start.
     pub max_connections: usize,
     /// A connection whose client sends nothing for this long after connecting is closed, in
     /// ms.

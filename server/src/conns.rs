@@ -6,8 +6,8 @@
 //! start and a reserve, [`reserve_for`]), and a connection whose descriptor number comes
 //! within the reserve of the limit is refused too; refused connections get an HTTP/2 GOAWAY
 //! that says why, and are counted. The GOAWAY's code is ENHANCE_YOUR_CALM (overload): tonic
-//! reports it as RESOURCE_EXHAUSTED when its request was already on the way, other clients as
-//! UNAVAILABLE. A connection holds its slot only while it is used: one that sends nothing
+//! reports it as RESOURCE_EXHAUSTED when its request was already on the way, and UNAVAILABLE
+//! or CANCELLED when the connection closed first. A connection holds its slot only while it is used: one that sends nothing
 //! within `handshake_timeout_ms` is closed ([`Counted`]), and one whose peer stops answering
 //! HTTP/2 pings is closed by the server's keepalive. At start terad raises its soft limit on
 //! open files to the hard one, as Go's runtime does for its servers.
