@@ -179,6 +179,16 @@ async fn admin_token(
         .into_inner()
 }
 
+/// A teractl for `t` keeping its token in `token_file`, once `t` serves.
+fn serving(t: &Terad, token_file: PathBuf) -> Ctl {
+    let ctl = Ctl {
+        server: t.grpc.clone(),
+        token_file,
+    };
+    wait_serving(&ctl);
+    ctl
+}
+
 /// Wait until health says SERVING (the database opens after the port is bound).
 fn wait_serving(ctl: &Ctl) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -411,11 +421,7 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut t = start(&data);
-    let ctl = Ctl {
-        server: t.grpc.clone(),
-        token_file: dir.path().join("t"),
-    };
-    wait_serving(&ctl);
+    serving(&t, dir.path().join("t"));
     let ch = client::connect(&t.grpc, Duration::from_secs(10))
         .await
         .expect("connect");
@@ -573,11 +579,7 @@ async fn long_polls_answer_by_their_deadline_and_end_with_a_drain() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut t = start_with(&data, &["--set", "request_timeout_ms=5000"]);
-    let ctl = Ctl {
-        server: t.grpc.clone(),
-        token_file: dir.path().join("t"),
-    };
-    wait_serving(&ctl);
+    serving(&t, dir.path().join("t"));
     let ch = client::connect(&t.grpc, Duration::from_secs(60))
         .await
         .expect("connect");
@@ -679,11 +681,7 @@ async fn terad_sheds_load_past_its_limit() {
         &dir.path().join("data"),
         &["--set", "max_concurrent_requests=1"],
     );
-    let ctl = Ctl {
-        server: t.grpc.clone(),
-        token_file: dir.path().join("t"),
-    };
-    wait_serving(&ctl);
+    let ctl = serving(&t, dir.path().join("t"));
     let ch = client::connect(&t.grpc, Duration::from_secs(30))
         .await
         .expect("connect");
@@ -779,11 +777,7 @@ fn wait_open_connections(t: &Terad, n: f64) {
 fn terad_refuses_connections_past_max_connections() {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = start_with(&dir.path().join("data"), &["--set", "max_connections=2"]);
-    let ctl = Ctl {
-        server: t.grpc.clone(),
-        token_file: dir.path().join("t"),
-    };
-    wait_serving(&ctl);
+    let ctl = serving(&t, dir.path().join("t"));
     wait_open_connections(&t, 0.0);
     let addr = t.grpc.trim_start_matches("http://");
     // HTTP/2 connections (their preface sent), so that the handshake timeout leaves them open.
@@ -841,11 +835,7 @@ fn silent_and_unresponsive_connections_give_their_slots_back() {
             "keepalive_timeout_ms=500",
         ],
     );
-    let ctl = Ctl {
-        server: t.grpc.clone(),
-        token_file: dir.path().join("t"),
-    };
-    wait_serving(&ctl);
+    let ctl = serving(&t, dir.path().join("t"));
     wait_open_connections(&t, 0.0);
     let addr = t.grpc.trim_start_matches("http://");
     let silent = std::net::TcpStream::connect(addr).expect("connect");
@@ -881,11 +871,7 @@ fn terad_keeps_file_descriptors_for_the_database() {
         &["--set", "io_threads=2"],
         &[(libc::RLIMIT_NOFILE, 384)],
     );
-    let ctl = Ctl {
-        server: t.grpc.clone(),
-        token_file: dir.path().join("t"),
-    };
-    wait_serving(&ctl);
+    let ctl = serving(&t, dir.path().join("t"));
     let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
     ctl.login("admin", password.trim());
     let addr = t.grpc.trim_start_matches("http://");
@@ -980,11 +966,7 @@ async fn a_failed_log_write_poisons_terad_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut t = start_limited(&data, &[], &[(libc::RLIMIT_FSIZE, 256 << 10)]);
-    let ctl = Ctl {
-        server: t.grpc.clone(),
-        token_file: dir.path().join("t"),
-    };
-    wait_serving(&ctl);
+    serving(&t, dir.path().join("t"));
     let ch = client::connect(&t.grpc, Duration::from_secs(30))
         .await
         .expect("connect");
@@ -1064,11 +1046,7 @@ async fn a_failed_log_write_poisons_terad_and_loses_nothing_acknowledged() {
     t.child.kill().expect("kill");
     t.child.wait().expect("wait");
     let t = start_with(&data, &[]);
-    let ctl = Ctl {
-        server: t.grpc.clone(),
-        token_file: dir.path().join("t2"),
-    };
-    wait_serving(&ctl);
+    serving(&t, dir.path().join("t2"));
     let ch = client::connect(&t.grpc, Duration::from_secs(30))
         .await
         .expect("connect");
