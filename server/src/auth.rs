@@ -300,9 +300,9 @@ pub struct Users {
 
 #[derive(Debug, Default)]
 struct Loaded {
-    by_name: HashMap<String, Arc<User>>,
-    /// Each user's password [`fingerprint`], computed once per load (every call checks it).
-    fingerprints: HashMap<String, String>,
+    /// Each user, with its password [`fingerprint`] (computed once per load: every call
+    /// checks it).
+    by_name: HashMap<String, (Arc<User>, String)>,
     /// The SHA-256 of the file's text: the file is parsed again only when it changed (its
     /// modification time can stay the same over two quick edits).
     digest: Option<[u8; 32]>,
@@ -359,20 +359,17 @@ impl Users {
             }
         }
         let file = parse_file(&self.path, &text)?;
-        let fingerprints = file
-            .users
-            .iter()
-            .map(|u| (u.name.clone(), fingerprint(&u.password_hash)))
-            .collect();
         let by_name = file
             .users
             .into_iter()
-            .map(|u| (u.name.clone(), Arc::new(u)))
+            .map(|u| {
+                let f = fingerprint(&u.password_hash);
+                (u.name.clone(), (Arc::new(u), f))
+            })
             .collect();
         let mut s = self.state.write().unwrap_or_else(|p| p.into_inner());
         *s = Loaded {
             by_name,
-            fingerprints,
             digest: Some(digest),
         };
         Ok(())
@@ -390,7 +387,7 @@ impl Users {
             .unwrap_or_else(|p| p.into_inner())
             .by_name
             .get(name)
-            .cloned();
+            .map(|(u, _)| u.clone());
         let hash = user
             .as_ref()
             .map(|u| u.password_hash.clone())
@@ -417,8 +414,8 @@ impl Users {
             }
         }
         let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-        match (s.by_name.get(&claims.sub), s.fingerprints.get(&claims.sub)) {
-            (Some(u), Some(f))
+        match s.by_name.get(&claims.sub) {
+            Some((u, f))
                 if u.namespace == claims.ns && u.role == claims.role && *f == claims.pwd =>
             {
                 Ok(())
@@ -430,7 +427,7 @@ impl Users {
     /// Every user (for namespaces to create at start).
     pub fn all(&self) -> Vec<Arc<User>> {
         let s = self.state.read().unwrap_or_else(|p| p.into_inner());
-        s.by_name.values().cloned().collect()
+        s.by_name.values().map(|(u, _)| u.clone()).collect()
     }
 }
 
