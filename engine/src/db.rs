@@ -26,6 +26,7 @@ use crate::keyspace::{
     TxnResult, KEY_PREFIX, META,
 };
 use crate::partition::{Locked, Partition, Shared, Tier};
+use crate::shares::Shares;
 use crate::stats::{Stats, TierStats};
 use crate::wal::Wal;
 use crossbeam_utils::CachePadded;
@@ -113,6 +114,9 @@ struct KsTable {
 /// The name of the keyspace behind [`Db::get`], [`Db::put`] and friends.
 pub const DEFAULT_KEYSPACE: &str = "default";
 
+/// How often the maintenance threads move DRAM shares between partitions.
+const REBALANCE_EVERY: Duration = Duration::from_millis(200);
+
 /// How often a maintenance thread reports compaction failures, at most.
 const COMPACTION_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -125,7 +129,7 @@ impl Visible for VisibleLsn {
 }
 
 pub(crate) struct Inner {
-    parts: Vec<Partition>,
+    parts: Arc<[Partition]>,
     shared: Arc<Shared>,
     budget: u64,
     policy: Arc<dyn HeatPolicy>,
@@ -267,8 +271,10 @@ impl Db {
             Some(p) => p.clone(),
             None => Arc::new(GhostAdmission::new((budget / 4096) as usize)),
         };
-        let left = budget.saturating_sub(policy.dram_bytes() as u64);
-        let share = (left / n as u64) as usize;
+        let left = budget.saturating_sub(policy.dram_bytes() as u64) as usize;
+        // A partition may grow to hold all of what is left, or 4 even shares on machines with
+        // more than 4 partitions (its frame arena reserves address space for that much).
+        let cap = left.min((left / n).saturating_mul(4));
         // The log's buffer (and the one being flushed) is charged to every partition.
         let wal_buffer_cap = ((budget / 64) as usize).clamp(4 << 10, 4 << 20);
         let overhead = Arc::new(AtomicUsize::new(if durable {
@@ -289,12 +295,16 @@ impl Db {
             huge_pages: config.huge_pages,
             partitions: n,
             global_overhead: overhead.clone(),
+            shares: Shares::new(left, n, cap, config.page_bytes),
+            siblings: OnceLock::new(),
         });
         let per_part = config.expected_records.div_ceil(n);
         let per_part = per_part + per_part / 100;
-        let parts = (0..n)
-            .map(|i| Partition::open(i, nodes[i % nodes.len()], shared.clone(), share, per_part))
-            .collect::<Result<Vec<_>>>()?;
+        let parts: Arc<[Partition]> = (0..n)
+            .map(|i| Partition::open(i, nodes[i % nodes.len()], shared.clone(), per_part))
+            .collect::<Result<Vec<_>>>()?
+            .into();
+        let _ = shared.siblings.set(Arc::downgrade(&parts));
         let bell = Arc::new(Bell::default());
         let inner = Inner {
             parts,
@@ -513,11 +523,12 @@ impl Db {
     /// unless turned off in the config.
     pub fn maintain(&self) -> Result<usize> {
         let mut steps = 0;
-        for p in &self.inner.parts {
+        for p in self.inner.parts.iter() {
             while p.compact_step()? {
                 steps += 1;
             }
         }
+        self.inner.rebalance()?;
         Ok(steps)
     }
 
@@ -530,7 +541,7 @@ impl Db {
             ..Stats::default()
         };
         let mut used = inner.policy.dram_bytes() as u64;
-        for p in &inner.parts {
+        for p in inner.parts.iter() {
             let ps = p.stats();
             add(&mut s.dram, ps.dram);
             add(&mut s.far, ps.far);
@@ -558,6 +569,11 @@ impl Db {
             s.wal_durable_lsn = ws.durable_lsn;
         }
         s.checkpoints = inner.checkpoints.load(Relaxed);
+        s.shares_moved_bytes = inner.shared.shares.moved();
+        s.largest_share_bytes = (0..inner.parts.len())
+            .map(|i| inner.shared.shares.share(i) as u64)
+            .max()
+            .unwrap_or(0);
         let (d, f) = inner.reads.totals();
         s.dram.reads = d;
         s.far.reads = f;
@@ -688,6 +704,11 @@ impl Inner {
 
     pub(crate) fn parts(&self) -> &[Partition] {
         &self.parts
+    }
+
+    /// Move DRAM shares between partitions to follow their needs (shares.rs).
+    pub(crate) fn rebalance(&self) -> Result<()> {
+        self.shared.shares.rebalance(&self.parts, None)
     }
 
     pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
@@ -1875,7 +1896,17 @@ fn spawn_maintenance(inner: Arc<Inner>, node: u32) -> std::io::Result<JoinHandle
             // step), each report saying how many were not.
             let mut reported: Option<std::time::Instant> = None;
             let mut unreported = 0u64;
+            let mut rebalanced = std::time::Instant::now();
             loop {
+                if rebalanced.elapsed() >= REBALANCE_EVERY {
+                    // One thread at a time does it; the others find it busy and go on.
+                    if let Err(e) = inner.rebalance() {
+                        // A failing device fails writes too, which report it; not every
+                        // 200 ms here.
+                        tracing::debug!(error = %e, "moving DRAM shares between partitions failed");
+                    }
+                    rebalanced = std::time::Instant::now();
+                }
                 let mut worked = false;
                 for p in inner.parts.iter().filter(|p| p.node == node) {
                     match p.compact_step() {

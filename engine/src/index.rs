@@ -25,6 +25,8 @@ pub(crate) const ADDR_MASK: u64 = (1 << ADDR_BITS) - 1;
 const SLOTS: usize = 8;
 /// Rebuild when entries (live or deleted) would pass this share of the slots.
 pub(crate) const MAX_LOAD: f64 = 0.85;
+/// Past this load the next rebuild's table counts as room the partition needs (shares.rs).
+const NEAR_FULL_LOAD: f64 = 0.75;
 /// Load a rebuilt table starts at.
 const REBUILD_LOAD: f64 = 0.6;
 /// Load a table sized from the expected key count ends at.
@@ -54,10 +56,50 @@ fn entry(tag: u16, addr: u64) -> u64 {
     (u64::from(tag) << ADDR_BITS) | addr
 }
 
-/// One table: a boxed slice of buckets (bound to the partition's node where its pages allow,
-/// see `partition::bind_inner`).
+/// The buckets of a table, in an anonymous mapping of their own, so that a replaced table's
+/// memory goes back to the system when it is freed. (From the heap it did not: once glibc's
+/// allocator has freed one mapped block it raises its mapping threshold, up to 32 MiB, and
+/// serves later large blocks from its heaps, which keep freed memory. terad's `RssAnon`
+/// then grew by each replaced index table while the engine's accounting stayed flat.)
+#[cfg(not(tera_loom))]
+struct Buckets {
+    map: memmap2::MmapMut,
+    n: usize,
+}
+
+#[cfg(not(tera_loom))]
+impl Buckets {
+    fn zeroed(n: usize) -> Buckets {
+        let bytes = n * BUCKET_BYTES;
+        match memmap2::MmapMut::map_anon(bytes) {
+            Ok(map) => Buckets { map, n },
+            // What a failed `Box` allocation does too.
+            Err(_) => std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(bytes, BUCKET_BYTES).expect("bucket layout"),
+            ),
+        }
+    }
+}
+
+#[cfg(not(tera_loom))]
+impl std::ops::Deref for Buckets {
+    type Target = [Bucket];
+    fn deref(&self) -> &[Bucket] {
+        // SAFETY: the mapping is `n * BUCKET_BYTES` bytes, page-aligned (so aligned for
+        // `Bucket`), zero-filled by the kernel (a zero `AtomicU64` is a valid one, `EMPTY`),
+        // lives as long as `self`, and is only ever accessed through shared atomics.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<Bucket>(), self.n) }
+    }
+}
+
+/// Under loom, buckets of loom's atomics, which cannot be zero-filled memory.
+#[cfg(tera_loom)]
+type Buckets = Box<[Bucket]>;
+
+/// One table: a slice of buckets (bound to the partition's node where its pages allow, see
+/// `partition::bind_inner`).
 pub(crate) struct Table {
-    buckets: Box<[Bucket]>,
+    buckets: Buckets,
     /// Entries that are not EMPTY (live or DELETED). Changed only by the lock holder; atomic
     /// so that the table is only ever shared, never mutably borrowed, while readers are in it.
     /// Both counters have a cache line of their own, away from `buckets`, which every read
@@ -69,10 +111,14 @@ pub(crate) struct Table {
 impl Table {
     pub(crate) fn with_buckets(n: usize) -> Box<Table> {
         let n = n.max(1);
+        #[cfg(not(tera_loom))]
+        let buckets = Buckets::zeroed(n);
+        #[cfg(tera_loom)]
+        let buckets = (0..n)
+            .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(EMPTY))))
+            .collect();
         Box::new(Table {
-            buckets: (0..n)
-                .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(EMPTY))))
-                .collect(),
+            buckets,
             used: CachePadded::new(AtomicUsize::new(0)),
             live: CachePadded::new(AtomicUsize::new(0)),
         })
@@ -210,6 +256,11 @@ impl Table {
     }
 
     /// True when one more entry would pass the maximum load.
+    /// Close to needing a rebuild: the partition counts the next table as room it needs.
+    pub(crate) fn nearly_full(&self) -> bool {
+        (self.used.load(Relaxed) + 1) as f64 > self.capacity() as f64 * NEAR_FULL_LOAD
+    }
+
     pub(crate) fn needs_rebuild(&self) -> bool {
         (self.used.load(Relaxed) + 1) as f64 > self.capacity() as f64 * MAX_LOAD
     }

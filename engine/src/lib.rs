@@ -56,6 +56,8 @@ mod record;
 #[cfg(not(tera_loom))]
 mod recovery;
 #[cfg(not(tera_loom))]
+mod shares;
+#[cfg(not(tera_loom))]
 mod sigbus;
 #[cfg(not(tera_loom))]
 mod stats;

@@ -26,7 +26,8 @@
 //! - A far record is written before the index points at it, and a segment is unmapped only
 //!   after no pinned reader can hold an address in it.
 //! - `frames allocated * page + index + buffers <= share` at every point, so the sum over
-//!   partitions never exceeds the DRAM budget.
+//!   partitions never exceeds the DRAM budget. Shares move between partitions as their needs
+//!   change (shares.rs); a share shrinks only under its partition's lock.
 
 use crate::epoch::{epochs, Epochs};
 use crate::error::{Error, Result};
@@ -35,6 +36,7 @@ use crate::hash::hash_key;
 use crate::heat::{HeatPolicy, MAX_HEAT};
 use crate::index::{Index, Table};
 use crate::record::{self, Bad, RecordRef, HEADER};
+use crate::shares::Shares;
 use crate::sync::AtomicPtr;
 use crossbeam_utils::CachePadded;
 use memmap2::MmapMut;
@@ -45,7 +47,8 @@ use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 /// Fewest frames a partition can work with: the tail page, one being demoted, one spare.
 pub(crate) const MIN_FRAMES: usize = 3;
@@ -54,7 +57,6 @@ pub(crate) const MIN_FRAMES: usize = 3;
 pub(crate) const FAR: u64 = 1 << 47;
 
 /// Settings every partition of a database shares.
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) page_shift: u32,
     pub(crate) seg_shift: u32,
@@ -71,6 +73,19 @@ pub(crate) struct Shared {
     /// DRAM the database holds outside partitions (change log, WAL buffers), charged to every
     /// partition's share in equal parts.
     pub(crate) global_overhead: Arc<AtomicUsize>,
+    /// Each partition's share of the DRAM budget.
+    pub(crate) shares: Shares,
+    /// The database's partitions, for a writer short of room to take it from the others.
+    pub(crate) siblings: OnceLock<Weak<[Partition]>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("page_bytes", &self.page_bytes())
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -297,8 +312,6 @@ pub(crate) struct Partition {
     pub(crate) id: usize,
     pub(crate) node: u32,
     shared: Arc<Shared>,
-    /// This partition's share of the DRAM budget.
-    share: usize,
     index: Index,
     /// First page still in DRAM.
     head: CachePadded<AtomicU64>,
@@ -347,11 +360,12 @@ impl Partition {
         id: usize,
         node: u32,
         shared: Arc<Shared>,
-        share: usize,
         expected_keys: usize,
     ) -> Result<Partition> {
         let page = shared.page_bytes();
-        let ring_len = share / page + 1;
+        let share = shared.shares.share(id);
+        // Room for every frame of the largest share the partition may grow to.
+        let ring_len = shared.shares.cap() / page + 1;
         let buckets = Table::buckets_for_expected(expected_keys.max(64));
         let index_bytes = buckets.saturating_mul(crate::index::BUCKET_BYTES);
         if index_bytes >= share {
@@ -367,7 +381,6 @@ impl Partition {
         let part = Partition {
             id,
             node,
-            share,
             index: Index::new(table),
             arena: Arena::new(ring_len, page, node, shared.huge_pages)?,
             head: CachePadded::new(AtomicU64::new(1)),
@@ -1297,9 +1310,126 @@ impl Partition {
             + self.shared.global_overhead.load(Relaxed) / self.shared.partitions.max(1)
     }
 
-    /// Frames the partition may hold now.
+    /// This partition's share of the DRAM budget now. It may grow at any time (from the pool);
+    /// it shrinks only under the lock.
+    fn share(&self) -> usize {
+        self.shared.shares.share(self.id)
+    }
+
+    /// Bytes the partition cannot give up (lock held): `overhead`, and `growth` more bytes it
+    /// is about to need, or the index's next rebuild once the index is nearly full.
+    fn pinned(&self, overhead: usize, growth: usize) -> usize {
+        // SAFETY: lock held.
+        let table = unsafe { self.index.table() };
+        let next = if table.nearly_full() {
+            Table::buckets_for(table.live() + 1) * crate::index::BUCKET_BYTES
+        } else {
+            0
+        };
+        overhead + growth.max(next)
+    }
+
+    /// Publish what the partition holds, for rebalancing (lock held).
+    fn publish(&self, st: &State, overhead: usize, growth: usize) {
+        self.shared.shares.publish(
+            self.id,
+            self.pinned(overhead, growth),
+            st.allocated_frames * self.shared.page_bytes(),
+            st.pages_demoted,
+        );
+    }
+
+    /// Frames the partition may hold now. Publishes what it holds, for rebalancing.
     fn quota(&self, st: &State) -> usize {
-        self.share.saturating_sub(self.overhead(st)) / self.shared.page_bytes()
+        let overhead = self.overhead(st);
+        self.publish(st, overhead, 0);
+        self.share().saturating_sub(overhead) / self.shared.page_bytes()
+    }
+
+    /// Lock held, short of room for `growth` more bytes: publish the need and take room from
+    /// the pool and from other partitions' shares (never waiting for their locks).
+    fn grow_share(&self, st: &State, growth: usize) {
+        let overhead = self.overhead(st);
+        self.publish(st, overhead, growth);
+        let needed = overhead + growth + MIN_FRAMES * self.shared.page_bytes();
+        let shares = &self.shared.shares;
+        let Some(parts) = self.shared.siblings.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        // A few tries: a rebalance in progress elsewhere (a maintenance thread waiting for
+        // this partition's lock, which this thread holds) makes one return having done
+        // nothing for this partition.
+        for _ in 0..4 {
+            let short = needed.saturating_sub(shares.share(self.id));
+            if short == 0 || shares.grant(self.id, short) == short {
+                return;
+            }
+            if let Err(e) = shares.rebalance(&parts, Some(self.id)) {
+                tracing::warn!(partition = self.id, error = %e, "could not take DRAM from the other partitions' shares");
+            }
+        }
+    }
+
+    /// Free frames until at most `room` of them are allocated (recomputed each time: a drain
+    /// can grow the segment table), draining the oldest pages (all their live records go far)
+    /// when no spare or retired frame is left. `false` when only the tail page is left.
+    fn free_frames_to(
+        &self,
+        st: &mut State,
+        room: impl Fn(&Self, &State) -> usize,
+    ) -> Result<bool> {
+        let shift = self.shared.page_shift;
+        loop {
+            if st.allocated_frames <= room(self, st) {
+                return Ok(true);
+            }
+            self.reclaim(st);
+            let head = self.head.load(Relaxed);
+            if let Some(f) = st.spare.pop() {
+                self.free_frame(st, f);
+            } else if let Some((e, _)) = st.retired.front() {
+                epoch().wait_safe(*e);
+            } else if head < st.tail >> shift {
+                self.drain_pages(st, head, 1, 0, false)?;
+                self.release_pages(st, 1);
+            } else {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Lower this partition's share toward `to`, never below what it cannot give up, draining
+    /// its oldest pages when its frames do not fit; the difference goes to the pool. Waits for
+    /// the lock for `wait` (`None`: not at all) and does nothing if it stays busy.
+    pub(crate) fn try_shrink_share(&self, to: usize, wait: Option<Duration>) -> Result<()> {
+        let guard = match wait {
+            Some(d) => self.state.try_lock_for(d),
+            None => self.state.try_lock(),
+        };
+        let Some(mut guard) = guard else {
+            return Ok(());
+        };
+        let st = &mut *guard;
+        self.reclaim(st);
+        let page = self.shared.page_bytes();
+        let share = self.share();
+        let to = to.max(self.pinned(self.overhead(st), 0) + MIN_FRAMES * page);
+        if to >= share {
+            return Ok(());
+        }
+        let fits = self.free_frames_to(st, |p, st| to.saturating_sub(p.overhead(st)) / page);
+        // Whatever happened, what the frames hold now is all the share can lose.
+        let held = self.overhead(st) + st.allocated_frames * page;
+        let to = if matches!(fits, Ok(true)) {
+            to
+        } else {
+            to.max(held)
+        };
+        if to < share {
+            self.shared.shares.lower(self.id, to);
+        }
+        self.quota(st);
+        fits.map(|_| ())
     }
 
     fn new_frame(&self, st: &mut State) -> Result<Frame> {
@@ -1361,7 +1491,8 @@ impl Partition {
             let Some((e, _)) = st.retired.front() else {
                 return Err(Error::BudgetExhausted(format!(
                     "partition {}: no log frame can be freed within a share of {} bytes",
-                    self.id, self.share
+                    self.id,
+                    self.share()
                 )));
             };
             epoch().wait_safe(*e);
@@ -1390,39 +1521,29 @@ impl Partition {
             return Ok(());
         }
         let new_bytes = Table::buckets_for(table.live() + 1) * crate::index::BUCKET_BYTES;
-        // Free frames until the new table fits beside the old one (freed later). The room is
-        // recomputed each time: a drain can grow the segment table.
-        let shift = self.shared.page_shift;
-        loop {
-            let room =
-                self.share.saturating_sub(self.overhead(st) + new_bytes) / self.shared.page_bytes();
-            let short = || {
-                Error::BudgetExhausted(format!(
-                    "partition {}: {} keys need an index of {new_bytes} bytes, which leaves \
-                     {room} log frames in a share of {} bytes; raise dram_budget_bytes",
-                    self.id,
-                    table.live(),
-                    self.share
-                ))
-            };
-            if room < MIN_FRAMES {
-                return Err(short());
+        let page = self.shared.page_bytes();
+        let room =
+            |p: &Self, st: &State| p.share().saturating_sub(p.overhead(st) + new_bytes) / page;
+        let short = |p: &Self, st: &State| {
+            Error::BudgetExhausted(format!(
+                "partition {}: {} keys need an index of {new_bytes} bytes, which leaves {} log \
+                 frames in a share of {} bytes (the other partitions could give no more); \
+                 raise dram_budget_bytes",
+                p.id,
+                table.live(),
+                room(p, st),
+                p.share()
+            ))
+        };
+        if room(self, st) < MIN_FRAMES {
+            self.grow_share(st, new_bytes);
+            if room(self, st) < MIN_FRAMES {
+                return Err(short(self, st));
             }
-            if st.allocated_frames <= room {
-                break;
-            }
-            self.reclaim(st);
-            let head = self.head.load(Relaxed);
-            if let Some(f) = st.spare.pop() {
-                self.free_frame(st, f);
-            } else if let Some((e, _)) = st.retired.front() {
-                epoch().wait_safe(*e);
-            } else if head < st.tail >> shift {
-                self.drain_pages(st, head, 1, 0, false)?;
-                self.release_pages(st, 1);
-            } else {
-                return Err(short());
-            }
+        }
+        // Free frames until the new table fits beside the old one (freed later).
+        if !self.free_frames_to(st, room)? || room(self, st) < MIN_FRAMES {
+            return Err(short(self, st));
         }
         let new = table.rebuilt(1, |a| self.locked_hash_len(st, a).map(|(h, _)| h))?;
         self.install_table(st, new);
@@ -1453,6 +1574,11 @@ impl Partition {
         if table.buckets() >= want || table.live() > 0 {
             return Ok(());
         }
+        let want_bytes = want * crate::index::BUCKET_BYTES;
+        let page = self.shared.page_bytes();
+        if self.share().saturating_sub(self.overhead(&st) + want_bytes) / page < MIN_FRAMES {
+            self.grow_share(&st, want_bytes);
+        }
         self.install_table(&mut st, Table::with_buckets(want));
         self.reclaim(&mut st);
         let q = self.quota(&st);
@@ -1462,8 +1588,8 @@ impl Partition {
                  leaves room for {q} log frames in a share of {} bytes (at least {MIN_FRAMES} \
                  are needed); raise dram_budget_bytes",
                 self.id,
-                want * crate::index::BUCKET_BYTES,
-                self.share
+                want_bytes,
+                self.share()
             )));
         }
         Ok(())

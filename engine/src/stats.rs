@@ -56,6 +56,11 @@ pub struct Stats {
     pub keys: u64,
     /// Partitions.
     pub partitions: usize,
+    /// The largest partition's share of the DRAM budget now (shares follow need; an even
+    /// split is `dram_budget_bytes / partitions`, less the heat policy's table).
+    pub largest_share_bytes: u64,
+    /// Bytes moved into partitions' shares from others since the database opened.
+    pub shares_moved_bytes: u64,
 }
 
 impl Stats {

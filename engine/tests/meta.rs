@@ -466,6 +466,29 @@ fn bad_paths_are_refused_with_the_reason() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(m.stat(NS, "/d/f"), Err(MetaError::NotFound(_))));
+    // A file named with a trailing slash is not there as a folder (POSIX's ENOTDIR): stat,
+    // attributes, move and delete all refuse it, and change nothing.
+    m.upload(NS, "/d/f", &up(3, 1), &Precondition::None)
+        .unwrap();
+    let not_a_folder = |r: Result<(), MetaError>, what: &str| match r {
+        Err(MetaError::NotAFolder(p)) => assert_eq!(p, "/d/f/", "{what}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    not_a_folder(m.stat(NS, "/d/f/").map(drop), "stat");
+    not_a_folder(
+        m.set_attrs(NS, "/d/f/", &[("k", Some("v"))], 2).map(drop),
+        "attributes",
+    );
+    not_a_folder(m.rename(NS, "/d/f/", "/d/g", None, 2).map(drop), "move");
+    not_a_folder(m.delete(NS, "/d/f/", false, None, 2), "delete");
+    // And a file cannot be moved to a path ending in `/`.
+    match m.rename(NS, "/d/f", "/d/g/", None, 2) {
+        Err(MetaError::InvalidPath { reason, .. }) => assert!(reason.contains("end with /")),
+        other => panic!("{other:?}"),
+    }
+    let f = m.stat(NS, "/d/f").unwrap();
+    assert!(f.attrs.is_empty(), "{f:?}");
+    assert!(matches!(m.stat(NS, "/d/g"), Err(MetaError::NotFound(_))));
 }
 
 #[test]

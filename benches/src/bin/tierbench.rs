@@ -838,6 +838,10 @@ fn run_engine(
                     "pages_demoted": s.pages_demoted - b.pages_demoted,
                     "compaction_bytes": s.compaction_bytes - b.compaction_bytes,
                     "partitions": s.partitions,
+                    // Bytes of DRAM share that moved between partitions during the measured
+                    // phase (shares follow need; an even load moves little).
+                    "shares_moved_bytes": s.shares_moved_bytes - b.shares_moved_bytes,
+                    "largest_share_bytes": s.largest_share_bytes,
                     "policy": a.policy,
                     "huge_pages": a.huge_pages,
                     "load": a.load,

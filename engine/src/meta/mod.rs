@@ -708,6 +708,16 @@ impl<'a, 'b> Op<'a, 'b> {
         self.entry(id)
     }
 
+    /// [`Op::resolve`] for the entry a request names: a path ending in `/` names a folder,
+    /// so a file there is `NotAFolder` (as POSIX's `ENOTDIR` for `file/`).
+    fn resolve_named(&mut self, path: &str, parts: &[&str]) -> MetaResult<MetaEntry> {
+        let e = self.resolve(path, parts)?;
+        if e.kind == Kind::File && path.ends_with('/') {
+            return Err(MetaError::NotAFolder(path.to_string()));
+        }
+        Ok(e)
+    }
+
     /// Whether entry `id` is a folder, read from its record's kind byte alone (path
     /// resolution needs no more of the folders on the way).
     fn is_folder(&mut self, id: u64) -> MetaResult<bool> {
@@ -860,7 +870,7 @@ impl MetaStore {
     ) -> MetaResult<MetaEntry> {
         let parts = parse_existing(path)?;
         self.atomic(ns, |op| {
-            let mut e = op.resolve(path, &parts)?;
+            let mut e = op.resolve_named(path, &parts)?;
             let before = e.attrs.clone();
             for (k, v) in attrs {
                 match v {
@@ -1034,7 +1044,7 @@ impl MetaStore {
     /// not wait for a log flush.
     pub fn stat_deferred(&self, ns: u64, path: &str) -> (MetaResult<MetaEntry>, Seen) {
         match parse_existing(path) {
-            Ok(parts) => self.read_deferred(ns, |op| op.resolve(path, &parts)),
+            Ok(parts) => self.read_deferred(ns, |op| op.resolve_named(path, &parts)),
             Err(e) => (Err(e), Seen::default()),
         }
     }
@@ -1359,8 +1369,14 @@ impl MetaStore {
             });
         }
         self.atomic(ns, |op| {
-            let e = op.resolve(from, &src)?;
+            let e = op.resolve_named(from, &src)?;
             if_match_etag(from, &e, if_match)?;
+            if e.kind == Kind::File && to.ends_with('/') {
+                return Err(MetaError::InvalidPath {
+                    path: to.chars().take(200).collect(),
+                    reason: "a file's path cannot end with /".into(),
+                });
+            }
             let target = op.resolve(to, new_dir).map_err(|err| match err {
                 MetaError::NotFound(_) => {
                     MetaError::NotFound(format!("/{} (the target folder)", new_dir.join("/")))
@@ -1476,7 +1492,7 @@ impl MetaStore {
             });
         }
         self.atomic(ns, |op| {
-            let e = op.resolve(path, &parts)?;
+            let e = op.resolve_named(path, &parts)?;
             if_match_etag(path, &e, if_match)?;
             let detach = e.kind == Kind::Folder && !dir::is_empty(op, e.id)?;
             if detach {
