@@ -1,13 +1,18 @@
 //! `tera.auth.v1.Auth`: tokens for a user name and password, and Ping to see what a token
 //! says. The password check (argon2) runs on the blocking pool, a few at a time (see
-//! [`PasswordChecks`]); a token's first use of its namespace creates it in the engine
+//! [`PasswordChecks`]); repeated failures for one user from one address are slowed down
+//! (see [`LoginThrottle`]); a token's first use of its namespace creates it in the engine
 //! (idempotently).
 
 use crate::auth::{now_secs, Claims, Role};
 use crate::proto::auth::{self as pb, auth_server::Auth};
 use crate::state::{blocking, State};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
@@ -81,11 +86,102 @@ impl PasswordChecks {
     }
 }
 
+/// Failed logins for one user from one address that cost nothing more.
+const FREE_FAILURES: u32 = 5;
+/// Longest wait a run of failures can earn.
+const MAX_DELAY: Duration = Duration::from_secs(300);
+/// A user and address with no failure for this long start over.
+const FORGET_AFTER: Duration = Duration::from_secs(900);
+/// Most (user, address) pairs remembered at once.
+const MAX_TRACKED: usize = 65_536;
+
+/// Slows down password guessing. Each (user name, client address) pair may fail
+/// `FREE_FAILURES` times; each failure after that makes it wait twice as long before its next
+/// try, from 1 s up to `MAX_DELAY`, and a try before then is refused at once, without a
+/// password check (so it costs no argon2 hash, and tells nothing about the password, a right
+/// one included). A success forgets the pair; so do `FORGET_AFTER` without a failure.
+///
+/// Pairs, not user names alone: someone failing on purpose from one address cannot lock the
+/// user out from others. Names are kept as 64-bit keyed hashes, so that memory stays bounded
+/// (at most `MAX_TRACKED` pairs; to make room, the oldest pair not held back is dropped)
+/// whatever names are tried.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    hasher: std::collections::hash_map::RandomState,
+    pairs: Mutex<HashMap<(u64, IpAddr), Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    until: Instant,
+}
+
+impl LoginThrottle {
+    fn key(&self, user: &str, addr: IpAddr) -> (u64, IpAddr) {
+        (self.hasher.hash_one(user), addr)
+    }
+
+    /// `Err(wait)` while `user` from `addr` must wait before trying again.
+    pub fn check(&self, user: &str, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
+        match pairs.get(&self.key(user, addr)) {
+            Some(f) if f.until > now => Err(f.until - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// A failed login of `user` from `addr`.
+    pub fn failed(&self, user: &str, addr: IpAddr, now: Instant) {
+        let key = self.key(user, addr);
+        let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
+        if pairs.len() >= MAX_TRACKED && !pairs.contains_key(&key) {
+            pairs.retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
+            if pairs.len() >= MAX_TRACKED {
+                // The oldest pair not held back now, so that failing with many other names
+                // cannot push out one's own wait; the oldest of all if every pair is held.
+                let oldest = pairs
+                    .iter()
+                    .min_by_key(|(_, f)| (f.until > now, f.last))
+                    .map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    pairs.remove(&k);
+                }
+            }
+        }
+        let f = pairs.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+            until: now,
+        });
+        if now.saturating_duration_since(f.last) >= FORGET_AFTER {
+            f.count = 0;
+        }
+        f.count += 1;
+        f.last = now;
+        if f.count > FREE_FAILURES {
+            let doublings = (f.count - FREE_FAILURES - 1).min(16);
+            f.until = now + Duration::from_secs(1 << doublings).min(MAX_DELAY);
+        }
+    }
+
+    /// A successful login of `user` from `addr`.
+    pub fn succeeded(&self, user: &str, addr: IpAddr) {
+        let key = self.key(user, addr);
+        self.pairs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+}
+
 /// The Auth service.
 #[derive(Debug, Clone)]
 pub struct AuthService {
     state: Arc<State>,
     checks: PasswordChecks,
+    throttle: Arc<LoginThrottle>,
 }
 
 impl AuthService {
@@ -94,6 +190,7 @@ impl AuthService {
         AuthService {
             state,
             checks: PasswordChecks::new(crate::config::or_one_per_cpu(0)),
+            throttle: Arc::new(LoginThrottle::default()),
         }
     }
 }
@@ -111,6 +208,10 @@ impl Auth for AuthService {
         &self,
         req: Request<pb::TokenRequest>,
     ) -> Result<Response<pb::TokenResponse>, Status> {
+        // Without a peer address (not TCP), all such callers count as one.
+        let addr = req
+            .remote_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let r = req.into_inner();
         if r.user.len() > MAX_CREDENTIAL || r.password.len() > MAX_CREDENTIAL {
             return Err(crate::error::oversized(
@@ -125,12 +226,27 @@ impl Auth for AuthService {
             0 => config.token_ttl_secs,
             t => t.min(config.token_max_ttl_secs),
         };
+        if let Err(wait) = self.throttle.check(&r.user, addr, Instant::now()) {
+            metrics::counter!("terad_logins_throttled_total").increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "too many failed logins for this user from this address: retry in {} s",
+                wait.as_secs() + 1
+            )));
+        }
         let state = self.state.clone();
+        let name = r.user.clone();
         let user = self
             .checks
             .run(move || state.users.check_password(&r.user, &r.password))
-            .await?
-            .ok_or_else(|| Status::unauthenticated("unknown user or wrong password"))?;
+            .await?;
+        let Some(user) = user else {
+            self.throttle.failed(&name, addr, Instant::now());
+            // The name as sent (a password typed into it would show): escaped, and cut.
+            let shown: String = name.chars().take(64).collect();
+            tracing::info!(user = %shown.escape_debug(), %addr, "failed login");
+            return Err(Status::unauthenticated("unknown user or wrong password"));
+        };
+        self.throttle.succeeded(&name, addr);
         let ns = user.namespace;
         blocking(move || engine.meta.create_namespace(ns, crate::meta_rpc::now_us())).await?;
         let now = now_secs();
@@ -170,7 +286,91 @@ impl Auth for AuthService {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
-    use std::time::{Duration, Instant};
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+
+    /// Five failures are free; each one after that doubles the wait, from 1 s; a try during
+    /// the wait is refused; the wait is per user and address; a success forgets.
+    #[test]
+    fn failed_logins_wait_longer_each_time_per_user_and_address() {
+        let t = LoginThrottle::default();
+        let t0 = Instant::now();
+        for i in 0..FREE_FAILURES {
+            assert_eq!(t.check("admin", A, t0), Ok(()), "failure {i} is free");
+            t.failed("admin", A, t0);
+        }
+        assert_eq!(t.check("admin", A, t0), Ok(()));
+        t.failed("admin", A, t0);
+        assert_eq!(t.check("admin", A, t0), Err(Duration::from_secs(1)));
+        // Others are not held back: the same user elsewhere, another user here.
+        assert_eq!(t.check("admin", B, t0), Ok(()));
+        assert_eq!(t.check("bob", A, t0), Ok(()));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(t.check("admin", A, t1), Ok(()));
+        t.failed("admin", A, t1);
+        assert_eq!(t.check("admin", A, t1), Err(Duration::from_secs(2)));
+        let t2 = t1 + Duration::from_secs(2);
+        t.failed("admin", A, t2);
+        assert_eq!(t.check("admin", A, t2), Err(Duration::from_secs(4)));
+        t.succeeded("admin", A);
+        assert_eq!(t.check("admin", A, t2), Ok(()));
+        t.failed("admin", A, t2);
+        assert_eq!(
+            t.check("admin", A, t2),
+            Ok(()),
+            "a success started the count over"
+        );
+    }
+
+    #[test]
+    fn the_wait_is_capped_and_forgotten_after_a_quiet_spell() {
+        let t = LoginThrottle::default();
+        let mut now = Instant::now();
+        for _ in 0..40 {
+            t.failed("admin", A, now);
+            if let Err(w) = t.check("admin", A, now) {
+                assert!(w <= MAX_DELAY, "{w:?}");
+                now += w;
+            }
+        }
+        t.failed("admin", A, now);
+        assert_eq!(t.check("admin", A, now), Err(MAX_DELAY));
+        // After FORGET_AFTER without a failure, the count starts over.
+        let later = now + FORGET_AFTER;
+        assert_eq!(t.check("admin", A, later), Ok(()));
+        t.failed("admin", A, later);
+        assert_eq!(t.check("admin", A, later), Ok(()));
+    }
+
+    /// However many names and addresses fail, at most MAX_TRACKED pairs are kept, and a
+    /// pair being held back is not the one dropped to make room (failing with many other
+    /// names does not clear one's own wait).
+    #[test]
+    fn memory_is_bounded_whatever_is_tried() {
+        let t = LoginThrottle::default();
+        let t0 = Instant::now();
+        for _ in 0..=FREE_FAILURES {
+            t.failed("admin", A, t0);
+        }
+        let later = t0 + Duration::from_millis(1);
+        for i in 0..MAX_TRACKED + 100 {
+            t.failed(
+                &format!("user{i}"),
+                B,
+                later + Duration::from_nanos(i as u64),
+            );
+        }
+        assert!(t.pairs.lock().unwrap().len() <= MAX_TRACKED);
+        // admin from A is the oldest pair, but held back: it stays, and so does its wait.
+        assert_eq!(
+            t.check("admin", A, later),
+            Err(Duration::from_secs(1) - Duration::from_millis(1))
+        );
+        // The oldest of the others went first: user0 is gone (a new failure starts at 1).
+        let user0 = t.key("user0", B);
+        assert!(!t.pairs.lock().unwrap().contains_key(&user0));
+    }
 
     /// However many calls arrive together, no more than the permitted checks run at once,
     /// a bounded number wait, and the rest are refused at once with RESOURCE_EXHAUSTED.

@@ -37,6 +37,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "RPC latency, by method (from the request's arrival to its response headers)"
     );
     metrics::describe_counter!(
+        "terad_logins_throttled_total",
+        "Token calls refused without a password check, after repeated failed logins for the user from the address"
+    );
+    metrics::describe_counter!(
         "terad_connections_accepted_total",
         "gRPC connections accepted, by the I/O thread they were handed to (io_threads)"
     );
@@ -69,6 +73,8 @@ fn record_engine(state: &State) {
     gauge!("terad_dram_index_bytes").set(s.index_bytes as f64);
     gauge!("terad_dram_ordered_index_bytes").set(s.ordered_index_bytes as f64);
     gauge!("terad_dram_frame_bytes").set(s.frame_bytes as f64);
+    gauge!("terad_dram_largest_share_bytes").set(s.largest_share_bytes as f64);
+    counter!("terad_dram_shares_moved_bytes_total").absolute(s.shares_moved_bytes);
     gauge!("terad_dram_changelog_bytes").set(s.changelog_bytes as f64);
     counter!("terad_wal_fsyncs_total").absolute(s.wal_fsyncs);
     counter!("terad_checkpoints_total").absolute(s.checkpoints);

@@ -713,6 +713,75 @@ async fn terad_sheds_load_past_its_limit() {
     assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
 }
 
+/// Repeated wrong passwords for one user from one address are slowed down: five are free,
+/// the sixth earns a 1 s wait during which even the right password is refused at once
+/// (RESOURCE_EXHAUSTED, saying when to retry), counted in the metrics; after the wait the
+/// right password works, and another user is never held back.
+#[tokio::test]
+async fn failed_logins_are_throttled_per_user_and_address() {
+    use tera_server::client::{self, Bearer};
+    use tera_server::proto::auth as apb;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let t = start(&data);
+    let ctl = serving(&t, dir.path().join("t"));
+    let ch = client::connect(&t.grpc, Duration::from_secs(30))
+        .await
+        .expect("connect");
+    let mut auth = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"));
+    let login = |user: &str, password: &str| apb::TokenRequest {
+        user: user.into(),
+        password: password.into(),
+        ttl_seconds: 0,
+    };
+    for i in 0..6 {
+        let e = auth
+            .token(login("admin", "wrong"))
+            .await
+            .expect_err("a wrong password");
+        assert_eq!(e.code(), Code::Unauthenticated, "failure {i}: {e:?}");
+    }
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    let held_at = Instant::now();
+    let e = auth
+        .token(login("admin", password.trim()))
+        .await
+        .expect_err("held back");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("too many failed logins") && e.message().contains("retry in"),
+        "{e:?}"
+    );
+    // Another user's wrong password is judged as usual.
+    let e = auth
+        .token(login("nobody", "wrong"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let page = http_get(&t.metrics, "/metrics");
+    assert_eq!(
+        metric(&page, "terad_logins_throttled_total"),
+        Some(1.0),
+        "{page}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(held_at.elapsed())).await;
+    let ok = auth
+        .token(login("admin", password.trim()))
+        .await
+        .expect("after the wait")
+        .into_inner();
+    assert!(!ok.token.is_empty());
+    // The success forgot the failures: one more wrong password is just that.
+    let e = auth
+        .token(login("admin", "wrong"))
+        .await
+        .expect_err("wrong");
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
+}
+
 /// HTTP/2's client connection preface, with an empty SETTINGS frame.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
 
