@@ -424,6 +424,12 @@ impl Users {
         }
     }
 
+    /// Whether a user of this name is in the users file (as last loaded).
+    pub fn knows(&self, name: &str) -> bool {
+        let s = self.state.read().unwrap_or_else(|p| p.into_inner());
+        s.by_name.contains_key(name)
+    }
+
     /// Every user (for namespaces to create at start).
     pub fn all(&self) -> Vec<Arc<User>> {
         let s = self.state.read().unwrap_or_else(|p| p.into_inner());

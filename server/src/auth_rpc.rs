@@ -95,48 +95,57 @@ const FORGET_AFTER: Duration = Duration::from_secs(900);
 /// Most (user, address) pairs remembered at once.
 const MAX_TRACKED: usize = 65_536;
 
-/// Slows down password guessing. Each (user name, client address) pair may fail
-/// `FREE_FAILURES` times; each failure after that makes it wait twice as long before its next
-/// try, from 1 s up to `MAX_DELAY`, and a try before then is refused at once, without a
-/// password check (so it costs no argon2 hash, and tells nothing about the password, a right
-/// one included). A success forgets the pair; so do `FORGET_AFTER` without a failure.
+/// Slows down password guessing. Every login attempt of a (user name, client address) pair
+/// counts as a failure from the moment it starts until it succeeds, so that calls in flight
+/// together cannot all pass before any has failed. Five are free; each attempt after that
+/// makes the pair wait twice as long before its next one, from 1 s up to `MAX_DELAY`, and an
+/// attempt during the wait is refused at once, without a password check (so it costs no
+/// argon2 hash, and tells nothing about the password, a right one included). A success
+/// forgets the pair; so does `FORGET_AFTER` without an attempt.
 ///
 /// Pairs, not user names alone: someone failing on purpose from one address cannot lock the
-/// user out from others. Names are kept as 64-bit keyed hashes, so that memory stays bounded
-/// (at most `MAX_TRACKED` pairs; to make room, the oldest pair not held back is dropped)
-/// whatever names are tried.
+/// user out from others (behind a proxy every client has the proxy's address, so there the
+/// wait is per user: see docs/architecture.md). An IPv6 client counts by its /64, which one
+/// holder usually has whole. Names are kept as 64-bit keyed hashes, so that memory stays
+/// bounded (at most `MAX_TRACKED` pairs; to make room, the oldest pair not held back is
+/// dropped) whatever names are tried.
 #[derive(Debug, Default)]
 pub struct LoginThrottle {
     hasher: std::collections::hash_map::RandomState,
-    pairs: Mutex<HashMap<(u64, IpAddr), Failures>>,
+    pairs: Mutex<HashMap<(u64, IpAddr), Attempts>>,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Failures {
+struct Attempts {
     count: u32,
     last: Instant,
     until: Instant,
 }
 
+/// The address a client counts as: IPv4 (an IPv4-mapped IPv6 address too) whole, IPv6 by
+/// its /64.
+fn client_key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 impl LoginThrottle {
     fn key(&self, user: &str, addr: IpAddr) -> (u64, IpAddr) {
-        (self.hasher.hash_one(user), addr)
+        (self.hasher.hash_one(user), client_key(addr))
     }
 
-    /// `Err(wait)` while `user` from `addr` must wait before trying again.
-    pub fn check(&self, user: &str, addr: IpAddr, now: Instant) -> Result<(), Duration> {
-        let pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
-        match pairs.get(&self.key(user, addr)) {
-            Some(f) if f.until > now => Err(f.until - now),
-            _ => Ok(()),
-        }
-    }
-
-    /// A failed login of `user` from `addr`.
-    pub fn failed(&self, user: &str, addr: IpAddr, now: Instant) {
+    /// Start a login attempt of `user` from `addr`: `Err(wait)` while the pair must wait,
+    /// otherwise the attempt is counted (as a failure until [`LoginThrottle::succeeded`]).
+    pub fn attempt(&self, user: &str, addr: IpAddr, now: Instant) -> Result<(), Duration> {
         let key = self.key(user, addr);
         let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
-        if pairs.len() >= MAX_TRACKED && !pairs.contains_key(&key) {
+        if let Some(f) = pairs.get(&key) {
+            if f.until > now {
+                return Err(f.until - now);
+            }
+        } else if pairs.len() >= MAX_TRACKED {
             pairs.retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
             if pairs.len() >= MAX_TRACKED {
                 // The oldest pair not held back now, so that failing with many other names
@@ -150,7 +159,7 @@ impl LoginThrottle {
                 }
             }
         }
-        let f = pairs.entry(key).or_insert(Failures {
+        let f = pairs.entry(key).or_insert(Attempts {
             count: 0,
             last: now,
             until: now,
@@ -158,15 +167,16 @@ impl LoginThrottle {
         if now.saturating_duration_since(f.last) >= FORGET_AFTER {
             f.count = 0;
         }
-        f.count += 1;
+        f.count = f.count.saturating_add(1);
         f.last = now;
         if f.count > FREE_FAILURES {
             let doublings = (f.count - FREE_FAILURES - 1).min(16);
             f.until = now + Duration::from_secs(1 << doublings).min(MAX_DELAY);
         }
+        Ok(())
     }
 
-    /// A successful login of `user` from `addr`.
+    /// A successful login of `user` from `addr`: its attempts are forgotten.
     pub fn succeeded(&self, user: &str, addr: IpAddr) {
         let key = self.key(user, addr);
         self.pairs
@@ -226,11 +236,11 @@ impl Auth for AuthService {
             0 => config.token_ttl_secs,
             t => t.min(config.token_max_ttl_secs),
         };
-        if let Err(wait) = self.throttle.check(&r.user, addr, Instant::now()) {
+        if let Err(wait) = self.throttle.attempt(&r.user, addr, Instant::now()) {
             metrics::counter!("terad_logins_throttled_total").increment(1);
             return Err(Status::resource_exhausted(format!(
                 "too many failed logins for this user from this address: retry in {} s",
-                wait.as_secs() + 1
+                wait.as_secs_f64().ceil()
             )));
         }
         let state = self.state.clone();
@@ -240,10 +250,13 @@ impl Auth for AuthService {
             .run(move || state.users.check_password(&r.user, &r.password))
             .await?;
         let Some(user) = user else {
-            self.throttle.failed(&name, addr, Instant::now());
-            // The name as sent (a password typed into it would show): escaped, and cut.
-            let shown: String = name.chars().take(64).collect();
-            tracing::info!(user = %shown.escape_debug(), %addr, "failed login");
+            // The name only when it is a user's: an unknown one may be a password typed into
+            // the wrong field. Debug-quoted, so that it cannot forge fields of the line.
+            if self.state.users.knows(&name) {
+                tracing::info!(user = ?name, %addr, "failed login: wrong password");
+            } else {
+                tracing::info!(%addr, "failed login: unknown user");
+            }
             return Err(Status::unauthenticated("unknown user or wrong password"));
         };
         self.throttle.succeeded(&name, addr);
@@ -290,36 +303,68 @@ mod tests {
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
-    /// Five failures are free; each one after that doubles the wait, from 1 s; a try during
-    /// the wait is refused; the wait is per user and address; a success forgets.
+    /// Five attempts are free; each one after that doubles the wait, from 1 s; an attempt
+    /// during the wait is refused; the wait is per user and address; a success forgets.
     #[test]
     fn failed_logins_wait_longer_each_time_per_user_and_address() {
         let t = LoginThrottle::default();
         let t0 = Instant::now();
-        for i in 0..FREE_FAILURES {
-            assert_eq!(t.check("admin", A, t0), Ok(()), "failure {i} is free");
-            t.failed("admin", A, t0);
+        for i in 0..=FREE_FAILURES {
+            assert_eq!(t.attempt("admin", A, t0), Ok(()), "attempt {i}");
         }
-        assert_eq!(t.check("admin", A, t0), Ok(()));
-        t.failed("admin", A, t0);
-        assert_eq!(t.check("admin", A, t0), Err(Duration::from_secs(1)));
+        assert_eq!(t.attempt("admin", A, t0), Err(Duration::from_secs(1)));
         // Others are not held back: the same user elsewhere, another user here.
-        assert_eq!(t.check("admin", B, t0), Ok(()));
-        assert_eq!(t.check("bob", A, t0), Ok(()));
+        assert_eq!(t.attempt("admin", B, t0), Ok(()));
+        assert_eq!(t.attempt("bob", A, t0), Ok(()));
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(t.check("admin", A, t1), Ok(()));
-        t.failed("admin", A, t1);
-        assert_eq!(t.check("admin", A, t1), Err(Duration::from_secs(2)));
+        assert_eq!(t.attempt("admin", A, t1), Ok(()));
+        assert_eq!(t.attempt("admin", A, t1), Err(Duration::from_secs(2)));
         let t2 = t1 + Duration::from_secs(2);
-        t.failed("admin", A, t2);
-        assert_eq!(t.check("admin", A, t2), Err(Duration::from_secs(4)));
+        assert_eq!(t.attempt("admin", A, t2), Ok(()));
+        assert_eq!(t.attempt("admin", A, t2), Err(Duration::from_secs(4)));
         t.succeeded("admin", A);
-        assert_eq!(t.check("admin", A, t2), Ok(()));
-        t.failed("admin", A, t2);
-        assert_eq!(
-            t.check("admin", A, t2),
-            Ok(()),
-            "a success started the count over"
+        for i in 0..=FREE_FAILURES {
+            assert_eq!(
+                t.attempt("admin", A, t2),
+                Ok(()),
+                "after a success, attempt {i}"
+            );
+        }
+        assert!(t.attempt("admin", A, t2).is_err());
+    }
+
+    /// Attempts are counted when they start: of many sent together (none has failed yet),
+    /// only the free ones and one more get a password check.
+    #[test]
+    fn attempts_in_flight_together_are_counted() {
+        let t = LoginThrottle::default();
+        let now = Instant::now();
+        let passed = (0..100)
+            .filter(|_| t.attempt("admin", A, now).is_ok())
+            .count();
+        assert_eq!(passed, FREE_FAILURES as usize + 1);
+    }
+
+    /// IPv6 clients count by their /64; an IPv4-mapped address is its IPv4 address.
+    #[test]
+    fn an_ipv6_client_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let t = LoginThrottle::default();
+        let now = Instant::now();
+        let v6 =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+        for i in 0..=FREE_FAILURES {
+            assert_eq!(t.attempt("admin", v6(i as u16), now), Ok(()));
+        }
+        assert!(t.attempt("admin", v6(999), now).is_err(), "same /64");
+        let other64 = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1));
+        assert_eq!(t.attempt("admin", other64, now), Ok(()));
+        for _ in 0..=FREE_FAILURES {
+            t.attempt("bob", A, now).unwrap();
+        }
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        assert!(
+            t.attempt("bob", mapped, now).is_err(),
+            "::ffff:10.0.0.1 is 10.0.0.1"
         );
     }
 
@@ -328,48 +373,76 @@ mod tests {
         let t = LoginThrottle::default();
         let mut now = Instant::now();
         for _ in 0..40 {
-            t.failed("admin", A, now);
-            if let Err(w) = t.check("admin", A, now) {
-                assert!(w <= MAX_DELAY, "{w:?}");
-                now += w;
+            match t.attempt("admin", A, now) {
+                Ok(()) => {}
+                Err(w) => {
+                    assert!(w <= MAX_DELAY, "{w:?}");
+                    now += w;
+                }
             }
         }
-        t.failed("admin", A, now);
-        assert_eq!(t.check("admin", A, now), Err(MAX_DELAY));
-        // After FORGET_AFTER without a failure, the count starts over.
+        // Past the last wait, one attempt passes and earns the longest wait.
+        while let Err(w) = t.attempt("admin", A, now) {
+            now += w;
+        }
+        assert_eq!(t.attempt("admin", A, now), Err(MAX_DELAY));
+        // After FORGET_AFTER without an attempt, the count starts over: five free again
+        // (without the reset, the first would set a 5-minute wait).
         let later = now + FORGET_AFTER;
-        assert_eq!(t.check("admin", A, later), Ok(()));
-        t.failed("admin", A, later);
-        assert_eq!(t.check("admin", A, later), Ok(()));
+        for i in 0..=FREE_FAILURES {
+            assert_eq!(t.attempt("admin", A, later), Ok(()), "attempt {i}");
+        }
     }
 
     /// However many names and addresses fail, at most MAX_TRACKED pairs are kept, and a
     /// pair being held back is not the one dropped to make room (failing with many other
-    /// names does not clear one's own wait).
+    /// names does not clear one's own wait), unless every pair is held back.
     #[test]
     fn memory_is_bounded_whatever_is_tried() {
         let t = LoginThrottle::default();
         let t0 = Instant::now();
         for _ in 0..=FREE_FAILURES {
-            t.failed("admin", A, t0);
+            t.attempt("admin", A, t0).unwrap();
         }
         let later = t0 + Duration::from_millis(1);
         for i in 0..MAX_TRACKED + 100 {
-            t.failed(
-                &format!("user{i}"),
-                B,
-                later + Duration::from_nanos(i as u64),
-            );
+            let at = later + Duration::from_nanos(i as u64);
+            t.attempt(&format!("user{i}"), B, at).unwrap();
         }
         assert!(t.pairs.lock().unwrap().len() <= MAX_TRACKED);
         // admin from A is the oldest pair, but held back: it stays, and so does its wait.
         assert_eq!(
-            t.check("admin", A, later),
+            t.attempt("admin", A, later),
             Err(Duration::from_secs(1) - Duration::from_millis(1))
         );
-        // The oldest of the others went first: user0 is gone (a new failure starts at 1).
+        // The oldest of the others went first: user0 is gone.
         let user0 = t.key("user0", B);
         assert!(!t.pairs.lock().unwrap().contains_key(&user0));
+        // With every pair held back, the oldest of all goes.
+        let full = LoginThrottle::default();
+        let held = |i: usize| {
+            IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                i as u16,
+                (i >> 16) as u16,
+                0,
+                0,
+                0,
+                1,
+            ))
+        };
+        for i in 0..MAX_TRACKED {
+            for _ in 0..=FREE_FAILURES {
+                full.attempt("admin", held(i), t0 + Duration::from_nanos(i as u64))
+                    .unwrap();
+            }
+        }
+        full.attempt("admin", B, later).unwrap();
+        let pairs = full.pairs.lock().unwrap();
+        assert_eq!(pairs.len(), MAX_TRACKED);
+        assert!(!pairs.contains_key(&full.key("admin", held(0))));
+        assert!(pairs.contains_key(&full.key("admin", held(1))));
     }
 
     /// However many calls arrive together, no more than the permitted checks run at once,

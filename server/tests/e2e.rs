@@ -700,12 +700,19 @@ async fn terad_sheds_load_past_its_limit() {
             .map(|_| ())
         }));
     }
-    let mut codes = Vec::new();
+    let (mut codes, mut messages) = (Vec::new(), Vec::new());
     for c in calls {
-        codes.push(c.await.expect("join").expect_err("a wrong password").code());
+        let e = c.await.expect("join").expect_err("a wrong password");
+        codes.push(e.code());
+        messages.push(e.message().to_string());
     }
     assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
     assert!(codes.contains(&Code::Unauthenticated), "{codes:?}");
+    // Shed by the request limit, not (only) held back by the login throttle.
+    assert!(
+        messages.iter().any(|m| m.contains("limit of 1 requests")),
+        "{messages:?}"
+    );
     assert!(codes
         .iter()
         .all(|c| matches!(c, Code::ResourceExhausted | Code::Unauthenticated)));
@@ -773,12 +780,19 @@ async fn failed_logins_are_throttled_per_user_and_address() {
         .expect("after the wait")
         .into_inner();
     assert!(!ok.token.is_empty());
-    // The success forgot the failures: one more wrong password is just that.
-    let e = auth
-        .token(login("admin", "wrong"))
-        .await
-        .expect_err("wrong");
-    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // The success forgot the failures: two more wrong passwords are just that (without the
+    // reset the second would be held back).
+    for i in 0..2 {
+        let e = auth
+            .token(login("admin", "wrong"))
+            .await
+            .expect_err("wrong");
+        assert_eq!(
+            e.code(),
+            Code::Unauthenticated,
+            "wrong password {i} after a success: {e:?}"
+        );
+    }
     assert_eq!(ctl.ok(&["health"]).trim(), "SERVING");
 }
 
