@@ -541,8 +541,12 @@ impl Db {
             ..Stats::default()
         };
         let mut used = inner.policy.dram_bytes() as u64;
-        for p in inner.parts.iter() {
-            let ps = p.stats();
+        // Every partition's lock at once (in index order, as batches take them), so that the
+        // sum is one state: DRAM moving between partitions' shares is never counted twice or
+        // missed. They are held together only for the loads of the counters.
+        let mut held: Vec<Locked<'_>> = inner.parts.iter().map(|p| p.lock()).collect();
+        for lk in &mut held {
+            let ps = lk.stats();
             add(&mut s.dram, ps.dram);
             add(&mut s.far, ps.far);
             s.promotions += ps.promotions;
@@ -558,6 +562,7 @@ impl Db {
             // Partitions each count their share of the global overhead; count it once.
             used += ps.used_bytes;
         }
+        drop(held);
         let global = inner.shared.global_overhead.load(Relaxed) as u64;
         let n = inner.parts.len() as u64;
         used = used - (global / n.max(1)) * n + global;

@@ -70,7 +70,10 @@ struct Buckets {
 #[cfg(not(tera_loom))]
 impl Buckets {
     fn zeroed(n: usize) -> Buckets {
-        let bytes = n * BUCKET_BYTES;
+        let Some(bytes) = n.checked_mul(BUCKET_BYTES) else {
+            // What collecting that many into a `Box` did too.
+            panic!("an index table of {n} buckets does not fit the address space");
+        };
         match memmap2::MmapMut::map_anon(bytes) {
             Ok(map) => Buckets { map, n },
             // What a failed `Box` allocation does too.

@@ -1316,9 +1316,9 @@ impl Partition {
         self.shared.shares.share(self.id)
     }
 
-    /// Bytes the partition cannot give up (lock held): `overhead`, and `growth` more bytes it
-    /// is about to need, or the index's next rebuild once the index is nearly full.
-    fn pinned(&self, overhead: usize, growth: usize) -> usize {
+    /// Bytes the partition is about to need (lock held): `growth` more it asks for, or the
+    /// index's next table once the index is nearly full.
+    fn soon(&self, growth: usize) -> usize {
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
         let next = if table.nearly_full() {
@@ -1326,14 +1326,15 @@ impl Partition {
         } else {
             0
         };
-        overhead + growth.max(next)
+        growth.max(next)
     }
 
     /// Publish what the partition holds, for rebalancing (lock held).
     fn publish(&self, st: &State, overhead: usize, growth: usize) {
         self.shared.shares.publish(
             self.id,
-            self.pinned(overhead, growth),
+            overhead,
+            self.soon(growth),
             st.allocated_frames * self.shared.page_bytes(),
             st.pages_demoted,
         );
@@ -1413,7 +1414,7 @@ impl Partition {
         self.reclaim(st);
         let page = self.shared.page_bytes();
         let share = self.share();
-        let to = to.max(self.pinned(self.overhead(st), 0) + MIN_FRAMES * page);
+        let to = to.max(self.overhead(st) + MIN_FRAMES * page);
         if to >= share {
             return Ok(());
         }
@@ -1574,7 +1575,7 @@ impl Partition {
         if table.buckets() >= want || table.live() > 0 {
             return Ok(());
         }
-        let want_bytes = want * crate::index::BUCKET_BYTES;
+        let want_bytes = want.saturating_mul(crate::index::BUCKET_BYTES);
         let page = self.shared.page_bytes();
         if self.share().saturating_sub(self.overhead(&st) + want_bytes) / page < MIN_FRAMES {
             self.grow_share(&st, want_bytes);
@@ -1705,13 +1706,13 @@ impl Partition {
 
     // ----- reporting ---------------------------------------------------------------------
 
-    pub(crate) fn stats(&self) -> PartitionStats {
-        let mut st = self.state.lock();
-        self.reclaim(&mut st);
+    /// The partition's counters, under the lock that `Locked` holds.
+    fn stats_of(&self, st: &mut State) -> PartitionStats {
+        self.reclaim(st);
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
         let frame_bytes = (st.allocated_frames * self.shared.page_bytes()) as u64;
-        let overhead = self.overhead(&st) as u64;
+        let overhead = self.overhead(st) as u64;
         PartitionStats {
             dram: st.dram,
             far: st.far,
@@ -1751,6 +1752,12 @@ pub(crate) struct Locked<'a> {
 }
 
 impl Locked<'_> {
+    /// The partition's counters (see `Db::stats`, which holds every partition's lock at once
+    /// so that its sum is one state).
+    pub(crate) fn stats(&mut self) -> PartitionStats {
+        self.part.stats_of(&mut self.st)
+    }
+
     /// The log position after the last frame logged for this partition's batches.
     pub(crate) fn logged(&self) -> u64 {
         self.st.logged

@@ -32,8 +32,11 @@ use std::time::Duration;
 pub(crate) struct Cell {
     /// Bytes of the budget the partition may hold.
     share: AtomicUsize,
-    /// Bytes it cannot give up: index, buffers and the index's next growth, without frames.
+    /// Bytes it cannot give up: index and buffers, without frames.
     pinned: AtomicUsize,
+    /// Bytes it is about to need: the index's next table once the index is nearly full, or
+    /// the growth its writer is asking for. Dropped from the needs when they do not all fit.
+    soon: AtomicUsize,
     /// Bytes of frames it holds.
     frames: AtomicUsize,
     /// Pages it has demoted, ever (a change since the last rebalance: short of frames).
@@ -163,35 +166,56 @@ impl Shares {
         self.moved.load(Relaxed)
     }
 
-    /// Partition `i`'s lock holder: what it holds now.
-    pub(crate) fn publish(&self, i: usize, pinned: usize, frames: usize, demoted: u64) {
+    /// Partition `i`'s lock holder: what it holds now, and what it is about to need.
+    pub(crate) fn publish(
+        &self,
+        i: usize,
+        pinned: usize,
+        soon: usize,
+        frames: usize,
+        demoted: u64,
+    ) {
         let c = &self.cells[i];
         c.pinned.store(pinned, Relaxed);
+        c.soon.store(soon, Relaxed);
         c.frames.store(frames, Relaxed);
         c.demoted.store(demoted, Relaxed);
     }
 
-    /// Take up to `bytes` from the pool into partition `i`'s share. Returns what was taken.
+    /// Take up to `bytes` from the pool into partition `i`'s share, never past `cap`.
+    /// Returns what was added.
     pub(crate) fn grant(&self, i: usize, bytes: usize) -> usize {
-        let room = self.cap.saturating_sub(self.share(i));
-        let want = bytes.min(room);
+        let want = bytes.min(self.cap.saturating_sub(self.share(i)));
         let mut got = 0;
         let _ = self.pool.fetch_update(AcqRel, Acquire, |p| {
             got = p.min(want);
             Some(p - got)
         });
-        if got > 0 {
-            self.cells[i].share.fetch_add(got, AcqRel);
-            self.moved.fetch_add(got as u64, Relaxed);
+        if got == 0 {
+            return 0;
         }
-        got
+        // Two grants may race for the same room below the cap: each adds what is left of it,
+        // and what does not fit goes back to the pool.
+        let mut added = 0;
+        let _ = self.cells[i].share.fetch_update(AcqRel, Acquire, |s| {
+            added = got.min(self.cap.saturating_sub(s));
+            Some(s + added)
+        });
+        if added < got {
+            self.pool.fetch_add(got - added, AcqRel);
+        }
+        self.moved.fetch_add(added as u64, Relaxed);
+        added
     }
 
     /// Partition `i`'s lock holder, its frames fitting `to`: lower its share to `to` and
     /// put the difference in the pool.
     pub(crate) fn lower(&self, i: usize, to: usize) {
-        let was = self.cells[i].share.swap(to, AcqRel);
-        debug_assert!(to <= was, "a share is lowered only");
+        let mut was = 0;
+        let _ = self.cells[i].share.fetch_update(AcqRel, Acquire, |s| {
+            was = s;
+            Some(to.min(s))
+        });
         self.pool.fetch_add(was.saturating_sub(to), AcqRel);
     }
 
@@ -204,31 +228,40 @@ impl Shares {
             return Ok(()); // someone else is at it
         };
         let n = self.cells.len().min(parts.len());
-        let demands: Vec<Demand> = (0..n)
-            .map(|i| {
-                let c = &self.cells[i];
-                let pinned = c.pinned.load(Relaxed);
-                let frames = c.frames.load(Relaxed);
-                let demoted = c.demoted.load(Relaxed);
-                let room = self.share(i).saturating_sub(pinned);
-                Demand {
-                    need: pinned + MIN_FRAMES * self.page,
-                    min_frames: MIN_FRAMES * self.page,
-                    frames,
-                    // Short of frames: it demoted since the last look, or its frames are
-                    // within a page of its quota.
-                    pressed: caller == Some(i) || demoted != last[i] || frames + self.page >= room,
-                }
-            })
-            .collect();
+        let demands = |with_soon: bool| -> Vec<Demand> {
+            (0..n)
+                .map(|i| {
+                    let c = &self.cells[i];
+                    let pinned = c.pinned.load(Relaxed);
+                    let soon = if with_soon { c.soon.load(Relaxed) } else { 0 };
+                    let frames = c.frames.load(Relaxed);
+                    let room = self.share(i).saturating_sub(pinned + soon);
+                    Demand {
+                        need: pinned + soon + MIN_FRAMES * self.page,
+                        min_frames: MIN_FRAMES * self.page,
+                        frames,
+                        // Short of frames: it demoted since the last look, or its frames
+                        // are within a page of its quota.
+                        pressed: caller == Some(i)
+                            || c.demoted.load(Relaxed) != last[i]
+                            || frames + self.page >= room,
+                    }
+                })
+                .collect()
+        };
+        let even = self.left / n.max(1);
+        let slack = self.page + even / 32;
+        // When the needs with what partitions are about to need do not all fit (a partition
+        // refused at its index's limit keeps asking for its next table), share out by what
+        // they hold: otherwise nothing would ever move again.
+        let Some(t) = targets(self.left, self.cap, slack, &demands(true))
+            .or_else(|| targets(self.left, self.cap, slack, &demands(false)))
+        else {
+            return Ok(()); // what they hold alone passes the budget: nothing to move
+        };
         for (i, l) in last.iter_mut().enumerate().take(n) {
             *l = self.cells[i].demoted.load(Relaxed);
         }
-        let even = self.left / n.max(1);
-        let slack = self.page + even / 32;
-        let Some(t) = targets(self.left, self.cap, slack, &demands) else {
-            return Ok(()); // the needs alone pass the budget: nothing to move
-        };
         // Small differences are left alone (shares would otherwise move back and forth),
         // unless a writer is waiting for room.
         let threshold = (2 * self.page).max(even / 64);
@@ -247,6 +280,8 @@ impl Shares {
             if let Err(e) = part.try_shrink_share(ti, wait) {
                 first_err.get_or_insert(e);
             }
+            // Pages it demoted to shrink are not a sign it is short of frames.
+            last[i] = self.cells[i].demoted.load(Relaxed);
         }
         if let Some(c) = caller {
             self.grant(c, t[c].saturating_sub(self.share(c)));
@@ -359,6 +394,41 @@ mod tests {
             targets(usize::MAX, usize::MAX, 1, &[d(usize::MAX, 0, true); 2]),
             None
         );
+    }
+
+    /// Grants racing for one share never take it past the cap, lowering never loses bytes,
+    /// and the pool and the shares always add up to what they started as.
+    #[test]
+    fn racing_grants_and_lowers_keep_the_cap_and_the_sum() {
+        let shares = std::sync::Arc::new(Shares::new(64 * MIB, 4, 20 * MIB, MIB));
+        // Free 4 MiB of each share into the pool (as a partition's lock holder would).
+        for i in 0..4 {
+            shares.lower(i, 12 * MIB);
+        }
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let shares = shares.clone();
+                std::thread::spawn(move || {
+                    for round in 0..2_000 {
+                        // Everyone grants to partition 0; thread t also lowers its own share
+                        // (t > 0), as only its lock holder may.
+                        shares.grant(0, 3 * MIB);
+                        assert!(shares.share(0) <= 20 * MIB);
+                        if t > 0 && round % 2 == 0 {
+                            let s = shares.share(t);
+                            shares.lower(t, s.saturating_sub(MIB).max(2 * MIB));
+                            shares.grant(t, MIB);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let sum: usize = (0..4).map(|i| shares.share(i)).sum::<usize>() + shares.pool.load(Relaxed);
+        assert_eq!(sum, 64 * MIB);
+        assert_eq!(shares.share(0), 20 * MIB, "partition 0 took all it could");
     }
 
     proptest! {

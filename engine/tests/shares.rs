@@ -71,10 +71,11 @@ fn one_partition_grows_past_an_even_share_while_the_others_have_room() {
             "key {k}"
         );
     }
-    // The other partitions still take writes of new keys (their indexes must grow too):
-    // they take room back from the large one, which demotes to give it.
+    // The other partitions still take writes of new keys: 1,000 of them, about 250 a
+    // partition, past the 68 their first index tables hold, so their indexes must grow: they
+    // take room back from the large one, which demotes to give it.
     let mut written = 0;
-    for k in 0..200u32 {
+    for k in 0..1_000u32 {
         match db.put(&key(k), &value_for(k, 1, 64)) {
             Ok(()) => written += 1,
             Err(Error::BudgetExhausted(_)) => {}
@@ -83,9 +84,12 @@ fn one_partition_grows_past_an_even_share_while_the_others_have_room() {
         let s = db.stats();
         assert!(s.dram_used_bytes <= s.dram_budget_bytes, "{s:?}");
     }
+    // About 250 of the keys fall in the full partition and are refused, and the budget as a
+    // whole ends too (764 of 1,000 were taken when this was written). Without index growth
+    // in the other three partitions at most 3 × 68 would be.
     assert!(
-        written >= 100,
-        "only {written} of 200 keys went to the other partitions"
+        written >= 400,
+        "only {written} of 1,000 keys went to the other partitions"
     );
     for k in (0..n).step_by(31) {
         assert_eq!(
@@ -158,6 +162,7 @@ fn shares_move_under_concurrent_skewed_writers_within_the_budget() {
     c.background_maintenance = true;
     let db = Arc::new(open(c));
     let stop = Arc::new(AtomicBool::new(false));
+    // `Db::stats` holds every partition's lock at once: each sample is one state.
     let sampler = {
         let (db, stop) = (db.clone(), stop.clone());
         std::thread::spawn(move || {
