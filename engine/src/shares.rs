@@ -266,18 +266,23 @@ impl Shares {
         // unless a writer is waiting for room.
         let threshold = (2 * self.page).max(even / 64);
         let shrink_over = if caller.is_some() { 0 } else { threshold };
+        // A background rebalance lowers a share by at most this much a round, so that the
+        // drains it may cost hold a partition's lock (and `last`, which a writer short of
+        // room may be waiting for) only briefly; a writer's takes what it needs.
+        let step = (4 * self.page).max(even / 8);
         let mut first_err = None;
         for (i, (&ti, part)) in t.iter().zip(parts).enumerate() {
-            if caller == Some(i) || self.share(i) <= ti + shrink_over {
+            let s = self.share(i);
+            if caller == Some(i) || s <= ti + shrink_over {
                 continue;
             }
             // A writer asking holds locks of its own: it waits for no other.
-            let wait = if caller.is_some() {
-                None
+            let (wait, to) = if caller.is_some() {
+                (None, ti)
             } else {
-                Some(PATIENCE)
+                (Some(PATIENCE), ti.max(s.saturating_sub(step)))
             };
-            if let Err(e) = part.try_shrink_share(ti, wait) {
+            if let Err(e) = part.try_shrink_share(to, wait) {
                 first_err.get_or_insert(e);
             }
             // Pages it demoted to shrink are not a sign it is short of frames.
