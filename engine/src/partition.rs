@@ -1351,8 +1351,14 @@ impl Partition {
     /// the pool and from other partitions' shares (never waiting for their locks).
     fn grow_share(&self, st: &State, growth: usize) {
         let overhead = self.overhead(st);
-        self.publish(st, overhead, growth);
         let needed = overhead + growth + MIN_FRAMES * self.shared.page_bytes();
+        self.grow_share_to(st, overhead, growth, needed);
+    }
+
+    /// [`Partition::grow_share`] toward a share of `needed` bytes, publishing `overhead` and
+    /// `growth` bytes needed soon.
+    fn grow_share_to(&self, st: &State, overhead: usize, growth: usize, needed: usize) {
+        self.publish(st, overhead, growth);
         let shares = &self.shared.shares;
         let Some(parts) = self.shared.siblings.get().and_then(Weak::upgrade) else {
             return;
@@ -1476,6 +1482,7 @@ impl Partition {
     /// A frame for a new tail page: a spare, a new one within quota, or the oldest retired
     /// one once readers have left it.
     fn take_frame(&self, st: &mut State) -> Result<Frame> {
+        let mut asked = false;
         loop {
             if st.allocated_frames > self.quota(st) {
                 if let Some(f) = st.spare.pop() {
@@ -1490,6 +1497,16 @@ impl Partition {
                 return self.new_frame(st);
             }
             let Some((e, _)) = st.retired.front() else {
+                // Its overhead (an ordered index, the segment table, the change logs) took the
+                // room of its frames: ask the other partitions for a frame's worth once.
+                if !asked {
+                    asked = true;
+                    let page = self.shared.page_bytes();
+                    let overhead = self.overhead(st);
+                    let needed = overhead + (st.allocated_frames + 1) * page;
+                    self.grow_share_to(st, overhead, page, needed);
+                    continue;
+                }
                 return Err(Error::BudgetExhausted(format!(
                     "partition {}: no log frame can be freed within a share of {} bytes",
                     self.id,
