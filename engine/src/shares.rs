@@ -5,7 +5,8 @@
 //! up (its index, its buffers, the fewest frames it can work with, and the room its index
 //! needs to grow when it is nearly full), and the rest is split evenly over the partitions
 //! that are short of frames (they demote pages to make room), while the others keep what they
-//! use and a little more. So one namespace of the metadata model, which lives in one
+//! use and a little more. When the needs do not all fit with the room the indexes need soon,
+//! they are shared out without it. So one namespace of the metadata model, which lives in one
 //! partition, can grow its index past `budget / partitions` while the other partitions have
 //! room to spare, and a skewed load gets most of the frames.
 //!
@@ -14,7 +15,7 @@
 //!   first, and shrinks only under its partition's lock, after the partition's frames fit the
 //!   smaller share; the bytes go to the pool after that.
 //! - A partition's lock holder may read a share that has grown since; never one that has
-//!   shrunk since (only the lock holder shrinks it), so it never allocates past its share.
+//!   shrunk since (a share shrinks only under its lock), so it never allocates past it.
 //! - Rebalancing never waits for a partition lock without a time limit, and never locks the
 //!   partition of the thread that asked for it: a writer that holds its own lock (and in a
 //!   batch, others) can rebalance without a deadlock.
