@@ -1358,8 +1358,11 @@ impl Partition {
     /// [`Partition::grow_share`] toward a share of `needed` bytes, publishing `overhead` and
     /// `growth` bytes needed soon.
     fn grow_share_to(&self, st: &State, overhead: usize, growth: usize, needed: usize) {
-        self.publish(st, overhead, growth);
         let shares = &self.shared.shares;
+        if shares.share(self.id) >= needed {
+            return;
+        }
+        self.publish(st, overhead, growth);
         let Some(parts) = self.shared.siblings.get().and_then(Weak::upgrade) else {
             return;
         };
@@ -1435,7 +1438,7 @@ impl Partition {
         if to < share {
             self.shared.shares.lower(self.id, to);
         }
-        self.quota(st);
+        self.publish(st, self.overhead(st), 0);
         fits.map(|_| ())
     }
 
@@ -1593,10 +1596,8 @@ impl Partition {
             return Ok(());
         }
         let want_bytes = want.saturating_mul(crate::index::BUCKET_BYTES);
-        let page = self.shared.page_bytes();
-        if self.share().saturating_sub(self.overhead(&st) + want_bytes) / page < MIN_FRAMES {
-            self.grow_share(&st, want_bytes);
-        }
+        // Does nothing when the share has room for the table already.
+        self.grow_share(&st, want_bytes);
         self.install_table(&mut st, Table::with_buckets(want));
         self.reclaim(&mut st);
         let q = self.quota(&st);
