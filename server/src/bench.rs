@@ -10,6 +10,7 @@
 //! `RESOURCE_EXHAUSTED(budget)`, from terad shedding load (see [`error_label`]).
 
 use crate::client::{self, Bearer, Meta};
+use crate::h2client::H2Channel;
 use crate::proto::meta as pb;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -213,8 +214,13 @@ async fn setup(m: &mut Meta, o: &BenchOptions, root: &str) -> Result<(), String>
     Ok(())
 }
 
+/// The bench's Metadata client: tonic's generated client over [`H2Channel`].
+type BenchMeta = pb::metadata_client::MetadataClient<
+    tonic::service::interceptor::InterceptedService<H2Channel, Bearer>,
+>;
+
 struct Worker {
-    meta: Meta,
+    meta: BenchMeta,
     ns: u64,
     root: String,
     fixture: usize,
@@ -429,7 +435,7 @@ impl Level {
             let mine = (t..self.channels).step_by(self.threads).count();
             let mut chans = Vec::with_capacity(mine);
             for _ in 0..mine {
-                chans.push(client::connect(&o.server, o.timeout).await?);
+                chans.push(H2Channel::connect(&o.server, o.timeout).await?);
             }
             let total_weight: u64 = o.mix.iter().map(|(_, w)| u64::from(*w)).sum();
             // One tally for the thread's tasks: a histogram per task (about 150 KB each) made
@@ -439,7 +445,12 @@ impl Level {
             let mut tasks = Vec::new();
             for (k, w) in (t..self.level).step_by(self.threads).enumerate() {
                 let mut worker = Worker {
-                    meta: client::meta(chans[k % mine].clone(), self.bearer.clone()),
+                    meta: pb::metadata_client::MetadataClient::with_interceptor(
+                        chans[k % mine].clone(),
+                        self.bearer.clone(),
+                    )
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
                     ns: o.namespace,
                     root: self.root.clone(),
                     fixture: o.fixture_entries,

@@ -27,6 +27,7 @@ pub mod codec;
 pub mod config;
 pub mod conns;
 pub mod error;
+pub mod h2client;
 pub mod health;
 pub mod meta_rpc;
 pub mod metrics;
