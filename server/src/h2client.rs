@@ -49,8 +49,8 @@ const CONNECTION_WINDOW: u32 = 5 << 20;
 
 impl H2Channel {
     /// Connect to `url` (`http://host:port`; terad speaks cleartext HTTP/2 only). A call not
-    /// answered within `timeout` fails with the timeout's error (and its stream is reset),
-    /// as a `Channel` built by `client::connect` does.
+    /// answered within `timeout` fails with DEADLINE_EXCEEDED and its stream is reset (a
+    /// `Channel` built by `client::connect` stops waiting too, with CANCELLED).
     pub async fn connect(url: &str, timeout: Duration) -> Result<H2Channel, String> {
         let uri: Uri = url
             .parse()
@@ -161,10 +161,12 @@ where
                 ))
             };
             // Dropping the call on a timeout drops its stream handles, which resets the
-            // stream (CANCEL).
-            tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| BoxError::from(format!("no answer within {timeout:?}")))?
+            // stream (CANCEL). tonic passes a `Status` error on as the call's status.
+            tokio::time::timeout(timeout, call).await.map_err(|_| {
+                BoxError::from(tonic::Status::deadline_exceeded(format!(
+                    "no answer within {timeout:?}"
+                )))
+            })?
         })
     }
 }
@@ -216,5 +218,204 @@ impl Body for H2Body {
 
     fn is_end_stream(&self) -> bool {
         self.done || self.recv.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Bearer;
+    use crate::proto::meta as pb;
+    use pb::metadata_client::MetadataClient;
+    use prost::Message;
+    use tonic::Code;
+
+    /// How the test server answers a call.
+    #[derive(Clone, Copy)]
+    enum Reply {
+        /// An `Entry` named after the request's path, then status 0 in the trailers.
+        Entry,
+        /// A trailers-only NOT_FOUND, as terad sends its errors.
+        NotFound,
+        /// Never: the stream is held open.
+        Silent,
+        /// The connection is closed without an answer.
+        Close,
+    }
+
+    /// What the server saw of a call: its :path, :authority and authorization header.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+    /// A one-connection HTTP/2 server on a free loopback port, written with h2's server
+    /// half so that the transport is checked against HTTP/2 itself, not against itself.
+    async fn server(reply: Reply) -> (String, Seen) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = Seen::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::handshake(tcp).await.expect("handshake");
+            let mut held = Vec::new();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let header = |n: &str| {
+                    req.headers()
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                log.lock().unwrap().push((
+                    req.uri().path().to_string(),
+                    req.uri()
+                        .authority()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    header("authorization"),
+                ));
+                let mut body = req.into_body();
+                let mut got = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.expect("request data");
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    got.extend_from_slice(&chunk);
+                }
+                let grpc = |status: &str| {
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", status)
+                };
+                match reply {
+                    Reply::Entry => {
+                        let asked = pb::StatRequest::decode(&got[5..]).expect("a StatRequest");
+                        let Some(pb::stat_request::Target::Path(path)) = asked.target else {
+                            panic!("no path in {asked:?}");
+                        };
+                        let entry = pb::Entry {
+                            id: 7,
+                            name: path,
+                            ..Default::default()
+                        };
+                        let mut frame = vec![0u8];
+                        frame.extend_from_slice(&(entry.encoded_len() as u32).to_be_bytes());
+                        entry.encode(&mut frame).expect("encode");
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .expect("head");
+                        let mut out = respond.send_response(head, false).expect("respond");
+                        out.send_data(Bytes::from(frame), false).expect("data");
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().expect("value"));
+                        out.send_trailers(trailers).expect("trailers");
+                    }
+                    Reply::NotFound => {
+                        let head = grpc("5")
+                            .header("grpc-message", "no%20such%20entry")
+                            .body(())
+                            .expect("head");
+                        respond.send_response(head, true).expect("respond");
+                    }
+                    Reply::Silent => held.push(respond),
+                    Reply::Close => return,
+                }
+            }
+        });
+        (url, seen)
+    }
+
+    fn client(
+        ch: H2Channel,
+    ) -> MetadataClient<tonic::service::interceptor::InterceptedService<H2Channel, Bearer>> {
+        MetadataClient::with_interceptor(ch, Bearer::new(Some("tok"), false).expect("bearer"))
+    }
+
+    fn stat(path: &str) -> pb::StatRequest {
+        pb::StatRequest {
+            namespace: 3,
+            target: Some(pb::stat_request::Target::Path(path.into())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_reaches_the_server_whole_and_its_answer_comes_back() {
+        let (url, seen) = server(Reply::Entry).await;
+        let ch = H2Channel::connect(&url, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let mut m = client(ch);
+        // Twice on one connection, the second from a clone, as the bench's tasks do.
+        let e = m.stat(stat("/a/b")).await.expect("stat").into_inner();
+        assert_eq!((e.id, e.name.as_str()), (7, "/a/b"));
+        let e = m.clone().stat(stat("/c")).await.expect("stat").into_inner();
+        assert_eq!(e.name, "/c");
+        let seen = seen.lock().unwrap().clone();
+        let authority = url.trim_start_matches("http://").to_string();
+        let want = (
+            "/tera.meta.v1.Metadata/Stat".to_string(),
+            authority,
+            "Bearer tok".to_string(),
+        );
+        assert_eq!(seen, vec![want.clone(), want]);
+    }
+
+    #[tokio::test]
+    async fn a_trailers_only_error_is_the_calls_status() {
+        let (url, _) = server(Reply::NotFound).await;
+        let ch = H2Channel::connect(&url, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let s = client(ch).stat(stat("/x")).await.expect_err("an error");
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "no such entry"));
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_call_ends_at_its_timeout_with_deadline_exceeded() {
+        let (url, _) = server(Reply::Silent).await;
+        let ch = H2Channel::connect(&url, Duration::from_millis(200))
+            .await
+            .expect("connect");
+        let t0 = std::time::Instant::now();
+        let s = client(ch).stat(stat("/x")).await.expect_err("no answer");
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+        assert!(s.message().contains("no answer within 200ms"), "{s:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_fails_the_call_without_waiting_for_the_timeout() {
+        let (url, _) = server(Reply::Close).await;
+        let ch = H2Channel::connect(&url, Duration::from_secs(60))
+            .await
+            .expect("connect");
+        let s = client(ch).stat(stat("/x")).await.expect_err("closed");
+        assert_ne!(s.code(), Code::DeadlineExceeded, "{s:?}");
+        assert_ne!(s.code(), Code::Ok, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_and_refused_connections_are_told_apart() {
+        let e = H2Channel::connect("https://127.0.0.1:1", Duration::from_secs(1))
+            .await
+            .expect_err("https");
+        assert!(e.contains("http:// (cleartext HTTP/2) only"), "{e}");
+        let e = H2Channel::connect("not a url", Duration::from_secs(1))
+            .await
+            .expect_err("garbage");
+        assert!(e.contains("server address \"not a url\""), "{e}");
+        // A port just freed: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let e = H2Channel::connect(&format!("http://127.0.0.1:{port}"), Duration::from_secs(1))
+            .await
+            .expect_err("refused");
+        assert!(
+            e.contains("cannot connect to") && e.contains("is terad running"),
+            "{e}"
+        );
     }
 }
