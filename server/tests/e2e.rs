@@ -1198,7 +1198,28 @@ fn teractl_bench_loads_every_io_thread() {
             assert_eq!(f[7], "-", "errors at {level}: {line}");
         }
     }
-    // The connections (teractl's health and login calls, then the bench's: one for the
+    // Listings decoded into messages, as an application reads them, also hold the fixture
+    // whole (by default the bench parses and counts the entries only).
+    let out = admin.ok(&[
+        "bench",
+        "--concurrency",
+        "4",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--mix",
+        "list",
+        "--decode-entries",
+    ]);
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().take(2).eq(["4", "list"]))
+        .unwrap_or_else(|| panic!("no list line:\n{out}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert!(f[6].parse::<u64>().expect("count") > 0, "{line}");
+    assert_eq!(f[7], "-", "errors: {line}");
+    // The connections (teractl's health and login calls, then the first bench's: one for the
     // fixture and six for each level) were dealt in turn: every I/O thread got at least four.
     let m = http_get(&t.metrics, "/metrics");
     for i in 0..3 {
