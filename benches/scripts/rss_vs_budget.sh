@@ -33,7 +33,7 @@ TERACTL_PASSWORD=$(cat "$data/d/admin-password") "$bin/teractl" login admin >/de
     m=$(curl -s http://127.0.0.1:7599/metrics || true)
     g() { echo "$m" | awk -v n="$1" '$1==n {printf "%.1f", $2/1048576}'; }
     k=$(echo "$m" | awk '$1=="terad_keys" {print $2}')
-    echo "$t rss_anon_mib=$(awk '/^RssAnon/ {printf "%.1f", $2/1024}' /proc/$pid/status) dram_used_mib=$(g terad_dram_used_bytes) index_mib=$(g terad_dram_index_bytes) largest_share_mib=$(g terad_dram_largest_share_bytes) keys=$k"
+    echo "$t rss_anon_mib=$(awk '/^RssAnon/ {printf "%.1f", $2/1024}' /proc/$pid/status) dram_used_mib=$(g terad_dram_used_bytes) index_mib=$(g terad_dram_index_bytes) largest_share_mib=$(g terad_dram_largest_share_bytes) heap_in_use_mib=$(g terad_heap_in_use_bytes) heap_free_mib=$(g terad_heap_free_bytes) keys=$k"
     sleep 10
     t=$((t + 10))
   done

@@ -40,6 +40,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "terad_logins_throttled_total",
         "Token calls refused without a password check, after repeated failed logins for the user from the address"
     );
+    metrics::describe_gauge!(
+        "terad_heap_in_use_bytes",
+        "Heap bytes allocated and not freed, the engine's accounted DRAM among them (glibc only)"
+    );
+    metrics::describe_gauge!(
+        "terad_heap_free_bytes",
+        "Heap bytes freed but kept by the allocator (glibc only)"
+    );
     metrics::describe_counter!(
         "terad_connections_accepted_total",
         "gRPC connections accepted, by the I/O thread they were handed to (io_threads)"
@@ -79,6 +87,36 @@ fn record_engine(state: &State) {
     counter!("terad_wal_fsyncs_total").absolute(s.wal_fsyncs);
     counter!("terad_checkpoints_total").absolute(s.checkpoints);
     gauge!("terad_keys").set(s.keys as f64);
+    if let Some(h) = heap() {
+        gauge!("terad_heap_in_use_bytes").set(h.in_use as f64);
+        gauge!("terad_heap_free_bytes").set(h.free as f64);
+    }
+}
+
+/// The allocator's view of the process heap: bytes handed out and not yet freed, and bytes
+/// freed but kept by the allocator. Next to `terad_dram_used_bytes` they tell memory the
+/// engine does not account for (live) from memory glibc holds on to (free). Only with
+/// glibc, whose `mallinfo2` counts every arena (it locks each in turn and walks its free
+/// lists, so it runs per scrape, not per call).
+struct Heap {
+    in_use: usize,
+    free: usize,
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> Option<Heap> {
+    // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value; glibc takes
+    // each arena's lock while it reads that arena.
+    let m = unsafe { libc::mallinfo2() };
+    Some(Heap {
+        in_use: m.uordblks + m.hblkhd,
+        free: m.fordblks,
+    })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> Option<Heap> {
+    None
 }
 
 /// Serve `/metrics` and `/healthz` on `listener` until the process ends.

@@ -370,6 +370,16 @@ fn terad_serves_teractl_end_to_end() {
     );
     assert!(m.contains("terad_rpc_duration_seconds_bucket"), "{m}");
     assert!(m.contains("terad_dram_budget_bytes 67108864"), "{m}");
+    // glibc's heap: terad has allocated something, and kept its free bytes' count.
+    let gauge = |name: &str| -> Option<f64> {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    if cfg!(target_env = "gnu") {
+        let in_use = gauge("terad_heap_in_use_bytes").unwrap_or_else(|| panic!("{m}"));
+        assert!(in_use > 0.0, "{m}");
+        assert!(gauge("terad_heap_free_bytes").is_some(), "{m}");
+    }
     assert!(http_get(&t.metrics, "/healthz").ends_with("serving\n"));
 
     // teractl sends a W3C traceparent with every command; terad's log (debug level here)
