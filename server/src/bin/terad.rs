@@ -207,6 +207,12 @@ fn main() -> ExitCode {
         };
     }
     init_logs(&config);
+    if tera_server::metrics::fix_mmap_threshold(std::env::var("GLIBC_TUNABLES").ok().as_deref()) {
+        tracing::debug!(
+            bytes = tera_server::metrics::MMAP_THRESHOLD,
+            "glibc maps every allocation of this size or more on its own"
+        );
+    }
     // This runtime accepts connections, serves /metrics, opens the database and checkpoints
     // it at the end; the gRPC calls run on terad's I/O threads (`io_threads`), each with a
     // runtime of its own (server::run).
