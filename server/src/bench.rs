@@ -101,8 +101,9 @@ pub struct BenchOptions {
 }
 
 /// A `ListResponse` as the bench reads it by default: every entry is parsed as a message
-/// (prost checks each field's wire type and length while it skips it, and fails on a
-/// malformed or cut entry) and counted, but none of its fields is copied out. Decoding 100
+/// (prost checks each of its fields' key, wire type and length while it skips it, nested
+/// messages as opaque bytes, and fails on a malformed or cut entry) and counted, but none of
+/// its fields is copied out. Decoding 100
 /// entries into `pb::Entry`s, five strings each, took teractl about as much CPU as terad
 /// spent producing the listing; on a shared machine that CPU came out of terad's.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -243,6 +244,8 @@ type BenchMeta = pb::metadata_client::MetadataClient<
 >;
 
 struct Worker {
+    /// The connection `meta` and `lister` use: a task stops once it is lost.
+    chan: H2Channel,
     meta: BenchMeta,
     /// The same connection as `meta`, for listings read as [`ListedCount`].
     lister: tonic::client::Grpc<tonic::service::interceptor::InterceptedService<H2Channel, Bearer>>,
@@ -487,6 +490,7 @@ impl Level {
                     self.bearer.clone(),
                 );
                 let mut worker = Worker {
+                    chan: chans[k % mine].clone(),
                     meta: pb::metadata_client::MetadataClient::new(service.clone())
                         .max_decoding_message_size(64 << 20)
                         .max_encoding_message_size(64 << 20),
@@ -513,19 +517,31 @@ impl Level {
                         let op = worker.pick();
                         let r = worker.run_one(op).await;
                         let t1 = Instant::now();
-                        if t0 < measure_from {
-                            continue;
-                        }
-                        // Only this thread's tasks take the lock, one at a time: never
-                        // contended.
-                        let mut counts = tally.lock().unwrap_or_else(|e| e.into_inner());
-                        match r {
-                            Ok(()) => {
-                                if let Some(h) = counts.hist.get_mut(&op) {
-                                    h.saturating_record((t1 - t0).as_micros().max(1) as u64);
+                        let failed = r.is_err();
+                        if t0 >= measure_from {
+                            // Only this thread's tasks take the lock, one at a time: never
+                            // contended.
+                            let mut counts = tally.lock().unwrap_or_else(|e| e.into_inner());
+                            match r {
+                                Ok(()) => {
+                                    if let Some(h) = counts.hist.get_mut(&op) {
+                                        h.saturating_record((t1 - t0).as_micros().max(1) as u64);
+                                    }
+                                }
+                                Err(s) => {
+                                    *counts.errors.entry((op, error_label(&s))).or_default() += 1
                                 }
                             }
-                            Err(s) => *counts.errors.entry((op, error_label(&s))).or_default() += 1,
+                        }
+                        if failed {
+                            // Every call on a lost connection fails at once: the task stops
+                            // (its last call counted) instead of spinning.
+                            if worker.chan.is_closed() {
+                                break;
+                            }
+                            // A failure can come back without waiting; the thread's other
+                            // tasks get their turn.
+                            tokio::task::yield_now().await;
                         }
                     }
                 }));
@@ -619,7 +635,11 @@ mod tests {
         let mut one = pb::ListResponse::default();
         one.entries = vec![entry(1)];
         let mut bad = one.encode_to_vec();
-        bad[2] = 0x0f; // the entry's first key: field 1 with wire type 7, which does not exist
+        // The entry's length takes two bytes (it is over 127); its first key follows. Make it
+        // field 1 with wire type 7, which does not exist.
+        assert_eq!((bad[0], bad[1] & 0x80, bad[2] & 0x80), (0x0a, 0x80, 0));
+        assert_eq!(bad[3], 0x08, "the entry's first key: id, a varint");
+        bad[3] = 0x0f;
         assert!(ListedCount::decode(&bad[..]).is_err());
         assert!(pb::ListResponse::decode(&bad[..]).is_err());
     }

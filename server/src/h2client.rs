@@ -6,7 +6,7 @@
 //! so every microsecond the load generator spends is one terad does not get. A `Channel`
 //! passes each call through a buffer task (a queue and a wake-up), hyper's dispatch task (a
 //! second queue) and a task spawned per call to send the request body; profiles of teractl
-//! at concurrency 400 put a third of its CPU there. [`H2Channel`] opens the stream, sends the
+//! at concurrency 400 put a quarter of its CPU there. [`H2Channel`] opens the stream, sends the
 //! encoded message from the calling task and hands back the response stream as the body:
 //! tonic still encodes, decodes and reads the status. It serves the bench's unary calls (a
 //! request body is sent whole before the response is awaited, so a bidirectional stream would
@@ -17,6 +17,8 @@ use http::uri::{Authority, Scheme, Uri};
 use http_body::{Body, Frame};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tower_service::Service;
@@ -32,6 +34,11 @@ pub struct H2Channel {
     send: h2::client::SendRequest<Bytes>,
     authority: Authority,
     timeout: Duration,
+    /// Set by the connection's task when the connection has ended.
+    closed: Arc<AtomicBool>,
+    /// The connection's error once `poll_ready` has seen it: each call then fails with it
+    /// (UNAVAILABLE) instead of the readiness check, so every method reports it alike.
+    lost: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for H2Channel {
@@ -48,9 +55,10 @@ const STREAM_WINDOW: u32 = 2 << 20;
 const CONNECTION_WINDOW: u32 = 5 << 20;
 
 impl H2Channel {
-    /// Connect to `url` (`http://host:port`; terad speaks cleartext HTTP/2 only). A call not
-    /// answered within `timeout` fails with DEADLINE_EXCEEDED and its stream is reset (a
-    /// `Channel` built by `client::connect` stops waiting too, with CANCELLED).
+    /// Connect to `url` (`http://host:port`; terad speaks cleartext HTTP/2 only). A call whose
+    /// response headers do not come within `timeout` fails with DEADLINE_EXCEEDED and its
+    /// stream is reset (a `Channel` built by `client::connect` stops waiting too, with
+    /// CANCELLED). Once the connection is lost, every call fails with UNAVAILABLE.
     pub async fn connect(url: &str, timeout: Duration) -> Result<H2Channel, String> {
         let uri: Uri = url
             .parse()
@@ -64,7 +72,12 @@ impl H2Channel {
             .authority()
             .cloned()
             .ok_or_else(|| format!("server address {url:?} names no host"))?;
-        let addr = (authority.host(), authority.port_u16().unwrap_or(80));
+        // An IPv6 host comes in brackets, which a lookup does not take.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let addr = (host, authority.port_u16().unwrap_or(80));
         let cannot = |e: &dyn std::fmt::Display| {
             format!("cannot connect to {url}: {e} (is terad running? see --server)")
         };
@@ -81,14 +94,25 @@ impl H2Channel {
             .await
             .map_err(|e| cannot(&e))?;
         // A connection error reaches every call on it as that call's error.
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
         tokio::spawn(async move {
             let _ = conn.await;
+            flag.store(true, Ordering::Release);
         });
         Ok(H2Channel {
             send,
             authority,
             timeout,
+            closed,
+            lost: None,
         })
+    }
+
+    /// Whether the connection has ended (terad closed it, or it failed): no call on it can
+    /// succeed any more.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -102,10 +126,19 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.send.poll_ready(cx).map_err(Into::into)
+        if self.lost.is_none() {
+            if let Err(e) = ready!(self.send.poll_ready(cx)) {
+                self.lost = Some(e.to_string().into());
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(e) = &self.lost {
+            let s = tonic::Status::unavailable(format!("the connection to terad is lost: {e}"));
+            return Box::pin(std::future::ready(Err(BoxError::from(s))));
+        }
         let (mut parts, body) = req.into_parts();
         // tonic's clients send the path alone; HTTP/2 wants the scheme and authority too.
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -121,24 +154,28 @@ where
         Box::pin(async move {
             let (response, mut stream) = opened?;
             let call = async move {
-                // The request body: a unary call's one encoded message, ready at once.
+                // The request body: a unary call's one encoded message, ready at once. Each
+                // frame is held until the next poll, so that the last one carries
+                // END_STREAM (tonic's body does not say it has ended until polled again).
                 let mut body = std::pin::pin!(body);
+                let mut held: Option<Bytes> = None;
                 loop {
                     match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
                         None => {
-                            stream.send_data(Bytes::new(), true)?;
+                            stream.send_data(held.take().unwrap_or_default(), true)?;
                             break;
                         }
                         Some(Ok(frame)) => match frame.into_data() {
                             Ok(data) => {
-                                let last = body.is_end_stream();
-                                stream.send_data(data, last)?;
-                                if last {
-                                    break;
+                                if let Some(before) = held.replace(data) {
+                                    stream.send_data(before, false)?;
                                 }
                             }
                             Err(frame) => {
                                 if let Ok(trailers) = frame.into_trailers() {
+                                    if let Some(before) = held.take() {
+                                        stream.send_data(before, false)?;
+                                    }
                                     stream.send_trailers(trailers)?;
                                     break;
                                 }
@@ -160,6 +197,8 @@ where
                     },
                 ))
             };
+            // The timeout covers the request and the response's headers; the body is read by
+            // tonic afterwards (terad sends a unary answer's message and trailers at once).
             // Dropping the call on a timeout drops its stream handles, which resets the
             // stream (CANCEL). tonic passes a `Status` error on as the call's status.
             tokio::time::timeout(timeout, call).await.map_err(|_| {
@@ -258,8 +297,12 @@ mod tests {
         tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.expect("accept");
             let mut conn = h2::server::handshake(tcp).await.expect("handshake");
-            let mut held = Vec::new();
-            while let Some(Ok((req, mut respond))) = conn.accept().await {
+            // Each call is answered by a task of its own, so that this loop keeps driving
+            // the connection while a call's body is read.
+            while let Some(Ok((req, respond))) = conn.accept().await {
+                if let Reply::Close = reply {
+                    return;
+                }
                 let header = |n: &str| {
                     req.headers()
                         .get(n)
@@ -275,55 +318,64 @@ mod tests {
                         .unwrap_or_default(),
                     header("authorization"),
                 ));
-                let mut body = req.into_body();
-                let mut got = Vec::new();
-                while let Some(chunk) = body.data().await {
-                    let chunk = chunk.expect("request data");
-                    let _ = body.flow_control().release_capacity(chunk.len());
-                    got.extend_from_slice(&chunk);
-                }
-                let grpc = |status: &str| {
-                    http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .header("grpc-status", status)
-                };
-                match reply {
-                    Reply::Entry => {
-                        let asked = pb::StatRequest::decode(&got[5..]).expect("a StatRequest");
-                        let Some(pb::stat_request::Target::Path(path)) = asked.target else {
-                            panic!("no path in {asked:?}");
-                        };
-                        let entry = pb::Entry {
-                            id: 7,
-                            name: path,
-                            ..Default::default()
-                        };
-                        let mut frame = vec![0u8];
-                        frame.extend_from_slice(&(entry.encoded_len() as u32).to_be_bytes());
-                        entry.encode(&mut frame).expect("encode");
-                        let head = http::Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(())
-                            .expect("head");
-                        let mut out = respond.send_response(head, false).expect("respond");
-                        out.send_data(Bytes::from(frame), false).expect("data");
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", "0".parse().expect("value"));
-                        out.send_trailers(trailers).expect("trailers");
-                    }
-                    Reply::NotFound => {
-                        let head = grpc("5")
-                            .header("grpc-message", "no%20such%20entry")
-                            .body(())
-                            .expect("head");
-                        respond.send_response(head, true).expect("respond");
-                    }
-                    Reply::Silent => held.push(respond),
-                    Reply::Close => return,
-                }
+                tokio::spawn(answer(req, respond, reply));
             }
         });
         (url, seen)
+    }
+
+    async fn answer(
+        req: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+        reply: Reply,
+    ) {
+        let mut body = req.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("request data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        match reply {
+            Reply::Entry => {
+                let asked = pb::StatRequest::decode(&got[5..]).expect("a StatRequest");
+                let Some(pb::stat_request::Target::Path(path)) = asked.target else {
+                    panic!("no path in {asked:?}");
+                };
+                let entry = pb::Entry {
+                    id: 7,
+                    name: path,
+                    ..Default::default()
+                };
+                let mut frame = vec![0u8];
+                frame.extend_from_slice(&(entry.encoded_len() as u32).to_be_bytes());
+                entry.encode(&mut frame).expect("encode");
+                let head = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .expect("head");
+                let mut out = respond.send_response(head, false).expect("respond");
+                out.send_data(Bytes::from(frame), false).expect("data");
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().expect("value"));
+                out.send_trailers(trailers).expect("trailers");
+            }
+            Reply::NotFound => {
+                let head = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "5")
+                    .header("grpc-message", "no%20such%20entry")
+                    .body(())
+                    .expect("head");
+                respond.send_response(head, true).expect("respond");
+            }
+            Reply::Silent => {
+                // Hold the stream open for good.
+                std::future::pending::<()>().await;
+                drop(respond);
+            }
+            Reply::Close => unreachable!("closed before answering"),
+        }
     }
 
     fn client(
@@ -390,9 +442,30 @@ mod tests {
         let ch = H2Channel::connect(&url, Duration::from_secs(60))
             .await
             .expect("connect");
-        let s = client(ch).stat(stat("/x")).await.expect_err("closed");
+        let mut m = client(ch.clone());
+        let s = m.stat(stat("/x")).await.expect_err("closed");
         assert_ne!(s.code(), Code::DeadlineExceeded, "{s:?}");
         assert_ne!(s.code(), Code::Ok, "{s:?}");
+        // Once the connection has ended, the channel says so, and every later call fails
+        // at once with UNAVAILABLE, whichever method it is.
+        let t0 = std::time::Instant::now();
+        while !ch.is_closed() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never closed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for _ in 0..2 {
+            let s = m.stat(stat("/x")).await.expect_err("lost");
+            assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+            assert!(
+                s.message().contains("the connection to terad is lost"),
+                "{s:?}"
+            );
+            let s = m
+                .get_usage(pb::GetUsageRequest::default())
+                .await
+                .expect_err("lost");
+            assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        }
     }
 
     #[tokio::test]

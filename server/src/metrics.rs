@@ -42,7 +42,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_gauge!(
         "terad_heap_in_use_bytes",
-        "Heap bytes allocated and not freed, the engine's accounted DRAM among them (glibc only)"
+        "Heap bytes allocated and not freed, by glibc's count (the engine's frames and index tables are mapped apart and not included)"
     );
     metrics::describe_gauge!(
         "terad_heap_free_bytes",
@@ -123,16 +123,19 @@ fn heap() -> Option<Heap> {
 /// their own, returned to the system when freed.
 pub const MMAP_THRESHOLD: usize = 256 << 10;
 
-/// Fix glibc's mmap threshold at [`MMAP_THRESHOLD`], unless the operator set one in
-/// `GLIBC_TUNABLES` (`glibc_tunables`); returns whether it did. By default glibc raises the
+/// Fix glibc's mmap threshold at [`MMAP_THRESHOLD`], unless the operator set one
+/// (`glibc.malloc.mmap_threshold` in `GLIBC_TUNABLES`, or `MALLOC_MMAP_THRESHOLD_`; `env`
+/// looks a variable up); returns whether it did. By default glibc raises the
 /// threshold each time a mapped block is freed (up to 32 MiB), after which large blocks come
 /// from its heaps, and a heap keeps its freed space. Under the soak's load at 128 MiB that
 /// kept terad's `RssAnon` about 43 MiB above the engine's accounting after 4 minutes,
 /// against 17 MiB with the threshold fixed, at no throughput cost measured
 /// (docs/benchmarks.md, issue 5, "Where the rest of RssAnon was"). Call it before the
 /// threads start.
-pub fn fix_mmap_threshold(glibc_tunables: Option<&str>) -> bool {
-    if glibc_tunables.is_some_and(|t| t.contains("mmap_threshold")) {
+pub fn fix_mmap_threshold(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    if env("GLIBC_TUNABLES").is_some_and(|t| t.contains("mmap_threshold"))
+        || env("MALLOC_MMAP_THRESHOLD_").is_some()
+    {
         return false;
     }
     set_mmap_threshold(MMAP_THRESHOLD)
@@ -258,11 +261,23 @@ mod tests {
 
     #[test]
     fn the_mmap_threshold_is_fixed_unless_the_operator_set_one() {
-        assert!(!fix_mmap_threshold(Some(
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(!fix_mmap_threshold(&env(&[(
+            "GLIBC_TUNABLES",
             "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=1048576"
-        )));
-        let fixed = fix_mmap_threshold(Some("glibc.malloc.arena_max=4"));
+        )])));
+        assert!(!fix_mmap_threshold(&env(&[(
+            "MALLOC_MMAP_THRESHOLD_",
+            "65536"
+        )])));
+        let fixed = fix_mmap_threshold(&env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")]));
         assert_eq!(fixed, cfg!(all(target_os = "linux", target_env = "gnu")));
-        assert_eq!(fix_mmap_threshold(None), fixed);
+        assert_eq!(fix_mmap_threshold(&env(&[])), fixed);
     }
 }

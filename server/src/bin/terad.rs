@@ -207,7 +207,7 @@ fn main() -> ExitCode {
         };
     }
     init_logs(&config);
-    if tera_server::metrics::fix_mmap_threshold(std::env::var("GLIBC_TUNABLES").ok().as_deref()) {
+    if tera_server::metrics::fix_mmap_threshold(&|k| std::env::var(k).ok()) {
         tracing::debug!(
             bytes = tera_server::metrics::MMAP_THRESHOLD,
             "glibc maps every allocation of this size or more on its own"
