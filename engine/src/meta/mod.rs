@@ -436,6 +436,39 @@ impl<'a> EntryView<'a> {
     }
 }
 
+/// Bytes a listed entry's record is expected to take (name, etag, checksum, a few
+/// attributes): what a listing's copy buffer reserves per entry, so that it rarely grows.
+const LISTED_RECORD_GUESS: usize = 160;
+/// Entries a listing's offsets reserve room for before it knows how many there are.
+const DEFAULT_LIST_RESERVE: usize = 1024;
+
+/// Hand the records of a listing's page (`records`, the i-th ending at `ends[i]`) to
+/// `visit` in order until it returns false, and return the page's continuation: the last
+/// name handed out when entries remain (`more`: the folder has entries past the page; or
+/// `visit` stopped before the page's end), else `None`.
+fn visit_records(
+    records: &[u8],
+    ends: &[usize],
+    more: bool,
+    mut visit: impl FnMut(&EntryView<'_>) -> bool,
+) -> MetaResult<Option<String>> {
+    let mut start = 0;
+    let mut last = None;
+    for (i, &end) in ends.iter().enumerate() {
+        let e = EntryView::parse(&records[start..end])?;
+        start = end;
+        let go_on = visit(&e);
+        let stopped_early = !go_on && i + 1 < ends.len();
+        if more || stopped_early {
+            last = Some(e.name);
+        }
+        if !go_on {
+            break;
+        }
+    }
+    Ok(last.filter(|n| !n.is_empty()).map(str::to_owned))
+}
+
 fn decode(b: &[u8]) -> MetaResult<MetaEntry> {
     EntryView::parse(b).map(|v| v.to_entry())
 }
@@ -1141,14 +1174,20 @@ impl MetaStore {
         path: &str,
         page: usize,
         after: Option<&str>,
-        mut visit: impl FnMut(&EntryView<'_>) -> bool,
+        visit: impl FnMut(&EntryView<'_>) -> bool,
     ) -> (MetaResult<Option<String>>, Seen) {
         let parts = match parse_existing(path) {
             Ok(parts) => parts,
             Err(e) => return (Err(e), Seen::default()),
         };
         let page = page.clamp(1, MAX_PAGE);
-        self.read_deferred(ns, |op| {
+        // Under the namespace's lock, only what must be: find the entries and copy their
+        // records out, side by side in one buffer. Parsing them and `visit` (a server
+        // encodes each into its response) run after the lock is released, so that listings
+        // and writes of the same namespace on other threads wait for a copy, not an encoding.
+        let mut records = Vec::new();
+        let mut ends = Vec::with_capacity(page.min(DEFAULT_LIST_RESERVE));
+        let (more, seen) = self.read_deferred(ns, |op| {
             let dir = op.resolve(path, &parts)?;
             if dir.kind != Kind::Folder {
                 return Err(MetaError::NotAFolder(path.into()));
@@ -1161,35 +1200,15 @@ impl MetaStore {
             let more = keys.len() > page * ENTRY_KEY_BYTES;
             keys.truncate(page * ENTRY_KEY_BYTES);
             let refs: Vec<&[u8]> = keys.chunks_exact(ENTRY_KEY_BYTES).collect();
-            let count = refs.len();
-            let (mut seen, mut more) = (0, more);
-            let mut last = String::new();
-            let mut bad = None;
-            let mut stopped = false;
+            records.reserve(refs.len() * LISTED_RECORD_GUESS);
             op.tx.get_many(&refs, |_, v| {
-                if bad.is_some() || stopped {
-                    return;
-                }
-                match EntryView::parse(v) {
-                    Ok(e) => {
-                        seen += 1;
-                        stopped = !visit(&e);
-                        if stopped && seen < count {
-                            more = true;
-                        }
-                        if more || stopped {
-                            last.clear();
-                            last.push_str(e.name);
-                        }
-                    }
-                    Err(e) => bad = Some(e),
-                }
+                records.extend_from_slice(v);
+                ends.push(records.len());
             })?;
-            if let Some(e) = bad {
-                return Err(e);
-            }
-            Ok((more && !last.is_empty()).then_some(last))
-        })
+            Ok(more)
+        });
+        let r = more.and_then(|more| visit_records(&records, &ends, more, visit));
+        (r, seen)
     }
 
     /// Create the folder at `path` (and, with `parents`, the folders above it that are
@@ -1601,5 +1620,82 @@ mod tests {
         assert_eq!(&b[at..at + 2], b"ab");
         b[at] = 0xff;
         assert!(matches!(EntryView::parse(&b), Err(MetaError::Engine(_))));
+    }
+
+    fn named(name: &str) -> Vec<u8> {
+        encode(&MetaEntry {
+            id: 2,
+            parent: 1,
+            name: name.into(),
+            kind: Kind::File,
+            size: 0,
+            mtime: 0,
+            etag: etag_string(7),
+            checksum: Default::default(),
+            mime: String::new(),
+            tree_size: 0,
+            tree_mtime: 0,
+            attrs: Default::default(),
+        })
+    }
+
+    /// A listing's records, side by side, and where each ends.
+    fn page(names: &[&str]) -> (Vec<u8>, Vec<usize>) {
+        let (mut records, mut ends) = (Vec::new(), Vec::new());
+        for n in names {
+            records.extend_from_slice(&named(n));
+            ends.push(records.len());
+        }
+        (records, ends)
+    }
+
+    /// What a page's visit hands out, and the continuation: the last name handed out when
+    /// entries remain, whether past the page or past where `visit` stopped.
+    #[test]
+    fn a_listing_page_continues_after_the_last_entry_handed_out() {
+        let (records, ends) = page(&["a", "b", "c"]);
+        let run = |more: bool, stop_at: usize| {
+            let mut got = Vec::new();
+            let next = visit_records(&records, &ends, more, |e| {
+                got.push(e.name.to_owned());
+                got.len() < stop_at
+            })
+            .unwrap();
+            (got, next)
+        };
+        // The whole page, and nothing after it.
+        assert_eq!(
+            run(false, 9),
+            (vec!["a".into(), "b".into(), "c".into()], None)
+        );
+        // The whole page, more after it.
+        assert_eq!(run(true, 9).1.as_deref(), Some("c"));
+        // Stopped early: continue after the last entry handed out, more or not.
+        assert_eq!(
+            run(false, 2),
+            (vec!["a".into(), "b".into()], Some("b".into()))
+        );
+        assert_eq!(run(true, 1), (vec!["a".into()], Some("a".into())));
+        // Stopped at the page's last entry: only what is past the page remains.
+        assert_eq!(run(false, 3).1, None);
+        assert_eq!(run(true, 3).1.as_deref(), Some("c"));
+        // An empty page.
+        assert_eq!(visit_records(&[], &[], false, |_| true).unwrap(), None);
+    }
+
+    /// A damaged record in a page is an error, after the entries before it were handed out.
+    #[test]
+    fn a_damaged_record_in_a_page_is_an_error() {
+        let (mut records, ends) = page(&["a", "b", "c"]);
+        records.truncate(ends[2] - 1);
+        let mut ends = ends;
+        ends[2] = records.len();
+        let mut got = Vec::new();
+        let r = visit_records(&records, &ends, false, |e| {
+            got.push(e.name.to_owned());
+            true
+        });
+        assert!(matches!(r, Err(MetaError::Engine(_))), "{r:?}");
+        assert_eq!(got, ["a", "b"]);
     }
 }
