@@ -1294,11 +1294,30 @@ impl Tx<'_> {
         let total: usize = keys.iter().map(|k| KEY_PREFIX + k.len()).sum();
         let mut flat = Vec::with_capacity(total);
         let mut hashes = Vec::with_capacity(keys.len());
+        // With partitioning by prefix, keys that share the prefix of one already checked
+        // (all of a listing's) are in this partition too: one prefix hash, not one each.
+        let prefix = match self.ks.opts.partition_by {
+            PartitionBy::Prefix(p) => Some(KEY_PREFIX + p as usize),
+            PartitionBy::Key => None,
+        };
+        let mut checked: Option<Vec<u8>> = None;
         for k in keys {
             self.inner.check_key(k)?;
             let start = flat.len();
             push_ikey(self.ks, k, &mut flat);
-            hashes.push(self.check_partition(k, &flat[start..])?);
+            let ik = &flat[start..];
+            let same = match (prefix, &checked) {
+                (Some(p), Some(c)) => ik.len() >= p && ik[..p] == c[..],
+                _ => false,
+            };
+            if same {
+                hashes.push(hash_key(ik));
+            } else {
+                hashes.push(self.check_partition(k, ik)?);
+                if let Some(p) = prefix.filter(|&p| ik.len() >= p) {
+                    checked = Some(ik[..p].to_vec());
+                }
+            }
         }
         let mut refs: Vec<&[u8]> = Vec::with_capacity(keys.len());
         let mut rest = flat.as_slice();

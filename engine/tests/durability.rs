@@ -328,6 +328,42 @@ fn damage_in_the_middle_of_the_log_is_refused_not_skipped() {
     assert!(e.to_string().contains("not a torn tail"), "{e}");
 }
 
+/// `get_many` reads keys of its transaction's partition only: one of another partition
+/// among them, even after many of the same prefix (checked once), is refused.
+#[test]
+fn get_many_refuses_a_key_of_another_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    let ks = db
+        .keyspace("ns", KeyspaceOptions::hash().partition_prefix(4))
+        .unwrap();
+    let other = (0..64)
+        .map(|i| format!("u{i:03}"))
+        .find(|p| ks.partition_of(p.as_bytes()) != ks.partition_of(b"u001"))
+        .expect("64 prefixes in one partition");
+    let mut keys: Vec<Vec<u8>> = (0..20).map(|i| format!("u001/{i}").into_bytes()).collect();
+    let mut b = Batch::new();
+    for k in &keys {
+        b.put(k.clone(), k.clone());
+    }
+    ks.write(&b).unwrap();
+    let read = |keys: &[Vec<u8>]| {
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        ks.atomic(b"u001", |tx| {
+            let mut got = Vec::new();
+            tx.get_many(&refs, |_, v| got.push(v.to_vec()))?;
+            Ok(got)
+        })
+    };
+    assert_eq!(read(&keys).unwrap().0, keys);
+    keys.push(format!("{other}/x").into_bytes());
+    let e = read(&keys).unwrap_err();
+    assert!(matches!(e, Error::CrossPartition { .. }), "{e}");
+    // A short key that is all prefix is checked as itself.
+    let e = read(&[b"u001/0".to_vec(), other.clone().into_bytes()]).unwrap_err();
+    assert!(matches!(e, Error::CrossPartition { .. }), "{e}");
+}
+
 #[test]
 fn batches_and_transactions_are_all_or_nothing_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
