@@ -183,9 +183,9 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
         /// Decode each listed entry into a message, as an application would. By default the
-        /// bench parses every entry and counts them without copying their fields out, so
-        /// that its CPU, taken from the terad it shares the machine with, is mostly terad's
-        /// protocol work.
+        /// bench checks each entry's frame (key, wire type, length) and counts them without
+        /// parsing inside, so that its CPU, taken from the terad it shares the machine with,
+        /// is mostly the protocol's work.
         #[arg(long)]
         decode_entries: bool,
     },
