@@ -123,34 +123,71 @@ fn heap() -> Option<Heap> {
 /// their own, returned to the system when freed.
 pub const MMAP_THRESHOLD: usize = 256 << 10;
 
-/// Fix glibc's mmap threshold at [`MMAP_THRESHOLD`], unless the operator set one
-/// (`glibc.malloc.mmap_threshold` in `GLIBC_TUNABLES`, or `MALLOC_MMAP_THRESHOLD_`; `env`
-/// looks a variable up); returns whether it did. By default glibc raises the
-/// threshold each time a mapped block is freed (up to 32 MiB), after which large blocks come
-/// from its heaps, and a heap keeps its freed space. Under the soak's load at 128 MiB that
-/// kept terad's `RssAnon` about 43 MiB above the engine's accounting after 4 minutes,
-/// against 17 MiB with the threshold fixed, at no throughput cost measured
-/// (docs/benchmarks.md, issue 5, "Where the rest of RssAnon was"). Call it before the
-/// threads start.
-pub fn fix_mmap_threshold(env: &dyn Fn(&str) -> Option<String>) -> bool {
-    if env("GLIBC_TUNABLES").is_some_and(|t| t.contains("mmap_threshold"))
-        || env("MALLOC_MMAP_THRESHOLD_").is_some()
+/// terad's glibc trim threshold: free space a heap keeps at its top before giving it back to
+/// the system.
+pub const TRIM_THRESHOLD: usize = 8 << 20;
+
+/// What [`tune_malloc`] set: each threshold it fixed, `None` where the operator had set one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MallocTuning {
+    pub mmap_threshold: Option<usize>,
+    pub trim_threshold: Option<usize>,
+}
+
+/// Fix glibc's mmap threshold at [`MMAP_THRESHOLD`] and its trim threshold at
+/// [`TRIM_THRESHOLD`], each unless the operator set it (`glibc.malloc.mmap_threshold` or
+/// `glibc.malloc.trim_threshold` in `GLIBC_TUNABLES`, or `MALLOC_MMAP_THRESHOLD_`,
+/// `MALLOC_TRIM_THRESHOLD_`; `env` looks a variable up). Call it before the threads start.
+///
+/// - By default glibc raises the mmap threshold each time a mapped block is freed (up to
+///   32 MiB), after which large blocks come from its heaps, and a heap keeps its freed
+///   space. Under the soak's load at 128 MiB that kept terad's `RssAnon` about 43 MiB above
+///   the engine's accounting after 4 minutes, against 17 MiB with the threshold fixed
+///   (docs/benchmarks.md, issue 5, "Where the rest of RssAnon was").
+/// - Fixing it also stops glibc's matching rise of the trim threshold, which then stays at
+///   128 KiB: a heap whose top held more free space than that gave it back at once, and
+///   the next calls' buffers faulted it in again, about 2.5 page faults per 100-entry
+///   listing, inside the namespace's lock too. At 8 MiB, a few per second are left and
+///   listings/s rose 12-17% (docs/benchmarks.md, issue 5, "Heap trimming"). What a heap
+///   keeps is bounded by it: at most 8 MiB per glibc arena.
+pub fn tune_malloc(env: &dyn Fn(&str) -> Option<String>) -> MallocTuning {
+    let tunables = env("GLIBC_TUNABLES").unwrap_or_default();
+    let mut out = MallocTuning {
+        mmap_threshold: None,
+        trim_threshold: None,
+    };
+    if !tunables.contains("mmap_threshold")
+        && env("MALLOC_MMAP_THRESHOLD_").is_none()
+        && set_malloc_param(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     {
-        return false;
+        out.mmap_threshold = Some(MMAP_THRESHOLD);
     }
-    set_mmap_threshold(MMAP_THRESHOLD)
+    if !tunables.contains("trim_threshold")
+        && env("MALLOC_TRIM_THRESHOLD_").is_none()
+        && set_malloc_param(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    {
+        out.trim_threshold = Some(TRIM_THRESHOLD);
+    }
+    out
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set_mmap_threshold(bytes: usize) -> bool {
+use libc::{M_MMAP_THRESHOLD, M_TRIM_THRESHOLD};
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+const M_MMAP_THRESHOLD: i32 = 0;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+const M_TRIM_THRESHOLD: i32 = 0;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_malloc_param(param: libc::c_int, bytes: usize) -> bool {
     let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // SAFETY: mallopt only changes glibc's allocation parameters (under its own lock); it
     // returns 1 on success and 0 for a value out of range.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+    unsafe { libc::mallopt(param, bytes) == 1 }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set_mmap_threshold(_bytes: usize) -> bool {
+fn set_malloc_param(_param: i32, _bytes: usize) -> bool {
     false
 }
 
@@ -260,7 +297,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_mmap_threshold_is_fixed_unless_the_operator_set_one() {
+    fn malloc_thresholds_are_fixed_unless_the_operator_set_them() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |k: &str| {
                 vars.iter()
@@ -268,16 +305,49 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             }
         };
-        assert!(!fix_mmap_threshold(&env(&[(
-            "GLIBC_TUNABLES",
-            "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=1048576"
-        )])));
-        assert!(!fix_mmap_threshold(&env(&[(
-            "MALLOC_MMAP_THRESHOLD_",
-            "65536"
-        )])));
-        let fixed = fix_mmap_threshold(&env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")]));
-        assert_eq!(fixed, cfg!(all(target_os = "linux", target_env = "gnu")));
-        assert_eq!(fix_mmap_threshold(&env(&[])), fixed);
+        let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
+        let both = MallocTuning {
+            mmap_threshold: glibc.then_some(MMAP_THRESHOLD),
+            trim_threshold: glibc.then_some(TRIM_THRESHOLD),
+        };
+        let only_trim = MallocTuning {
+            mmap_threshold: None,
+            ..both
+        };
+        let only_mmap = MallocTuning {
+            trim_threshold: None,
+            ..both
+        };
+        let none = MallocTuning {
+            mmap_threshold: None,
+            trim_threshold: None,
+        };
+        let cases: [(&'static [(&str, &str)], MallocTuning); 7] = [
+            (&[], both),
+            (&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")], both),
+            (
+                &[(
+                    "GLIBC_TUNABLES",
+                    "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=1048576",
+                )],
+                only_trim,
+            ),
+            (&[("MALLOC_MMAP_THRESHOLD_", "65536")], only_trim),
+            (
+                &[("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576")],
+                only_mmap,
+            ),
+            (&[("MALLOC_TRIM_THRESHOLD_", "1048576")], only_mmap),
+            (
+                &[
+                    ("MALLOC_TRIM_THRESHOLD_", "1048576"),
+                    ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576"),
+                ],
+                none,
+            ),
+        ];
+        for (vars, want) in cases {
+            assert_eq!(tune_malloc(&env(vars)), want, "{vars:?}");
+        }
     }
 }

@@ -207,12 +207,12 @@ fn main() -> ExitCode {
         };
     }
     init_logs(&config);
-    if tera_server::metrics::fix_mmap_threshold(&|k| std::env::var(k).ok()) {
-        tracing::debug!(
-            bytes = tera_server::metrics::MMAP_THRESHOLD,
-            "glibc maps every allocation of this size or more on its own"
-        );
-    }
+    let malloc = tera_server::metrics::tune_malloc(&|k| std::env::var(k).ok());
+    tracing::debug!(
+        mmap_threshold = ?malloc.mmap_threshold,
+        trim_threshold = ?malloc.trim_threshold,
+        "glibc malloc thresholds terad set (none: the operator's, or not glibc)"
+    );
     // This runtime accepts connections, serves /metrics, opens the database and checkpoints
     // it at the end; the gRPC calls run on terad's I/O threads (`io_threads`), each with a
     // runtime of its own (server::run).
