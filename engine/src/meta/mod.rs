@@ -324,6 +324,28 @@ fn read_str<'a>(r: &mut crate::durable::Reader<'a>) -> Option<&'a str> {
     std::str::from_utf8(r.bytes(n)?).ok()
 }
 
+/// The part of a record that holds its strings, from `start` on, as one `str` if it is
+/// valid UTF-8 as a whole.
+struct Strings<'a> {
+    start: usize,
+    whole: Option<&'a str>,
+}
+
+impl<'a> Strings<'a> {
+    /// [`read_str`] on `r`, a reader of `b` past `start`. A string of a valid whole is the
+    /// slice of it that holds the same bytes (`str::get` checks that its ends are character
+    /// boundaries); where they are not, or the whole is not valid, its bytes are checked on
+    /// their own.
+    fn read(&self, b: &'a [u8], r: &mut crate::durable::Reader<'a>) -> Option<&'a str> {
+        let n = r.u32()? as usize;
+        let at = b.len() - r.remaining();
+        let bytes = r.bytes(n)?;
+        self.whole
+            .and_then(|w| w.get(at - self.start..at - self.start + n))
+            .or_else(|| std::str::from_utf8(bytes).ok())
+    }
+}
+
 fn damaged_entry() -> MetaError {
     MetaError::Engine(crate::Error::Keyspace {
         name: "meta".into(),
@@ -374,15 +396,22 @@ impl<'a> EntryView<'a> {
         let etag = r.u64().ok_or_else(bad)?;
         let tree_size = r.u64().ok_or_else(bad)?;
         let tree_mtime = r.u64().ok_or_else(bad)? as i64;
-        let name = read_str(&mut r).ok_or_else(bad)?;
-        let alg = read_str(&mut r).ok_or_else(bad)?;
-        let sum = read_str(&mut r).ok_or_else(bad)?;
-        let mime = read_str(&mut r).ok_or_else(bad)?;
+        // What follows is strings and their lengths. Checked as UTF-8 in one pass, a rest
+        // that is valid (every length under 128 is ASCII bytes) gives each string by slicing,
+        // which checks only its ends; otherwise each string is checked on its own.
+        let strings = Strings {
+            start: b.len() - r.remaining(),
+            whole: std::str::from_utf8(&b[b.len() - r.remaining()..]).ok(),
+        };
+        let name = strings.read(b, &mut r).ok_or_else(bad)?;
+        let alg = strings.read(b, &mut r).ok_or_else(bad)?;
+        let sum = strings.read(b, &mut r).ok_or_else(bad)?;
+        let mime = strings.read(b, &mut r).ok_or_else(bad)?;
         let attr_count = r.u32().ok_or_else(bad)?;
         let attr_start = b.len() - r.remaining();
         for _ in 0..attr_count {
-            read_str(&mut r).ok_or_else(bad)?;
-            read_str(&mut r).ok_or_else(bad)?;
+            strings.read(b, &mut r).ok_or_else(bad)?;
+            strings.read(b, &mut r).ok_or_else(bad)?;
         }
         let attr_bytes = &b[attr_start..b.len() - r.remaining()];
         Ok(EntryView {
@@ -1588,6 +1617,50 @@ mod tests {
             let b = encode(&e);
             let n = cut.index(b.len());
             prop_assert!(matches!(EntryView::parse(&b[..n]), Err(MetaError::Engine(_))));
+        }
+
+        /// Strings read from the record's valid whole are those read one by one: a byte of
+        /// the strings' part set to anything (a continuation byte, a lead byte, a length's
+        /// byte) parses the same both ways, or fails both ways.
+        #[test]
+        fn strings_read_whole_are_read_one_by_one(
+            e in any_entry(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut b = encode(&e);
+            let fixed = 2 * 8 + 1 + 5 * 8;
+            let i = fixed + at.index(b.len() - fixed);
+            b[i] = byte;
+            let each = {
+                let mut r = crate::durable::Reader::new(&b[fixed..]);
+                let mut got = Vec::new();
+                let mut ok = (0..4).all(|_| read_str(&mut r).map(|s| got.push(s)).is_some());
+                if ok {
+                    match r.u32() {
+                        Some(n) => {
+                            for _ in 0..n {
+                                ok &= read_str(&mut r).map(|s| got.push(s)).is_some()
+                                    && read_str(&mut r).map(|s| got.push(s)).is_some();
+                                if !ok {
+                                    break;
+                                }
+                            }
+                        }
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(got)
+            };
+            let whole = EntryView::parse(&b).ok().map(|v| {
+                let mut got = vec![v.name, v.checksum.0, v.checksum.1, v.mime];
+                for (k, val) in v.attrs() {
+                    got.push(k);
+                    got.push(val);
+                }
+                got
+            });
+            prop_assert_eq!(whole, each);
         }
 
         /// Arbitrary bytes parse or fail cleanly, and what parses has checked UTF-8 throughout.
