@@ -17,6 +17,7 @@
 //! bytes, and with glibc's allocator every request of 1 KiB or more first consolidates the
 //! small free chunks (`malloc_consolidate`), which two 8 KiB buffers per call did every call.
 
+use crate::wire::ListResponse;
 use prost::bytes::Buf;
 use prost::Message;
 use std::cell::RefCell;
@@ -79,11 +80,20 @@ pub struct ScratchEncoder<T> {
     _pd: PhantomData<T>,
 }
 
-impl<T: Message> Encoder for ScratchEncoder<T> {
+impl<T: Message + 'static> Encoder for ScratchEncoder<T> {
     type Item = T;
     type Error = Status;
 
     fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // A listing built by `wire::ListBuilder` is its entries' bytes already: two slices
+        // straight into the buffer, sized first, with no copy through the scratch vector.
+        if let Some(listing) = (&item as &dyn std::any::Any).downcast_ref::<ListResponse>() {
+            if listing.is_pre_encoded() {
+                buf.reserve(listing.encoded_len());
+                listing.encode_raw(buf);
+                return Ok(());
+            }
+        }
         SCRATCH.with(|s| match s.try_borrow_mut() {
             Ok(mut v) => {
                 v.clear();

@@ -34,6 +34,14 @@ pub struct ListResponse {
     encoded_entries: Vec<u8>,
 }
 
+impl ListResponse {
+    /// Whether the entries are all encoded already (a [`ListBuilder`]'s response): encoding
+    /// it is then a copy of bytes.
+    pub fn is_pre_encoded(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 impl prost::Message for ListResponse {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         buf.put_slice(&self.encoded_entries);
@@ -86,6 +94,8 @@ impl prost::Message for ListResponse {
 #[derive(Debug)]
 pub struct ListBuilder {
     out: Vec<u8>,
+    /// Entries the page is expected to hold (what its buffer is sized for).
+    expect: usize,
     budget: usize,
 }
 
@@ -100,7 +110,8 @@ impl ListBuilder {
     /// `budget` bytes (see [`ListBuilder::push`]).
     pub fn with_capacity(entries: usize, budget: usize) -> ListBuilder {
         ListBuilder {
-            out: Vec::with_capacity(entries.min(1 << 14) * 128),
+            out: Vec::new(),
+            expect: entries.min(1 << 14),
             budget,
         }
     }
@@ -113,6 +124,14 @@ impl ListBuilder {
         // lengths (cheap arithmetic), and the fields are then written straight into place.
         let etag = e.etag_hex();
         let len = entry_len(e, &etag);
+        if self.out.capacity() == 0 {
+            // Room for the page, sized by its first entry and a quarter more (names and
+            // checksums of a folder's entries tend to be alike), up to the budget: most
+            // pages then never grow their buffer (a copy of all of it each time).
+            let guess = self.expect.max(1) * (3 + len + len / 4);
+            self.out
+                .reserve(guess.min(self.budget.saturating_add(len + 3)));
+        }
         self.out.reserve(1 + MAX_VARINT + len);
         self.out.push(key(1, WireType::LengthDelimited));
         put_varint(len as u64, &mut self.out);
