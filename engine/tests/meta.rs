@@ -882,3 +882,58 @@ fn a_recursive_delete_stopped_after_its_detach_is_finished_after_a_reopen() {
     // The namespace works on.
     m.mkdir(NS, "/big", false, 3).unwrap();
 }
+
+/// A listing's buffers are the thread's, kept between listings: pages of different sizes in
+/// turn, and a listing made inside another's visit, each get their own entries only.
+#[test]
+fn listings_in_turn_and_nested_keep_their_entries_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    for (folder, n) in [("/big", 40), ("/small", 3)] {
+        m.mkdir(NS, folder, false, 1).unwrap();
+        for i in 0..n {
+            m.upload(
+                NS,
+                &format!("{folder}/f{i:03}"),
+                &up(i, 1),
+                &Precondition::None,
+            )
+            .unwrap();
+        }
+    }
+    let names = |path: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        m.list_with(NS, path, 100, None, |e| {
+            out.push(e.name.to_owned());
+            true
+        })
+        .unwrap();
+        out
+    };
+    let big: Vec<String> = (0..40).map(|i| format!("f{i:03}")).collect();
+    let small: Vec<String> = (0..3).map(|i| format!("f{i:03}")).collect();
+    for _ in 0..3 {
+        assert_eq!(names("/big"), big);
+        assert_eq!(names("/small"), small);
+    }
+    // Inside the visit of /big, list /small each time.
+    let mut outer = Vec::new();
+    m.list_with(NS, "/big", 100, None, |e| {
+        assert_eq!(names("/small"), small);
+        outer.push(e.name.to_owned());
+        true
+    })
+    .unwrap();
+    assert_eq!(outer, big);
+    assert_eq!(names("/big"), big);
+    // A listing that fails leaves nothing behind for the next.
+    assert!(matches!(
+        m.list_with(NS, "/big/f001", 100, None, |_| true),
+        Err(MetaError::NotAFolder(_))
+    ));
+    assert!(matches!(
+        m.list_with(NS, "/nope", 100, None, |_| true),
+        Err(MetaError::NotFound(_))
+    ));
+    assert_eq!(names("/small"), small);
+}

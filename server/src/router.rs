@@ -156,6 +156,16 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
+thread_local! {
+    /// This thread's handles of the per-call metrics, by method and status code. Looking a
+    /// labelled metric up builds its key (two allocations) and searches the recorder's
+    /// registry; a handle is an atomic to bump. Methods and codes are a few dozen, so the
+    /// map stays small.
+    static CALL_METRICS: std::cell::RefCell<
+        std::collections::HashMap<(&'static str, i32), (metrics::Counter, metrics::Histogram)>,
+    > = std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// Records one call's count and latency when dropped: also when the call is cut short by
 /// its deadline or a client's cancel (recorded as DEADLINE_EXCEEDED or CANCELLED: tonic
 /// drops the future either way, and a deadline is the likely cause when one was set).
@@ -174,9 +184,22 @@ impl Drop for CallRecord {
             Code::Cancelled
         });
         let secs = self.start.elapsed().as_secs_f64();
-        metrics::counter!("terad_rpc_requests_total", "method" => self.method, "code" => code_label(code))
-            .increment(1);
-        metrics::histogram!("terad_rpc_duration_seconds", "method" => self.method).record(secs);
+        let method = self.method;
+        let register = || {
+            (
+                metrics::counter!("terad_rpc_requests_total", "method" => method, "code" => code_label(code)),
+                metrics::histogram!("terad_rpc_duration_seconds", "method" => method),
+            )
+        };
+        let (calls, latency) = CALL_METRICS.with(|m| match m.try_borrow_mut() {
+            Ok(mut m) => m
+                .entry((method, code as i32))
+                .or_insert_with(register)
+                .clone(),
+            Err(_) => register(),
+        });
+        calls.increment(1);
+        latency.record(secs);
         tracing::debug!(
             method = self.method,
             code = code_label(code),

@@ -468,8 +468,45 @@ impl<'a> EntryView<'a> {
 /// Bytes a listed entry's record is expected to take (name, etag, checksum, a few
 /// attributes): what a listing's copy buffer reserves per entry, so that it rarely grows.
 const LISTED_RECORD_GUESS: usize = 160;
-/// Entries a listing's offsets reserve room for before it knows how many there are.
-const DEFAULT_LIST_RESERVE: usize = 1024;
+/// A listing's buffers, kept by each thread between its listings: allocating them each time
+/// was five allocations a listing (two of them under the namespace's lock), of up to
+/// 16 KiB for 100 entries.
+#[derive(Default)]
+struct ListBufs {
+    /// The page's entry keys, side by side.
+    keys: Vec<u8>,
+    /// Their records, side by side.
+    records: Vec<u8>,
+    /// Where each record ends in `records`.
+    ends: Vec<usize>,
+}
+
+/// A thread's [`ListBufs`] are given back to the allocator past this many bytes of records,
+/// so that one huge page does not pin its memory for the thread's life.
+const LIST_BUFS_KEEP: usize = 1 << 20;
+
+thread_local! {
+    static LIST_BUFS: std::cell::Cell<Option<Box<ListBufs>>> = const { std::cell::Cell::new(None) };
+}
+
+impl ListBufs {
+    /// The thread's buffers, empty; new ones if it has none (a listing inside another's
+    /// `visit` gets new ones).
+    fn take() -> Box<ListBufs> {
+        LIST_BUFS.take().unwrap_or_default()
+    }
+
+    /// Keep the buffers for the thread's next listing, unless they grew too large.
+    fn give_back(mut self: Box<Self>) {
+        if self.records.capacity() > LIST_BUFS_KEEP {
+            return;
+        }
+        self.keys.clear();
+        self.records.clear();
+        self.ends.clear();
+        LIST_BUFS.set(Some(self));
+    }
+}
 
 /// Hand the records of a listing's page (`records`, the i-th ending at `ends[i]`) to
 /// `visit` in order until it returns false, and return the page's continuation: the last
@@ -768,6 +805,26 @@ impl<'a, 'b> Op<'a, 'b> {
             }
         }
         self.entry(id)
+    }
+
+    /// The id of the folder at `parts`: [`Op::resolve`]'s walk and errors, and `NotAFolder`
+    /// for a file, without decoding the folder's record (a listing, under the namespace's
+    /// lock, needs its id alone).
+    fn resolve_folder(&mut self, path: &str, parts: &[&str]) -> MetaResult<u64> {
+        let mut id = ROOT_ID;
+        for (i, p) in parts.iter().enumerate() {
+            if !self.is_folder(id)? {
+                return Err(MetaError::NotAFolder(format!("/{}", parts[..i].join("/"))));
+            }
+            match self.child(id, p)? {
+                Some(c) => id = c,
+                None => return Err(MetaError::NotFound(path.to_string())),
+            }
+        }
+        if !self.is_folder(id)? {
+            return Err(MetaError::NotAFolder(path.into()));
+        }
+        Ok(id)
     }
 
     /// [`Op::resolve`] for the entry a request names: a path ending in `/` names a folder,
@@ -1214,16 +1271,16 @@ impl MetaStore {
         // records out, side by side in one buffer. Parsing them and `visit` (a server
         // encodes each into its response) run after the lock is released, so that listings
         // and writes of the same namespace on other threads wait for a copy, not an encoding.
-        let mut records = Vec::new();
-        let mut ends = Vec::with_capacity(page.min(DEFAULT_LIST_RESERVE));
+        let mut bufs = ListBufs::take();
+        let ListBufs {
+            keys,
+            records,
+            ends,
+        } = &mut *bufs;
         let (more, seen) = self.read_deferred(ns, |op| {
-            let dir = op.resolve(path, &parts)?;
-            if dir.kind != Kind::Folder {
-                return Err(MetaError::NotAFolder(path.into()));
-            }
+            let dir = op.resolve_folder(path, &parts)?;
             // The entries' keys side by side in one buffer, all the same length.
-            let mut keys = Vec::with_capacity((page + 1) * ENTRY_KEY_BYTES);
-            dir::scan(op, dir.id, after.map(str::as_bytes), page + 1, |_, id| {
+            dir::scan(op, dir, after.map(str::as_bytes), page + 1, |_, id| {
                 keys.extend_from_slice(&entry_key(ns, id))
             })?;
             let more = keys.len() > page * ENTRY_KEY_BYTES;
@@ -1236,7 +1293,8 @@ impl MetaStore {
             })?;
             Ok(more)
         });
-        let r = more.and_then(|more| visit_records(&records, &ends, more, visit));
+        let r = more.and_then(|more| visit_records(records, ends, more, visit));
+        bufs.give_back();
         (r, seen)
     }
 
