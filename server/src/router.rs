@@ -161,10 +161,12 @@ thread_local! {
     /// labelled metric up builds its key (two allocations) and searches the recorder's
     /// registry; a handle is an atomic to bump. Methods and codes are a few dozen, so the
     /// map stays small.
-    static CALL_METRICS: std::cell::RefCell<
-        std::collections::HashMap<(&'static str, i32), (metrics::Counter, metrics::Histogram)>,
-    > = std::cell::RefCell::new(std::collections::HashMap::new());
+    static CALL_METRICS: std::cell::RefCell<CallMetrics> = std::cell::RefCell::new(CallMetrics::new());
 }
+
+/// Handles of a call's count and latency metrics, by method and status code.
+type CallMetrics =
+    std::collections::HashMap<(&'static str, i32), (metrics::Counter, metrics::Histogram)>;
 
 /// Records one call's count and latency when dropped: also when the call is cut short by
 /// its deadline or a client's cancel (recorded as DEADLINE_EXCEEDED or CANCELLED: tonic
@@ -191,15 +193,14 @@ impl Drop for CallRecord {
                 metrics::histogram!("terad_rpc_duration_seconds", "method" => method),
             )
         };
-        let (calls, latency) = CALL_METRICS.with(|m| match m.try_borrow_mut() {
-            Ok(mut m) => m
-                .entry((method, code as i32))
-                .or_insert_with(register)
-                .clone(),
-            Err(_) => register(),
+        let record = |(calls, latency): &(metrics::Counter, metrics::Histogram)| {
+            calls.increment(1);
+            latency.record(secs);
+        };
+        CALL_METRICS.with(|m| match m.try_borrow_mut() {
+            Ok(mut m) => record(m.entry((method, code as i32)).or_insert_with(register)),
+            Err(_) => record(&register()),
         });
-        calls.increment(1);
-        latency.record(secs);
         tracing::debug!(
             method = self.method,
             code = code_label(code),
