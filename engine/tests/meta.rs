@@ -937,3 +937,44 @@ fn listings_in_turn_and_nested_keep_their_entries_apart() {
     ));
     assert_eq!(names("/small"), small);
 }
+
+/// A page whose records would take more than `LIST_COPY_MAX` bytes ends early, with a
+/// `next` from which the following pages give every other entry once.
+#[test]
+fn a_page_of_large_records_ends_at_the_copy_cap_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    m.mkdir(NS, "/big", false, 1).unwrap();
+    let record = 1_800;
+    let n = tera_engine::meta::LIST_COPY_MAX / record + 100;
+    let mime = "m".repeat(record);
+    for i in 0..n {
+        let u = Upload {
+            mime: mime.clone(),
+            ..up(i as u64, 1)
+        };
+        m.upload(NS, &format!("/big/f{i:05}"), &u, &Precondition::None)
+            .unwrap();
+    }
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let p = m
+            .list(NS, "/big", tera_engine::meta::MAX_PAGE, after.as_deref())
+            .unwrap();
+        pages.push(p.entries.len());
+        names.extend(p.entries.into_iter().map(|e| e.name));
+        match p.next {
+            Some(next) => {
+                assert_eq!(Some(&next), names.last());
+                after = Some(next);
+            }
+            None => break,
+        }
+        assert!(pages.len() < 10, "pages never end: {pages:?}");
+    }
+    assert!(pages.len() >= 2 && pages[0] < n, "{pages:?}");
+    let want: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
+    assert_eq!(names, want);
+}

@@ -147,9 +147,9 @@ pub struct MallocTuning {
 /// - Fixing it also stops glibc's matching rise of the trim threshold, which then stays at
 ///   128 KiB: a heap whose top held more free space than that gave it back at once, and
 ///   the next calls' buffers faulted it in again, about 2.5 page faults per 100-entry
-///   listing, inside the namespace's lock too. At 8 MiB, a few per second are left and
-///   listings/s rose 12-17% (docs/benchmarks.md, issue 5, "Heap trimming"). What a heap
-///   keeps is bounded by it: at most 8 MiB per glibc arena.
+///   listing, inside the namespace's lock too. At 8 MiB almost none are left, and
+///   listings/s rose 1-10% in A/B rounds (docs/benchmarks.md, issue 5, "Heap trimming").
+///   The cost: each glibc arena may keep up to 8 MiB of free space at its heap's top.
 pub fn tune_malloc(env: &dyn Fn(&str) -> Option<String>) -> MallocTuning {
     let tunables = env("GLIBC_TUNABLES").unwrap_or_default();
     let mut out = MallocTuning {

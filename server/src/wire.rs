@@ -126,11 +126,13 @@ impl ListBuilder {
         let len = entry_len(e, &etag);
         if self.out.capacity() == 0 {
             // Room for the page, sized by its first entry and a quarter more (names and
-            // checksums of a folder's entries tend to be alike), up to the budget: most
-            // pages then never grow their buffer (a copy of all of it each time).
+            // checksums of a folder's entries tend to be alike), up to the budget and
+            // `FIRST_RESERVE_MAX`: most pages then never grow their buffer (a copy of all of
+            // it each time). `expect` is the page size asked for, not what the folder holds,
+            // hence the cap.
             let guess = self.expect.max(1) * (3 + len + len / 4);
-            self.out
-                .reserve(guess.min(self.budget.saturating_add(len + 3)));
+            let cap = self.budget.saturating_add(len + 3).min(FIRST_RESERVE_MAX);
+            self.out.reserve(guess.min(cap));
         }
         self.out.reserve(1 + MAX_VARINT + len);
         self.out.push(key(1, WireType::LengthDelimited));
@@ -154,6 +156,10 @@ impl ListBuilder {
         }
     }
 }
+
+/// The most a listing's buffer reserves before it has seen more than one entry: under
+/// glibc's mmap threshold (256 KiB, `metrics::tune_malloc`), so that it comes from the heap.
+const FIRST_RESERVE_MAX: usize = 192 << 10;
 
 /// Bytes of the longest varint (a 64-bit value).
 const MAX_VARINT: usize = 10;

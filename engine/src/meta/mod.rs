@@ -468,6 +468,13 @@ impl<'a> EntryView<'a> {
 /// Bytes a listed entry's record is expected to take (name, etag, checksum, a few
 /// attributes): what a listing's copy buffer reserves per entry, so that it rarely grows.
 const LISTED_RECORD_GUESS: usize = 160;
+/// Bytes of records a listing's page copies out under the namespace's lock before it ends
+/// the page early (the page's `next` then continues after the last entry copied). It bounds
+/// a listing's memory and how long it holds the lock, whatever the page size asked for
+/// (up to [`MAX_PAGE`] entries of up to a record's largest size each); terad's pages end at
+/// its response budget anyway.
+pub const LIST_COPY_MAX: usize = 4 << 20;
+
 /// A listing's buffers, kept by each thread between its listings: allocating them each time
 /// was five allocations a listing (two of them under the namespace's lock), of up to
 /// 16 KiB for 100 entries.
@@ -1235,12 +1242,14 @@ impl MetaStore {
     }
 
     /// [`MetaStore::list`] without the copies: each entry of the page goes to `visit` as a
-    /// view of its stored bytes, in name order, and the result is the page's `next`. `visit`
-    /// runs under the namespace's lock, so it should only copy or encode what it is given; it
-    /// returns whether to go on, and when it says stop, the page ends with that entry (its
-    /// `next` is that entry's name if more follow: a caller can end a page early, at a byte
-    /// budget). If an entry does not parse, the listing fails with that error and `visit` has
-    /// seen only the entries before it.
+    /// view of its stored bytes, in name order, and the result is the page's `next`. The
+    /// page's records are copied out under the namespace's lock and `visit` runs after it is
+    /// released, on that copy. `visit` returns whether to go on, and when it says stop, the
+    /// page ends with that entry (its `next` is that entry's name if more follow: a caller
+    /// can end a page early, at a byte budget). A page also ends early, with a `next`, once
+    /// its records take [`LIST_COPY_MAX`] bytes (at least one entry is always given). If an
+    /// entry does not parse, the listing fails with that error and `visit` has seen only the
+    /// entries before it.
     pub fn list_with(
         &self,
         ns: u64,
@@ -1286,12 +1295,17 @@ impl MetaStore {
             let more = keys.len() > page * ENTRY_KEY_BYTES;
             keys.truncate(page * ENTRY_KEY_BYTES);
             let refs: Vec<&[u8]> = keys.chunks_exact(ENTRY_KEY_BYTES).collect();
-            records.reserve(refs.len() * LISTED_RECORD_GUESS);
+            records.reserve((refs.len() * LISTED_RECORD_GUESS).min(LIST_COPY_MAX));
+            let mut full = false;
             op.tx.get_many(&refs, |_, v| {
-                records.extend_from_slice(v);
-                ends.push(records.len());
+                if !full {
+                    records.extend_from_slice(v);
+                    ends.push(records.len());
+                    full = records.len() >= LIST_COPY_MAX;
+                }
             })?;
-            Ok(more)
+            // Entries left out past the cap follow on the next page.
+            Ok(more || ends.len() < refs.len())
         });
         let r = more.and_then(|more| visit_records(records, ends, more, visit));
         bufs.give_back();
