@@ -978,3 +978,40 @@ fn a_page_of_large_records_ends_at_the_copy_cap_and_loses_nothing() {
     let want: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
     assert_eq!(names, want);
 }
+
+/// `try_list_with_deferred` gives up at once, its visit not called, while another thread holds
+/// the namespace's lock, and lists once the lock is free; another namespace is not held up.
+#[test]
+fn a_try_listing_gives_up_while_the_namespace_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, m) = store(dir.path());
+    m.create_namespace(NS + 1, 1).unwrap();
+    for ns in [NS, NS + 1] {
+        m.upload(ns, "/a", &up(1, 1), &Precondition::None).unwrap();
+    }
+    let ks = db.get_keyspace("meta").unwrap();
+    let names = |ns: u64| {
+        let mut got = Vec::new();
+        let read = m.try_list_with_deferred(ns, "/", 10, None, |e| {
+            got.push(e.name.to_owned());
+            true
+        });
+        read.map(|(r, _)| (r.unwrap(), got))
+    };
+    let (locked, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ks.atomic(&NS.to_be_bytes(), |_| {
+                locked.wait();
+                release.wait();
+                Ok(())
+            })
+            .unwrap();
+        });
+        locked.wait();
+        assert_eq!(names(NS), None, "the lock is held: no listing, no visit");
+        assert_eq!(names(NS + 1), Some((None, vec!["a".to_string()])));
+        release.wait();
+    });
+    assert_eq!(names(NS), Some((None, vec!["a".to_string()])));
+}
