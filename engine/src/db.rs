@@ -1524,29 +1524,17 @@ impl Keyspace {
 
     /// A transaction under the lock of the partition of `partition_key`.
     fn begin(&self, partition_key: &[u8]) -> Tx<'_> {
-        self.begin_if(partition_key, true)
-            .expect("a transaction that waits for its lock gets it")
-    }
-
-    /// [`Keyspace::begin`], or with `wait` false, `None` at once if another thread holds the
-    /// partition's lock.
-    fn begin_if(&self, partition_key: &[u8], wait: bool) -> Option<Tx<'_>> {
         let inner = &*self.inner;
         let ik = ikey(&self.ks, partition_key);
         let part = inner.partition_for(&self.ks, &ik, hash_key(&ik));
-        let lk = if wait {
-            inner.parts[part].lock()
-        } else {
-            inner.parts[part].try_lock()?
-        };
-        Some(Tx {
+        Tx {
             inner,
             ks: &self.ks,
             part,
-            lk,
+            lk: inner.parts[part].lock(),
             writes: Vec::new(),
             scratch: Vec::new(),
-        })
+        }
     }
 
     /// [`Keyspace::atomic`] for a read that must not block on the log (an async server's
@@ -1560,21 +1548,7 @@ impl Keyspace {
         partition_key: &[u8],
         f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
     ) -> (Result<R>, Seen) {
-        self.read_deferred_if(partition_key, true, f)
-            .expect("a read that waits for its lock runs")
-    }
-
-    /// [`Keyspace::read_deferred`], or with `wait` false, `None` at once, `f` not run, if
-    /// another thread holds the partition's lock: an async server's runtime thread can then
-    /// serve other calls and try again, instead of waiting (spinning, then sleeping) for a
-    /// lock a thread of the same machine holds.
-    pub fn read_deferred_if<R>(
-        &self,
-        partition_key: &[u8],
-        wait: bool,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
-    ) -> Option<(Result<R>, Seen)> {
-        let mut tx = self.begin_if(partition_key, wait)?;
+        let mut tx = self.begin(partition_key);
         let mut r = f(&mut tx);
         if r.is_ok() && !tx.writes.is_empty() {
             r = Err(Error::Keyspace {
@@ -1583,7 +1557,7 @@ impl Keyspace {
             });
         }
         let seen = Seen(tx.lk.logged());
-        Some((r, seen))
+        (r, seen)
     }
 
     /// Whether a read's answer that rests on `seen` may be handed out now: one atomic load.

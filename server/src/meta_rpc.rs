@@ -108,10 +108,6 @@ fn if_match(s: String) -> Result<Option<String>, Status> {
     Ok((!s.is_empty()).then_some(s))
 }
 
-/// How many times a listing finds its namespace's lock taken, and lets its thread serve
-/// other calls, before it waits for the lock.
-const LOCK_TRIES: u32 = 4;
-
 /// The wire's page token for a listing's continuation (the last name, base64url): opaque to
 /// clients, who must pass it back unchanged.
 pub fn page_token(next: Option<String>) -> String {
@@ -206,28 +202,9 @@ impl Metadata for MetaService {
         };
         let after = parse_page_token(&r.page_token)?;
         let mut out = ListBuilder::with_capacity(page, self.response_budget());
-        // The namespace's lock may be held by another I/O thread (or a writer) for a few
-        // microseconds: rather than wait for it on this thread (spinning, then sleeping),
-        // serve this thread's other calls and try again, a few times, then wait.
-        let mut tries = 0;
-        let read = loop {
-            let after = after.as_deref();
-            if tries == LOCK_TRIES {
-                break engine
-                    .meta
-                    .list_with_deferred(ns, &r.path, page, after, |e| out.push(e));
-            }
-            match engine
-                .meta
-                .try_list_with_deferred(ns, &r.path, page, after, |e| out.push(e))
-            {
-                Some(read) => break read,
-                None => {
-                    tries += 1;
-                    tokio::task::yield_now().await;
-                }
-            }
-        };
+        let read = engine
+            .meta
+            .list_with_deferred(ns, &r.path, page, after.as_deref(), |e| out.push(e));
         let next = settle(&engine, read).await?;
         Ok(Response::new(out.finish(page_token(next))))
     }

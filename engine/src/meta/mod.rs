@@ -1211,29 +1211,17 @@ impl MetaStore {
         ns: u64,
         f: impl FnOnce(&mut Op<'_, '_>) -> MetaResult<R>,
     ) -> (MetaResult<R>, Seen) {
-        self.read_deferred_if(ns, true, f)
-            .expect("a read that waits for the lock runs")
-    }
-
-    /// [`MetaStore::read_deferred`], or with `wait` false, `None` at once (`f` not run) if
-    /// another thread holds the namespace's lock (see [`Keyspace::read_deferred_if`]).
-    fn read_deferred_if<R>(
-        &self,
-        ns: u64,
-        wait: bool,
-        f: impl FnOnce(&mut Op<'_, '_>) -> MetaResult<R>,
-    ) -> Option<(MetaResult<R>, Seen)> {
         let mut out = None;
         let pk = ns.to_be_bytes();
-        let (r, seen) = self.ks.read_deferred_if(&pk, wait, |tx| {
+        let (r, seen) = self.ks.read_deferred(&pk, |tx| {
             out = Some(Op::begin(tx, ns, self.node_bytes).and_then(|mut op| f(&mut op)));
             Ok(())
-        })?;
+        });
         let r = match r {
             Ok(()) => out.expect("ran"),
             Err(e) => Err(MetaError::Engine(e)),
         };
-        Some((r, seen))
+        (r, seen)
     }
 
     /// A page of the folder at `path`, in name order: up to `page` entries (1 to
@@ -1283,36 +1271,9 @@ impl MetaStore {
         after: Option<&str>,
         visit: impl FnMut(&EntryView<'_>) -> bool,
     ) -> (MetaResult<Option<String>>, Seen) {
-        self.list_with_deferred_if(ns, path, page, after, true, visit)
-            .expect("a listing that waits for the lock runs")
-    }
-
-    /// [`MetaStore::list_with_deferred`] if the namespace's lock is free now; `None` at once
-    /// otherwise, `visit` not called (see [`Keyspace::read_deferred_if`]). For an async
-    /// server's runtime thread, which can serve other calls and try again.
-    pub fn try_list_with_deferred(
-        &self,
-        ns: u64,
-        path: &str,
-        page: usize,
-        after: Option<&str>,
-        visit: impl FnMut(&EntryView<'_>) -> bool,
-    ) -> Option<(MetaResult<Option<String>>, Seen)> {
-        self.list_with_deferred_if(ns, path, page, after, false, visit)
-    }
-
-    fn list_with_deferred_if(
-        &self,
-        ns: u64,
-        path: &str,
-        page: usize,
-        after: Option<&str>,
-        wait: bool,
-        visit: impl FnMut(&EntryView<'_>) -> bool,
-    ) -> Option<(MetaResult<Option<String>>, Seen)> {
         let parts = match parse_existing(path) {
             Ok(parts) => parts,
-            Err(e) => return Some((Err(e), Seen::default())),
+            Err(e) => return (Err(e), Seen::default()),
         };
         let page = page.clamp(1, MAX_PAGE);
         // Under the namespace's lock, only what must be: find the entries and copy their
@@ -1325,7 +1286,7 @@ impl MetaStore {
             records,
             ends,
         } = &mut *bufs;
-        let Some((more, seen)) = self.read_deferred_if(ns, wait, |op| {
+        let (more, seen) = self.read_deferred(ns, |op| {
             let dir = op.resolve_folder(path, &parts)?;
             // The entries' keys side by side in one buffer, all the same length.
             dir::scan(op, dir, after.map(str::as_bytes), page + 1, |_, id| {
@@ -1345,13 +1306,10 @@ impl MetaStore {
             })?;
             // Entries left out past the cap follow on the next page.
             Ok(more || ends.len() < refs.len())
-        }) else {
-            bufs.give_back();
-            return None;
-        };
+        });
         let r = more.and_then(|more| visit_records(records, ends, more, visit));
         bufs.give_back();
-        Some((r, seen))
+        (r, seen)
     }
 
     /// Create the folder at `path` (and, with `parents`, the folders above it that are
