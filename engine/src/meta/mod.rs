@@ -799,8 +799,8 @@ impl<'a, 'b> Op<'a, 'b> {
         dir::lookup(self, parent, name.as_bytes())
     }
 
-    /// The entry at `parts`, or the error naming the first missing component.
-    fn resolve(&mut self, path: &str, parts: &[&str]) -> MetaResult<MetaEntry> {
+    /// The id of the entry at `parts`, or the error naming the first missing component.
+    fn resolve_id(&mut self, path: &str, parts: &[&str]) -> MetaResult<u64> {
         let mut id = ROOT_ID;
         for (i, p) in parts.iter().enumerate() {
             if !self.is_folder(id)? {
@@ -811,6 +811,12 @@ impl<'a, 'b> Op<'a, 'b> {
                 None => return Err(MetaError::NotFound(path.to_string())),
             }
         }
+        Ok(id)
+    }
+
+    /// The entry at `parts`, or the error naming the first missing component.
+    fn resolve(&mut self, path: &str, parts: &[&str]) -> MetaResult<MetaEntry> {
+        let id = self.resolve_id(path, parts)?;
         self.entry(id)
     }
 
@@ -818,16 +824,7 @@ impl<'a, 'b> Op<'a, 'b> {
     /// for a file, without decoding the folder's record (a listing, under the namespace's
     /// lock, needs its id alone).
     fn resolve_folder(&mut self, path: &str, parts: &[&str]) -> MetaResult<u64> {
-        let mut id = ROOT_ID;
-        for (i, p) in parts.iter().enumerate() {
-            if !self.is_folder(id)? {
-                return Err(MetaError::NotAFolder(format!("/{}", parts[..i].join("/"))));
-            }
-            match self.child(id, p)? {
-                Some(c) => id = c,
-                None => return Err(MetaError::NotFound(path.to_string())),
-            }
-        }
+        let id = self.resolve_id(path, parts)?;
         if !self.is_folder(id)? {
             return Err(MetaError::NotAFolder(path.into()));
         }
