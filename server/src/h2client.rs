@@ -90,7 +90,7 @@ impl H2Channel {
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(crate::batch::ReadAhead::new(tcp))
             .await
             .map_err(|e| cannot(&e))?;
         // A connection error reaches every call on it as that call's error.

@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod auth_rpc;
+pub mod batch;
 pub mod bench;
 pub mod client;
 pub mod codec;

@@ -8,6 +8,7 @@
 
 use crate::auth::{TokenKey, Users};
 use crate::auth_rpc::AuthService;
+use crate::batch::Batched;
 use crate::config::{Config, DurabilityMode};
 use crate::conns::{self, ConnLimit, Counted, Slot};
 use crate::health::HealthService;
@@ -502,7 +503,8 @@ async fn watch_poison(state: Arc<State>) {
 /// the connection task writes, and the answers leave in one system call; on a multi-threaded
 /// runtime, the connection task ran (or was stolen) as soon as the first answer was ready,
 /// and each answer cost a `writev` and a loopback delivery (a quarter of terad's CPU at
-/// concurrency 100; docs/benchmarks.md).
+/// concurrency 100; docs/benchmarks.md). Answers of 256 bytes or more (listings), which h2
+/// writes one per flush, are batched the same way by [`Batched`].
 struct IoThread {
     gate: Gate<Router>,
     conns: mpsc::UnboundedReceiver<(std::net::TcpStream, Slot)>,
@@ -540,7 +542,7 @@ impl IoThread {
             let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns).map(
                 move |(s, slot)| {
                     tokio::net::TcpStream::from_std(s)
-                        .map(|s| Counted::new(s, slot, handshake_timeout))
+                        .map(|s| Counted::new(Batched::new(s), slot, handshake_timeout))
                 },
             );
             let signal = async move {
