@@ -1279,11 +1279,14 @@ impl Tx<'_> {
     /// transaction, without copying it out; `None` if the key is absent.
     pub fn read<R>(&mut self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
         let (ik, hash) = self.own(key)?;
-        match self.lk.get(hash, &ik, &mut self.scratch)? {
-            Some(tier) => self.inner.reads.count(tier),
-            None => return Ok(None),
+        // Under the lock the record cannot be reclaimed, so `f` reads it where it is.
+        match self.lk.read_with(hash, &ik, |v| f(&v[META..]))? {
+            Some((r, tier)) => {
+                self.inner.reads.count(tier);
+                Ok(Some(r))
+            }
+            None => Ok(None),
         }
-        Ok(Some(f(&self.scratch[META..])))
     }
 
     /// The values of `keys` (each in this partition, and each present: a missing one is

@@ -1814,6 +1814,40 @@ impl Locked<'_> {
         Ok(tier)
     }
 
+    /// [`Locked::get`] without the copy: `f` is called with the value of `key` where it is
+    /// stored, and its result comes back with where it was found (`None` if the key is
+    /// absent). A far record the heat policy admits is promoted, as by `get`.
+    pub(crate) fn read_with<R>(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<(R, Tier)>> {
+        let p = self.part;
+        // SAFETY: lock held.
+        let table = unsafe { p.index.table() };
+        let mut f = Some(f);
+        let mut out = None;
+        let mut promote = None;
+        table.find(hash, |a| {
+            match p.pinned_visit(a, key, |rec, t| {
+                if let Some(f) = f.take() {
+                    out = Some((f(rec.value()), t));
+                }
+                if t == Tier::Far && p.shared.policy.admit_far(hash) {
+                    promote = Some((a, rec.seq(), rec.value().to_vec()));
+                }
+            }) {
+                Ok(b) => Ok(b),
+                Err(e) => Err(p.locked_err(a, e)),
+            }
+        })?;
+        if let Some((from, seq, value)) = promote {
+            p.promote_locked(&mut self.st, hash, key, &value, from, seq);
+        }
+        Ok(out)
+    }
+
     /// Set `key` to `value`; `ordered` keeps the key in the ordered index. Returns whether the
     /// key existed.
     pub(crate) fn put(

@@ -122,6 +122,44 @@ fn survives_compaction(db: &Db) {
     }
 }
 
+/// A read inside a transaction hands `f` the value where it is stored, DRAM or far (and,
+/// with eager promotion, promotes it): the same bytes as a plain read, and `None` for a
+/// key never written.
+fn transaction_reads_see_the_stored_value(db: &Db) {
+    let ks = db
+        .keyspace("in_place", tera_engine::KeyspaceOptions::hash())
+        .unwrap();
+    for k in 0..150u32 {
+        ks.put(&key(k), &value_for(k, 4, 150)).unwrap();
+    }
+    // Newer records push these out of a tiny budget.
+    let filler = db
+        .keyspace("filler", tera_engine::KeyspaceOptions::hash())
+        .unwrap();
+    for k in 0..150u32 {
+        filler.put(&key(k), &value_for(k, 5, 600)).unwrap();
+    }
+    let far_reads = db.stats().far.reads;
+    for k in 0..150u32 {
+        let (got, _) = ks
+            .atomic(&key(k), |tx| tx.read(&key(k), |v| v.to_vec()))
+            .unwrap();
+        assert_eq!(got, Some(value_for(k, 4, 150)), "key {k}");
+    }
+    let (none, _) = ks
+        .atomic(b"never written", |tx| {
+            tx.read(b"never written", |v| v.len())
+        })
+        .unwrap();
+    assert_eq!(none, None);
+    let far_reads = db.stats().far.reads - far_reads;
+    if db.stats().far.records > 0 {
+        assert!(far_reads > 50, "read far in place: {far_reads} far reads");
+    } else {
+        assert_eq!(far_reads, 0);
+    }
+}
+
 macro_rules! suite {
     ($($backend:ident: $config:expr, far = $far:expr;)*) => {$(
         mod $backend {
@@ -140,6 +178,11 @@ macro_rules! suite {
             fn empty_values_and_keys_of_every_length() {
                 let dir = tempfile::tempdir().unwrap();
                 super::empty_values_and_keys_of_every_length(&loaded($config(dir.path()), $far));
+            }
+            #[test]
+            fn transaction_reads_see_the_stored_value() {
+                let dir = tempfile::tempdir().unwrap();
+                super::transaction_reads_see_the_stored_value(&loaded($config(dir.path()), $far));
             }
             #[test]
             fn survives_compaction() {
