@@ -7,12 +7,17 @@
 //! ready requests leave together). It prints ops/s and p50/p99/p99.9 latency per level and
 //! operation (hdrhistogram, microsecond resolution), with error counts by status code; a
 //! RESOURCE_EXHAUSTED that is the engine's DRAM budget refusing a write is counted apart, as
-//! `RESOURCE_EXHAUSTED(budget)`, from terad shedding load (see [`error_label`]).
+//! `RESOURCE_EXHAUSTED(budget)`, from terad shedding load (see [`error_label`]). Stats and
+//! listings are sent with [`H2Channel::unary_bytes`] (the request encoded with prost, the
+//! answer's status read from its trailers as tonic reads it, the answer decoded: a stat's
+//! entry in full and checked against the name asked for, a listing's entries counted);
+//! mkdir and upload, and listings with `decode_entries`, through tonic's generated client.
 
 use crate::client::{self, Bearer, Meta};
 use crate::h2client::H2Channel;
 use crate::proto::meta as pb;
 use hdrhistogram::Histogram;
+use prost::Message;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -159,8 +164,9 @@ impl prost::Message for ListedCount {
     }
 }
 
-/// The List method's path, for calls made with [`ListedCount`] as the response.
+/// The paths of the calls the bench makes without tonic ([`H2Channel::unary_bytes`]).
 const LIST_PATH: &str = "/tera.meta.v1.Metadata/List";
+const STAT_PATH: &str = "/tera.meta.v1.Metadata/Stat";
 
 #[derive(Debug)]
 struct Tally {
@@ -285,11 +291,14 @@ type BenchMeta = pb::metadata_client::MetadataClient<
 >;
 
 struct Worker {
-    /// The connection `meta` and `lister` use: a task stops once it is lost.
+    /// The connection `meta` and the calls without tonic use: a task stops once it is
+    /// lost.
     chan: H2Channel,
     meta: BenchMeta,
-    /// The same connection as `meta`, for listings read as [`ListedCount`].
-    lister: tonic::client::Grpc<tonic::service::interceptor::InterceptedService<H2Channel, Bearer>>,
+    /// The headers of the calls made on `chan` without tonic: stats, and listings unless
+    /// `decode_entries` (tonic's client machinery took a fifth of teractl's CPU per listing;
+    /// docs/benchmarks.md). mkdir and upload go through `meta`.
+    headers: http::HeaderMap,
     decode_entries: bool,
     ns: u64,
     root: String,
@@ -318,15 +327,27 @@ impl Worker {
         match op {
             Op::Stat => {
                 let i = (self.rng.next() % self.fixture.max(1) as u64) as usize;
-                self.meta
-                    .stat(pb::StatRequest {
-                        namespace: ns,
-                        target: Some(pb::stat_request::Target::Path(format!(
-                            "{}/fixture/f{i:05}",
-                            self.root
-                        ))),
-                    })
+                let req = pb::StatRequest {
+                    namespace: ns,
+                    target: Some(pb::stat_request::Target::Path(format!(
+                        "{}/fixture/f{i:05}",
+                        self.root
+                    ))),
+                };
+                let answer = self
+                    .chan
+                    .unary_bytes(STAT_PATH, &self.headers, &req.encode_to_vec())
                     .await?;
+                // Decoded in full, as a client that uses the entry would.
+                let e = pb::Entry::decode(answer).map_err(|e| {
+                    tonic::Status::internal(format!("an entry that does not decode: {e}"))
+                })?;
+                if e.name != format!("f{i:05}") {
+                    return Err(tonic::Status::data_loss(format!(
+                        "stat of f{i:05} answered {:?}",
+                        e.name
+                    )));
+                }
             }
             Op::List => {
                 let page = self.fixture.clamp(1, 10_000);
@@ -339,18 +360,15 @@ impl Worker {
                 let got = if self.decode_entries {
                     self.meta.list(req).await?.into_inner().entries.len()
                 } else {
-                    self.lister.ready().await.map_err(|e| {
-                        tonic::Status::unavailable(format!("the connection is not ready: {e}"))
-                    })?;
-                    let r: tonic::Response<ListedCount> = self
-                        .lister
-                        .unary(
-                            tonic::Request::new(req),
-                            http::uri::PathAndQuery::from_static(LIST_PATH),
-                            crate::codec::TeraCodec::default(),
-                        )
+                    let answer = self
+                        .chan
+                        .unary_bytes(LIST_PATH, &self.headers, &req.encode_to_vec())
                         .await?;
-                    r.into_inner().entries
+                    ListedCount::decode(answer)
+                        .map_err(|e| {
+                            tonic::Status::internal(format!("a listing that does not decode: {e}"))
+                        })?
+                        .entries
                 };
                 // A short page would make the listing look cheaper than it is.
                 if got != self.fixture.min(page) {
@@ -525,6 +543,7 @@ impl Level {
             // when both run on one machine.
             let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::new(&o.mix)?));
             let mut tasks = Vec::new();
+            let headers = self.bearer.fixed_headers();
             for (k, w) in (t..self.level).step_by(self.threads).enumerate() {
                 let service = tonic::service::interceptor::InterceptedService::new(
                     chans[k % mine].clone(),
@@ -535,9 +554,7 @@ impl Level {
                     meta: pb::metadata_client::MetadataClient::new(service.clone())
                         .max_decoding_message_size(64 << 20)
                         .max_encoding_message_size(64 << 20),
-                    lister: tonic::client::Grpc::new(service)
-                        .max_decoding_message_size(64 << 20)
-                        .max_encoding_message_size(64 << 20),
+                    headers: headers.clone(),
                     decode_entries: o.decode_entries,
                     ns: o.namespace,
                     root: self.root.clone(),

@@ -45,6 +45,47 @@ impl Bearer {
     }
 }
 
+impl Bearer {
+    /// The headers this interceptor adds that are the same on every call (authorization and
+    /// `grpc-timeout`), for calls made without tonic ([`crate::h2client::H2Channel::unary_bytes`]).
+    /// A `traceparent` differs per call and is not among them.
+    pub fn fixed_headers(&self) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(v) = &self.header {
+            if let Ok(v) = http::HeaderValue::from_bytes(v.as_encoded_bytes()) {
+                h.insert(http::header::AUTHORIZATION, v);
+            }
+        }
+        if let Some(d) = self.deadline {
+            if let Ok(v) = http::HeaderValue::from_str(&grpc_timeout(d)) {
+                h.insert("grpc-timeout", v);
+            }
+        }
+        h
+    }
+}
+
+/// `d` as gRPC's `grpc-timeout` value: at most 8 digits and a unit, the finest unit that
+/// fits (rounded up, so that the server never gets less time than the client waits).
+pub fn grpc_timeout(d: Duration) -> String {
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    let ns = d.as_nanos();
+    for (per, unit) in units {
+        let n = ns.div_ceil(per);
+        if n < 100_000_000 {
+            return format!("{n}{unit}");
+        }
+    }
+    "99999999H".into()
+}
+
 /// A random W3C `traceparent` (version 00, sampled).
 pub fn new_traceparent() -> Option<String> {
     let b = crate::auth::random_bytes::<24>().ok()?;
@@ -99,4 +140,36 @@ pub fn auth(ch: Channel, bearer: Bearer) -> Auth {
 /// The Health client over `ch`.
 pub fn health(ch: Channel) -> HealthClient<Channel> {
     HealthClient::new(ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_take_the_finest_unit_that_fits_in_eight_digits() {
+        assert_eq!(grpc_timeout(Duration::from_nanos(5)), "5n");
+        assert_eq!(grpc_timeout(Duration::from_millis(99)), "99000000n");
+        assert_eq!(grpc_timeout(Duration::from_millis(100)), "100000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(30)), "30000000u");
+        assert_eq!(grpc_timeout(Duration::from_secs(300)), "300000m");
+        assert_eq!(grpc_timeout(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(
+            grpc_timeout(Duration::from_nanos(1_500_000_001)),
+            "1500001u"
+        );
+        assert_eq!(grpc_timeout(Duration::from_secs(u64::MAX)), "99999999H");
+    }
+
+    #[test]
+    fn fixed_headers_carry_the_token_and_the_deadline() {
+        let b = Bearer::new(Some(" tok "), false)
+            .unwrap()
+            .deadline(Duration::from_secs(5));
+        let h = b.fixed_headers();
+        assert_eq!(h["authorization"], "Bearer tok");
+        assert_eq!(h["grpc-timeout"], "5000000u");
+        assert_eq!(h.len(), 2);
+        assert!(Bearer::new(None, true).unwrap().fixed_headers().is_empty());
+    }
 }

@@ -8,7 +8,9 @@
 //! second queue) and a task spawned per call to send the request body; profiles of teractl
 //! at concurrency 400 put a quarter of its CPU there. [`H2Channel`] opens the stream, sends the
 //! encoded message from the calling task and hands back the response stream as the body:
-//! tonic still encodes, decodes and reads the status. It serves the bench's unary calls (a
+//! tonic still encodes, decodes and reads the status. [`H2Channel::unary_bytes`] goes
+//! further for the calls the bench times: no tonic at all, the request's message in and the
+//! answer's message out. It serves the bench's unary calls (a
 //! request body is sent whole before the response is awaited, so a bidirectional stream would
 //! stall); teractl's commands keep tonic's `Channel`.
 
@@ -114,6 +116,130 @@ impl H2Channel {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+}
+
+impl H2Channel {
+    /// One unary call without tonic's client machinery: `message` is the request's encoded
+    /// protobuf message, `headers` go out with the call (authorization, `grpc-timeout`), and
+    /// the answer is the response's message, undecoded, or the call's status as tonic's
+    /// clients report it (`grpc-status` from the trailers, or from a trailers-only answer;
+    /// a stream or connection error mapped as tonic maps it). The answer is not copied when
+    /// it arrives in one DATA frame. What `teractl bench` calls for the operations it times.
+    pub async fn unary_bytes(
+        &mut self,
+        path: &'static str,
+        headers: &http::HeaderMap,
+        message: &[u8],
+    ) -> Result<Bytes, tonic::Status> {
+        let lost = |e: &dyn std::fmt::Display| {
+            tonic::Status::unavailable(format!("the connection to terad is lost: {e}"))
+        };
+        if let Some(e) = &self.lost {
+            return Err(lost(e));
+        }
+        let h2err = |e: h2::Error| tonic::Status::from_error(Box::new(e));
+        poll_fn(|cx| self.send.poll_ready(cx)).await.map_err(|e| {
+            let s = lost(&e);
+            self.lost = Some(e.to_string().into());
+            s
+        })?;
+        let uri = Uri::from_parts({
+            let mut u = http::uri::Parts::default();
+            u.scheme = Some(Scheme::HTTP);
+            u.authority = Some(self.authority.clone());
+            u.path_and_query = Some(http::uri::PathAndQuery::from_static(path));
+            u
+        })
+        .map_err(|e| tonic::Status::internal(format!("request URI: {e}")))?;
+        let mut req = http::Request::post(uri)
+            .body(())
+            .map_err(|e| tonic::Status::internal(format!("request: {e}")))?;
+        let h = req.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        for (k, v) in headers {
+            h.insert(k, v.clone());
+        }
+        let (response, mut stream) = self.send.send_request(req, false).map_err(h2err)?;
+        let len = u32::try_from(message.len())
+            .map_err(|_| tonic::Status::invalid_argument("request message over 4 GiB"))?;
+        let mut framed = Vec::with_capacity(5 + message.len());
+        framed.push(0); // not compressed
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(message);
+        stream.send_data(framed.into(), true).map_err(h2err)?;
+        let timeout = self.timeout;
+        // As for tonic's calls (see `call`): the timeout covers the answer's headers.
+        let response = tokio::time::timeout(timeout, response)
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded(format!("no answer within {timeout:?}")))?
+            .map_err(h2err)?;
+        let (parts, mut body) = response.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(tonic::Status::unknown(format!(
+                "HTTP status {} from terad",
+                parts.status
+            )));
+        }
+        // A trailers-only answer: the status is in the headers, and there is no message.
+        if let Some(s) = tonic::Status::from_header_map(&parts.headers) {
+            return Err(if s.code() == tonic::Code::Ok {
+                tonic::Status::internal("an answer with status OK and no message")
+            } else {
+                s
+            });
+        }
+        let mut first: Option<Bytes> = None;
+        let mut rest = bytes::BytesMut::new();
+        while let Some(data) = poll_fn(|cx| body.poll_data(cx)).await {
+            let data = data.map_err(h2err)?;
+            let _ = body.flow_control().release_capacity(data.len());
+            match &first {
+                None if rest.is_empty() => first = Some(data),
+                _ => {
+                    if let Some(f) = first.take() {
+                        rest.extend_from_slice(&f);
+                    }
+                    rest.extend_from_slice(&data);
+                }
+            }
+        }
+        let trailers = poll_fn(|cx| body.poll_trailers(cx)).await.map_err(h2err)?;
+        match trailers.as_ref().and_then(tonic::Status::from_header_map) {
+            Some(s) if s.code() == tonic::Code::Ok => {}
+            Some(s) => return Err(s),
+            None => {
+                return Err(tonic::Status::internal(
+                    "the answer ended without grpc-status",
+                ))
+            }
+        }
+        let all = first.unwrap_or_else(|| rest.freeze());
+        grpc_message(all)
+    }
+}
+
+/// The one message of a unary answer's body: a gRPC frame (flag byte 0, length `u32`
+/// big-endian, the message) and nothing after it.
+fn grpc_message(body: Bytes) -> Result<Bytes, tonic::Status> {
+    let bad = |why: &str| tonic::Status::internal(format!("a malformed answer: {why}"));
+    if body.len() < 5 {
+        return Err(bad("no message frame"));
+    }
+    if body[0] != 0 {
+        return Err(bad("a compressed message (none was asked for)"));
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() - 5 != len {
+        return Err(bad(&format!(
+            "a frame of {len} bytes in a body of {}",
+            body.len() - 5
+        )));
+    }
+    Ok(body.slice(5..))
 }
 
 impl<B> Service<http::Request<B>> for H2Channel
@@ -274,6 +400,10 @@ mod tests {
     enum Reply {
         /// An `Entry` named after the request's path, then status 0 in the trailers.
         Entry,
+        /// `Entry`'s answer cut into three DATA frames.
+        Split,
+        /// `Entry`'s message, then trailers without a `grpc-status`.
+        NoStatus,
         /// A trailers-only NOT_FOUND, as terad sends its errors.
         NotFound,
         /// Never: the stream is held open.
@@ -337,7 +467,7 @@ mod tests {
             got.extend_from_slice(&chunk);
         }
         match reply {
-            Reply::Entry => {
+            Reply::Entry | Reply::Split | Reply::NoStatus => {
                 let asked = pb::StatRequest::decode(&got[5..]).expect("a StatRequest");
                 let Some(pb::stat_request::Target::Path(path)) = asked.target else {
                     panic!("no path in {asked:?}");
@@ -355,9 +485,18 @@ mod tests {
                     .body(())
                     .expect("head");
                 let mut out = respond.send_response(head, false).expect("respond");
-                out.send_data(Bytes::from(frame), false).expect("data");
+                let frame = Bytes::from(frame);
+                if let Reply::Split = reply {
+                    for part in [frame.slice(..2), frame.slice(2..7), frame.slice(7..)] {
+                        out.send_data(part, false).expect("data");
+                    }
+                } else {
+                    out.send_data(frame, false).expect("data");
+                }
                 let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", "0".parse().expect("value"));
+                if !matches!(reply, Reply::NoStatus) {
+                    trailers.insert("grpc-status", "0".parse().expect("value"));
+                }
                 out.send_trailers(trailers).expect("trailers");
             }
             Reply::NotFound => {
@@ -411,6 +550,109 @@ mod tests {
             "Bearer tok".to_string(),
         );
         assert_eq!(seen, vec![want.clone(), want]);
+    }
+
+    /// A call of `unary_bytes`: the Stat of `path`, with the bench's fixed headers.
+    async fn raw_stat(ch: &mut H2Channel, path: &str) -> Result<pb::Entry, tonic::Status> {
+        let headers = Bearer::new(Some("tok"), false)
+            .expect("bearer")
+            .deadline(Duration::from_secs(5))
+            .fixed_headers();
+        let b = ch
+            .unary_bytes(
+                "/tera.meta.v1.Metadata/Stat",
+                &headers,
+                &stat(path).encode_to_vec(),
+            )
+            .await?;
+        Ok(pb::Entry::decode(b).expect("an entry"))
+    }
+
+    /// The call without tonic: the same request on the wire, the message back whether it
+    /// comes in one DATA frame or several, and each way a call can fail reported as tonic
+    /// reports it.
+    #[tokio::test]
+    async fn unary_bytes_calls_as_tonic_does() {
+        for reply in [Reply::Entry, Reply::Split] {
+            let (url, seen) = server(reply).await;
+            let mut ch = H2Channel::connect(&url, Duration::from_secs(10))
+                .await
+                .expect("connect");
+            let e = raw_stat(&mut ch, "/a/b").await.expect("stat");
+            assert_eq!((e.id, e.name.as_str()), (7, "/a/b"));
+            let e = raw_stat(&mut ch.clone(), "/c").await.expect("stat");
+            assert_eq!(e.name, "/c");
+            let authority = url.trim_start_matches("http://").to_string();
+            let want = (
+                "/tera.meta.v1.Metadata/Stat".to_string(),
+                authority,
+                "Bearer tok".to_string(),
+            );
+            assert_eq!(seen.lock().unwrap().clone(), vec![want.clone(), want]);
+        }
+
+        let (url, _) = server(Reply::NotFound).await;
+        let mut ch = H2Channel::connect(&url, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let s = raw_stat(&mut ch, "/x").await.expect_err("an error");
+        assert_eq!((s.code(), s.message()), (Code::NotFound, "no such entry"));
+
+        let (url, _) = server(Reply::NoStatus).await;
+        let mut ch = H2Channel::connect(&url, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let s = raw_stat(&mut ch, "/x").await.expect_err("no status");
+        assert_eq!(s.code(), Code::Internal, "{s:?}");
+        assert!(s.message().contains("without grpc-status"), "{s:?}");
+
+        let (url, _) = server(Reply::Silent).await;
+        let mut ch = H2Channel::connect(&url, Duration::from_millis(200))
+            .await
+            .expect("connect");
+        let s = raw_stat(&mut ch, "/x").await.expect_err("no answer");
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+
+        let (url, _) = server(Reply::Close).await;
+        let ch = H2Channel::connect(&url, Duration::from_secs(60))
+            .await
+            .expect("connect");
+        let s = raw_stat(&mut ch.clone(), "/x").await.expect_err("closed");
+        assert_ne!(s.code(), Code::DeadlineExceeded, "{s:?}");
+        assert_ne!(s.code(), Code::Ok, "{s:?}");
+        let t0 = std::time::Instant::now();
+        while !ch.is_closed() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never closed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let s = raw_stat(&mut ch.clone(), "/x").await.expect_err("lost");
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_one_uncompressed_message_is_refused() {
+        let ok = grpc_message(Bytes::from_static(&[0, 0, 0, 0, 2, 8, 7])).expect("one message");
+        assert_eq!(&ok[..], &[8, 7]);
+        assert_eq!(
+            &grpc_message(Bytes::from_static(&[0, 0, 0, 0, 0])).unwrap()[..],
+            b""
+        );
+        for (bad, why) in [
+            (&[0, 0, 0][..], "no message frame"),
+            (&[1, 0, 0, 0, 1, 8][..], "compressed"),
+            (
+                &[0, 0, 0, 0, 3, 8, 7][..],
+                "a frame of 3 bytes in a body of 2",
+            ),
+            (
+                &[0, 0, 0, 0, 1, 8, 7][..],
+                "a frame of 1 bytes in a body of 2",
+            ),
+        ] {
+            let s = grpc_message(Bytes::copy_from_slice(bad)).expect_err(why);
+            assert_eq!(s.code(), Code::Internal);
+            assert!(s.message().contains(why), "{s:?}");
+        }
     }
 
     #[tokio::test]
