@@ -1276,7 +1276,11 @@ impl Tx<'_> {
     }
 
     /// Call `f` with the value of `key` (which must be in this partition), as before this
-    /// transaction, without copying it out; `None` if the key is absent.
+    /// transaction, without copying it out; `None` if the key is absent. `f` reads the
+    /// record where it is stored, under the partition's lock; for a far record that is the
+    /// mapped file, so a media error while `f` reads it turns the call into
+    /// [`Error::Corrupt`] after `f` saw zeroes (as with [`Tx::get_many`]): `f` should only
+    /// read, and not read far records itself.
     pub fn read<R>(&mut self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>> {
         let (ik, hash) = self.own(key)?;
         // Under the lock the record cannot be reclaimed, so `f` reads it where it is.

@@ -122,10 +122,10 @@ fn survives_compaction(db: &Db) {
     }
 }
 
-/// A read inside a transaction hands `f` the value where it is stored, DRAM or far (and,
-/// with eager promotion, promotes it): the same bytes as a plain read, and `None` for a
-/// key never written.
-fn transaction_reads_see_the_stored_value(db: &Db) {
+/// A read inside a transaction hands `f` the value where it is stored, DRAM or far: the
+/// same bytes as a plain read, and `None` for a key never written. With eager promotion
+/// (`promotes`) a far record read so is promoted, as by a plain read; with none, none is.
+fn transaction_reads_see_the_stored_value(db: &Db, promotes: bool) {
     let ks = db
         .keyspace("in_place", tera_engine::KeyspaceOptions::hash())
         .unwrap();
@@ -140,6 +140,7 @@ fn transaction_reads_see_the_stored_value(db: &Db) {
         filler.put(&key(k), &value_for(k, 5, 600)).unwrap();
     }
     let far_reads = db.stats().far.reads;
+    let promotions = db.stats().promotions;
     for k in 0..150u32 {
         let (got, _) = ks
             .atomic(&key(k), |tx| tx.read(&key(k), |v| v.to_vec()))
@@ -153,15 +154,24 @@ fn transaction_reads_see_the_stored_value(db: &Db) {
         .unwrap();
     assert_eq!(none, None);
     let far_reads = db.stats().far.reads - far_reads;
+    let promoted = db.stats().promotions - promotions;
     if db.stats().far.records > 0 {
         assert!(far_reads > 50, "read far in place: {far_reads} far reads");
     } else {
         assert_eq!(far_reads, 0);
     }
+    if promotes {
+        assert!(
+            promoted > 50,
+            "{promoted} of {far_reads} far reads promoted"
+        );
+    } else {
+        assert_eq!(promoted, 0);
+    }
 }
 
 macro_rules! suite {
-    ($($backend:ident: $config:expr, far = $far:expr;)*) => {$(
+    ($($backend:ident: $config:expr, far = $far:expr, promotes = $promotes:expr;)*) => {$(
         mod $backend {
             use super::*;
             #[test]
@@ -182,7 +192,10 @@ macro_rules! suite {
             #[test]
             fn transaction_reads_see_the_stored_value() {
                 let dir = tempfile::tempdir().unwrap();
-                super::transaction_reads_see_the_stored_value(&loaded($config(dir.path()), $far));
+                super::transaction_reads_see_the_stored_value(
+                    &loaded($config(dir.path()), $far),
+                    $promotes,
+                );
             }
             #[test]
             fn survives_compaction() {
@@ -194,9 +207,9 @@ macro_rules! suite {
 }
 
 suite! {
-    dram: all_dram, far = false;
-    far: mostly_far, far = true;
-    emulated: emulated_far, far = true;
+    dram: all_dram, far = false, promotes = false;
+    far: mostly_far, far = true, promotes = false;
+    emulated: emulated_far, far = true, promotes = true;
 }
 
 /// A parallel scan pays the emulated latency for each far record it visits, as a read does:

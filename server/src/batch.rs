@@ -10,7 +10,10 @@
 //! the other tasks that were ready (the handlers whose answers then join the batch). Bytes
 //! therefore wait at most one turn of the I/O thread, never for the peer. A shutdown, a
 //! buffer over [`BATCH_MAX`], or [`MAX_DEFERS`] flushes in a row with no read in between
-//! (a safety net: h2 reads every turn) write the buffer out at once.
+//! (a safety net: h2 reads every turn) write the buffer out at once. Between batches a
+//! connection keeps at most [`KEEP_BYTES`] of buffer (32 MiB over terad's default 4,096
+//! connections); larger buffers go back to a pool of the I/O thread's, and the next batch
+//! takes one with room for as much as the connection's last batch.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -20,12 +23,48 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
 /// The most bytes held back: past this a write first sends what is held (and waits for the
-/// socket if it is full), so a connection's buffer never holds more than this plus one
-/// write.
+/// socket if it is full). A write of more than this goes straight to the socket once nothing
+/// is held, so the buffer never holds more than this.
 pub const BATCH_MAX: usize = 256 * 1024;
 
-/// Flushes put off in a row with no read in between before one writes the buffer out.
-pub const MAX_DEFERS: u32 = 64;
+/// Flushes put off in a row with no read in between before one writes the buffer out: a
+/// safety net (h2 reads at the start of every turn). h2 flushes once per frame of 256 bytes
+/// or more, so a batch reaches [`BATCH_MAX`] first.
+pub const MAX_DEFERS: u32 = 1024;
+
+/// A buffer of at most this capacity stays with its connection once its batch is sent; a
+/// larger one goes back to its thread's pool ([`POOL_MAX`] buffers), so that a connection
+/// holds no more than this between batches (terad serves up to `max_connections` of them),
+/// and busy connections reuse buffers instead of allocating one per batch.
+pub const KEEP_BYTES: usize = 8 * 1024;
+
+/// Buffers a thread keeps for its connections' next batches.
+pub const POOL_MAX: usize = 8;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer from this thread's pool (or a new one) with room for `want` bytes.
+fn take_buf(want: usize) -> Vec<u8> {
+    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    v.reserve(want);
+    v
+}
+
+/// Give `v` (emptied) to this thread's pool, unless the pool is full, `v` is small, or it
+/// grew past a batch (one write larger than BATCH_MAX went through it).
+fn give_buf(mut v: Vec<u8>) {
+    v.clear();
+    if v.capacity() > KEEP_BYTES && v.capacity() <= 2 * BATCH_MAX {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(v);
+            }
+        });
+    }
+}
 
 /// A stream whose writes are batched until its reader's next turn (see the module's docs).
 #[derive(Debug)]
@@ -34,8 +73,15 @@ pub struct Batched<IO> {
     /// Bytes accepted from writes and not yet sent: `buf[sent..]`.
     buf: Vec<u8>,
     sent: usize,
-    /// Flushes put off since the last read, and whether the task was woken for them.
+    /// Flushes put off since the last read.
     defers: u32,
+    /// Whether the task was woken for this turn's put-off flushes.
+    woken: bool,
+    /// Whether the last send left bytes because the socket was full: the socket then wakes
+    /// the task when it has room, and a put-off flush must not (the task would spin).
+    stalled: bool,
+    /// The size of the last batch sent: what a new buffer reserves.
+    last: usize,
 }
 
 impl<IO> Batched<IO> {
@@ -45,6 +91,9 @@ impl<IO> Batched<IO> {
             buf: Vec::new(),
             sent: 0,
             defers: 0,
+            woken: false,
+            stalled: false,
+            last: 0,
         }
     }
 
@@ -63,17 +112,26 @@ impl<IO: AsyncWrite + Unpin> Batched<IO> {
     /// socket is full.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.buf.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf[self.sent..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            match Pin::new(&mut self.io).poll_write(cx, &self.buf[self.sent..]) {
+                Poll::Pending => {
+                    self.stalled = true;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.sent += n,
             }
-            self.sent += n;
         }
-        self.buf.clear();
+        self.stalled = false;
+        if self.buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.last = self.buf.len();
         self.sent = 0;
-        if self.buf.capacity() > 2 * BATCH_MAX {
-            // One write larger than the batch grew it: give that back.
-            self.buf = Vec::new();
+        if self.buf.capacity() > KEEP_BYTES {
+            give_buf(std::mem::take(&mut self.buf));
+        } else {
+            self.buf.clear();
         }
         Poll::Ready(Ok(()))
     }
@@ -102,6 +160,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.defers = 0;
+        this.woken = false;
         if this.held() > 0 {
             if let Poll::Ready(Err(e)) = this.poll_send_held(cx) {
                 return Poll::Ready(Err(e));
@@ -127,11 +186,26 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Batched<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let n: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.sent > 0 {
+            // Part of the batch went out before the socket filled: drop that part, so that
+            // the buffer holds only what is still to send (at most BATCH_MAX).
+            this.buf.drain(..this.sent);
+            this.sent = 0;
+        }
         if this.held() + n > BATCH_MAX {
             ready!(this.poll_send_held(cx))?;
             if n > BATCH_MAX {
                 // Nothing is held now, and this write alone is past the cap: straight through.
                 return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+            }
+        }
+        if this.buf.capacity() - this.buf.len() < n {
+            // Once per batch, as large as the last one was (at most BATCH_MAX).
+            let want = n.max(this.last.min(BATCH_MAX));
+            if this.buf.is_empty() {
+                give_buf(std::mem::replace(&mut this.buf, take_buf(want)));
+            } else {
+                this.buf.reserve(want);
             }
         }
         for b in bufs {
@@ -144,14 +218,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Batched<IO> {
         true
     }
 
-    /// Put off while bytes are held (the task is woken, and its next read sends them), up to
-    /// [`MAX_DEFERS`] in a row.
+    /// Put off while bytes are held (the task is woken, or the full socket wakes it when it
+    /// has room, and its next read sends them), up to [`MAX_DEFERS`] in a row.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.held() > 0 {
             if this.defers < MAX_DEFERS {
-                if this.defers == 0 {
+                if !this.woken && !this.stalled {
                     cx.waker().wake_by_ref();
+                    this.woken = true;
                 }
                 this.defers += 1;
                 return Poll::Ready(Ok(()));
@@ -329,10 +404,39 @@ mod tests {
             b.write_all(&[i as u8]).await.unwrap();
             assert!(flush(&mut b, &count).is_ready());
         }
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken once");
         assert_eq!(readable(&mut peer).len(), 0);
         b.write_all(b"!").await.unwrap();
         assert!(flush(&mut b, &count).is_ready());
         assert_eq!(readable(&mut peer).len(), MAX_DEFERS as usize + 1);
+    }
+
+    /// Between batches a connection keeps at most KEEP_BYTES of buffer, and a new batch
+    /// reserves the size of the last one at once.
+    #[tokio::test]
+    async fn a_sent_batch_gives_its_buffer_back() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 20);
+        let mut b = Batched::new(ours);
+        b.write_all(&[7; 100_000]).await.unwrap();
+        assert!(b.buf.capacity() >= 100_000);
+        let waker = Waker::noop();
+        let mut buf = [0u8; 8];
+        let mut rb = ReadBuf::new(&mut buf);
+        let _ = Pin::new(&mut b).poll_read(&mut Context::from_waker(waker), &mut rb);
+        assert_eq!(readable(&mut peer).len(), 100_000);
+        assert_eq!(b.buf.capacity(), 0, "given back");
+        b.write_all(&[8; 10]).await.unwrap();
+        assert!(b.buf.capacity() >= 100_000, "sized as the last batch");
+        let mut rb = ReadBuf::new(&mut buf);
+        let _ = Pin::new(&mut b).poll_read(&mut Context::from_waker(waker), &mut rb);
+        b.write_all(&[9; 10]).await.unwrap();
+        let mut rb = ReadBuf::new(&mut buf);
+        let _ = Pin::new(&mut b).poll_read(&mut Context::from_waker(waker), &mut rb);
+        assert!(
+            b.buf.capacity() <= KEEP_BYTES,
+            "small batches keep a small buffer"
+        );
+        assert_eq!(readable(&mut peer), [[8u8; 10], [9u8; 10]].concat());
     }
 
     /// A shutdown sends what is held first; so does a write that would take the batch past
@@ -369,8 +473,47 @@ mod tests {
         assert!(all[..20].iter().all(|&x| x == 2) && all[20..].iter().all(|&x| x == 3));
     }
 
-    /// A peer that reads slowly: writes wait for room (the batch never holds more than
-    /// BATCH_MAX plus one write), and every byte arrives in order.
+    /// With the socket full, a put-off flush does not wake the task (the socket will, when
+    /// it has room): no spinning while a peer is slow to read.
+    #[tokio::test]
+    async fn a_full_socket_wakes_the_task_and_a_flush_does_not() {
+        let (ours, mut peer) = tokio::io::duplex(16);
+        let mut b = Batched::new(ours);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        b.write_all(&[5; 100]).await.unwrap();
+        let waker = Waker::from(count.clone());
+        let mut buf = [0u8; 8];
+        let mut rb = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut b)
+            .poll_read(&mut Context::from_waker(&waker), &mut rb)
+            .is_pending());
+        assert_eq!(b.held(), 100 - 16, "the socket took 16 bytes");
+        let before = count.0.load(Ordering::SeqCst);
+        assert!(flush(&mut b, &count).is_ready());
+        assert!(flush(&mut b, &count).is_ready());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            before,
+            "no wake from a flush"
+        );
+        // The peer reads: the socket wakes the task, whose next read sends more.
+        assert_eq!(readable(&mut peer).len(), 16);
+        assert!(
+            count.0.load(Ordering::SeqCst) > before,
+            "woken by the socket"
+        );
+        let mut got = 16;
+        while got < 100 {
+            let mut rb = ReadBuf::new(&mut buf);
+            let _ = Pin::new(&mut b).poll_read(&mut Context::from_waker(&waker), &mut rb);
+            got += readable(&mut peer).len();
+        }
+        assert_eq!(b.held(), 0);
+    }
+
+    /// A peer that reads slowly: writes wait for room (the buffer never holds more than
+    /// BATCH_MAX, nor grows past it with bytes already sent), and every byte arrives in
+    /// order.
     #[tokio::test]
     async fn a_slow_peer_gets_every_byte_in_order() {
         let (ours, mut peer) = tokio::io::duplex(4096);
@@ -380,7 +523,8 @@ mod tests {
             for i in 0..2000u32 {
                 let chunk = vec![i as u8; (i as usize * 37) % 3000 + 1];
                 b.write_all(&chunk).await.unwrap();
-                assert!(b.held() <= BATCH_MAX + 3000);
+                assert!(b.buf.len() <= BATCH_MAX, "{}", b.buf.len());
+                assert!(b.buf.capacity() <= 2 * BATCH_MAX, "{}", b.buf.capacity());
                 if i % 7 == 0 {
                     b.flush().await.unwrap();
                 }

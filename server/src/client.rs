@@ -76,7 +76,8 @@ pub fn grpc_timeout(d: Duration) -> String {
         (60_000_000_000, 'M'),
         (3_600_000_000_000, 'H'),
     ];
-    let ns = d.as_nanos();
+    // The spec asks for a positive value.
+    let ns = d.as_nanos().max(1);
     for (per, unit) in units {
         let n = ns.div_ceil(per);
         if n < 100_000_000 {
@@ -149,6 +150,7 @@ mod tests {
     #[test]
     fn grpc_timeouts_take_the_finest_unit_that_fits_in_eight_digits() {
         assert_eq!(grpc_timeout(Duration::from_nanos(5)), "5n");
+        assert_eq!(grpc_timeout(Duration::ZERO), "1n");
         assert_eq!(grpc_timeout(Duration::from_millis(99)), "99000000n");
         assert_eq!(grpc_timeout(Duration::from_millis(100)), "100000u");
         assert_eq!(grpc_timeout(Duration::from_secs(30)), "30000000u");

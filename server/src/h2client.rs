@@ -161,7 +161,7 @@ impl H2Channel {
         );
         h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
         for (k, v) in headers {
-            h.insert(k, v.clone());
+            h.append(k, v.clone());
         }
         let (response, mut stream) = self.send.send_request(req, false).map_err(h2err)?;
         let len = u32::try_from(message.len())
@@ -179,10 +179,8 @@ impl H2Channel {
             .map_err(h2err)?;
         let (parts, mut body) = response.into_parts();
         if parts.status != http::StatusCode::OK {
-            return Err(tonic::Status::unknown(format!(
-                "HTTP status {} from terad",
-                parts.status
-            )));
+            return Err(tonic::Status::from_header_map(&parts.headers)
+                .unwrap_or_else(|| status_of_http(parts.status)));
         }
         // A trailers-only answer: the status is in the headers, and there is no message.
         if let Some(s) = tonic::Status::from_header_map(&parts.headers) {
@@ -197,6 +195,11 @@ impl H2Channel {
         while let Some(data) = poll_fn(|cx| body.poll_data(cx)).await {
             let data = data.map_err(h2err)?;
             let _ = body.flow_control().release_capacity(data.len());
+            if rest.len() + first.as_ref().map_or(0, Bytes::len) + data.len() > MAX_ANSWER + 5 {
+                return Err(tonic::Status::out_of_range(format!(
+                    "an answer over {MAX_ANSWER} bytes"
+                )));
+            }
             match &first {
                 None if rest.is_empty() => first = Some(data),
                 _ => {
@@ -211,8 +214,9 @@ impl H2Channel {
         match trailers.as_ref().and_then(tonic::Status::from_header_map) {
             Some(s) if s.code() == tonic::Code::Ok => {}
             Some(s) => return Err(s),
+            // As tonic: a 200 answer without a status is UNKNOWN.
             None => {
-                return Err(tonic::Status::internal(
+                return Err(tonic::Status::unknown(
                     "the answer ended without grpc-status",
                 ))
             }
@@ -222,8 +226,27 @@ impl H2Channel {
     }
 }
 
+/// The largest answer `unary_bytes` takes (the bench's tonic clients' decoding limit).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// The status tonic gives an answer whose HTTP status is not 200 and that carries no
+/// `grpc-status` (the gRPC spec's mapping of HTTP to gRPC codes).
+fn status_of_http(status: http::StatusCode) -> tonic::Status {
+    use tonic::Code;
+    let code = match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    tonic::Status::new(code, format!("HTTP status {status} from terad"))
+}
+
 /// The one message of a unary answer's body: a gRPC frame (flag byte 0, length `u32`
-/// big-endian, the message) and nothing after it.
+/// big-endian, the message) and nothing after it (stricter than tonic, which reads the
+/// first message of a unary answer and drops the rest: the bench checks what it gets).
 fn grpc_message(body: Bytes) -> Result<Bytes, tonic::Status> {
     let bad = |why: &str| tonic::Status::internal(format!("a malformed answer: {why}"));
     if body.len() < 5 {
@@ -603,8 +626,15 @@ mod tests {
             .await
             .expect("connect");
         let s = raw_stat(&mut ch, "/x").await.expect_err("no status");
-        assert_eq!(s.code(), Code::Internal, "{s:?}");
+        assert_eq!(s.code(), Code::Unknown, "{s:?}");
         assert!(s.message().contains("without grpc-status"), "{s:?}");
+        // tonic's client says the same of that answer.
+        let (url, _) = server(Reply::NoStatus).await;
+        let ch = H2Channel::connect(&url, Duration::from_secs(10))
+            .await
+            .expect("connect");
+        let s = client(ch).stat(stat("/x")).await.expect_err("no status");
+        assert_eq!(s.code(), Code::Unknown, "{s:?}");
 
         let (url, _) = server(Reply::Silent).await;
         let mut ch = H2Channel::connect(&url, Duration::from_millis(200))
@@ -627,6 +657,24 @@ mod tests {
         }
         let s = raw_stat(&mut ch.clone(), "/x").await.expect_err("lost");
         assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    }
+
+    #[test]
+    fn http_statuses_map_to_grpc_codes_as_the_spec_says() {
+        for (http, code) in [
+            (400, Code::Internal),
+            (401, Code::Unauthenticated),
+            (403, Code::PermissionDenied),
+            (404, Code::Unimplemented),
+            (429, Code::Unavailable),
+            (502, Code::Unavailable),
+            (503, Code::Unavailable),
+            (504, Code::Unavailable),
+            (500, Code::Unknown),
+        ] {
+            let s = status_of_http(http::StatusCode::from_u16(http).unwrap());
+            assert_eq!(s.code(), code, "{http}");
+        }
     }
 
     #[test]
