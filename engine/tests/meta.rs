@@ -843,6 +843,36 @@ fn a_recursive_delete_is_reclaimed_in_bounded_steps() {
     );
 }
 
+/// Empty folders are queued for reclaim but have no directory node, so taking one off the
+/// queue forgets no entry: a step must still end after about its budget of such items,
+/// or a tree of many empty folders is reclaimed in one batch as large as the tree (800k
+/// of them made one batch of hundreds of MB outside the DRAM budget).
+#[test]
+fn a_tree_of_empty_folders_is_reclaimed_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, mut m) = store(dir.path());
+    m.set_reclaim_step(8);
+    let keys = || db.get_keyspace("meta").unwrap().len();
+    m.mkdir(NS, "/keep", false, 1).unwrap();
+    let before = keys();
+    m.mkdir(NS, "/work", false, 1).unwrap();
+    for i in 0..600 {
+        m.mkdir(NS, &format!("/work/d{i:04}"), false, 1).unwrap();
+    }
+    m.upload(NS, "/work/file", &up(1, 1), &Precondition::None)
+        .unwrap();
+    m.delete_detach_only(NS, "/work", 2).unwrap();
+    let done = m.reclaim(NS).unwrap();
+    assert_eq!(done.entries, 601, "{done:?}");
+    // A leaf of /work's directory holds at most node_bytes / 12 names (2048 / 12 here):
+    // each forgets an entry and may queue a folder.
+    let most = 8 + 2 * (2048 / 12);
+    assert!(done.largest_work <= most as u64, "{done:?}");
+    assert!(done.steps >= 600 / most as u64, "{done:?}");
+    assert_eq!(keys(), before, "everything below /work is gone");
+    assert!(m.list(NS, "/keep", 10, None).unwrap().entries.is_empty());
+}
+
 #[test]
 fn a_recursive_delete_stopped_after_its_detach_is_finished_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();

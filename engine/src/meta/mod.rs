@@ -554,9 +554,10 @@ pub struct MetaStore {
     reclaim_step: usize,
 }
 
-/// Entries one step of a recursive delete's reclaim removes, at most (plus the rest of the
-/// directory node it is in): each step is one atomic batch, so this bounds the memory a
-/// delete of any size holds at once.
+/// Items of work one step of a recursive delete's reclaim does, at most (plus the rest of
+/// the directory node it took last): an item is an entry forgotten, a queued node taken off
+/// the trash queue, or a node or folder put on it, each about one write. Each step is one
+/// atomic batch, so this bounds the memory a delete of any size holds at once.
 pub const RECLAIM_STEP: usize = 1024;
 
 /// What [`MetaStore::reclaim`] did.
@@ -564,10 +565,13 @@ pub const RECLAIM_STEP: usize = 1024;
 pub struct Reclaimed {
     /// Entries removed.
     pub entries: u64,
-    /// Atomic batches it took.
+    /// Atomic batches that did work.
     pub steps: u64,
     /// Most entries one batch removed.
     pub largest_step: u64,
+    /// Most items of work one batch did (queued nodes taken off, nodes and folders queued,
+    /// entries forgotten): about its writes.
+    pub largest_work: u64,
 }
 
 /// One mutation's working state inside its namespace's atomic batch.
@@ -749,34 +753,42 @@ impl<'a, 'b> Op<'a, 'b> {
         Ok(t.lo < t.hi)
     }
 
-    /// Take up to about `budget` entries of detached folders off the trash queue: each queued
-    /// node is removed whole, its child nodes or its entries' sub-folders queued, its entries
-    /// forgotten. Returns the number of entries forgotten.
-    fn reclaim_some(&mut self, budget: usize) -> MetaResult<usize> {
-        let mut removed = 0;
-        while removed < budget {
+    /// Take up to about `budget` items of work off the trash queue: each queued node is
+    /// removed whole, its child nodes or its entries' sub-folders queued, its entries
+    /// forgotten. An item is a queued node taken off, a node or folder queued, or an entry
+    /// forgotten, so that a step's batch stays about `budget` writes (plus one node's) even
+    /// when its items forget nothing: an empty folder is queued and has no node, and a tree
+    /// of 800k empty folders once made one batch of them all. Returns the entries forgotten
+    /// and the items of work.
+    fn reclaim_some(&mut self, budget: usize) -> MetaResult<(usize, usize)> {
+        let (mut removed, mut work) = (0, 0);
+        while work < budget {
             let Some((folder, no)) = self.trash_pop()? else {
                 break;
             };
+            work += 1;
             match dir::take_node(self, folder, no)? {
                 None => {}
                 Some((true, children)) => {
                     for c in children {
                         self.trash_push(folder, c as u32)?;
+                        work += 1;
                     }
                 }
                 Some((false, ids)) => {
                     for id in ids {
                         if self.is_folder(id)? {
                             self.trash_push(id, 0)?;
+                            work += 1;
                         }
                         self.forget(id);
                         removed += 1;
+                        work += 1;
                     }
                 }
             }
         }
-        Ok(removed)
+        Ok((removed, work))
     }
 
     fn etag(&mut self) -> String {
@@ -1533,8 +1545,8 @@ impl MetaStore {
     /// A recursive delete is atomic where it shows: one batch unlinks the folder from its
     /// parent, deletes its entry, updates the ancestors' etags and tree sizes, and puts its
     /// directory on the namespace's trash queue. From that revision on no path reaches
-    /// anything below it. The entries below are then removed in batches of at most
-    /// [`RECLAIM_STEP`] entries ([`MetaStore::reclaim`]), each with its own revision in the
+    /// anything below it. The entries below are then removed in batches of about
+    /// [`RECLAIM_STEP`] writes ([`MetaStore::reclaim`]), each with its own revision in the
     /// change feed, so a delete of millions of entries never holds more than one step in
     /// memory. If a step fails, or the process stops, the delete still stands and the queue
     /// keeps the rest: the next recursive delete in the namespace, or `reclaim`, finishes it.
@@ -1557,20 +1569,23 @@ impl MetaStore {
     }
 
     /// Remove the entries of folders that recursive deletes detached in namespace `ns`, one
-    /// atomic batch of at most [`RECLAIM_STEP`] entries at a time, until its trash queue is
+    /// atomic batch of about [`RECLAIM_STEP`] writes at a time, until its trash queue is
     /// empty. Cheap when there is nothing to do (one read). [`MetaStore::delete`] calls it;
     /// call it after a restart to finish deletes a stopped process left half reclaimed.
     pub fn reclaim(&self, ns: u64) -> MetaResult<Reclaimed> {
         let mut done = Reclaimed::default();
         loop {
-            let (n, more) = self.atomic(ns, |op| {
+            let ((n, work), more) = self.atomic(ns, |op| {
                 let n = op.reclaim_some(self.reclaim_step)?;
                 Ok((n, op.trash_pending()?))
             })?;
             if n > 0 {
                 done.entries += n as u64;
-                done.steps += 1;
                 done.largest_step = done.largest_step.max(n as u64);
+            }
+            if work > 0 {
+                done.steps += 1;
+                done.largest_work = done.largest_work.max(work as u64);
             }
             if !more {
                 return Ok(done);
@@ -1578,7 +1593,7 @@ impl MetaStore {
         }
     }
 
-    /// Set how many entries one reclaim step removes (at least 1; [`RECLAIM_STEP`] by
+    /// Set how many items of work one reclaim step does (at least 1; [`RECLAIM_STEP`] by
     /// default). For tests that want many steps from a small tree.
     pub fn set_reclaim_step(&mut self, entries: usize) {
         self.reclaim_step = entries.max(1);
