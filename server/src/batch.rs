@@ -13,7 +13,8 @@
 //! (a safety net: h2 reads every turn) write the buffer out at once. Between batches a
 //! connection keeps at most [`KEEP_BYTES`] of buffer (32 MiB over terad's default 4,096
 //! connections); larger buffers go back to a pool of the I/O thread's, and the next batch
-//! takes one with room for as much as the connection's last batch.
+//! takes one with room for as much as the connection's last batch. A connection dropped
+//! with bytes held sends what its socket takes, without waiting.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -68,7 +69,7 @@ fn give_buf(mut v: Vec<u8>) {
 
 /// A stream whose writes are batched until its reader's next turn (see the module's docs).
 #[derive(Debug)]
-pub struct Batched<IO> {
+pub struct Batched<IO: AsyncWrite + Unpin> {
     io: IO,
     /// Bytes accepted from writes and not yet sent: `buf[sent..]`.
     buf: Vec<u8>,
@@ -84,7 +85,7 @@ pub struct Batched<IO> {
     last: usize,
 }
 
-impl<IO> Batched<IO> {
+impl<IO: AsyncWrite + Unpin> Batched<IO> {
     pub fn new(io: IO) -> Self {
         Batched {
             io,
@@ -137,13 +138,25 @@ impl<IO: AsyncWrite + Unpin> Batched<IO> {
     }
 }
 
-impl<IO: AsRawFd> AsRawFd for Batched<IO> {
+/// A connection dropped with bytes held (the drain's timeout, a peer that closed its side
+/// first) sends what its socket takes at once, without waiting: answers already complete
+/// are not lost for want of a flush.
+impl<IO: AsyncWrite + Unpin> Drop for Batched<IO> {
+    fn drop(&mut self) {
+        if self.held() > 0 {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let _ = self.poll_send_held(&mut cx);
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin + AsRawFd> AsRawFd for Batched<IO> {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.io.as_raw_fd()
     }
 }
 
-impl<IO: Connected> Connected for Batched<IO> {
+impl<IO: AsyncWrite + Unpin + Connected> Connected for Batched<IO> {
     type ConnectInfo = IO::ConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.io.connect_info()
@@ -437,6 +450,19 @@ mod tests {
             "small batches keep a small buffer"
         );
         assert_eq!(readable(&mut peer), [[8u8; 10], [9u8; 10]].concat());
+    }
+
+    /// A connection dropped with bytes held sends what its socket takes.
+    #[tokio::test]
+    async fn a_dropped_connection_sends_what_it_held() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 20);
+        let mut b = Batched::new(ours);
+        b.write_all(b"complete answer").await.unwrap();
+        assert_eq!(readable(&mut peer), b"");
+        drop(b);
+        let mut all = Vec::new();
+        peer.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"complete answer");
     }
 
     /// A shutdown sends what is held first; so does a write that would take the batch past
