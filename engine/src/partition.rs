@@ -1788,35 +1788,17 @@ impl Locked<'_> {
 
     /// Copy the value of `key` into `out`; returns where it was found.
     pub(crate) fn get(&mut self, hash: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Tier>> {
-        let p = self.part;
-        // SAFETY: lock held.
-        let table = unsafe { p.index.table() };
-        let mut tier = None;
-        let mut promote = None;
-        table.find(hash, |a| {
-            match p.pinned_visit(a, key, |rec, t| {
-                out.clear();
-                out.extend_from_slice(rec.value());
-                tier = Some(t);
-                if t == Tier::Far && p.shared.policy.admit_far(hash) {
-                    promote = Some((a, rec.seq()));
-                }
-            }) {
-                Ok(b) => Ok(b),
-                Err(e) => Err(p.locked_err(a, e)),
-            }
+        let found = self.read_with(hash, key, |v| {
+            out.clear();
+            out.extend_from_slice(v);
         })?;
-        // A far record the heat policy admits is promoted, as on the lock-free read path
-        // (reads inside a transaction would otherwise never bring a record back).
-        if let Some((from, seq)) = promote {
-            p.promote_locked(&mut self.st, hash, key, out, from, seq);
-        }
-        Ok(tier)
+        Ok(found.map(|((), tier)| tier))
     }
 
-    /// [`Locked::get`] without the copy: `f` is called with the value of `key` where it is
-    /// stored, and its result comes back with where it was found (`None` if the key is
-    /// absent). A far record the heat policy admits is promoted, as by `get`.
+    /// Call `f` with the value of `key` where it is stored; its result comes back with where
+    /// it was found (`None` if the key is absent). A far record the heat policy admits is
+    /// promoted, as on the lock-free read path (reads inside a transaction would otherwise
+    /// never bring a record back).
     pub(crate) fn read_with<R>(
         &mut self,
         hash: u64,

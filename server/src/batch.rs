@@ -143,12 +143,6 @@ impl<IO: AsyncWrite + Unpin> Batched<IO> {
         self.buf.len() - self.sent
     }
 
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> Batched<IO> {
     /// Send everything held; `Pending` (with the task registered for the socket) while the
     /// socket is full.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -43,9 +43,7 @@ impl Bearer {
         self.deadline = Some(d);
         self
     }
-}
 
-impl Bearer {
     /// The headers this interceptor adds that are the same on every call (authorization and
     /// `grpc-timeout`), for calls made without tonic ([`crate::h2client::H2Channel::unary_bytes`]).
     /// A `traceparent` differs per call and is not among them.

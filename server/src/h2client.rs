@@ -131,9 +131,6 @@ impl H2Channel {
         headers: &http::HeaderMap,
         message: &[u8],
     ) -> Result<Bytes, tonic::Status> {
-        let lost = |e: &dyn std::fmt::Display| {
-            tonic::Status::unavailable(format!("the connection to terad is lost: {e}"))
-        };
         if let Some(e) = &self.lost {
             return Err(lost(e));
         }
@@ -226,6 +223,11 @@ impl H2Channel {
     }
 }
 
+/// The status of a call on a connection that is lost (`why`).
+fn lost(why: &dyn std::fmt::Display) -> tonic::Status {
+    tonic::Status::unavailable(format!("the connection to terad is lost: {why}"))
+}
+
 /// The largest answer `unary_bytes` takes (the bench's tonic clients' decoding limit).
 const MAX_ANSWER: usize = 64 << 20;
 
@@ -285,7 +287,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if let Some(e) = &self.lost {
-            let s = tonic::Status::unavailable(format!("the connection to terad is lost: {e}"));
+            let s = lost(e);
             return Box::pin(std::future::ready(Err(BoxError::from(s))));
         }
         let (mut parts, body) = req.into_parts();
@@ -540,6 +542,12 @@ mod tests {
         }
     }
 
+    /// A channel to a new test server answering as `reply`.
+    async fn channel(reply: Reply, timeout: Duration) -> H2Channel {
+        let (url, _) = server(reply).await;
+        H2Channel::connect(&url, timeout).await.expect("connect")
+    }
+
     fn client(
         ch: H2Channel,
     ) -> MetadataClient<tonic::service::interceptor::InterceptedService<H2Channel, Bearer>> {
@@ -614,39 +622,24 @@ mod tests {
             assert_eq!(seen.lock().unwrap().clone(), vec![want.clone(), want]);
         }
 
-        let (url, _) = server(Reply::NotFound).await;
-        let mut ch = H2Channel::connect(&url, Duration::from_secs(10))
-            .await
-            .expect("connect");
+        let mut ch = channel(Reply::NotFound, Duration::from_secs(10)).await;
         let s = raw_stat(&mut ch, "/x").await.expect_err("an error");
         assert_eq!((s.code(), s.message()), (Code::NotFound, "no such entry"));
 
-        let (url, _) = server(Reply::NoStatus).await;
-        let mut ch = H2Channel::connect(&url, Duration::from_secs(10))
-            .await
-            .expect("connect");
+        let mut ch = channel(Reply::NoStatus, Duration::from_secs(10)).await;
         let s = raw_stat(&mut ch, "/x").await.expect_err("no status");
         assert_eq!(s.code(), Code::Unknown, "{s:?}");
         assert!(s.message().contains("without grpc-status"), "{s:?}");
         // tonic's client says the same of that answer.
-        let (url, _) = server(Reply::NoStatus).await;
-        let ch = H2Channel::connect(&url, Duration::from_secs(10))
-            .await
-            .expect("connect");
+        let ch = channel(Reply::NoStatus, Duration::from_secs(10)).await;
         let s = client(ch).stat(stat("/x")).await.expect_err("no status");
         assert_eq!(s.code(), Code::Unknown, "{s:?}");
 
-        let (url, _) = server(Reply::Silent).await;
-        let mut ch = H2Channel::connect(&url, Duration::from_millis(200))
-            .await
-            .expect("connect");
+        let mut ch = channel(Reply::Silent, Duration::from_millis(200)).await;
         let s = raw_stat(&mut ch, "/x").await.expect_err("no answer");
         assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
 
-        let (url, _) = server(Reply::Close).await;
-        let ch = H2Channel::connect(&url, Duration::from_secs(60))
-            .await
-            .expect("connect");
+        let ch = channel(Reply::Close, Duration::from_secs(60)).await;
         let s = raw_stat(&mut ch.clone(), "/x").await.expect_err("closed");
         assert_ne!(s.code(), Code::DeadlineExceeded, "{s:?}");
         assert_ne!(s.code(), Code::Ok, "{s:?}");
@@ -705,20 +698,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_trailers_only_error_is_the_calls_status() {
-        let (url, _) = server(Reply::NotFound).await;
-        let ch = H2Channel::connect(&url, Duration::from_secs(10))
-            .await
-            .expect("connect");
+        let ch = channel(Reply::NotFound, Duration::from_secs(10)).await;
         let s = client(ch).stat(stat("/x")).await.expect_err("an error");
         assert_eq!((s.code(), s.message()), (Code::NotFound, "no such entry"));
     }
 
     #[tokio::test]
     async fn an_unanswered_call_ends_at_its_timeout_with_deadline_exceeded() {
-        let (url, _) = server(Reply::Silent).await;
-        let ch = H2Channel::connect(&url, Duration::from_millis(200))
-            .await
-            .expect("connect");
+        let ch = channel(Reply::Silent, Duration::from_millis(200)).await;
         let t0 = std::time::Instant::now();
         let s = client(ch).stat(stat("/x")).await.expect_err("no answer");
         assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
@@ -728,10 +715,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_connection_fails_the_call_without_waiting_for_the_timeout() {
-        let (url, _) = server(Reply::Close).await;
-        let ch = H2Channel::connect(&url, Duration::from_secs(60))
-            .await
-            .expect("connect");
+        let ch = channel(Reply::Close, Duration::from_secs(60)).await;
         let mut m = client(ch.clone());
         let s = m.stat(stat("/x")).await.expect_err("closed");
         assert_ne!(s.code(), Code::DeadlineExceeded, "{s:?}");
