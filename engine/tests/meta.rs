@@ -1008,3 +1008,52 @@ fn a_page_of_large_records_ends_at_the_copy_cap_and_loses_nothing() {
     let want: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
     assert_eq!(names, want);
 }
+
+/// The async reads terad makes (`stat_yielding`, `list_with_yielding`) answer as the
+/// blocking ones do, errors included; with no other thread holding the namespace's lock
+/// they are ready at the first poll.
+#[test]
+fn the_async_reads_answer_as_the_blocking_ones() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    fn now<T>(f: impl Future<Output = T>) -> T {
+        match std::pin::pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("pending with the lock free"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, m) = store(dir.path());
+    m.mkdir(NS, "/d", false, 1).unwrap();
+    for i in 0..25 {
+        m.upload(NS, &format!("/d/f{i:02}"), &up(i, 2), &Precondition::None)
+            .unwrap();
+    }
+    let (st, _) = now(m.stat_yielding(NS, "/d/f03"));
+    assert_eq!(st.unwrap(), m.stat(NS, "/d/f03").unwrap());
+    let (missing, _) = now(m.stat_yielding(NS, "/d/nope"));
+    assert!(
+        matches!(missing, Err(MetaError::NotFound(_))),
+        "{missing:?}"
+    );
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let want = m.list(NS, "/d", 10, after.as_deref()).unwrap();
+        let mut got = Vec::new();
+        let (next, _) = now(m.list_with_yielding(NS, "/d", 10, after.as_deref(), |e| {
+            got.push(e.to_entry());
+            true
+        }));
+        assert_eq!(got, want.entries);
+        assert_eq!(next.unwrap(), want.next);
+        pages += 1;
+        match want.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let (bad, _) = now(m.list_with_yielding(NS, "/d/f01", 10, None, |_| true));
+    assert!(matches!(bad, Err(MetaError::NotAFolder(_))), "{bad:?}");
+}

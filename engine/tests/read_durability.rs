@@ -437,3 +437,73 @@ fn the_metadata_model_does_not_answer_from_a_write_that_failed_its_flush() {
         other => panic!("expected NotDurable, got {other:?}"),
     }
 }
+
+/// An async read does not block its thread on a partition lock another thread holds: it
+/// returns pending and wakes itself (its executor runs other tasks, then polls it again),
+/// without running its read, for `YIELDS_BEFORE_WAITING` polls; the poll after those waits
+/// for the lock. Once it has the lock its read runs, once, and sees the holder's write.
+#[test]
+fn an_async_read_yields_while_the_lock_is_held_then_waits_for_it() {
+    use std::future::Future;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Poll, Waker};
+    use tera_engine::YIELDS_BEFORE_WAITING;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _gate) = open_gated(dir.path());
+    let ks = db.keyspace("k", KeyspaceOptions::hash()).unwrap();
+    ks.put(b"a", b"1").unwrap();
+    let ks = &ks;
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let holder = s.spawn(move || {
+            ks.atomic(b"a", |tx| {
+                tx.put(b"a", b"2")?;
+                locked_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                Ok(())
+            })
+        });
+        locked_rx.recv().unwrap();
+        let runs = AtomicUsize::new(0);
+        let mut read = std::pin::pin!(ks.read_deferred_yielding(b"a", |tx| {
+            runs.fetch_add(1, SeqCst);
+            tx.get(b"a")
+        }));
+        for turn in 0..YIELDS_BEFORE_WAITING {
+            let woken = Arc::new(Woken(AtomicBool::new(false)));
+            let waker = Waker::from(woken.clone());
+            assert!(
+                read.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending(),
+                "turn {turn}: ready while the lock is held"
+            );
+            assert!(woken.0.load(SeqCst), "turn {turn}: pending without a wake");
+        }
+        assert_eq!(runs.load(SeqCst), 0, "the read ran without the lock");
+        // The next poll waits for the lock: the holder lets go meanwhile.
+        let release = s.spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            go_tx.send(()).unwrap();
+        });
+        let woken = Arc::new(Woken(AtomicBool::new(false)));
+        let waker = Waker::from(woken.clone());
+        match read.as_mut().poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready((r, _seen)) => {
+                assert_eq!(r.unwrap().map(|e| e.value), Some(b"2".to_vec()));
+            }
+            Poll::Pending => panic!("pending after {YIELDS_BEFORE_WAITING} yields"),
+        }
+        assert_eq!(runs.load(SeqCst), 1);
+        release.join().unwrap();
+        holder.join().unwrap().unwrap();
+    });
+    // With the lock free, the first poll reads.
+    let waker = Waker::from(Arc::new(Woken(AtomicBool::new(false))));
+    let mut read = std::pin::pin!(ks.read_deferred_yielding(b"a", |tx| tx.get(b"a")));
+    match read.as_mut().poll(&mut Context::from_waker(&waker)) {
+        Poll::Ready((r, _)) => assert_eq!(r.unwrap().map(|e| e.value), Some(b"2".to_vec())),
+        Poll::Pending => panic!("pending with the lock free"),
+    }
+}
