@@ -117,11 +117,6 @@ pub const DEFAULT_KEYSPACE: &str = "default";
 /// How often the maintenance threads move DRAM shares between partitions.
 const REBALANCE_EVERY: Duration = Duration::from_millis(200);
 
-/// Turns an async read yields to its executor while its partition's lock is taken, before
-/// it waits for the lock ([`Keyspace::read_deferred_yielding`]). Each turn lets the thread
-/// run its other ready tasks (and poll for I/O); a critical section is microseconds.
-pub const YIELDS_BEFORE_WAITING: u32 = 64;
-
 /// How often a maintenance thread reports compaction failures, at most.
 const COMPACTION_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -1536,23 +1531,14 @@ impl Keyspace {
 
     /// A transaction under the lock of the partition of `partition_key`.
     fn begin(&self, partition_key: &[u8]) -> Tx<'_> {
-        let part = self.partition_of_key(partition_key);
-        self.tx(part, self.inner.parts[part].lock())
-    }
-
-    /// The partition that `partition_key`'s transactions lock.
-    fn partition_of_key(&self, partition_key: &[u8]) -> usize {
+        let inner = &*self.inner;
         let ik = ikey(&self.ks, partition_key);
-        self.inner.partition_for(&self.ks, &ik, hash_key(&ik))
-    }
-
-    /// A transaction on partition `part`, whose lock is `lk`.
-    fn tx<'a>(&'a self, part: usize, lk: Locked<'a>) -> Tx<'a> {
+        let part = inner.partition_for(&self.ks, &ik, hash_key(&ik));
         Tx {
-            inner: &self.inner,
+            inner,
             ks: &self.ks,
             part,
-            lk,
+            lk: inner.parts[part].lock(),
             writes: Vec::new(),
             scratch: Vec::new(),
         }
@@ -1569,54 +1555,7 @@ impl Keyspace {
         partition_key: &[u8],
         f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
     ) -> (Result<R>, Seen) {
-        self.read_in(self.begin(partition_key), f)
-    }
-
-    /// [`Keyspace::read_deferred`] for an async task, which does not block its thread on a
-    /// lock that another thread holds: while the partition's lock is taken, the task yields
-    /// to its executor (it wakes itself at once and returns pending), so that the thread
-    /// runs its other tasks meanwhile, and tries again when it is next polled. After
-    /// [`YIELDS_BEFORE_WAITING`] such turns it waits for the lock as `read_deferred` does,
-    /// so that a lock that is never free between two polls cannot starve it. A reader
-    /// parked on the lock and woken again cost two context switches and a `futex` call on
-    /// each side; the holder's critical sections are microseconds long (a listing's copy).
-    /// Works with any executor. `f` runs once, on the poll that got the lock.
-    pub fn read_deferred_yielding<'a, R, F>(
-        &'a self,
-        partition_key: &[u8],
-        f: F,
-    ) -> impl std::future::Future<Output = (Result<R>, Seen)> + 'a
-    where
-        F: FnOnce(&mut Tx<'_>) -> Result<R> + 'a,
-        R: 'a,
-    {
-        let part = self.partition_of_key(partition_key);
-        let mut f = Some(f);
-        let mut yields = 0;
-        std::future::poll_fn(move |cx| {
-            let lock = &self.inner.parts[part];
-            let lk = match lock.try_lock() {
-                Some(lk) => lk,
-                None if yields < YIELDS_BEFORE_WAITING => {
-                    yields += 1;
-                    cx.waker().wake_by_ref();
-                    return std::task::Poll::Pending;
-                }
-                None => lock.lock(),
-            };
-            let f = f
-                .take()
-                .expect("read_deferred_yielding polled after it was ready");
-            std::task::Poll::Ready(self.read_in(self.tx(part, lk), f))
-        })
-    }
-
-    /// `f` on `tx`, refusing writes, and what it saw (see [`Keyspace::read_deferred`]).
-    fn read_in<R>(
-        &self,
-        mut tx: Tx<'_>,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
-    ) -> (Result<R>, Seen) {
+        let mut tx = self.begin(partition_key);
         let mut r = f(&mut tx);
         if r.is_ok() && !tx.writes.is_empty() {
             r = Err(Error::Keyspace {

@@ -73,7 +73,6 @@ pub use config::{Config, Durability, MAX_KEY_BYTES};
 #[cfg(not(tera_loom))]
 pub use db::{
     BulkLoadInfo, CheckpointInfo, Db, Keyspace, RecoveryInfo, ScanInfo, Seen, Tx, DEFAULT_KEYSPACE,
-    YIELDS_BEFORE_WAITING,
 };
 #[cfg(not(tera_loom))]
 pub use error::{Error, Result};

@@ -778,14 +778,6 @@ impl Partition {
         }
     }
 
-    /// [`Partition::lock`] if no one holds the lock now; `None` otherwise (never waits).
-    pub(crate) fn try_lock(&self) -> Option<Locked<'_>> {
-        Some(Locked {
-            part: self,
-            st: self.state.try_lock()?,
-        })
-    }
-
     /// Account for a record that is no longer the newest version of its key.
     /// The caller has just found (and, for a far record, verified) the record at `addr`
     /// through the index, so only its length is read here.

@@ -177,7 +177,7 @@ impl Metadata for MetaService {
             .target
             .ok_or_else(|| Status::invalid_argument("set path or id: the entry to stat"))?;
         let read = match target {
-            Target::Path(p) => engine.meta.stat_yielding(ns, &p).await,
+            Target::Path(p) => engine.meta.stat_deferred(ns, &p),
             Target::Id(id) => engine.meta.stat_id_deferred(ns, id),
         };
         let e = settle(&engine, read).await?;
@@ -204,8 +204,7 @@ impl Metadata for MetaService {
         let mut out = ListBuilder::with_capacity(page, self.response_budget());
         let read = engine
             .meta
-            .list_with_yielding(ns, &r.path, page, after.as_deref(), |e| out.push(e))
-            .await;
+            .list_with_deferred(ns, &r.path, page, after.as_deref(), |e| out.push(e));
         let next = settle(&engine, read).await?;
         Ok(Response::new(out.finish(page_token(next))))
     }

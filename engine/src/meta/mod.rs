@@ -515,47 +515,6 @@ impl ListBufs {
     }
 }
 
-/// A listing's work under the namespace's lock, and only what must be done there: find the
-/// page's entries and copy their records out, side by side in `bufs`. Parsing them and the
-/// caller's `visit` (a server encodes each into its response) run after the lock is
-/// released, so that listings and writes of the same namespace on other threads wait for a
-/// copy, not an encoding. Returns whether entries remain past the page.
-fn list_page(
-    op: &mut Op<'_, '_>,
-    ns: u64,
-    path: &str,
-    parts: &[&str],
-    page: usize,
-    after: Option<&str>,
-    bufs: &mut ListBufs,
-) -> MetaResult<bool> {
-    let page = page.clamp(1, MAX_PAGE);
-    let ListBufs {
-        keys,
-        records,
-        ends,
-    } = bufs;
-    let dir = op.resolve_folder(path, parts)?;
-    // The entries' keys side by side in one buffer, all the same length.
-    dir::scan(op, dir, after.map(str::as_bytes), page + 1, |_, id| {
-        keys.extend_from_slice(&entry_key(ns, id))
-    })?;
-    let more = keys.len() > page * ENTRY_KEY_BYTES;
-    keys.truncate(page * ENTRY_KEY_BYTES);
-    let refs: Vec<&[u8]> = keys.chunks_exact(ENTRY_KEY_BYTES).collect();
-    records.reserve((refs.len() * LISTED_RECORD_GUESS).min(LIST_COPY_MAX));
-    let mut full = false;
-    op.tx.get_many(&refs, |_, v| {
-        if !full {
-            records.extend_from_slice(v);
-            ends.push(records.len());
-            full = records.len() >= LIST_COPY_MAX;
-        }
-    })?;
-    // Entries left out past the cap follow on the next page.
-    Ok(more || ends.len() < refs.len())
-}
-
 /// Hand the records of a listing's page (`records`, the i-th ending at `ends[i]`) to
 /// `visit` in order until it returns false, and return the page's continuation: the last
 /// name handed out when entries remain (`more`: the folder has entries past the page; or
@@ -1225,18 +1184,6 @@ impl MetaStore {
         }
     }
 
-    /// [`MetaStore::stat_deferred`] for an async task, which yields to its executor while
-    /// another thread holds the namespace's lock (see [`Keyspace::read_deferred_yielding`]).
-    pub async fn stat_yielding(&self, ns: u64, path: &str) -> (MetaResult<MetaEntry>, Seen) {
-        match parse_existing(path) {
-            Ok(parts) => {
-                self.read_yielding(ns, |op| op.resolve_named(path, &parts))
-                    .await
-            }
-            Err(e) => (Err(e), Seen::default()),
-        }
-    }
-
     /// [`MetaStore::stat_id`] without waiting (see [`MetaStore::stat_deferred`]).
     pub fn stat_id_deferred(&self, ns: u64, id: u64) -> (MetaResult<MetaEntry>, Seen) {
         self.read_deferred(ns, |op| op.entry(id))
@@ -1279,29 +1226,6 @@ impl MetaStore {
             out = Some(Op::begin(tx, ns, self.node_bytes).and_then(|mut op| f(&mut op)));
             Ok(())
         });
-        let r = match r {
-            Ok(()) => out.expect("ran"),
-            Err(e) => Err(MetaError::Engine(e)),
-        };
-        (r, seen)
-    }
-
-    /// [`MetaStore::read_deferred`] for an async task: it yields to its executor while
-    /// another thread holds the namespace's lock (see [`Keyspace::read_deferred_yielding`]).
-    async fn read_yielding<R>(
-        &self,
-        ns: u64,
-        f: impl FnOnce(&mut Op<'_, '_>) -> MetaResult<R>,
-    ) -> (MetaResult<R>, Seen) {
-        let mut out = None;
-        let pk = ns.to_be_bytes();
-        let (r, seen) = self
-            .ks
-            .read_deferred_yielding(&pk, |tx| {
-                out = Some(Op::begin(tx, ns, self.node_bytes).and_then(|mut op| f(&mut op)));
-                Ok(())
-            })
-            .await;
         let r = match r {
             Ok(()) => out.expect("ran"),
             Err(e) => Err(MetaError::Engine(e)),
@@ -1360,37 +1284,39 @@ impl MetaStore {
             Ok(parts) => parts,
             Err(e) => return (Err(e), Seen::default()),
         };
+        let page = page.clamp(1, MAX_PAGE);
+        // Under the namespace's lock, only what must be: find the entries and copy their
+        // records out, side by side in one buffer. Parsing them and `visit` (a server
+        // encodes each into its response) run after the lock is released, so that listings
+        // and writes of the same namespace on other threads wait for a copy, not an encoding.
         let mut bufs = ListBufs::take();
+        let ListBufs {
+            keys,
+            records,
+            ends,
+        } = &mut *bufs;
         let (more, seen) = self.read_deferred(ns, |op| {
-            list_page(op, ns, path, &parts, page, after, &mut bufs)
+            let dir = op.resolve_folder(path, &parts)?;
+            // The entries' keys side by side in one buffer, all the same length.
+            dir::scan(op, dir, after.map(str::as_bytes), page + 1, |_, id| {
+                keys.extend_from_slice(&entry_key(ns, id))
+            })?;
+            let more = keys.len() > page * ENTRY_KEY_BYTES;
+            keys.truncate(page * ENTRY_KEY_BYTES);
+            let refs: Vec<&[u8]> = keys.chunks_exact(ENTRY_KEY_BYTES).collect();
+            records.reserve((refs.len() * LISTED_RECORD_GUESS).min(LIST_COPY_MAX));
+            let mut full = false;
+            op.tx.get_many(&refs, |_, v| {
+                if !full {
+                    records.extend_from_slice(v);
+                    ends.push(records.len());
+                    full = records.len() >= LIST_COPY_MAX;
+                }
+            })?;
+            // Entries left out past the cap follow on the next page.
+            Ok(more || ends.len() < refs.len())
         });
-        let r = more.and_then(|more| visit_records(&bufs.records, &bufs.ends, more, visit));
-        bufs.give_back();
-        (r, seen)
-    }
-
-    /// [`MetaStore::list_with_deferred`] for an async task, which yields to its executor
-    /// while another thread holds the namespace's lock instead of blocking its thread (see
-    /// [`Keyspace::read_deferred_yielding`]).
-    pub async fn list_with_yielding(
-        &self,
-        ns: u64,
-        path: &str,
-        page: usize,
-        after: Option<&str>,
-        visit: impl FnMut(&EntryView<'_>) -> bool,
-    ) -> (MetaResult<Option<String>>, Seen) {
-        let parts = match parse_existing(path) {
-            Ok(parts) => parts,
-            Err(e) => return (Err(e), Seen::default()),
-        };
-        let mut bufs = ListBufs::take();
-        let (more, seen) = self
-            .read_yielding(ns, |op| {
-                list_page(op, ns, path, &parts, page, after, &mut bufs)
-            })
-            .await;
-        let r = more.and_then(|more| visit_records(&bufs.records, &bufs.ends, more, visit));
+        let r = more.and_then(|more| visit_records(records, ends, more, visit));
         bufs.give_back();
         (r, seen)
     }
