@@ -1,7 +1,8 @@
 //! End to end: terad as a real process on a free loopback port, driven by teractl. Covers the
 //! token, the metadata commands, a second user's namespace, refused tokens, health, metrics,
 //! change feeds, each call's W3C trace id in terad's log, and SIGTERM (exit 0) followed by a
-//! restart that still has every acknowledged write. A second test drives the same process
+//! restart that still has every acknowledged write; and SIGKILL during a write load, after
+//! which a restart has every acknowledged write and a whole tree. A second test drives the same process
 //! through the library's clients for what teractl does not show: reflection (v1 and
 //! v1alpha), an oversized message, an expired token and the health Watch stream.
 
@@ -1248,4 +1249,185 @@ fn teractl_bench_loads_every_io_thread() {
         assert!(n >= 4, "{key}{n}");
     }
     assert!(!admin.ok(&["ls", "/"]).contains("bench-"), "fixture left");
+}
+
+/// terad killed with SIGKILL in the middle of a write load (four clients making folders and
+/// committing uploads into them), three times on the same data directory. After every
+/// restart: each mkdir and upload that was acknowledged is there (an upload with its size),
+/// and the tree is whole, whatever the kill cut off: every listed entry stats, and every
+/// folder's tree size is the sum of its children's (a write is all of its records or none).
+#[tokio::test]
+async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tree() {
+    use std::sync::{Arc, Mutex};
+    use tera_server::client::{self, Bearer, Meta};
+    use tera_server::proto::meta as pb;
+
+    async fn stat(meta: &mut Meta, path: &str) -> Result<pb::Entry, tonic::Status> {
+        let r = meta
+            .stat(pb::StatRequest {
+                namespace: 0,
+                target: Some(pb::stat_request::Target::Path(path.into())),
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    /// Every acknowledged write is there; every folder's tree size is its children's sum.
+    /// Returns how many entries the tree holds.
+    async fn check(meta: &mut Meta, acked: &[(String, Option<u64>)], when: &str) -> usize {
+        for (path, size) in acked {
+            let e = stat(meta, path)
+                .await
+                .unwrap_or_else(|s| panic!("{when}: acknowledged {path} lost: {s:?}"));
+            match size {
+                Some(n) => assert_eq!(
+                    (e.kind, e.size),
+                    (pb::Kind::File as i32, *n),
+                    "{when}: {path}"
+                ),
+                None => assert_eq!(e.kind, pb::Kind::Folder as i32, "{when}: {path}"),
+            }
+        }
+        let mut entries = 0;
+        let mut folders = vec!["/".to_string()];
+        while let Some(dir) = folders.pop() {
+            let top = stat(meta, &dir)
+                .await
+                .unwrap_or_else(|s| panic!("{when}: listed folder {dir}: {s:?}"));
+            let (mut sum, mut token) = (0u64, String::new());
+            loop {
+                let page = meta
+                    .list(pb::ListRequest {
+                        namespace: 0,
+                        path: dir.clone(),
+                        page_size: 1000,
+                        page_token: token,
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("{when}: list {dir}: {s:?}"))
+                    .into_inner();
+                for e in &page.entries {
+                    let path = format!("{}/{}", dir.trim_end_matches('/'), e.name);
+                    let again = stat(meta, &path)
+                        .await
+                        .unwrap_or_else(|s| panic!("{when}: listed {path} does not stat: {s:?}"));
+                    assert_eq!(again.id, e.id, "{when}: {path}");
+                    sum += e.tree_size;
+                    entries += 1;
+                    if e.kind == pb::Kind::Folder as i32 {
+                        folders.push(path);
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            assert_eq!(top.tree_size, sum, "{when}: tree size of {dir}");
+        }
+        entries
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // Each acknowledged write: a folder's path, or a file's path and size.
+    type Acked = Arc<Mutex<Vec<(String, Option<u64>)>>>;
+    let acked: Acked = Arc::default();
+    let mut total = 0;
+    for round in 0..4 {
+        let mut t = start(&data);
+        serving(&t, dir.path().join(format!("t{round}")));
+        let ch = client::connect(&t.grpc, Duration::from_secs(30))
+            .await
+            .expect("connect");
+        let tok = admin_token(&ch, &data, 0).await;
+        let bearer = Bearer::new(Some(&tok.token), false).expect("bearer");
+        let mut meta = client::meta(ch.clone(), bearer.clone());
+        let before = acked.lock().unwrap().clone();
+        let entries = check(
+            &mut meta,
+            &before,
+            &format!("start {round}, after {round} kills"),
+        )
+        .await;
+        assert!(
+            entries >= before.len(),
+            "{entries} entries, {} acknowledged",
+            before.len()
+        );
+        total = entries;
+        eprintln!(
+            "start {round}, after {round} kills: {} writes acknowledged, {entries} entries",
+            before.len()
+        );
+        if round == 3 {
+            break;
+        }
+        let top = format!("/r{round}");
+        meta.create_folder(pb::CreateFolderRequest {
+            namespace: 0,
+            path: top.clone(),
+            parents: false,
+        })
+        .await
+        .expect("mkdir");
+        acked.lock().unwrap().push((top.clone(), None));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (mut meta, acked, top) = (
+                    client::meta(ch.clone(), bearer.clone()),
+                    acked.clone(),
+                    top.clone(),
+                );
+                tokio::spawn(async move {
+                    for i in 0u64.. {
+                        let folder = format!("{top}/w{w}-{i}");
+                        let made = meta
+                            .create_folder(pb::CreateFolderRequest {
+                                namespace: 0,
+                                path: folder.clone(),
+                                parents: false,
+                            })
+                            .await;
+                        if made.is_err() {
+                            return;
+                        }
+                        acked.lock().unwrap().push((folder.clone(), None));
+                        let file = format!("{folder}/f");
+                        let size = 1 + i * 7 + w;
+                        let up = meta
+                            .commit_upload(pb::CommitUploadRequest {
+                                namespace: 0,
+                                path: file.clone(),
+                                size,
+                                ..Default::default()
+                            })
+                            .await;
+                        if up.is_err() {
+                            return;
+                        }
+                        acked.lock().unwrap().push((file, Some(size)));
+                    }
+                })
+            })
+            .collect();
+        // Kill at a different moment each round, with writes in flight.
+        tokio::time::sleep(Duration::from_millis(300 + 250 * round)).await;
+        t.child.kill().expect("SIGKILL");
+        let status = t.child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        for w in writers {
+            w.await.expect("writer task");
+        }
+        let n = acked.lock().unwrap().len();
+        assert!(
+            n > before.len() + 20,
+            "round {round}: only {} writes acknowledged",
+            n - before.len()
+        );
+    }
+    assert!(total >= acked.lock().unwrap().len());
 }
