@@ -2,9 +2,9 @@
 //! token, the metadata commands, a second user's namespace, refused tokens, health, metrics,
 //! change feeds, each call's W3C trace id in terad's log, and SIGTERM (exit 0) followed by a
 //! restart that still has every acknowledged write; and SIGKILL during a write load, after
-//! which a restart has every acknowledged write and a whole tree. A second test drives the same process
-//! through the library's clients for what teractl does not show: reflection (v1 and
-//! v1alpha), an oversized message, an expired token and the health Watch stream.
+//! which a restart has every acknowledged write and a whole tree. A second test drives the
+//! same process through the library's clients for what teractl does not show: reflection (v1
+//! and v1alpha), an oversized message, an expired token and the health Watch stream.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -1251,13 +1251,20 @@ fn teractl_bench_loads_every_io_thread() {
     assert!(!admin.ok(&["ls", "/"]).contains("bench-"), "fixture left");
 }
 
-/// terad killed with SIGKILL in the middle of a write load (four clients making folders and
-/// committing uploads into them), three times on the same data directory. After every
-/// restart: each mkdir and upload that was acknowledged is there (an upload with its size),
-/// and the tree is whole, whatever the kill cut off: every listed entry stats, and every
-/// folder's tree size is the sum of its children's (a write is all of its records or none).
+/// terad killed with SIGKILL in the middle of a write load (four concurrent writers on one
+/// connection, making folders and committing uploads into them), three times on the same
+/// data directory. Each kill comes once the writers have had at least 20 writes acknowledged
+/// in that round (then 0, 250 or 500 ms later), and every writer's last call must fail
+/// because of the kill, not before it. After every restart: each acknowledged mkdir and
+/// upload is there (an upload with its size), at most one write per writer and kill more
+/// than was acknowledged, and the tree is whole, whatever the kill cut off: every listed
+/// entry stats with the same id and is listed once, a file's tree size is its size, and
+/// every folder's tree size is the sum of its children's (a write is all of its records or
+/// none).
 #[tokio::test]
 async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tree() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::sync::{Arc, Mutex};
     use tera_server::client::{self, Bearer, Meta};
     use tera_server::proto::meta as pb;
@@ -1272,8 +1279,8 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
         Ok(r.into_inner())
     }
 
-    /// Every acknowledged write is there; every folder's tree size is its children's sum.
-    /// Returns how many entries the tree holds.
+    /// Every acknowledged write is there, and the tree is whole (see above). Returns how
+    /// many entries the tree holds.
     async fn check(meta: &mut Meta, acked: &[(String, Option<u64>)], when: &str) -> usize {
         for (path, size) in acked {
             let e = stat(meta, path)
@@ -1288,7 +1295,7 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
                 None => assert_eq!(e.kind, pb::Kind::Folder as i32, "{when}: {path}"),
             }
         }
-        let mut entries = 0;
+        let mut seen = HashSet::new();
         let mut folders = vec!["/".to_string()];
         while let Some(dir) = folders.pop() {
             let top = stat(meta, &dir)
@@ -1308,14 +1315,16 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
                     .into_inner();
                 for e in &page.entries {
                     let path = format!("{}/{}", dir.trim_end_matches('/'), e.name);
+                    assert!(seen.insert(e.id), "{when}: {path} listed twice");
                     let again = stat(meta, &path)
                         .await
                         .unwrap_or_else(|s| panic!("{when}: listed {path} does not stat: {s:?}"));
                     assert_eq!(again.id, e.id, "{when}: {path}");
                     sum += e.tree_size;
-                    entries += 1;
                     if e.kind == pb::Kind::Folder as i32 {
                         folders.push(path);
+                    } else {
+                        assert_eq!(e.tree_size, e.size, "{when}: tree size of {path}");
                     }
                 }
                 if page.next_page_token.is_empty() {
@@ -1325,16 +1334,16 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
             }
             assert_eq!(top.tree_size, sum, "{when}: tree size of {dir}");
         }
-        entries
+        seen.len()
     }
 
+    const WRITERS: u64 = 4;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     // Each acknowledged write: a folder's path, or a file's path and size.
     type Acked = Arc<Mutex<Vec<(String, Option<u64>)>>>;
     let acked: Acked = Arc::default();
-    let mut total = 0;
-    for round in 0..4 {
+    for round in 0..4u64 {
         let mut t = start(&data);
         serving(&t, dir.path().join(format!("t{round}")));
         let ch = client::connect(&t.grpc, Duration::from_secs(30))
@@ -1344,20 +1353,16 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
         let bearer = Bearer::new(Some(&tok.token), false).expect("bearer");
         let mut meta = client::meta(ch.clone(), bearer.clone());
         let before = acked.lock().unwrap().clone();
-        let entries = check(
-            &mut meta,
-            &before,
-            &format!("start {round}, after {round} kills"),
-        )
-        .await;
+        let when = format!("start {round}, after {round} kills");
+        let entries = check(&mut meta, &before, &when).await;
+        // Each kill can leave each writer's one unacknowledged write made.
         assert!(
-            entries >= before.len(),
-            "{entries} entries, {} acknowledged",
+            before.len() <= entries && entries as u64 <= before.len() as u64 + WRITERS * round,
+            "{when}: {entries} entries, {} writes acknowledged",
             before.len()
         );
-        total = entries;
         eprintln!(
-            "start {round}, after {round} kills: {} writes acknowledged, {entries} entries",
+            "{when}: {} writes acknowledged, {entries} entries",
             before.len()
         );
         if round == 3 {
@@ -1372,13 +1377,14 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
         .await
         .expect("mkdir");
         acked.lock().unwrap().push((top.clone(), None));
-        let writers: Vec<_> = (0..4)
+        let start_len = acked.lock().unwrap().len();
+        let killed = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let (mut meta, acked, top) = (
-                    client::meta(ch.clone(), bearer.clone()),
-                    acked.clone(),
-                    top.clone(),
-                );
+                let mut meta = client::meta(ch.clone(), bearer.clone());
+                let (acked, killed, top) = (acked.clone(), killed.clone(), top.clone());
+                // Writes until a call fails; returns that failure and whether terad had been
+                // killed by then.
                 tokio::spawn(async move {
                     for i in 0u64.. {
                         let folder = format!("{top}/w{w}-{i}");
@@ -1389,8 +1395,8 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
                                 parents: false,
                             })
                             .await;
-                        if made.is_err() {
-                            return;
+                        if let Err(s) = made {
+                            return (s, killed.load(SeqCst));
                         }
                         acked.lock().unwrap().push((folder.clone(), None));
                         let file = format!("{folder}/f");
@@ -1403,16 +1409,27 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
                                 ..Default::default()
                             })
                             .await;
-                        if up.is_err() {
-                            return;
+                        if let Err(s) = up {
+                            return (s, killed.load(SeqCst));
                         }
                         acked.lock().unwrap().push((file, Some(size)));
                     }
+                    unreachable!("the writes go on until terad is killed")
                 })
             })
             .collect();
-        // Kill at a different moment each round, with writes in flight.
-        tokio::time::sleep(Duration::from_millis(300 + 250 * round)).await;
+        // Kill once the round has had 20 writes acknowledged, at another moment each round.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().len() < start_len + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: fewer than 20 writes acknowledged in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(250 * round)).await;
+        // The runtime runs one task at a time: no writer runs between these two lines.
+        killed.store(true, SeqCst);
         t.child.kill().expect("SIGKILL");
         let status = t.child.wait().expect("wait");
         assert_eq!(
@@ -1420,14 +1437,11 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
             Some(libc::SIGKILL)
         );
         for w in writers {
-            w.await.expect("writer task");
+            let (status, after_kill) = w.await.expect("writer task");
+            assert!(
+                after_kill,
+                "round {round}: a writer stopped before the kill: {status:?}"
+            );
         }
-        let n = acked.lock().unwrap().len();
-        assert!(
-            n > before.len() + 20,
-            "round {round}: only {} writes acknowledged",
-            n - before.len()
-        );
     }
-    assert!(total >= acked.lock().unwrap().len());
 }
