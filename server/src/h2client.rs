@@ -554,6 +554,15 @@ mod tests {
         MetadataClient::with_interceptor(ch, Bearer::new(Some("tok"), false).expect("bearer"))
     }
 
+    /// Wait (up to 10 s) until the channel says its connection has ended.
+    async fn until_closed(ch: &H2Channel) {
+        let t0 = std::time::Instant::now();
+        while !ch.is_closed() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never closed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn stat(path: &str) -> pb::StatRequest {
         pb::StatRequest {
             namespace: 3,
@@ -643,11 +652,7 @@ mod tests {
         let s = raw_stat(&mut ch.clone(), "/x").await.expect_err("closed");
         assert_ne!(s.code(), Code::DeadlineExceeded, "{s:?}");
         assert_ne!(s.code(), Code::Ok, "{s:?}");
-        let t0 = std::time::Instant::now();
-        while !ch.is_closed() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "never closed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_closed(&ch).await;
         let s = raw_stat(&mut ch.clone(), "/x").await.expect_err("lost");
         assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     }
@@ -722,11 +727,7 @@ mod tests {
         assert_ne!(s.code(), Code::Ok, "{s:?}");
         // Once the connection has ended, the channel says so, and every later call fails
         // at once with UNAVAILABLE, whichever method it is.
-        let t0 = std::time::Instant::now();
-        while !ch.is_closed() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "never closed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_closed(&ch).await;
         for _ in 0..2 {
             let s = m.stat(stat("/x")).await.expect_err("lost");
             assert_eq!(s.code(), Code::Unavailable, "{s:?}");
