@@ -1531,6 +1531,16 @@ impl Keyspace {
 
     /// A transaction under the lock of the partition of `partition_key`.
     fn begin(&self, partition_key: &[u8]) -> Tx<'_> {
+        self.begin_with(partition_key, Partition::lock)
+    }
+
+    /// A transaction under `lock` of the partition of `partition_key` (exclusive, or shared
+    /// for reads that change nothing).
+    fn begin_with<'a>(
+        &'a self,
+        partition_key: &[u8],
+        lock: impl FnOnce(&'a Partition) -> Locked<'a>,
+    ) -> Tx<'a> {
         let inner = &*self.inner;
         let ik = ikey(&self.ks, partition_key);
         let part = inner.partition_for(&self.ks, &ik, hash_key(&ik));
@@ -1538,7 +1548,7 @@ impl Keyspace {
             inner,
             ks: &self.ks,
             part,
-            lk: inner.parts[part].lock(),
+            lk: lock(&inner.parts[part]),
             writes: Vec::new(),
             scratch: Vec::new(),
         }
@@ -1555,7 +1565,8 @@ impl Keyspace {
         partition_key: &[u8],
         f: impl FnOnce(&mut Tx<'_>) -> Result<R>,
     ) -> (Result<R>, Seen) {
-        let mut tx = self.begin(partition_key);
+        // Shared: it cannot write, so the partition's other readers need not wait for it.
+        let mut tx = self.begin_with(partition_key, Partition::lock_shared);
         let mut r = f(&mut tx);
         if r.is_ok() && !tx.writes.is_empty() {
             r = Err(Error::Keyspace {

@@ -40,8 +40,7 @@ use crate::shares::Shares;
 use crate::sync::AtomicPtr;
 use crossbeam_utils::CachePadded;
 use memmap2::MmapMut;
-use parking_lot::Mutex;
-use parking_lot::MutexGuard;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -321,7 +320,7 @@ pub(crate) struct Partition {
     segs: AtomicPtr<SegTable>,
     /// On cache lines of its own: every write takes the lock and changes the state, and the
     /// fields above are what every lock-free read loads.
-    state: CachePadded<Mutex<State>>,
+    state: CachePadded<RwLock<State>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -388,7 +387,7 @@ impl Partition {
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
             segs: AtomicPtr::new(Box::into_raw(SegTable::new(0, 16))),
-            state: CachePadded::new(Mutex::new(State {
+            state: CachePadded::new(RwLock::new(State {
                 tail: 1 << shared.page_shift,
                 frames: (0..ring_len).map(|_| None).collect(),
                 spare: Vec::new(),
@@ -422,7 +421,7 @@ impl Partition {
             shared,
         };
         {
-            let mut st = part.state.lock();
+            let mut st = part.state.write();
             let q = part.quota(&st);
             if q < MIN_FRAMES {
                 return Err(Error::BudgetExhausted(format!(
@@ -679,7 +678,7 @@ impl Partition {
     /// Copy a far record that proved hot to the tail, if it is still the key's newest version
     /// and the lock is free (a busy lock means the next read will try again).
     fn promote(&self, hash: u64, key: &[u8], value: &[u8], from: u64, seq: u64) {
-        let Some(mut st) = self.state.try_lock() else {
+        let Some(mut st) = self.state.try_write() else {
             return;
         };
         self.promote_locked(&mut st, hash, key, value, from, seq);
@@ -774,7 +773,20 @@ impl Partition {
     pub(crate) fn lock(&self) -> Locked<'_> {
         Locked {
             part: self,
-            st: self.state.lock(),
+            st: Guard::Exclusive(self.state.write()),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Take the partition lock shared, for reads that must see one consistent state and
+    /// change nothing: other such reads go on beside them, writers wait (and new readers
+    /// wait behind a waiting writer). The far records these reads find hot are promoted after
+    /// the shared lock is released, under the exclusive one.
+    pub(crate) fn lock_shared(&self) -> Locked<'_> {
+        Locked {
+            part: self,
+            st: Guard::Shared(self.state.read()),
+            deferred: Vec::new(),
         }
     }
 
@@ -1413,8 +1425,8 @@ impl Partition {
     /// the lock for `wait` (`None`: not at all) and does nothing if it stays busy.
     pub(crate) fn try_shrink_share(&self, to: usize, wait: Option<Duration>) -> Result<()> {
         let guard = match wait {
-            Some(d) => self.state.try_lock_for(d),
-            None => self.state.try_lock(),
+            Some(d) => self.state.try_write_for(d),
+            None => self.state.try_write(),
         };
         let Some(mut guard) = guard else {
             return Ok(());
@@ -1588,7 +1600,7 @@ impl Partition {
     /// keys arrive would need the old and the new table side by side, more than the running
     /// database that wrote them needed, and could refuse to reopen a full database.
     pub(crate) fn reserve(&self, keys: usize) -> Result<()> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
         let want = Table::buckets_for_expected(keys.max(64));
@@ -1618,7 +1630,7 @@ impl Partition {
 
     /// Do one page of compaction work if a segment qualifies. Returns whether it did any.
     pub(crate) fn compact_step(&self) -> Result<bool> {
-        let mut st = self.state.lock();
+        let mut st = self.state.write();
         self.reclaim(&mut st);
         let seg_bytes = self.shared.seg_bytes() as u64;
         let page_bytes = self.shared.page_bytes();
@@ -1766,10 +1778,77 @@ impl Drop for Partition {
 /// the job of `db.rs`, which holds this for the whole batch.
 pub(crate) struct Locked<'a> {
     part: &'a Partition,
-    st: MutexGuard<'a, State>,
+    st: Guard<'a>,
+    /// Far records that reads under the shared lock found hot, to promote once it is released
+    /// (promoting changes the state, which takes the exclusive lock).
+    deferred: Vec<Promotion>,
+}
+
+/// How a [`Locked`] holds its partition's lock. Reads that cannot write (`Keyspace::
+/// read_deferred`: stat and listing in terad) share it, so the I/O threads reading one
+/// namespace do not take turns; everything else holds it exclusively. Under the shared lock
+/// nothing changes the state: the one change a read makes, promoting a far record, is put off
+/// until the lock is released ([`Locked`]'s `Drop`).
+enum Guard<'a> {
+    Exclusive(RwLockWriteGuard<'a, State>),
+    Shared(RwLockReadGuard<'a, State>),
+    /// Only while dropping: the shared lock given back before the promotions.
+    Released,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        match self {
+            Guard::Exclusive(g) => g,
+            Guard::Shared(g) => g,
+            Guard::Released => unreachable!("a released partition lock is not read"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        match self {
+            Guard::Exclusive(g) => g,
+            // Reads under the shared lock reach only the methods that take `&self` or put
+            // their change off (`Locked::promote_found`); the tests of every read path run
+            // under it.
+            Guard::Shared(_) | Guard::Released => {
+                panic!("a partition's state changed under its shared lock (an engine bug)")
+            }
+        }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        // The shared lock first: the exclusive one waits for every holder of it, this one too.
+        self.st = Guard::Released;
+        let mut st = self.part.state.write();
+        for (hash, key, value, from, seq) in self.deferred.drain(..) {
+            // Checks that `from` is still the key's record: a write after the read wins.
+            self.part
+                .promote_locked(&mut st, hash, &key, &value, from, seq);
+        }
+    }
 }
 
 impl Locked<'_> {
+    /// Promote the far record at `from`, which the heat policy admitted: now under the
+    /// exclusive lock, after the shared one is released otherwise.
+    fn promote_found(&mut self, hash: u64, key: &[u8], value: Vec<u8>, from: u64, seq: u64) {
+        match &mut self.st {
+            Guard::Exclusive(st) => self.part.promote_locked(st, hash, key, &value, from, seq),
+            Guard::Shared(_) | Guard::Released => {
+                self.deferred.push((hash, key.to_vec(), value, from, seq))
+            }
+        }
+    }
+
     /// The partition's counters (see `Db::stats`, which holds every partition's lock at once
     /// so that its sum is one state).
     pub(crate) fn stats(&mut self) -> PartitionStats {
@@ -1825,7 +1904,7 @@ impl Locked<'_> {
             }
         })?;
         if let Some((from, seq, value)) = promote {
-            p.promote_locked(&mut self.st, hash, key, &value, from, seq);
+            self.promote_found(hash, key, value, from, seq);
         }
         Ok(out)
     }
@@ -2017,7 +2096,7 @@ impl Locked<'_> {
             }
         }
         for (hash, key, value, from, seq) in promote {
-            p.promote_locked(&mut self.st, hash, &key, &value, from, seq);
+            self.promote_found(hash, &key, value, from, seq);
         }
         Ok((dram, far))
     }

@@ -124,49 +124,86 @@ fn survives_compaction(db: &Db) {
 
 /// A read inside a transaction hands `f` the value where it is stored, DRAM or far: the
 /// same bytes as a plain read, and `None` for a key never written. With eager promotion
-/// (`promotes`) a far record read so is promoted, as by a plain read; with none, none is.
+/// (`promotes`) a far record read so is promoted, as by a plain read; with none, none is. The
+/// same holds for a read that shares the partition's lock (`read_deferred`, whose promotions
+/// wait until it gives the lock back), in `get_many` as in `read`.
 fn transaction_reads_see_the_stored_value(db: &Db, promotes: bool) {
     let ks = db
         .keyspace("in_place", tera_engine::KeyspaceOptions::hash())
         .unwrap();
-    for k in 0..150u32 {
-        ks.put(&key(k), &value_for(k, 4, 150)).unwrap();
-    }
-    // Newer records push these out of a tiny budget.
     let filler = db
         .keyspace("filler", tera_engine::KeyspaceOptions::hash())
         .unwrap();
-    for k in 0..150u32 {
-        filler.put(&key(k), &value_for(k, 5, 600)).unwrap();
-    }
-    let far_reads = db.stats().far.reads;
-    let promotions = db.stats().promotions;
-    for k in 0..150u32 {
-        let (got, _) = ks
-            .atomic(&key(k), |tx| tx.read(&key(k), |v| v.to_vec()))
-            .unwrap();
-        assert_eq!(got, Some(value_for(k, 4, 150)), "key {k}");
-    }
-    let (none, _) = ks
-        .atomic(b"never written", |tx| {
-            tx.read(b"never written", |v| v.len())
-        })
-        .unwrap();
-    assert_eq!(none, None);
-    let far_reads = db.stats().far.reads - far_reads;
-    let promoted = db.stats().promotions - promotions;
-    if db.stats().far.records > 0 {
-        assert!(far_reads > 50, "read far in place: {far_reads} far reads");
-    } else {
-        assert_eq!(far_reads, 0);
-    }
-    if promotes {
-        assert!(
-            promoted > 50,
-            "{promoted} of {far_reads} far reads promoted"
-        );
-    } else {
-        assert_eq!(promoted, 0);
+    for (round, how) in (4u32..).zip(["atomic", "shared", "shared get_many"]) {
+        for k in 0..150u32 {
+            ks.put(&key(k), &value_for(k, round, 150)).unwrap();
+        }
+        // Newer records push these out of a tiny budget.
+        for k in 0..150u32 {
+            filler.put(&key(k), &value_for(k, round + 10, 600)).unwrap();
+        }
+        let far_reads = db.stats().far.reads;
+        let promotions = db.stats().promotions;
+        for k in 0..150u32 {
+            let k_ = key(k);
+            let got = match how {
+                "atomic" => ks.atomic(&k_, |tx| tx.read(&k_, |v| v.to_vec())).unwrap().0,
+                "shared" => ks
+                    .read_deferred(&k_, |tx| tx.read(&k_, |v| v.to_vec()))
+                    .0
+                    .unwrap(),
+                _ => {
+                    let mut got = None;
+                    ks.read_deferred(&k_, |tx| tx.get_many(&[&k_], |_, v| got = Some(v.to_vec())))
+                        .0
+                        .unwrap();
+                    got
+                }
+            };
+            assert_eq!(got, Some(value_for(k, round, 150)), "{how}: key {k}");
+        }
+        let none = match how {
+            "atomic" => {
+                ks.atomic(b"never written", |tx| {
+                    tx.read(b"never written", |v| v.len())
+                })
+                .unwrap()
+                .0
+            }
+            _ => ks
+                .read_deferred(b"never written", |tx| {
+                    tx.read(b"never written", |v| v.len())
+                })
+                .0
+                .unwrap(),
+        };
+        assert_eq!(none, None, "{how}");
+        let far_reads = db.stats().far.reads - far_reads;
+        let promoted = db.stats().promotions - promotions;
+        if db.stats().far.records > 0 {
+            assert!(
+                far_reads > 50,
+                "{how}: read far in place: {far_reads} far reads"
+            );
+        } else {
+            assert_eq!(far_reads, 0, "{how}");
+        }
+        if promotes {
+            assert!(
+                promoted > 50,
+                "{how}: {promoted} of {far_reads} far reads promoted"
+            );
+        } else {
+            assert_eq!(promoted, 0, "{how}");
+        }
+        // Promoted or not, every key reads the same afterwards.
+        for k in 0..150u32 {
+            assert_eq!(
+                ks.get(&key(k)).unwrap().map(|e| e.value),
+                Some(value_for(k, round, 150)),
+                "{how}: key {k}"
+            );
+        }
     }
 }
 
