@@ -18,8 +18,8 @@
 //!
 //! Architecture invariants:
 //! - Index entries, frames, segment tables and segments of a partition are changed and
-//!   reclaimed only by the holder of its lock; the holder is never pinned, and pinned readers
-//!   never take the lock (they `try_lock` to promote, after unpinning).
+//!   reclaimed only by the exclusive holder of its lock; the holder is never pinned, and
+//!   pinned readers never take the lock (they `try_write` to promote, after unpinning).
 //! - Every live record of a DRAM page is repointed (to the far log or the tail) before `head`
 //!   moves past the page, and `head` moves before the frame is retired. A reader holding an
 //!   address below `head` (read before the repoint) probes the index again.
@@ -1827,6 +1827,9 @@ impl Drop for Locked<'_> {
             return;
         }
         // The shared lock first: the exclusive one waits for every holder of it, this one too.
+        // Waiting (not `try_write`, as the lock-free reads do): before the shared lock these
+        // reads held the lock exclusively anyway, and a promotion given up would leave a hot
+        // record far until the policy admitted it again.
         self.st = Guard::Released;
         let mut st = self.part.state.write();
         for (hash, key, value, from, seq) in self.deferred.drain(..) {
