@@ -225,7 +225,7 @@ fn reads_sharing_the_lock_see_whole_batches_while_promoting() {
                 .unwrap();
             f += 1;
         }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     stop.store(true, Ordering::Relaxed);
     for (r, h) in readers.into_iter().enumerate() {
