@@ -44,8 +44,8 @@ pub struct Config {
     pub token_ttl_secs: u64,
     /// Longest lifetime a client can ask for, in seconds.
     pub token_max_ttl_secs: u64,
-    /// Largest request message accepted, in bytes (larger: OUT_OF_RANGE from tonic's
-    /// codec).
+    /// Largest request message accepted, in bytes (larger: RESOURCE_EXHAUSTED naming this
+    /// setting; tonic's codec says OUT_OF_RANGE, which `router::client_fault` rewrites).
     pub max_request_bytes: usize,
     /// Largest response message sent, in bytes.
     pub max_response_bytes: usize,

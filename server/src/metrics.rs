@@ -296,6 +296,74 @@ async fn answer(
 mod tests {
     use super::*;
 
+    /// `GET path` over a socket: the status line and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.expect("response");
+        let (head, body) = out.split_once("\r\n\r\n").expect("a head and a body");
+        let status = head.lines().next().unwrap_or_default().to_string();
+        (status, body.to_string())
+    }
+
+    /// `/healthz` through terad's life: 503 `recovering` before the database is open, 200
+    /// `serving` once it is, 503 `draining` after a shutdown signal; other paths 404, other
+    /// methods 405.
+    #[tokio::test]
+    async fn healthz_follows_recovery_serving_and_draining() {
+        use crate::auth::{TokenKey, Users};
+        let dir = tempfile::tempdir().unwrap();
+        let (users, _) = Users::open(&dir.path().join("users.toml"), dir.path()).unwrap();
+        let state = Arc::new(State::new(
+            users,
+            TokenKey::new([7; 32]),
+            crate::config::Config::default(),
+        ));
+        // A handle of its own: the process-wide recorder is not installed in unit tests.
+        let handle = PrometheusBuilder::new().build_recorder().handle();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_http(listener, state.clone(), handle));
+
+        assert_eq!(
+            get(addr, "/healthz").await,
+            (
+                "HTTP/1.1 503 Service Unavailable".into(),
+                "recovering\n".into()
+            )
+        );
+        let mut c = tera_engine::Config::new(dir.path().join("far"));
+        c.dram_budget_bytes = 64 << 20;
+        c.background_maintenance = false;
+        let db = tera_engine::Db::open(c).unwrap();
+        let meta = tera_engine::meta::MetaStore::open(&db).unwrap();
+        state.set_engine(Arc::new(crate::state::Engine { db, meta }));
+        assert_eq!(
+            get(addr, "/healthz").await,
+            ("HTTP/1.1 200 OK".into(), "serving\n".into())
+        );
+        assert!(get(addr, "/metrics").await.0.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/nothing").await.0.starts_with("HTTP/1.1 404"));
+        state.start_draining();
+        assert_eq!(
+            get(addr, "/healthz").await,
+            (
+                "HTTP/1.1 503 Service Unavailable".into(),
+                "draining\n".into()
+            )
+        );
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"POST /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    }
+
     #[test]
     fn malloc_thresholds_are_fixed_unless_the_operator_set_them() {
         let env = |vars: &'static [(&'static str, &'static str)]| {

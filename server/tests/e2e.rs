@@ -4,7 +4,10 @@
 //! restart that still has every acknowledged write; and SIGKILL during a write load, after
 //! which a restart has every acknowledged write and a whole tree. A second test drives the
 //! same process through the library's clients for what teractl does not show: reflection (v1
-//! and v1alpha), an oversized message, an expired token and the health Watch stream.
+//! and v1alpha), an oversized message, an expired token and the health Watch stream. Others
+//! cover the configuration's layers through the real binary (`--print-config`), ctrl-c and
+//! JSON logs, long polls and deadlines, load shedding, connection limits and a poisoned
+//! database.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -371,6 +374,34 @@ fn terad_serves_teractl_end_to_end() {
     );
     assert!(m.contains("terad_rpc_duration_seconds_bucket"), "{m}");
     assert!(m.contains("terad_dram_budget_bytes 67108864"), "{m}");
+    // The engine's own figures, after the writes above: what it holds in DRAM (within the
+    // budget), its keys, and the tiering and compaction counters (present from the first
+    // scrape, whatever their value).
+    let engine = |name: &str| metric(&m, name).unwrap_or_else(|| panic!("no {name}:\n{m}"));
+    let dram_bytes = engine("terad_tier_bytes{tier=\"dram\"}");
+    assert!(dram_bytes > 0.0, "{m}");
+    let used = engine("terad_dram_used_bytes");
+    assert!(used >= dram_bytes && used <= 67108864.0, "{m}");
+    assert!(engine("terad_tier_records{tier=\"dram\"}") > 0.0, "{m}");
+    assert!(engine("terad_keys") > 0.0, "{m}");
+    assert!(engine("terad_dram_index_bytes") > 0.0, "{m}");
+    assert!((0.0..=1.0).contains(&engine("terad_dram_hit_ratio")), "{m}");
+    for name in [
+        "terad_tier_bytes{tier=\"far\"}",
+        "terad_tier_reads_total{tier=\"dram\"}",
+        "terad_promotions_total",
+        "terad_readmissions_total",
+        "terad_pages_demoted_total",
+        "terad_compaction_bytes_total",
+        "terad_segments_compacted_total",
+        "terad_wal_fsyncs_total",
+    ] {
+        assert!(engine(name) >= 0.0, "{name}: {m}");
+    }
+    assert!(
+        engine("terad_wal_fsyncs_total") > 0.0,
+        "commit durability syncs: {m}"
+    );
     // glibc's heap: terad has allocated something, and kept its free bytes' count.
     let gauge = |name: &str| -> Option<f64> {
         m.lines()
@@ -1444,4 +1475,189 @@ async fn sigkill_during_writes_loses_nothing_acknowledged_and_leaves_a_whole_tre
             );
         }
     }
+}
+
+/// The configuration through the real binary. With nothing given, `terad --print-config`
+/// shows the documented defaults (gRPC on loopback port 7420, metrics on 7421, data under
+/// ./terad-data); a file, `TERAD_*` variables and flags each win over the one before; the
+/// printed configuration reads back as a file unchanged; a missing file, an unknown setting
+/// or a bad value exits 2 with a message naming it.
+#[test]
+fn terad_configuration_comes_from_defaults_file_environment_and_flags_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str], env: &[(&str, &str)]| -> Output {
+        let mut cmd = Command::new(TERAD);
+        cmd.current_dir(dir.path()).args(args);
+        // Nothing from the environment of whoever runs the tests.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TERAD_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied()).output().expect("terad runs")
+    };
+    let printed = |o: &Output| -> String {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout.clone()).expect("utf-8")
+    };
+    let get = |text: &str, key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(" = "))
+            .unwrap_or_else(|| panic!("{key} missing:\n{text}"))
+            .to_string()
+    };
+
+    let defaults = printed(&run(&["--print-config"], &[]));
+    assert_eq!(get(&defaults, "listen"), "\"127.0.0.1:7420\"");
+    assert_eq!(get(&defaults, "metrics_listen"), "\"127.0.0.1:7421\"");
+    assert_eq!(get(&defaults, "data_dir"), "\"./terad-data\"");
+    assert_eq!(get(&defaults, "dram_budget_mib"), "512");
+    assert_eq!(get(&defaults, "durability"), "\"commit\"");
+    assert_eq!(get(&defaults, "log_format"), "\"text\"");
+    assert!(
+        !dir.path().join("terad-data").exists(),
+        "--print-config creates nothing"
+    );
+
+    std::fs::write(
+        dir.path().join("terad.toml"),
+        "dram_budget_mib = 100\nmax_watches = 7\nio_threads = 3\nlog_format = \"json\"\n",
+    )
+    .expect("write the file");
+    let env = [("TERAD_DRAM_BUDGET_MIB", "200"), ("TERAD_MAX_WATCHES", "9")];
+    let layered = printed(&run(
+        &[
+            "--config",
+            "terad.toml",
+            "--dram-budget-mib",
+            "300",
+            "--set",
+            "request_timeout_ms=1234",
+            "--print-config",
+        ],
+        &env,
+    ));
+    assert_eq!(get(&layered, "dram_budget_mib"), "300", "a flag over all");
+    assert_eq!(
+        get(&layered, "max_watches"),
+        "9",
+        "the environment over the file"
+    );
+    assert_eq!(
+        get(&layered, "io_threads"),
+        "3",
+        "the file over the default"
+    );
+    assert_eq!(get(&layered, "log_format"), "\"json\"");
+    assert_eq!(get(&layered, "request_timeout_ms"), "1234", "--set");
+    assert_eq!(
+        get(&layered, "listen"),
+        "\"127.0.0.1:7420\"",
+        "the rest default"
+    );
+    // TERAD_CONFIG names the file too.
+    let via_env = printed(&run(&["--print-config"], &[("TERAD_CONFIG", "terad.toml")]));
+    assert_eq!(get(&via_env, "io_threads"), "3");
+    assert_eq!(get(&via_env, "dram_budget_mib"), "100");
+    // What --print-config shows is a configuration file that gives itself back.
+    std::fs::write(dir.path().join("printed.toml"), &layered).expect("write");
+    let again = printed(&run(&["--config", "printed.toml", "--print-config"], &[]));
+    assert_eq!(again, layered);
+
+    // Errors: exit 2, naming the file, the setting or the variable.
+    let fails = |args: &[&str], env: &[(&str, &str)], want: &str| {
+        let o = run(args, env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in {err}");
+    };
+    fails(
+        &["--config", "missing.toml", "--print-config"],
+        &[],
+        "missing.toml",
+    );
+    std::fs::write(dir.path().join("typo.toml"), "dram_budjet_mib = 1\n").expect("write");
+    fails(
+        &["--config", "typo.toml", "--print-config"],
+        &[],
+        "dram_budjet_mib",
+    );
+    fails(
+        &["--print-config"],
+        &[("TERAD_DRAM_BUDGET_MIB", "lots")],
+        "TERAD_DRAM_BUDGET_MIB",
+    );
+    fails(
+        &["--log-format", "xml", "--print-config"],
+        &[],
+        "log_format",
+    );
+    fails(&["--set", "no_such=1", "--print-config"], &[], "no_such");
+}
+
+/// ctrl-c (SIGINT) stops terad as SIGTERM does: it drains, writes a checkpoint and exits 0,
+/// and a restart has what it acknowledged. With `--log-format json` every line of its log is
+/// one JSON object with a level and a message.
+#[test]
+fn ctrl_c_drains_and_checkpoints_and_json_logs_are_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut t = start_with(&data, &["--log-format", "json"]);
+    let admin = Ctl {
+        server: t.grpc.clone(),
+        token_file: dir.path().join("admin.token"),
+    };
+    wait_serving(&admin);
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    admin.login("admin", password.trim());
+    admin.ok(&["mkdir", "/kept"]);
+
+    let pid = t.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = t.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "terad did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "terad exits 0 on ctrl-c");
+
+    let log = std::fs::read_to_string(data.with_extension("log")).expect("terad's log");
+    let mut messages = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{log}"));
+        assert!(v["level"].is_string(), "no level: {line}");
+        if let Some(m) = v["fields"]["message"].as_str() {
+            messages.push(m.to_string());
+        }
+    }
+    for want in [
+        "ctrl-c",
+        "shutting down: draining in-flight calls",
+        "checkpoint written; stopped",
+    ] {
+        assert!(
+            messages.iter().any(|m| m == want),
+            "no {want:?} in the log:\n{log}"
+        );
+    }
+    drop(t);
+
+    let t2 = start(&data);
+    let admin2 = Ctl {
+        server: t2.grpc.clone(),
+        token_file: admin.token_file.clone(),
+    };
+    wait_serving(&admin2);
+    assert!(
+        admin2.ok(&["stat", "/kept"]).contains("folder"),
+        "acknowledged before ctrl-c"
+    );
 }

@@ -932,6 +932,9 @@ def load(args):
                     started.wait()
         except grpc.RpcError as e:
             if draining.is_set():
+                # A draining terad answers every call it took and refuses the rest unprocessed:
+                # verify checks that a refused write did not happen.
+                acks.write(a="refused", kind=pending[0], path=pending[1], code=e.code().name)
                 drain_codes[e.code().name] += 1
                 drain_details.setdefault(e.code().name, e.details())
             else:
@@ -983,9 +986,13 @@ def verify(args):
     for path, recs in history.items():
         acked = [r for r in recs if r["a"] == "ack"]
         last_ack = acked[-1] if acked else None
-        # An attempt after the last ack has no known outcome (the thread stopped at its error).
+        # An attempt after the last ack has no known outcome (the thread stopped at its error)
+        # unless terad refused it while draining: then it must not have happened, since a
+        # drain answers what it took and takes nothing more.
         open_attempt = recs[-1] if recs[-1]["a"] == "attempt" else None
         unknown += open_attempt is not None
+        refused = recs[-1] if recs[-1]["a"] == "refused" else None
+        checked["refused"] += refused is not None
         try:
             e = u.stat(path)
         except grpc.RpcError as err:
@@ -993,6 +1000,10 @@ def verify(args):
                 continue  # created by an attempt whose outcome is unknown: either way is fine
             problems.append(f"{path}: acknowledged ({last_ack}) but stat says {err.code().name}: "
                             f"{err.details()}")
+            continue
+        if last_ack is None and refused is not None:
+            problems.append(f"{path}: refused ({refused['code']}) while draining, yet it exists: "
+                            "terad dropped the answer to a call it had carried out")
             continue
         if last_ack is None:
             want = open_attempt
@@ -1011,6 +1022,10 @@ def verify(args):
             open_attempt["size"], open_attempt["checksum"])
         if as_acked or as_attempted:
             checked["files"] += last_ack is not None
+        elif refused is not None:
+            problems.append(f"{path}: refused ({refused['code']}) while draining, yet carried "
+                            f"out: acknowledged size {want.get('size')} etag {want.get('etag')}, "
+                            f"found size {e.size} etag {e.etag}")
         else:
             problems.append(f"{path}: acknowledged size {want.get('size')} etag {want.get('etag')} "
                             f"checksum {want.get('checksum')}, found size {e.size} etag {e.etag} "
@@ -1031,6 +1046,7 @@ def verify(args):
     print(f"verify: {acked_paths} acknowledged paths: {checked['files']} files match their "
           f"acknowledged size, etag and checksum (or a later unacknowledged attempt), "
           f"{checked['folders']} folders present; {unknown} attempts without an outcome; "
+          f"{checked['refused']} writes refused while draining; "
           f"{listed} entries listed under /load", flush=True)
     for p in problems[:50]:
         print(f"verify: MISSING OR WRONG: {p}", flush=True)
