@@ -7,7 +7,9 @@ Two files with runs of the same workload, distribution, records and mode make tw
 (never one "rounds" table, never a ratio across files); a failed child's error line (which
 names only its engine and DRAM fraction) shows up as "failed: ..." in its file's tables;
 table.py takes peers' lines (no hit ratio, budget or index) and error lines without failing.
-Only the standard library is used.
+cachesim.rs (compiled with rustc into the temp dir) agrees with Che's approximation of LRU,
+never has an infinite cache hit less often than a finite one on the same requests, and ranks
+W-TinyLFU above LRU once settled. Only the standard library is used (and rustc).
 """
 
 import json
@@ -18,9 +20,13 @@ import sys
 import tempfile
 import unittest
 
+import math
+import shutil
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PLOTS = os.path.join(HERE, "plots.py")
 TABLE = os.path.join(HERE, "table.py")
+CACHESIM = os.path.join(HERE, "cachesim.rs")
 
 
 def run_line(engine, ops, fraction=1.0, **extra):
@@ -192,6 +198,80 @@ class Table(unittest.TestCase):
         # The second file has no fraction-1 run: no ratio, and none from the first file.
         row = next(l for l in second.splitlines() if l.startswith("| C"))
         self.assertIn("| 4000 | - |", row)
+
+
+def che_lru(keys, theta, capacity):
+    """LRU's hit ratio by Che's approximation (as cache_bounds.py, without numpy)."""
+    p = [i ** -theta for i in range(1, keys + 1)]
+    total = sum(p)
+    p = [x / total for x in p]
+    lo, hi = 1.0, 1e12
+    for _ in range(60):
+        t = math.sqrt(lo * hi)
+        if sum(-math.expm1(-x * t) for x in p) < capacity:
+            lo = t
+        else:
+            hi = t
+    return sum(x * -math.expm1(-x * t) for x in p)
+
+
+@unittest.skipUnless(shutil.which("rustc"), "rustc is not installed")
+class CacheSim(unittest.TestCase):
+    KEYS, CAPACITY = 50_000, 5_000
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.TemporaryDirectory()
+        cls.bin = os.path.join(cls.dir.name, "cachesim")
+        subprocess.run(["rustc", "-O", "--edition", "2021", "-o", cls.bin, CACHESIM], check=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.dir.cleanup()
+
+    def sim(self, policy, requests=2_000_000, every=250_000, prefill=0):
+        out = subprocess.run(
+            [self.bin, "--keys", str(self.KEYS), "--zipf", "0.99", "--capacity",
+             str(self.CAPACITY), "--requests", str(requests), "--every", str(every),
+             "--policy", policy, "--prefill", str(prefill)],
+            check=True, capture_output=True, text=True).stdout
+        header = out.splitlines()[0]
+        best = float(header.rsplit(" ", 1)[1])
+        rows = [l.split() for l in out.splitlines() if not l.startswith("#")]
+        self.assertEqual([int(r[0]) for r in rows], list(range(every, requests + 1, every)))
+        return best, [float(r[1]) for r in rows]
+
+    def test_lru_settles_at_ches_approximation(self):
+        best, lru = self.sim("lru")
+        settled = sum(lru[-4:]) / 4
+        che = che_lru(self.KEYS, 0.99, self.CAPACITY)
+        self.assertAlmostEqual(settled, che, delta=0.01, msg=(settled, che))
+        self.assertLess(settled, best)
+
+    def test_policies_rank_as_they_must(self):
+        best, lru = self.sim("lru")
+        _, tiny = self.sim("wtinylfu")
+        _, inf = self.sim("infinite")
+        # The same requests, both caches starting empty: the infinite cache holds every key
+        # the finite ones hold, so it hits at least as often in every stretch.
+        for i, (a, b, c) in enumerate(zip(inf, lru, tiny)):
+            self.assertGreaterEqual(a, b, i)
+            self.assertGreaterEqual(a, c, i)
+            self.assertLessEqual(a, 1.0)
+        # Once settled, frequency beats recency under Zipf, and neither beats the hottest N.
+        self.assertGreater(sum(tiny[-4:]) / 4, sum(lru[-4:]) / 4 + 0.01, (tiny, lru))
+        self.assertLess(sum(tiny[-4:]) / 4, best + 0.005)
+
+    def test_prefill_and_bad_arguments(self):
+        out = subprocess.run([self.bin, "--capacity", "10", "--keys", "100", "--requests", "10",
+                              "--every", "10", "--prefill", "7"],
+                             check=True, capture_output=True, text=True).stdout
+        self.assertIn("prefill 7:", out)
+        for args in (["--capacity", "0", "--requests", "1"], ["--policy", "fifo"],
+                     ["--capacity", "5", "--requests", "1", "--keys", "4"], ["--zipf"]):
+            r = subprocess.run([self.bin, *args], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn("usage:", r.stderr)
 
 
 if __name__ == "__main__":
