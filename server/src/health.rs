@@ -111,3 +111,82 @@ impl Health for HealthService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testing::{engine, state};
+    use tokio_stream::StreamExt;
+
+    fn status(r: Result<Response<HealthCheckResponse>, Status>) -> ServingStatus {
+        let code = r.expect("a status").into_inner().status;
+        ServingStatus::try_from(code).expect("a known status")
+    }
+
+    /// The stream's next status (None once it ended), waiting at most 10 s.
+    async fn next(
+        w: &mut ReceiverStream<Result<HealthCheckResponse, Status>>,
+    ) -> Option<ServingStatus> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+            .await
+            .expect("a status within 10 s")
+            .map(|m| ServingStatus::try_from(m.expect("a status").status).expect("known"))
+    }
+
+    fn req(service: &str) -> Request<HealthCheckRequest> {
+        Request::new(HealthCheckRequest {
+            service: service.into(),
+        })
+    }
+
+    /// Check, List and Watch through terad's life: NOT_SERVING while the database recovers,
+    /// SERVING once it is installed, NOT_SERVING when draining (and Watch then ends); an
+    /// unknown service is NOT_FOUND for Check and SERVICE_UNKNOWN for Watch.
+    #[tokio::test]
+    async fn health_follows_recovery_serving_and_draining() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Arc::new(state(dir.path()));
+        let h = HealthService::new(st.clone());
+        for s in ["", SERVICES[0], SERVICES[1]] {
+            assert_eq!(
+                status(h.check(req(s)).await),
+                ServingStatus::NotServing,
+                "{s:?}"
+            );
+        }
+        let e = h.check(req("tera.nope.v1.Nothing")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert!(e.message().contains("tera.meta.v1.Metadata"), "{e:?}");
+        let mut unknown = h.watch(req("nope")).await.unwrap().into_inner();
+        assert_eq!(
+            next(&mut unknown).await,
+            Some(ServingStatus::ServiceUnknown)
+        );
+
+        let mut watch = h.watch(req("")).await.unwrap().into_inner();
+        assert_eq!(next(&mut watch).await, Some(ServingStatus::NotServing));
+
+        st.set_engine(engine(dir.path()));
+        assert_eq!(status(h.check(req("")).await), ServingStatus::Serving);
+        let list = h.list(Request::new(HealthListRequest {})).await.unwrap();
+        let statuses = list.into_inner().statuses;
+        assert_eq!(statuses.len(), 1 + SERVICES.len());
+        assert!(statuses
+            .values()
+            .all(|r| r.status == ServingStatus::Serving as i32));
+        assert_eq!(next(&mut watch).await, Some(ServingStatus::Serving));
+
+        st.start_draining();
+        assert_eq!(status(h.check(req("")).await), ServingStatus::NotServing);
+        assert_eq!(next(&mut watch).await, Some(ServingStatus::NotServing));
+        assert_eq!(
+            next(&mut watch).await,
+            None,
+            "the stream ends once draining"
+        );
+        assert!(
+            next(&mut unknown).await.is_none(),
+            "so does the unknown service's"
+        );
+    }
+}

@@ -314,14 +314,9 @@ mod tests {
     /// methods 405.
     #[tokio::test]
     async fn healthz_follows_recovery_serving_and_draining() {
-        use crate::auth::{TokenKey, Users};
+        use crate::state::testing::{engine, state};
         let dir = tempfile::tempdir().unwrap();
-        let (users, _) = Users::open(&dir.path().join("users.toml"), dir.path()).unwrap();
-        let state = Arc::new(State::new(
-            users,
-            TokenKey::new([7; 32]),
-            crate::config::Config::default(),
-        ));
+        let state = Arc::new(state(dir.path()));
         // A handle of its own: the process-wide recorder is not installed in unit tests.
         let handle = PrometheusBuilder::new().build_recorder().handle();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -335,12 +330,7 @@ mod tests {
                 "recovering\n".into()
             )
         );
-        let mut c = tera_engine::Config::new(dir.path().join("far"));
-        c.dram_budget_bytes = 64 << 20;
-        c.background_maintenance = false;
-        let db = tera_engine::Db::open(c).unwrap();
-        let meta = tera_engine::meta::MetaStore::open(&db).unwrap();
-        state.set_engine(Arc::new(crate::state::Engine { db, meta }));
+        state.set_engine(engine(dir.path()));
         assert_eq!(
             get(addr, "/healthz").await,
             ("HTTP/1.1 200 OK".into(), "serving\n".into())

@@ -184,16 +184,20 @@ pub async fn drained(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|d| *d).await;
 }
 
+/// A `State` and an engine in a temporary directory, for the unit tests of the modules that
+/// read the state (health, metrics).
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn state(dir: &std::path::Path) -> State {
+    /// A state with an empty users file and no engine yet: what terad has while recovering.
+    pub(crate) fn state(dir: &std::path::Path) -> State {
         let (users, _) = Users::open(&dir.join("users.toml"), dir).unwrap();
         State::new(users, TokenKey::new([7; 32]), Config::default())
     }
 
-    fn engine(dir: &std::path::Path) -> Arc<Engine> {
+    /// A small open database (64 MiB, no background maintenance).
+    pub(crate) fn engine(dir: &std::path::Path) -> Arc<Engine> {
         let mut c = tera_engine::Config::new(dir.join("far"));
         c.dram_budget_bytes = 64 << 20;
         c.background_maintenance = false;
@@ -201,6 +205,11 @@ mod tests {
         let meta = MetaStore::open(&db).unwrap();
         Arc::new(Engine { db, meta })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{engine, state};
 
     #[test]
     fn a_poisoned_database_turns_health_not_serving_for_good() {
