@@ -6,10 +6,10 @@
 //!   says it was read more often than the probation victim; the sketch is halved every
 //!   `--sketch-window` × capacity reads): the frequency-aware policy of Caffeine;
 //! - `infinite`: never evicts (so every miss is a key's first read: the bound for any cache
-//!   over the same stretch of requests).
+//!   that starts with the same keys, over the same stretch of requests).
 //!
-//! `--prefill N` starts the cache with N keys picked at random, as Teraservices' DRAM tier
-//! starts a benchmark full of whatever the bulk load wrote last. Prints the hit ratio of each
+//! `--prefill N` starts the cache with N keys picked at random, in random order, as
+//! Teraservices' DRAM tier starts a benchmark full of whatever the bulk load wrote last. Prints the hit ratio of each
 //! `--every` requests, after a header with the best a cache of this capacity can do once
 //! settled (the hottest N keys' share of the reads). A standalone program, outside the
 //! workspace (no dependencies):
@@ -213,7 +213,9 @@ fn parse() -> Args {
             "--zipf" => {
                 a.zipf = value
                     .parse()
-                    .unwrap_or_else(|_| usage(&format!("--zipf {value:?}: not a number")))
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .unwrap_or_else(|| usage(&format!("--zipf {value:?}: a number, 0 or more")))
             }
             "--capacity" => a.capacity = num("--capacity") as usize,
             "--requests" => a.requests = num("--requests"),
@@ -241,6 +243,9 @@ fn parse() -> Args {
     if a.seed == 0 {
         usage("--seed: not 0");
     }
+    if a.policy == Policy::WTinyLfu && a.capacity < 2 {
+        usage("--capacity: at least 2 for wtinylfu (a window and a main part)");
+    }
     a
 }
 
@@ -263,7 +268,7 @@ fn main() {
         Policy::WTinyLfu => (capacity / 100).max(1),
         _ => capacity,
     };
-    let main_cap = capacity.saturating_sub(window_cap).max(1);
+    let main_cap = capacity - window_cap.min(capacity - 1);
     let protected_cap = main_cap * 8 / 10;
     let mut sketch = Sketch::new(
         if a.policy == Policy::WTinyLfu {
@@ -285,23 +290,31 @@ fn main() {
         capacity
     };
     let want = a.prefill.min(room);
-    let mut filled = 0;
-    let mut pick = Rng(a.seed ^ 0x5555_aaaa_5555_aaaa);
+    // A stream of its own (never seeded 0: xorshift would stay at 0).
+    let mut pick = Rng(a.seed.rotate_left(32).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut chosen = Vec::with_capacity(want);
     for k in 0..a.keys {
-        if filled == want {
+        if chosen.len() == want {
             break;
         }
         // Pick each remaining key with probability (still wanted) / (still left).
-        if pick.unit() * ((a.keys - k) as f64) < (want - filled) as f64 {
-            let k = k as u32;
-            if a.policy == Policy::WTinyLfu {
-                probation.push_front(k);
-                at[k as usize] = PROBATION;
-            } else {
-                lru.push_front(k);
-                at[k as usize] = LRU;
-            }
-            filled += 1;
+        if pick.unit() * ((a.keys - k) as f64) < (want - chosen.len()) as f64 {
+            chosen.push(k as u32);
+        }
+    }
+    // In random order: key ids are popularity ranks, so inserting them in id order would make
+    // the hottest prefilled key the first one evicted.
+    for i in (1..chosen.len()).rev() {
+        chosen.swap(i, (pick.next() % (i as u64 + 1)) as usize);
+    }
+    let filled = chosen.len();
+    for k in chosen {
+        if a.policy == Policy::WTinyLfu {
+            probation.push_front(k);
+            at[k as usize] = PROBATION;
+        } else {
+            lru.push_front(k);
+            at[k as usize] = LRU;
         }
     }
     println!(

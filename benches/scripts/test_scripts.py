@@ -262,13 +262,27 @@ class CacheSim(unittest.TestCase):
         self.assertGreater(sum(tiny[-4:]) / 4, sum(lru[-4:]) / 4 + 0.01, (tiny, lru))
         self.assertLess(sum(tiny[-4:]) / 4, best + 0.005)
 
-    def test_prefill_and_bad_arguments(self):
+    def test_prefill(self):
         out = subprocess.run([self.bin, "--capacity", "10", "--keys", "100", "--requests", "10",
                               "--every", "10", "--prefill", "7"],
                              check=True, capture_output=True, text=True).stdout
         self.assertIn("prefill 7:", out)
+        # Every key in from the start: nothing ever misses.
+        _, full = self.sim("infinite", requests=200_000, every=50_000, prefill=self.KEYS)
+        self.assertEqual(full, [1.0] * 4)
+        # Prefilled with a random tenth of the keys, the first 1,000 reads hit more often than
+        # from empty (those keys draw about a tenth of the reads, some of which an empty cache
+        # misses).
+        _, empty = self.sim("lru", requests=1_000, every=1_000)
+        _, filled = self.sim("lru", requests=1_000, every=1_000, prefill=self.CAPACITY)
+        self.assertGreater(filled[0], empty[0] + 0.02, (filled, empty))
+
+    def test_bad_arguments(self):
         for args in (["--capacity", "0", "--requests", "1"], ["--policy", "fifo"],
-                     ["--capacity", "5", "--requests", "1", "--keys", "4"], ["--zipf"]):
+                     ["--capacity", "5", "--requests", "1", "--keys", "4"], ["--zipf"],
+                     ["--capacity", "5", "--requests", "1", "--zipf", "nan"],
+                     ["--capacity", "5", "--requests", "1", "--zipf", "-1"],
+                     ["--capacity", "1", "--requests", "1", "--policy", "wtinylfu"]):
             r = subprocess.run([self.bin, *args], capture_output=True, text=True)
             self.assertEqual(r.returncode, 2, (args, r.stderr))
             self.assertIn("usage:", r.stderr)

@@ -95,15 +95,20 @@ impl Health for HealthService {
                 return;
             }
             loop {
-                let now = *serving.borrow_and_update();
+                // Draining first: `start_draining` sets it before it turns serving off, so a
+                // drain that lands between the two reads still ends the stream with
+                // NOT_SERVING, never with a SERVING read just before.
+                let drained = *draining.borrow_and_update();
+                let now = *serving.borrow_and_update() && !drained;
                 if tx.send(Ok(response(now))).await.is_err() {
                     return;
                 }
-                if *draining.borrow() {
+                if drained {
                     return;
                 }
                 tokio::select! {
                     r = serving.changed() => if r.is_err() { return },
+                    r = draining.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
                 }
             }

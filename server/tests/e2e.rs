@@ -1521,10 +1521,15 @@ fn terad_configuration_comes_from_defaults_file_environment_and_flags_in_order()
 
     std::fs::write(
         dir.path().join("terad.toml"),
-        "dram_budget_mib = 100\nmax_watches = 7\nio_threads = 3\nlog_format = \"json\"\n",
+        "dram_budget_mib = 100\nmax_watches = 7\nio_threads = 3\nlog_format = \"json\"\n\
+         request_timeout_ms = 100\n",
     )
     .expect("write the file");
-    let env = [("TERAD_DRAM_BUDGET_MIB", "200"), ("TERAD_MAX_WATCHES", "9")];
+    let env = [
+        ("TERAD_DRAM_BUDGET_MIB", "200"),
+        ("TERAD_MAX_WATCHES", "9"),
+        ("TERAD_REQUEST_TIMEOUT_MS", "200"),
+    ];
     let layered = printed(&run(
         &[
             "--config",
@@ -1549,7 +1554,11 @@ fn terad_configuration_comes_from_defaults_file_environment_and_flags_in_order()
         "the file over the default"
     );
     assert_eq!(get(&layered, "log_format"), "\"json\"");
-    assert_eq!(get(&layered, "request_timeout_ms"), "1234", "--set");
+    assert_eq!(
+        get(&layered, "request_timeout_ms"),
+        "1234",
+        "--set over the environment and the file"
+    );
     assert_eq!(
         get(&layered, "listen"),
         "\"127.0.0.1:7420\"",
