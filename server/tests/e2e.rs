@@ -216,9 +216,16 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 fn sigterm_and_wait(t: &mut Terad) -> std::process::ExitStatus {
+    signal_and_wait(t, "TERM")
+}
+
+/// Send terad `signal` (a name for kill(1), e.g. TERM or INT) and wait up to 30 s for it to
+/// exit.
+fn signal_and_wait(t: &mut Terad, signal: &str) -> std::process::ExitStatus {
     let pid = t.child.id().to_string();
     let ok = Command::new("kill")
-        .args(["-TERM", &pid])
+        .arg(format!("-{signal}"))
+        .arg(&pid)
         .status()
         .expect("kill runs");
     assert!(ok.success());
@@ -229,7 +236,7 @@ fn sigterm_and_wait(t: &mut Terad) -> std::process::ExitStatus {
         }
         assert!(
             Instant::now() < deadline,
-            "terad did not stop after SIGTERM"
+            "terad did not stop after SIG{signal}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1621,20 +1628,7 @@ fn ctrl_c_drains_and_checkpoints_and_json_logs_are_json() {
     admin.login("admin", password.trim());
     admin.ok(&["mkdir", "/kept"]);
 
-    let pid = t.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .expect("kill runs")
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = t.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "terad did not stop after SIGINT");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = signal_and_wait(&mut t, "INT");
     assert_eq!(status.code(), Some(0), "terad exits 0 on ctrl-c");
 
     let log = std::fs::read_to_string(data.with_extension("log")).expect("terad's log");
