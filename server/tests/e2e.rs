@@ -6,8 +6,8 @@
 //! same process through the library's clients for what teractl does not show: reflection (v1
 //! and v1alpha), an oversized message, an expired token and the health Watch stream. Others
 //! cover the configuration's layers through the real binary (`--print-config`), ctrl-c and
-//! JSON logs, long polls and deadlines, load shedding, connection limits and a poisoned
-//! database.
+//! JSON logs, long polls and deadlines, load shedding, connection limits, a poisoned
+//! database, and health while terad replays a long log at start.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -1663,4 +1663,155 @@ fn ctrl_c_drains_and_checkpoints_and_json_logs_are_json() {
         admin2.ok(&["stat", "/kept"]).contains("folder"),
         "acknowledged before ctrl-c"
     );
+}
+
+/// While terad replays a long log at start, health is NOT_SERVING, `/healthz` answers 503
+/// `recovering` and a metadata call is UNAVAILABLE saying so; the same health Watch stream
+/// then turns SERVING once the database is open, and every replayed record is there.
+// Two workers: the test blocks one waiting for terad while the other drives the client's
+// connection, which has to see terad's GOAWAY for the drain to end before its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_terad_replays_its_log() {
+    use tera_engine::{Db, KeyspaceOptions};
+    use tera_server::client::{self, Bearer};
+    use tera_server::proto::health::health_check_response::ServingStatus;
+    use tera_server::proto::health::HealthCheckRequest;
+    use tera_server::proto::meta as pb;
+    use tonic::Code;
+
+    // Enough log that replaying it takes far longer than connecting does (about 0.4 s in a
+    // debug build here, against a few milliseconds).
+    const RECORDS: u32 = 250_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // A first start makes the data directory, the users file and the admin's password.
+    // A token from then still holds after the restart (the token key is in the data dir).
+    let mut t = start(&data);
+    serving(&t, dir.path().join("t"));
+    let ch = client::connect(&t.grpc, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    let tok = admin_token(&ch, &data, 0).await;
+    drop(ch);
+    assert_eq!(sigterm_and_wait(&mut t).code(), Some(0));
+    drop(t);
+
+    // Records written to terad's database directly and never checkpointed: the next start
+    // has to replay them from the log before it serves.
+    let config = tera_server::config::Config {
+        data_dir: data.clone(),
+        ..Default::default()
+    };
+    let open = || {
+        let mut ec = tera_server::server::engine_config(&config).expect("engine config");
+        ec.checkpoint_wal_bytes = 0;
+        Db::open(ec).expect("terad's database opens")
+    };
+    let key = |i: u32| format!("filler/{i:08}").into_bytes();
+    {
+        let db = open();
+        let ks = db
+            .keyspace("filler", KeyspaceOptions::hash())
+            .expect("keyspace");
+        ks.bulk_load((0..RECORDS).map(|i| (key(i), vec![b'v'; 100])))
+            .expect("bulk load");
+    }
+
+    let mut t = start(&data);
+    // `start` returns as terad announces its port, which it does before it opens the database.
+    let page = http_get(&t.metrics, "/healthz");
+    assert!(
+        page.starts_with("HTTP/1.1 503") && page.ends_with("recovering\n"),
+        "{page}"
+    );
+    let ch = client::connect(&t.grpc, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    let mut h = client::health(ch.clone());
+    let mut w = h
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = w.message().await.expect("status").expect("one");
+    assert_eq!(first.status, ServingStatus::NotServing as i32);
+    let check = h
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("check answers while recovering")
+        .into_inner();
+    assert_eq!(check.status, ServingStatus::NotServing as i32);
+    // Neither a new token nor a call with the old one is served before the database is open.
+    let password = std::fs::read_to_string(data.join("admin-password")).expect("password");
+    let e = client::auth(ch.clone(), Bearer::new(None, false).expect("bearer"))
+        .token(tera_server::proto::auth::TokenRequest {
+            user: "admin".into(),
+            password: password.trim().into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect_err("no token before the database is open");
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("recovering"), "{}", e.message());
+    let mut meta = client::meta(
+        ch.clone(),
+        Bearer::new(Some(&tok.token), false).expect("bearer"),
+    );
+    let e = meta
+        .stat(pb::StatRequest {
+            namespace: 0,
+            target: Some(pb::stat_request::Target::Path("/".into())),
+        })
+        .await
+        .expect_err("no metadata before the database is open");
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("recovering"), "{}", e.message());
+
+    // The same stream turns SERVING when the replay is done, and the calls are answered.
+    let next = tokio::time::timeout(Duration::from_secs(120), w.message())
+        .await
+        .expect("recovery ends")
+        .expect("status")
+        .expect("one more");
+    assert_eq!(next.status, ServingStatus::Serving as i32);
+    assert!(http_get(&t.metrics, "/healthz").ends_with("serving\n"));
+    meta.stat(pb::StatRequest {
+        namespace: 0,
+        target: Some(pb::stat_request::Target::Path("/".into())),
+    })
+    .await
+    .expect("stat once serving");
+    drop((w, h, meta, ch));
+    assert_eq!(sigterm_and_wait(&mut t).code(), Some(0));
+    drop(t);
+    let log = std::fs::read_to_string(data.with_extension("log")).expect("terad's log");
+    // The second start did replay the log (the first had nothing to replay).
+    let frames: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("database open"))
+        .filter_map(|l| {
+            l.split("log_frames=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        frames.len() == 2 && frames[1] > 0,
+        "log frames replayed at each start: {frames:?}\n{log}"
+    );
+
+    let db = open();
+    let ks = db.get_keyspace("filler").expect("the keyspace survived");
+    assert_eq!(ks.len(), u64::from(RECORDS));
+    for i in [0, RECORDS / 2, RECORDS - 1] {
+        let e = ks.get(&key(i)).expect("read").expect("replayed record");
+        assert_eq!(e.value, vec![b'v'; 100]);
+    }
 }
