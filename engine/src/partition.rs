@@ -1667,10 +1667,29 @@ impl Partition {
             st.compacting = Some((seg_no, off + page_bytes));
             return Ok(true);
         }
-        // Every live record has moved: drop the segment.
         st.compacting = None;
         // SAFETY: lock held.
         let segs = unsafe { &*self.segs.load(Relaxed) };
+        // Every record the sweep found has moved. If the accounts still count live bytes here,
+        // the sweep missed records: a page's sweep ends at the first byte that starts no
+        // record, so one damaged marker byte hides the rest of its page. Removing the segment
+        // would lose them (and leave the index pointing at nothing): keep it, damaged.
+        let live = st.segs.get(&seg_no).map_or(0, |m| m.live);
+        if live > 0 {
+            if let Some(m) = st.segs.get_mut(&seg_no) {
+                m.damaged = true;
+            }
+            let path = segs.get(seg_no).map(|s| s.path.clone()).unwrap_or_default();
+            return Err(Error::Corrupt {
+                path,
+                offset: 0,
+                reason: format!(
+                    "compaction found no more records, but {live} bytes of live records are \
+                     still in the segment (a damaged record header hides them); the segment \
+                     is kept and no longer compacted"
+                ),
+            });
+        }
         if let Some(seg) = segs.take(seg_no) {
             if let Err(e) = self.shared.storage.remove(&seg.path) {
                 tracing::warn!(path = %seg.path.display(), error = %e, "could not remove a compacted segment file");
@@ -1678,8 +1697,7 @@ impl Partition {
             let e = epoch().advance();
             st.retired.push_back((e, Retired::Segment(seg)));
         }
-        let meta = st.segs.remove(&seg_no).unwrap_or_default();
-        debug_assert_eq!(meta.live, 0, "a compacted segment kept live bytes");
+        st.segs.remove(&seg_no);
         st.segments_compacted += 1;
         Ok(true)
     }
