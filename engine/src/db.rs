@@ -1850,6 +1850,14 @@ fn add(t: &mut TierStats, l: crate::partition::Live) {
     t.bytes += l.bytes;
 }
 
+#[cfg(test)]
+impl Db {
+    /// The engine's shared state, for the unit tests of the crate's other modules.
+    pub(crate) fn inner_for_tests(&self) -> &Inner {
+        &self.inner
+    }
+}
+
 impl Drop for Db {
     fn drop(&mut self) {
         *self.inner.stop.lock() = true;

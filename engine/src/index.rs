@@ -22,7 +22,8 @@ pub(crate) const EMPTY: u64 = 0;
 pub(crate) const DELETED: u64 = 1;
 const ADDR_BITS: u32 = 48;
 pub(crate) const ADDR_MASK: u64 = (1 << ADDR_BITS) - 1;
-const SLOTS: usize = 8;
+/// Entries per bucket.
+pub(crate) const SLOTS: usize = 8;
 /// Rebuild when entries (live or deleted) would pass this share of the slots.
 pub(crate) const MAX_LOAD: f64 = 0.85;
 /// Past this load the next rebuild's table counts as room the partition needs (shares.rs).

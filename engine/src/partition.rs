@@ -2135,8 +2135,9 @@ impl Locked<'_> {
     }
 
     /// Visit the records indexed from buckets `start..start + n` of the current index table,
-    /// stopping early, at a group of [`SCAN_GROUP`] buckets, once the visited keys and values
-    /// reach `max_bytes` (a checkpoint bounds its chunk frames so). With `emulate`, each far
+    /// stopping early once the visited keys and values reach `max_bytes`, and below the
+    /// larger of twice `max_bytes` and `max_bytes` plus one bucket of the largest records
+    /// (a checkpoint bounds its chunk frames so). With `emulate`, each far
     /// record visited pays the emulated far latency, as a read does (a user's scan does; a
     /// checkpoint, the engine's own copy, does not). Returns how many buckets
     /// it visited, the table's bucket count and its generation: a caller that goes on with
@@ -2160,8 +2161,20 @@ impl Locked<'_> {
             SCAN_GROUP
         };
         let (mut visited, mut bytes) = (0, 0usize);
+        // The most key and value bytes a bucket's records can hold (every indexed record
+        // passed `check_sizes`).
+        let bucket_max = crate::index::SLOTS * (p.shared.max_key + p.shared.max_value);
         while visited < n && bytes < max_bytes {
-            let m = group.min(n - visited);
+            // A bounded scan takes no more buckets at once than could take it past twice
+            // `max_bytes`, and at least one: it ends below the larger of twice its bound and
+            // its bound plus one bucket. (Eight buckets of the largest records, 32 MiB values,
+            // pass a checkpoint's chunk frame limit of 1 GiB.)
+            let room = if max_bytes == usize::MAX {
+                group
+            } else {
+                ((max_bytes.saturating_mul(2) - bytes) / bucket_max).clamp(1, group)
+            };
+            let m = room.min(n - visited);
             scratch.clear();
             table.addresses_in(start + visited, m, scratch);
             visited += m;
@@ -2313,8 +2326,8 @@ pub(crate) fn ordered_key_bytes(key_len: usize) -> usize {
     72 + heap
 }
 
-/// Buckets a byte-bounded [`Locked::scan_buckets`] visits between checks of its bound (at
-/// most 64 records past it).
+/// Buckets a byte-bounded [`Locked::scan_buckets`] visits between checks of its bound, at
+/// most (fewer where their records could take it past twice its bound).
 const SCAN_GROUP: usize = 8;
 
 /// Bytes of readmitted records one page advance may carry into the new tail page.
