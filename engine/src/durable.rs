@@ -17,8 +17,9 @@
 //! then keeps, of two copies of a key, the one with the higher mod revision.
 //! A frame `6` before the trailer holds `n u32 | n × records u64`, the records written per
 //! partition, so that recovery can size each partition's index before loading.
-//! A checkpoint without its trailer is incomplete and ignored; it is written as `.tmp`,
-//! synced, and renamed, so a complete name always means a complete file.
+//! A checkpoint is written as `.tmp`, synced, and renamed, so a complete name always means a
+//! complete file: one without its trailer was damaged after it was written, and the open
+//! refuses it with `Corrupt` (a leftover `.tmp` is an interrupted checkpoint, and ignored).
 
 use crate::keyspace::{KeyspaceOptions, PartitionBy};
 

@@ -23,7 +23,7 @@ use crate::durable::{
 };
 use crate::error::{Error, Result};
 use crate::hash::hash_key;
-use crate::keyspace::{Meta, KEY_PREFIX};
+use crate::keyspace::{Meta, KEY_PREFIX, META};
 use crate::wal::{frame_ok, frame_unchecked, put_frame, read_wal, Wal, FRAME_HEADER};
 use crate::{CheckpointInfo, Config};
 use std::collections::HashMap;
@@ -321,7 +321,7 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
         p.reserve(e as usize)?;
     }
     if let Some(c) = parsed {
-        info.checkpoint_records = load_checkpoint(inner, c)?;
+        info.checkpoint_records = load_checkpoint(inner, c).map_err(lowered_limit)?;
     }
     // Check every batch's keyspace first, so that replay cannot fail half way on it.
     let mut max_rev: HashMap<u16, u64> = HashMap::new();
@@ -339,7 +339,7 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
             *m = (*m).max(*rev);
         }
     }
-    replay(inner, &records)?;
+    replay(inner, &records).map_err(lowered_limit)?;
     // Revisions continue from the highest seen. The newest replayed batches newer than the
     // checkpoint go back into the change logs (as many as their byte limit holds), and
     // revisions with no batch (rolled back, or lost unacknowledged) become empty changes.
@@ -453,6 +453,32 @@ fn event_of(o: &crate::durable::LoggedOp, rev: u64) -> crate::changelog::Event {
 /// Apply the log's batches, in parallel: thread `t` of `T` applies, in log order, the ops
 /// whose partition is `t` mod `T`. A key's ops are all in one partition and in log order
 /// there, so the result is that of a serial replay.
+/// Recovery puts every record through the size checks of a new write, so a record it finds
+/// over a limit was written under a higher one: say so, and which setting, instead of a bare
+/// "too large" that reads like a write of the caller's.
+fn lowered_limit(e: Error) -> Error {
+    let (what, setting, len, max) = match e {
+        // The partition's limits count the keyspace prefix and the revisions too.
+        Error::KeyTooLarge { len, max } => (
+            "key",
+            "max_key_bytes",
+            len.saturating_sub(KEY_PREFIX),
+            max.saturating_sub(KEY_PREFIX),
+        ),
+        Error::ValueTooLarge { len, max } => (
+            "value",
+            "max_value_bytes",
+            len.saturating_sub(META),
+            max.saturating_sub(META),
+        ),
+        e => return e,
+    };
+    Error::Config(format!(
+        "{setting} = {max}: the database holds a {what} of {len} bytes, written under a \
+         higher {setting}; open it with the {setting} it was written with"
+    ))
+}
+
 fn replay(inner: &Inner, records: &[(u64, u64, LogRecord)]) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -819,6 +845,42 @@ mod tests {
             }
         }
         assert_eq!(seen, n, "the slices together visit every record once");
+    }
+
+    /// A database written under higher size limits refuses to open under lower ones with a
+    /// message naming the setting, from the checkpoint and from the log alike.
+    #[test]
+    fn reopening_under_lower_limits_names_the_setting() {
+        for checkpointed in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = || small_config(dir.path(), Durability::Commit);
+            {
+                let db = Db::open(config()).unwrap();
+                db.put(&[b'k'; 200], &[b'v'; 1000]).unwrap();
+                if checkpointed {
+                    db.checkpoint().unwrap();
+                }
+            }
+            let mut c = config();
+            c.max_value_bytes = 500;
+            let e = Db::open(c).map(|_| ()).unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{e}");
+            let m = e.to_string();
+            assert!(
+                m.contains("max_value_bytes = 500") && m.contains("value of 1000 bytes"),
+                "{m}"
+            );
+            let mut c = config();
+            c.max_key_bytes = 100;
+            let m = Db::open(c).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                m.contains("max_key_bytes = 100") && m.contains("key of 200 bytes"),
+                "{m}"
+            );
+            // Under the limits it was written with, it opens and has the record.
+            let db = Db::open(config()).unwrap();
+            assert_eq!(db.get(&[b'k'; 200]).unwrap(), Some(vec![b'v'; 1000]));
+        }
     }
 
     /// A power loss in the middle of a group flush: the device kept the flush's first pages
