@@ -1911,12 +1911,20 @@ fn spawn_durability(inner: Arc<Inner>) -> std::io::Result<Vec<JoinHandle<()>>> {
             std::thread::Builder::new()
                 .name("tera-ckpt".into())
                 .spawn(move || {
-                    while wait_or_stop(&inner, Duration::from_millis(100)) {
+                    // After a failure the next attempt waits twice as long as the last, up to
+                    // a minute: a full disk is not written to (and logged) ten times a second.
+                    let tick = Duration::from_millis(100);
+                    let mut wait = tick;
+                    while wait_or_stop(&inner, wait) {
                         let Some(wal) = &inner.wal else { return };
                         let since = wal.end() - inner.checkpoint_lsn.load(Acquire);
                         if inner.poison.get().is_none() && since >= inner.checkpoint_wal_bytes {
-                            if let Err(e) = crate::recovery::checkpoint(&inner) {
-                                tracing::error!(error = %e, "background checkpoint failed");
+                            match crate::recovery::checkpoint(&inner) {
+                                Ok(_) => wait = tick,
+                                Err(e) => {
+                                    wait = (wait * 2).min(CHECKPOINT_RETRY_MAX);
+                                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "background checkpoint failed");
+                                }
                             }
                         }
                     }
@@ -1925,6 +1933,9 @@ fn spawn_durability(inner: Arc<Inner>) -> std::io::Result<Vec<JoinHandle<()>>> {
     }
     Ok(threads)
 }
+
+/// The longest a background checkpoint waits to try again after failures.
+const CHECKPOINT_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Sleep for `tick` unless the database is closing; false once it is.
 fn wait_or_stop(inner: &Inner, tick: Duration) -> bool {

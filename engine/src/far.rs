@@ -66,6 +66,24 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
         File::open(dir)?.sync_all()
     }
+    /// Bytes an unprivileged writer can still write to the file system holding `dir`
+    /// (`statvfs`: available blocks times the fragment size).
+    fn available_bytes(&self, dir: &Path) -> std::io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: an all-zero `statvfs` is a valid value of the plain C struct, which the
+        // call overwrites.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path that outlives the call, and `st` a valid,
+        // writable `statvfs`.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Both are u64 on the 64-bit targets, narrower on some others.
+        #[allow(clippy::useless_conversion)]
+        Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    }
 }
 
 /// The operating system's files, unchanged.
@@ -278,5 +296,22 @@ mod tests {
         ] {
             assert!(!is_segment_name(other), "{other}");
         }
+    }
+
+    #[test]
+    fn available_bytes_reads_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = OsStorage.available_bytes(dir.path()).unwrap();
+        assert!(
+            free > 0,
+            "a file system with room for a temporary directory"
+        );
+        // The same file system, give or take what others wrote meanwhile.
+        let again = OsStorage.available_bytes(dir.path()).unwrap();
+        assert!(free.abs_diff(again) < 1 << 30, "{free} then {again}");
+        let e = OsStorage
+            .available_bytes(&dir.path().join("missing"))
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -22,6 +22,7 @@ use crate::durable::{
     LogRecord, Reader, CK_HEADER, CK_PARTS, CK_RECORDS, CK_TRAILER,
 };
 use crate::error::{Error, Result};
+use crate::far::Storage;
 use crate::hash::hash_key;
 use crate::keyspace::{Meta, KEY_PREFIX, META};
 use crate::wal::{frame_ok, frame_unchecked, put_frame, read_wal, Wal, FRAME_HEADER};
@@ -74,6 +75,45 @@ fn list_ckpts(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(v)
 }
 
+/// Log files' worth of free space a checkpoint must leave the log.
+const LOG_ROOM_FILES: u64 = 2;
+
+/// Refuse to start a checkpoint that would leave the log less than [`LOG_ROOM_FILES`] log
+/// files of room on the file system they share: the log goes on appending while the
+/// checkpoint is written, and a log write that finds the disk full poisons the database,
+/// where a checkpoint that does not start costs nothing. The checkpoint's size is estimated
+/// as the live records' bytes (each record's header is larger than its checkpoint entry's,
+/// so the estimate is high). A file system that cannot say is not checked.
+fn check_room(inner: &Inner, storage: &dyn Storage, dir: &Path, log_file: u64) -> Result<()> {
+    let Ok(free) = storage.available_bytes(dir) else {
+        return Ok(());
+    };
+    let records: u64 = inner
+        .parts()
+        .iter()
+        .map(|p| {
+            let s = p.lock().stats();
+            s.dram.bytes + s.far.bytes
+        })
+        .sum();
+    let keep = LOG_ROOM_FILES * log_file;
+    if free >= records.saturating_add(keep) {
+        return Ok(());
+    }
+    Err(Error::Io {
+        op: "checkpoint",
+        path: dir.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "not started: it needs about {records} bytes and the log {keep} more, and the \
+                 file system has {free} bytes free; free space or move the data directory \
+                 (the log keeps every write meanwhile, and recovery replays it)"
+            ),
+        ),
+    })
+}
+
 /// Write a checkpoint. See the module docs.
 pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
     let Some(wal) = inner.wal() else {
@@ -86,6 +126,7 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
     inner.writable()?;
     let storage = inner.storage().clone();
     let dir = inner.data_dir().to_path_buf();
+    check_room(inner, &*storage, &dir, wal.file_bytes())?;
     let lsn = wal.end();
     let tmp = dir.join(format!("ckpt-{lsn:020}.tmp"));
     let file = storage.create(&tmp, 0).map_err(io("create", &tmp))?;

@@ -283,6 +283,11 @@ impl Wal {
         self.waiters.durable()
     }
 
+    /// The size at which appending moves on to a new log file (`Config::wal_file_bytes`).
+    pub(crate) fn file_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
     pub(crate) fn stats(&self) -> WalStats {
         WalStats {
             fsyncs: self.fsyncs.load(Acquire),

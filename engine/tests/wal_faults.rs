@@ -100,6 +100,8 @@ struct Faulty {
     /// Faults injected since `arm`.
     injected: AtomicU64,
     files: Mutex<HashMap<(u64, u64), Kind>>,
+    /// What `available_bytes` reports (`u64::MAX`: the real file system's).
+    free: AtomicU64,
 }
 
 impl Faulty {
@@ -115,7 +117,13 @@ impl Faulty {
             seen: AtomicU64::new(0),
             injected: AtomicU64::new(0),
             files: Mutex::new(HashMap::new()),
+            free: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Report `bytes` free on the file system (`u64::MAX`: report the real figure).
+    fn set_free(&self, bytes: u64) {
+        self.free.store(bytes, SeqCst);
     }
 
     fn arm(&self, fault: Fault, target: Target, nth: u64, sticky: bool) {
@@ -210,6 +218,13 @@ impl Storage for Faulty {
         match self.hit(true, file) {
             Some(_) => Err(std::io::Error::from_raw_os_error(libc::EIO)),
             None => OsStorage.sync(file),
+        }
+    }
+
+    fn available_bytes(&self, dir: &Path) -> std::io::Result<u64> {
+        match self.free.load(SeqCst) {
+            u64::MAX => OsStorage.available_bytes(dir),
+            n => Ok(n),
         }
     }
 }
@@ -924,6 +939,53 @@ fn a_failing_checkpoint_poisons_nothing_and_a_later_one_succeeds() {
         );
         assert_eq!(read_state(&db), state, "{fault:?}");
     }
+}
+
+/// A checkpoint that would leave the log less than two log files of room (64 MiB each here)
+/// is not started: nothing is written, nothing is poisoned, commits go on, and once there is
+/// room it is written. The disk is shared, so a checkpoint that filled it would make the
+/// next log write fail and poison the database.
+#[test]
+fn a_checkpoint_that_would_fill_the_disk_is_not_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Faulty::new();
+    let db = Db::open(config(dir.path(), &st, Durability::Commit)).unwrap();
+    let ns = db.keyspace("ns", ns_opts()).unwrap();
+    let mut state = State::new();
+    apply(&mut state, &Item::Keyspace(DEFAULT_KEYSPACE));
+    apply(&mut state, &Item::Keyspace("ns"));
+    for i in 0..40 {
+        write_group(&ns, &mut state, i);
+    }
+    // Exactly the log's room: the records' estimate does not fit beside it.
+    for free in [0, 1 << 20, 128 << 20] {
+        st.set_free(free);
+        let e = db.checkpoint().unwrap_err();
+        let Error::Io { op, source, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(*op, "checkpoint", "{e}");
+        assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{e}");
+        assert!(
+            e.to_string().contains(&format!("has {free} bytes free")),
+            "{e}"
+        );
+        assert_eq!(db.poisoned(), None);
+        assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+        write_group(&ns, &mut state, 100 + (free >> 20) as u32);
+        assert_eq!(read_state(&db), state);
+    }
+    assert_eq!(db.stats().checkpoints, 0);
+    st.set_free(192 << 20);
+    db.checkpoint().unwrap();
+    st.set_free(u64::MAX);
+    db.checkpoint().unwrap();
+    assert_eq!(db.stats().checkpoints, 2);
+    drop(ns);
+    drop(db);
+    let (db, info) = Db::open_with_info(config(dir.path(), &st, Durability::Commit)).unwrap();
+    assert!(info.checkpoint_records > 0, "{info:?}");
+    assert_eq!(read_state(&db), state);
 }
 
 #[test]
