@@ -308,10 +308,11 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
         None => (dir.join(crate::wal::wal_name(contents.file_start)), lsn),
     };
     let mut records = Vec::with_capacity(contents.frames.len());
-    for (lsn, end, payload) in &contents.frames {
-        let end = *end;
-        let rec = decode_log(payload).ok_or_else(|| {
-            let (path, offset) = at(*lsn);
+    // Each frame's bytes are freed once it is decoded, so the log is held about once, not
+    // as frames and records both.
+    for (lsn, end, payload) in contents.frames {
+        let rec = decode_log(&payload).ok_or_else(|| {
+            let (path, offset) = at(lsn);
             corrupt(
                 &path,
                 offset,
@@ -319,9 +320,8 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
                  know (written by a newer version?)",
             )
         })?;
-        records.push((*lsn, end, rec));
+        records.push((lsn, end, rec));
     }
-    drop(contents.frames);
     let parsed = match &ckpt {
         Some((_, path)) => Some(parse_checkpoint(path)?),
         None => None,
