@@ -598,10 +598,33 @@ struct Parsed {
 fn parse_checkpoint(path: &Path) -> Result<Parsed> {
     let file = std::fs::File::open(path).map_err(io("open", path))?;
     // SAFETY: the data directory is locked by this process, and checkpoints are never
-    // written in place; a file cut under us would raise SIGBUS, which we accept at recovery.
+    // written in place. A page that cannot be read (a media error, or the file cut under
+    // us) raises SIGBUS: every read of the mapping runs inside `read_guarded`, which turns
+    // that into an error.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("mmap", path))?;
     let _ = map.advise(memmap2::Advice::Sequential);
-    let bytes: &[u8] = &map;
+    let (chunks, defs, records, per_part) =
+        read_guarded(&map, path, || walk_checkpoint(&map, path))?;
+    Ok(Parsed {
+        path: path.to_path_buf(),
+        map,
+        chunks,
+        defs,
+        records,
+        per_part,
+    })
+}
+
+/// Chunk positions, keyspaces, record count and per-partition counts of a checkpoint.
+type Walked = (
+    Vec<(u64, usize, usize, u32)>,
+    Vec<crate::durable::KeyspaceDef>,
+    u64,
+    Vec<u64>,
+);
+
+/// Check a checkpoint's frames but its record chunks, and find those.
+fn walk_checkpoint(bytes: &[u8], path: &Path) -> Result<Walked> {
     let mut off = 0usize;
     let mut chunks = Vec::new();
     let mut header = None;
@@ -636,13 +659,23 @@ fn parse_checkpoint(path: &Path) -> Result<Parsed> {
             "the checkpoint has no header or trailer",
         ));
     };
-    Ok(Parsed {
-        path: path.to_path_buf(),
-        map,
-        chunks,
-        defs,
-        records,
-        per_part,
+    Ok((chunks, defs, records, per_part))
+}
+
+/// Run `f`, which reads the checkpoint's mapping `map`, so that a page that cannot be read (a
+/// media error, or the file cut under us) fails recovery with an error naming the file
+/// instead of killing the process with SIGBUS. (What `f` read from such a page is zeros;
+/// recovery fails, so none of it is kept.)
+fn read_guarded<R>(map: &memmap2::Mmap, path: &Path, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    crate::sigbus::guarded(map.as_ptr(), map.len(), f).unwrap_or_else(|()| {
+        Err(Error::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(
+                "a page of the checkpoint could not be read (a media error, or the file was \
+                 cut while recovery read it)",
+            ),
+        })
     })
 }
 
@@ -669,7 +702,7 @@ fn load_checkpoint(inner: &mut Inner, c: Parsed) -> Result<u64> {
     // A chunk holds one slice of one partition, and the file has each partition's chunks
     // together. Deal them out round-robin over partitions, so that loader threads taking
     // chunks in turn work on different partitions instead of queueing on one lock.
-    let chunks = interleave(inner, chunks);
+    let chunks = read_guarded(&c.map, path, || Ok(interleave(inner, chunks)))?;
     let by_id: Vec<Option<Arc<KsInfo>>> = {
         let all = inner.all_ks();
         let n = all.iter().map(|k| k.id as usize + 1).max().unwrap_or(0);
@@ -696,13 +729,13 @@ fn load_checkpoint(inner: &mut Inner, c: Parsed) -> Result<u64> {
                     let Some(&(at, chunk, crc)) = chunks.get(i) else {
                         break;
                     };
-                    if !frame_ok(chunk, at, crc) {
-                        failure.lock().get_or_insert(damaged(path, at));
-                        break;
-                    }
-                    if let Err(e) =
+                    let r = read_guarded(&c.map, path, || {
+                        if !frame_ok(chunk, at, crc) {
+                            return Err(damaged(path, at));
+                        }
                         load_chunk(inner, &by_id, chunk, &mut recs, &mut counts, &mut scratch)
-                    {
+                    });
+                    if let Err(e) = r {
                         failure.lock().get_or_insert(e);
                         break;
                     }
@@ -886,6 +919,26 @@ mod tests {
             }
         }
         assert_eq!(seen, n, "the slices together visit every record once");
+    }
+
+    /// A checkpoint page that cannot be read is an error naming the file, not a SIGBUS that
+    /// kills the process.
+    #[test]
+    fn a_checkpoint_page_that_cannot_be_read_is_an_error() {
+        crate::sigbus::init();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(16384).unwrap();
+        // SAFETY: the test owns the file; its loads run inside `read_guarded`.
+        let map = unsafe { memmap2::Mmap::map(f.as_file()) }.unwrap();
+        f.as_file().set_len(4096).unwrap();
+        let ok = super::read_guarded(&map, f.path(), || Ok(map[100]));
+        assert_eq!(ok.unwrap(), 0);
+        let e = super::read_guarded(&map, f.path(), || Ok(map[8192])).unwrap_err();
+        let Error::Io { op, path, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!((*op, path.as_path()), ("read", f.path()));
+        assert!(e.to_string().contains("could not be read"), "{e}");
     }
 
     /// A database written under higher size limits refuses to open under lower ones with a

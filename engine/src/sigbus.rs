@@ -1,4 +1,5 @@
-//! Reads of far-tier files through a mapping, made safe against the file shrinking under us.
+//! Reads of far-tier files (and, at recovery, checkpoints) through a mapping, made safe
+//! against the file shrinking under us or a page that cannot be read.
 //!
 //! Loading from a mapped page past the end of its file raises SIGBUS, which would kill the
 //! process. Far reads therefore run inside [`guarded`]: it notes, in thread-local cells, the
@@ -153,19 +154,23 @@ pub(crate) fn init() {
 /// end of the file (the mapping then reads as zeros there).
 #[inline]
 pub(crate) fn guarded<R>(start: *const u8, len: usize, f: impl FnOnce() -> R) -> Result<R, ()> {
-    /// Puts the previous range back however `f` ends: a panic out of `f` (it may run a
-    /// caller's closure) must not leave a stale range that a later fault at a reused address
-    /// would match.
-    struct Restore((usize, usize));
+    /// Puts the previous range and fault flag back however `f` ends: a panic out of `f` (it
+    /// may run a caller's closure) must not leave a stale range that a later fault at a
+    /// reused address would match; and a `guarded` call inside another's `f` (recovery's
+    /// checkpoint loader writes far records) must not clear a fault the outer one saw.
+    struct Restore((usize, usize), bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             // The handler must not see the range cleared before `f`'s loads are done.
             compiler_fence(SeqCst);
             RANGE.with(|r| r.set(self.0));
+            FAULTED.with(|c| c.set(self.1));
         }
     }
-    let restore = Restore(RANGE.with(|r| r.replace((start as usize, len))));
-    FAULTED.with(|c| c.set(false));
+    let restore = Restore(
+        RANGE.with(|r| r.replace((start as usize, len))),
+        FAULTED.with(|c| c.replace(false)),
+    );
     // The handler runs on this thread between our instructions: the compiler must neither
     // sink the range's store past `f`'s loads nor hoist the fault flag's load above them
     // (the cells are plain memory it could otherwise reorder or forward).
@@ -195,6 +200,43 @@ mod tests {
         // And a guarded read that ends normally reads and restores.
         assert_eq!(guarded(buf.as_ptr(), buf.len(), || buf[3]), Ok(0));
         assert_eq!(RANGE.with(Cell::get), (0, 0));
+    }
+
+    /// A mapping of a file cut to nothing after it was mapped: every load from it faults.
+    fn cut_mapping() -> (tempfile::NamedTempFile, memmap2::Mmap) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(8192).unwrap();
+        // SAFETY: the test owns the file; the loads that fault are made inside `guarded`.
+        let map = unsafe { memmap2::Mmap::map(f.as_file()) }.unwrap();
+        f.as_file().set_len(0).unwrap();
+        (f, map)
+    }
+
+    #[test]
+    fn a_fault_seen_by_an_outer_guarded_survives_an_inner_one() {
+        init();
+        let (_f, map) = cut_mapping();
+        let other = [7u8; 64];
+        let r = guarded(map.as_ptr(), map.len(), || {
+            // SAFETY: inside the mapping; the fault is caught and the page reads as zeros.
+            let x = unsafe { std::ptr::read_volatile(map.as_ptr().add(4096)) };
+            // A read of another range in between, as recovery's loader makes far reads.
+            assert_eq!(guarded(other.as_ptr(), other.len(), || other[1]), Ok(7));
+            x
+        });
+        assert_eq!(r, Err(()));
+        assert_eq!(RANGE.with(Cell::get), (0, 0));
+        assert!(!FAULTED.with(Cell::get));
+        // The inner call's own fault is its own, not the outer's.
+        let r = guarded(other.as_ptr(), other.len(), || {
+            // SAFETY: as above.
+            let inner = guarded(map.as_ptr(), map.len(), || unsafe {
+                std::ptr::read_volatile(map.as_ptr())
+            });
+            assert_eq!(inner, Err(()));
+            other[0]
+        });
+        assert_eq!(r, Ok(7));
     }
 
     /// Run in a child process (this test binary, filtered to one test, with the variable
