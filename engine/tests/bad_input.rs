@@ -83,6 +83,41 @@ fn a_far_directory_that_cannot_be_created_or_written_is_refused() {
     }
 }
 
+/// A data directory (log and checkpoints) that is a file, or lies under one, or under
+/// /proc, is refused with an error naming it; a path that is not UTF-8 works.
+#[test]
+fn a_data_directory_that_cannot_be_used_is_refused_and_any_bytes_name_one() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for bad in [file.clone(), file.join("db"), "/proc/tera-data-test".into()] {
+        let mut c = tiny(&dir.path().join("far"), 64 << 10);
+        c.durability = tera_engine::Durability::Commit;
+        c.data_dir = Some(bad.clone());
+        let err = Db::open(c).map(|_| ()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&bad.display().to_string()), "{msg}");
+    }
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"x",
+        "the file is left alone"
+    );
+    let odd = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"data-\xff\xfe"));
+    let mut c = tiny(&odd.join("far"), 64 << 10);
+    c.durability = tera_engine::Durability::Commit;
+    c.data_dir = Some(odd.join("db"));
+    {
+        let db = Db::open(c.clone()).unwrap();
+        db.put(b"k", b"v").unwrap();
+    }
+    let db = Db::open(c).unwrap();
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
 #[test]
 fn a_far_directory_with_segment_files_from_another_run_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -111,6 +111,69 @@ fn commits_survive_reopen_with_and_without_a_checkpoint() {
     }
 }
 
+/// The log and checkpoint files in `dir`, with their bytes.
+fn durable_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt-") || n.starts_with("wal-"))
+        .map(|n| {
+            let bytes = std::fs::read(dir.join(&n)).unwrap();
+            (n, bytes)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A checkpoint damaged after it was written (a byte changed, cut short, emptied) is refused
+/// with `Corrupt` naming it, never opened with other data. The refused opens change no log or
+/// checkpoint file, so once the checkpoint is restored the database opens with everything.
+#[test]
+fn a_damaged_checkpoint_is_refused_and_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 400;
+    let model = {
+        let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+        let model = workload(&db, n);
+        db.checkpoint().unwrap();
+        model
+    };
+    let files = durable_files(dir.path());
+    let (name, good) = files
+        .iter()
+        .find(|(n, _)| n.ends_with(".tck"))
+        .expect("a checkpoint file");
+    let ck = dir.path().join(name);
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    for (what, bytes) in [
+        ("a changed byte", flipped),
+        ("cut in half", good[..good.len() / 2].to_vec()),
+        ("cut before its last byte", good[..good.len() - 1].to_vec()),
+        ("emptied", Vec::new()),
+    ] {
+        std::fs::write(&ck, &bytes).unwrap();
+        let before = durable_files(dir.path());
+        let e = Db::open(durable(dir.path(), 256 << 10, Durability::Commit))
+            .map(|_| ())
+            .unwrap_err();
+        let Error::Corrupt { path, .. } = &e else {
+            panic!("{what}: {e}")
+        };
+        assert_eq!(path, &ck, "{what}: {e}");
+        assert_eq!(
+            durable_files(dir.path()),
+            before,
+            "{what}: the refused open changed a file"
+        );
+    }
+    std::fs::write(&ck, good).unwrap();
+    let db = Db::open(durable(dir.path(), 256 << 10, Durability::Commit)).unwrap();
+    check(&db, n, &model);
+}
+
 #[test]
 fn reopen_with_checkpoint_and_log_gives_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
