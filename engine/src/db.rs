@@ -1918,13 +1918,16 @@ fn spawn_durability(inner: Arc<Inner>) -> std::io::Result<Vec<JoinHandle<()>>> {
                     while wait_or_stop(&inner, wait) {
                         let Some(wal) = &inner.wal else { return };
                         let since = wal.end() - inner.checkpoint_lsn.load(Acquire);
-                        if inner.poison.get().is_none() && since >= inner.checkpoint_wal_bytes {
-                            match crate::recovery::checkpoint(&inner) {
-                                Ok(_) => wait = tick,
-                                Err(e) => {
-                                    wait = (wait * 2).min(CHECKPOINT_RETRY_MAX);
-                                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "background checkpoint failed");
-                                }
+                        if inner.poison.get().is_some() || since < inner.checkpoint_wal_bytes {
+                            // Nothing due (a checkpoint someone else took counts too).
+                            wait = tick;
+                            continue;
+                        }
+                        match crate::recovery::checkpoint(&inner) {
+                            Ok(_) => wait = tick,
+                            Err(e) => {
+                                wait = (wait * 2).min(CHECKPOINT_RETRY_MAX);
+                                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "background checkpoint failed");
                             }
                         }
                     }

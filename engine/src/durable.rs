@@ -19,7 +19,8 @@
 //! partition, so that recovery can size each partition's index before loading.
 //! A checkpoint is written as `.tmp`, synced, and renamed, so a complete name always means a
 //! complete file: one without its trailer was damaged after it was written, and the open
-//! refuses it with `Corrupt` (a leftover `.tmp` is an interrupted checkpoint, and ignored).
+//! refuses it with `Corrupt` (a leftover `.tmp` is an interrupted checkpoint: the open
+//! removes it).
 
 use crate::keyspace::{KeyspaceOptions, PartitionBy};
 

@@ -1636,17 +1636,20 @@ impl Partition {
         let page_bytes = self.shared.page_bytes();
         if st.compacting.is_none() {
             let ratio = self.shared.compaction_ratio;
-            // Only segments the far log has moved past, and none known to be damaged.
+            // Only segments the far log has moved past, and none known to be damaged unless
+            // nothing in it is live any more.
             let open = st.far_tail >> self.shared.seg_shift;
             let victim = st
                 .segs
                 .iter()
-                .filter(|(s, m)| **s < open && !m.damaged)
+                .filter(|(s, m)| **s < open && (!m.damaged || m.live == 0))
                 .filter(|(_, m)| (m.live as f64) < ratio * seg_bytes as f64)
                 .min_by_key(|(_, m)| m.live)
-                .map(|(s, _)| *s);
+                .map(|(s, m)| (*s, m.live));
             match victim {
-                Some(s) => st.compacting = Some((s, 0)),
+                // Nothing live: no page to sweep, straight to removing it.
+                Some((s, 0)) => st.compacting = Some((s, seg_bytes as usize)),
+                Some((s, _)) => st.compacting = Some((s, 0)),
                 None => return Ok(false),
             }
         }

@@ -82,8 +82,10 @@ const LOG_ROOM_FILES: u64 = 2;
 /// files of room on the file system they share: the log goes on appending while the
 /// checkpoint is written, and a log write that finds the disk full poisons the database,
 /// where a checkpoint that does not start costs nothing. The checkpoint's size is estimated
-/// as the live records' bytes (each record's header is larger than its checkpoint entry's,
-/// so the estimate is high). A file system that cannot say is not checked.
+/// as the live records' bytes (each record's header is larger than its checkpoint entry's),
+/// but the file can still grow past that (writes made while it runs, a partition scanned
+/// again after its index was rebuilt), so the writer also stops once the free space falls
+/// below the log's room ([`out_of_room`]). A file system that cannot say is not checked.
 fn check_room(inner: &Inner, storage: &dyn Storage, dir: &Path, log_file: u64) -> Result<()> {
     let Ok(free) = storage.available_bytes(dir) else {
         return Ok(());
@@ -112,6 +114,27 @@ fn check_room(inner: &Inner, storage: &dyn Storage, dir: &Path, log_file: u64) -
             ),
         ),
     })
+}
+
+/// While a checkpoint is written: an error if the file system's free space has fallen below
+/// the room kept for the log (the checkpoint is then given up, and its file removed).
+fn out_of_room(storage: &dyn Storage, dir: &Path, log_file: u64) -> Result<()> {
+    let keep = LOG_ROOM_FILES * log_file;
+    match storage.available_bytes(dir) {
+        Ok(free) if free < keep => Err(Error::Io {
+            op: "checkpoint",
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "stopped: the file system's free space fell to {free} bytes, below the \
+                     {keep} kept for the log; free space or move the data directory (the log \
+                     keeps every write meanwhile, and recovery replays it)"
+                ),
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Write a checkpoint. See the module docs.
@@ -147,7 +170,8 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
             if before / SYNC_EVERY != *off / SYNC_EVERY {
                 storage.sync(&file).map_err(io("fsync", &tmp))?;
             }
-            Ok(())
+            // One `statvfs` a chunk (a megabyte or more).
+            out_of_room(&*storage, &dir, wal.file_bytes())
         };
         let defs: Vec<_> = inner
             .all_ks()
@@ -491,9 +515,6 @@ fn event_of(o: &crate::durable::LoggedOp, rev: u64) -> crate::changelog::Event {
     }
 }
 
-/// Apply the log's batches, in parallel: thread `t` of `T` applies, in log order, the ops
-/// whose partition is `t` mod `T`. A key's ops are all in one partition and in log order
-/// there, so the result is that of a serial replay.
 /// Recovery puts every record through the size checks of a new write, so a record it finds
 /// over a limit was written under a higher one: say so, and which setting, instead of a bare
 /// "too large" that reads like a write of the caller's.
@@ -520,6 +541,9 @@ fn lowered_limit(e: Error) -> Error {
     ))
 }
 
+/// Apply the log's batches, in parallel: thread `t` of `T` applies, in log order, the ops
+/// whose partition is `t` mod `T`. A key's ops are all in one partition and in log order
+/// there, so the result is that of a serial replay.
 fn replay(inner: &Inner, records: &[(u64, u64, LogRecord)]) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -600,7 +624,8 @@ fn parse_checkpoint(path: &Path) -> Result<Parsed> {
     // SAFETY: the data directory is locked by this process, and checkpoints are never
     // written in place. A page that cannot be read (a media error, or the file cut under
     // us) raises SIGBUS: every read of the mapping runs inside `read_guarded`, which turns
-    // that into an error.
+    // that into an error (the loader copies each key out before the index, whose far reads
+    // run under a guard of their own, compares it).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("mmap", path))?;
     let _ = map.advise(memmap2::Advice::Sequential);
     let (chunks, defs, records, per_part) =
@@ -830,6 +855,11 @@ fn load_chunk<'a>(
     }
     // One lock hold per partition run.
     recs.sort_unstable_by_key(|r| r.0);
+    // Each key is copied out of the mapping before the index compares it with stored keys:
+    // a far record's key is compared inside the segment's `sigbus::guarded`, which would not
+    // catch a fault on the checkpoint's page (the caller's guard covers only the loads made
+    // outside it).
+    let mut key = Vec::new();
     let mut i = 0;
     while i < recs.len() {
         let p = recs[i].0;
@@ -842,6 +872,9 @@ fn load_chunk<'a>(
             }
             let (_, hash, k, v) = recs[i];
             i += 1;
+            key.clear();
+            key.extend_from_slice(k);
+            let k = key.as_slice();
             let id = u16::from_be_bytes([k[0], k[1]]);
             let ks = by_id[id as usize].as_ref().expect("checked");
             if rescan && lk.get(hash, k, scratch)?.is_some() {

@@ -433,8 +433,9 @@ fn compaction_of_a_damaged_segment_reports_it_and_leaves_it_alone() {
         std::sync::Arc::new(NeverPromote),
     ));
     let n = fill_far(&db);
-    // Make the first segment a compaction candidate: overwrite most of its keys.
-    for k in 0..n / 2 {
+    // Make the first segment a compaction candidate with live records left in it (one with
+    // none is removed without being read): overwrite two keys in three.
+    for k in (0..n).filter(|k| k % 3 != 0) {
         db.put(&key(k), &value_for(k, 2, 300)).unwrap();
     }
     let files = segment_files(dir.path());
@@ -457,7 +458,7 @@ fn compaction_of_a_damaged_segment_reports_it_and_leaves_it_alone() {
     db.maintain().unwrap();
     let (mut ok, mut bad) = (0, 0);
     for k in 0..n {
-        let want = value_for(k, if k < n / 2 { 2 } else { 1 }, 300);
+        let want = value_for(k, if k % 3 != 0 { 2 } else { 1 }, 300);
         match db.get(&key(k)) {
             Ok(Some(v)) => {
                 assert_eq!(v, want, "wrong value for {k}");
@@ -479,23 +480,30 @@ fn compaction_over_a_damaged_record_header_keeps_the_records_it_could_not_read()
         std::sync::Arc::new(NeverPromote),
     ));
     let n = fill_far(&db);
-    // Two keys in three overwritten: the first segment is a compaction candidate, and each of
-    // its pages still holds live records.
-    for k in (0..n).filter(|k| k % 3 != 0) {
-        db.put(&key(k), &value_for(k, 2, 300)).unwrap();
-    }
-    // Clear the marker byte of the first record of the segment's first used page (page 0 of
-    // the log is never used). A page's sweep ends at the first byte that starts no record,
-    // so compaction sees the rest of that page, live records among them, as empty.
+    // The key of the first record of the first segment's first used page (page 0 of the log
+    // is never used): its stored key (a 2-byte keyspace id, then the key) starts after the
+    // 24-byte header.
     let files = segment_files(dir.path());
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&files[0])
         .unwrap();
-    let mut marker = [0u8; 1];
-    f.read_exact_at(&mut marker, 4096 + 5).unwrap();
-    assert_eq!(marker[0], 0xA5, "a record's marker byte starts the page");
+    let mut head = [0u8; 24 + 12];
+    f.read_exact_at(&mut head, 4096).unwrap();
+    assert_eq!(head[5], 0xA5, "a record's marker byte starts the page");
+    let first = std::str::from_utf8(&head[24 + 2..])
+        .ok()
+        .and_then(|s| s.strip_prefix("key-")?.parse::<u32>().ok())
+        .expect("the first record's key");
+    // That key and two keys in three overwritten: the first segment is a compaction
+    // candidate, and each of its pages still holds live records.
+    let stays = move |k: u32| k % 3 == 0 && k != first;
+    for k in (0..n).filter(|&k| !stays(k)) {
+        db.put(&key(k), &value_for(k, 2, 300)).unwrap();
+    }
+    // Clear that record's marker byte. A page's sweep ends at the first byte that starts no
+    // record, so compaction sees the rest of the page, live records among them, as empty.
     f.write_all_at(&[0], 4096 + 5).unwrap();
     let err = loop {
         match db.maintain() {
@@ -512,7 +520,7 @@ fn compaction_over_a_damaged_record_header_keeps_the_records_it_could_not_read()
     let reads = std::thread::spawn(move || {
         let (mut ok, mut bad) = (0, 0);
         for k in 0..n {
-            let want = value_for(k, if k % 3 != 0 { 2 } else { 1 }, 300);
+            let want = value_for(k, if stays(k) { 1 } else { 2 }, 300);
             match db.get(&key(k)) {
                 Ok(Some(v)) => {
                     assert_eq!(v, want, "wrong value for {k}");
@@ -523,7 +531,7 @@ fn compaction_over_a_damaged_record_header_keeps_the_records_it_could_not_read()
                 Err(e) => panic!("unexpected error for {k}: {e}"),
             }
         }
-        (ok, bad)
+        (ok, bad, db)
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !reads.is_finished() {
@@ -533,8 +541,22 @@ fn compaction_over_a_damaged_record_header_keeps_the_records_it_could_not_read()
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let (ok, bad) = reads.join().unwrap();
-    assert!(bad <= 1 && ok + bad == n, "{ok} readable, {bad} damaged");
+    let (ok, bad, db) = reads.join().unwrap();
+    // The damaged record was a dead version: every key reads.
+    assert_eq!((ok, bad), (n, 0));
+    // Once nothing in the damaged segment is live, compaction removes it without a sweep.
+    for k in (0..n).filter(|&k| stays(k)) {
+        db.put(&key(k), &value_for(k, 3, 300)).unwrap();
+    }
+    db.maintain().unwrap();
+    assert!(
+        !files[0].exists(),
+        "a damaged segment with nothing live is removed"
+    );
+    for k in 0..n {
+        let want = value_for(k, if stays(k) { 3 } else { 2 }, 300);
+        assert_eq!(db.get(&key(k)).unwrap(), Some(want), "key {k}");
+    }
 }
 
 #[test]

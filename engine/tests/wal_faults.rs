@@ -100,8 +100,10 @@ struct Faulty {
     /// Faults injected since `arm`.
     injected: AtomicU64,
     files: Mutex<HashMap<(u64, u64), Kind>>,
-    /// What `available_bytes` reports (`u64::MAX`: the real file system's).
+    /// What `available_bytes` reports (`u64::MAX`: the real file system's), once the
+    /// figures queued in `free_next` are used up.
     free: AtomicU64,
+    free_next: Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl Faulty {
@@ -118,6 +120,7 @@ impl Faulty {
             injected: AtomicU64::new(0),
             files: Mutex::new(HashMap::new()),
             free: AtomicU64::new(u64::MAX),
+            free_next: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -222,6 +225,9 @@ impl Storage for Faulty {
     }
 
     fn available_bytes(&self, dir: &Path) -> std::io::Result<u64> {
+        if let Some(n) = self.free_next.lock().unwrap().pop_front() {
+            return Ok(n);
+        }
         match self.free.load(SeqCst) {
             u64::MAX => OsStorage.available_bytes(dir),
             n => Ok(n),
@@ -942,8 +948,8 @@ fn a_failing_checkpoint_poisons_nothing_and_a_later_one_succeeds() {
 }
 
 /// A checkpoint that would leave the log less than two log files of room (64 MiB each here)
-/// is not started: nothing is written, nothing is poisoned, commits go on, and once there is
-/// room it is written. The disk is shared, so a checkpoint that filled it would make the
+/// is not started, and one that finds the room gone while it writes stops: nothing is
+/// left behind, nothing is poisoned, commits go on, and once there is room it is written. The disk is shared, so a checkpoint that filled it would make the
 /// next log write fail and poison the database.
 #[test]
 fn a_checkpoint_that_would_fill_the_disk_is_not_started() {
@@ -975,6 +981,27 @@ fn a_checkpoint_that_would_fill_the_disk_is_not_started() {
         write_group(&ns, &mut state, 100 + (free >> 20) as u32);
         assert_eq!(read_state(&db), state);
     }
+    // Room when it starts, but the disk fills while it is written (someone else's files):
+    // it stops once less than the log's room is left, and removes its file.
+    st.set_free(1 << 20);
+    st.free_next.lock().unwrap().push_back(u64::MAX - 1);
+    let e = db.checkpoint().unwrap_err();
+    let Error::Io { op, source, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(
+        (*op, source.kind()),
+        ("checkpoint", std::io::ErrorKind::StorageFull)
+    );
+    assert!(
+        e.to_string()
+            .contains("stopped: the file system's free space fell to 1048576"),
+        "{e}"
+    );
+    assert_eq!(db.poisoned(), None);
+    assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+    write_group(&ns, &mut state, 500);
+    assert_eq!(read_state(&db), state);
     assert_eq!(db.stats().checkpoints, 0);
     st.set_free(192 << 20);
     db.checkpoint().unwrap();
