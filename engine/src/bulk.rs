@@ -309,7 +309,7 @@ pub(crate) fn scan_parallel<A: Send>(
                             let r = lk.scan_buckets(
                                 start,
                                 4096,
-                                usize::MAX,
+                                (usize::MAX, usize::MAX),
                                 true,
                                 &mut addrs,
                                 |k, v| {

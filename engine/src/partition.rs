@@ -2138,9 +2138,10 @@ impl Locked<'_> {
     }
 
     /// Visit the records indexed from buckets `start..start + n` of the current index table,
-    /// stopping early once the visited keys and values reach `max_bytes`, and below the
-    /// larger of twice `max_bytes` and `max_bytes` plus one bucket of the largest records
-    /// (a checkpoint bounds its chunk frames so). With `emulate`, each far
+    /// stopping early once the visited keys and values reach `max_bytes` (`bytes.0`), and
+    /// below the larger of `bytes.1` and `max_bytes` plus one bucket of the largest records
+    /// (a checkpoint bounds its chunk frames so; `(usize::MAX, usize::MAX)`: no bound). With
+    /// `emulate`, each far
     /// record visited pays the emulated far latency, as a read does (a user's scan does; a
     /// checkpoint, the engine's own copy, does not). Returns how many buckets
     /// it visited, the table's bucket count and its generation: a caller that goes on with
@@ -2150,7 +2151,7 @@ impl Locked<'_> {
         &mut self,
         start: usize,
         n: usize,
-        max_bytes: usize,
+        (max_bytes, hard_bytes): (usize, usize),
         emulate: bool,
         scratch: &mut Vec<u64>,
         mut f: impl FnMut(&[u8], &[u8]),
@@ -2168,14 +2169,15 @@ impl Locked<'_> {
         // passed `check_sizes`).
         let bucket_max = crate::index::SLOTS * (p.shared.max_key + p.shared.max_value);
         while visited < n && bytes < max_bytes {
-            // A bounded scan takes no more buckets at once than could take it past twice
-            // `max_bytes`, and at least one: it ends below the larger of twice its bound and
-            // its bound plus one bucket. (Eight buckets of the largest records, 32 MiB values,
-            // pass a checkpoint's chunk frame limit of 1 GiB.)
+            // A bounded scan takes no more buckets at once than could take it past
+            // `hard_bytes`, and at least one: it ends below the larger of `hard_bytes` and
+            // `max_bytes` plus one bucket. (Eight buckets of the largest records, 32 MiB
+            // values, pass a checkpoint's chunk frame limit of 1 GiB; with the default limits
+            // a checkpoint's groups stay at eight buckets, whose prefetching they need.)
             let room = if max_bytes == usize::MAX {
                 group
             } else {
-                ((max_bytes.saturating_mul(2) - bytes) / bucket_max).clamp(1, group)
+                (hard_bytes.saturating_sub(bytes) / bucket_max).clamp(1, group)
             };
             let m = room.min(n - visited);
             scratch.clear();
@@ -2207,6 +2209,12 @@ impl Locked<'_> {
             }
         }
         Ok((visited, table.buckets(), self.st.index_generation))
+    }
+
+    /// Whether any of the partition's records are in the far tier (if none, no index entry
+    /// holds a far address, and no probe reads a far record).
+    pub(crate) fn has_far_records(&self) -> bool {
+        self.st.far.records > 0
     }
 
     /// Prefetch the index bucket of `hash`, ahead of a `put` or `contains` of it (loaders
@@ -2330,7 +2338,7 @@ pub(crate) fn ordered_key_bytes(key_len: usize) -> usize {
 }
 
 /// Buckets a byte-bounded [`Locked::scan_buckets`] visits between checks of its bound, at
-/// most (fewer where their records could take it past twice its bound).
+/// most (fewer where their records could take it past its hard bound).
 const SCAN_GROUP: usize = 8;
 
 /// Bytes of readmitted records one page advance may carry into the new tail page.
