@@ -713,7 +713,7 @@ impl Inner {
 
     /// Move DRAM shares between partitions to follow their needs (shares.rs).
     pub(crate) fn rebalance(&self) -> Result<()> {
-        self.shared.shares.rebalance(&self.parts, None)
+        self.shared.shares.rebalance(&self.parts, None, false)
     }
 
     pub(crate) fn storage(&self) -> &Arc<dyn Storage> {

@@ -744,7 +744,12 @@ impl Partition {
         let addr = self.append(st, key, value, 0, seq, 0)?;
         // SAFETY: lock held.
         let table = unsafe { self.index.table() };
-        let old = table.upsert(hash, addr, |a| self.locked_is_key(a, key))?;
+        // Candidates are compared with the key as just stored, not the caller's bytes: a
+        // drain inside `append` may have sent records far, a far candidate's key is compared
+        // inside its segment's SIGBUS guard, and the caller's bytes may be a mapped file
+        // (recovery's checkpoint) whose faults that guard would not catch.
+        let stored = self.dram_record(addr);
+        let old = table.upsert(hash, addr, |a| self.locked_is_key(a, stored.key()))?;
         let len = record::record_len(key.len(), value.len()) as u64;
         st.dram.records += 1;
         st.dram.bytes += len;
@@ -1364,12 +1369,20 @@ impl Partition {
     fn grow_share(&self, st: &State, growth: usize) {
         let overhead = self.overhead(st);
         let needed = overhead + growth + MIN_FRAMES * self.shared.page_bytes();
-        self.grow_share_to(st, overhead, growth, needed);
+        self.grow_share_to(st, overhead, growth, needed, false);
     }
 
     /// [`Partition::grow_share`] toward a share of `needed` bytes, publishing `overhead` and
-    /// `growth` bytes needed soon.
-    fn grow_share_to(&self, st: &State, overhead: usize, growth: usize, needed: usize) {
+    /// `growth` bytes needed soon. `patient`: wait a little ([`crate::shares::PATIENCE`]) for
+    /// each other partition's lock instead of none, for a caller that fails otherwise.
+    fn grow_share_to(
+        &self,
+        st: &State,
+        overhead: usize,
+        growth: usize,
+        needed: usize,
+        patient: bool,
+    ) {
         let shares = &self.shared.shares;
         if shares.share(self.id) >= needed {
             return;
@@ -1380,13 +1393,13 @@ impl Partition {
         };
         // A few tries: a rebalance in progress elsewhere (a maintenance thread waiting for
         // this partition's lock, which this thread holds) makes one return having done
-        // nothing for this partition.
-        for _ in 0..4 {
+        // nothing for this partition. (Fewer when each may wait for locks.)
+        for _ in 0..if patient { 2 } else { 4 } {
             let short = needed.saturating_sub(shares.share(self.id));
             if short == 0 || shares.grant(self.id, short) == short {
                 return;
             }
-            if let Err(e) = shares.rebalance(&parts, Some(self.id)) {
+            if let Err(e) = shares.rebalance(&parts, Some(self.id), patient) {
                 tracing::warn!(partition = self.id, error = %e, "could not take DRAM from the other partitions' shares");
             }
         }
@@ -1497,7 +1510,7 @@ impl Partition {
     /// A frame for a new tail page: a spare, a new one within quota, or the oldest retired
     /// one once readers have left it.
     fn take_frame(&self, st: &mut State) -> Result<Frame> {
-        let mut asked = false;
+        let mut asked = 0;
         loop {
             if st.allocated_frames > self.quota(st) {
                 if let Some(f) = st.spare.pop() {
@@ -1513,13 +1526,17 @@ impl Partition {
             }
             let Some((e, _)) = st.retired.front() else {
                 // Its overhead (an ordered index, the segment table, the change logs) took the
-                // room of its frames: ask the other partitions for a frame's worth once.
-                if !asked {
-                    asked = true;
+                // room of its frames: ask the other partitions for a frame's worth, taking
+                // only what their locks' holders leave free the first time, and waiting a
+                // little for each lock the second: a partition whose lock is held for long
+                // stretches (recovery replays each partition on a thread of its own, a
+                // bulk-load group under one hold) would otherwise never give any back.
+                if asked < 2 {
+                    asked += 1;
                     let page = self.shared.page_bytes();
                     let overhead = self.overhead(st);
                     let needed = overhead + (st.allocated_frames + 1) * page;
-                    self.grow_share_to(st, overhead, page, needed);
+                    self.grow_share_to(st, overhead, page, needed, asked == 2);
                     continue;
                 }
                 return Err(Error::BudgetExhausted(format!(

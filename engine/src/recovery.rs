@@ -627,8 +627,9 @@ fn parse_checkpoint(path: &Path) -> Result<Parsed> {
     // SAFETY: the data directory is locked by this process, and checkpoints are never
     // written in place. A page that cannot be read (a media error, or the file cut under
     // us) raises SIGBUS: every read of the mapping runs inside `read_guarded`, which turns
-    // that into an error (the loader copies each key out before the index, whose far reads
-    // run under a guard of their own, compares it).
+    // that into an error. (A far record's key is compared inside a guard of its own, which
+    // does not cover this mapping: `load_chunk` and `put_locked` never hand that comparison
+    // a key that lies in it.)
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("mmap", path))?;
     let _ = map.advise(memmap2::Advice::Sequential);
     let (chunks, defs, records, per_part) =
@@ -862,7 +863,9 @@ fn load_chunk<'a>(
     // index compares it with stored keys: a far record's key is compared inside the
     // segment's `sigbus::guarded`, which would not catch a fault on the checkpoint's page
     // (the caller's guard covers only the loads made outside it). Without far records no
-    // probe reads one, and the copy (about a tenth of a load's time) is skipped.
+    // probe before the put's append reads one, and the copy (it made loading about a sixth
+    // slower) is skipped; records the append itself sends far are compared with the key as
+    // stored in DRAM (`put_locked`).
     let mut key = Vec::new();
     let mut i = 0;
     while i < recs.len() {

@@ -64,7 +64,7 @@ pub(crate) struct Shares {
 const MIN_FRAMES: usize = crate::partition::MIN_FRAMES;
 
 /// How long a rebalance waits for a partition's lock, or a writer for a rebalance in progress.
-const PATIENCE: Duration = Duration::from_millis(50);
+pub(crate) const PATIENCE: Duration = Duration::from_millis(50);
 
 /// One partition's demand, for [`targets`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +224,12 @@ impl Shares {
     /// partition's lock, draining pages when its frames do not fit), then raise those below
     /// from the pool. `caller` is the partition whose lock the calling thread holds: it is
     /// never locked here, counts as pressed, and is raised first, by any amount.
-    pub(crate) fn rebalance(&self, parts: &[Partition], caller: Option<usize>) -> Result<()> {
+    pub(crate) fn rebalance(
+        &self,
+        parts: &[Partition],
+        caller: Option<usize>,
+        patient: bool,
+    ) -> Result<()> {
         let Some(mut last) = self.last.try_lock_for(PATIENCE) else {
             return Ok(()); // someone else is at it
         };
@@ -277,9 +282,11 @@ impl Shares {
             if caller == Some(i) || s <= ti + shrink_over {
                 continue;
             }
-            // A writer asking holds locks of its own: it waits for no other.
+            // A writer asking holds locks of its own: it waits for no other, or (`patient`,
+            // its last try before failing) for each no longer than PATIENCE, so that two
+            // writers each waiting for the other's lock cost a stall, not a deadlock.
             let (wait, to) = if caller.is_some() {
-                (None, ti)
+                (patient.then_some(PATIENCE), ti)
             } else {
                 (Some(PATIENCE), ti.max(s.saturating_sub(step)))
             };
