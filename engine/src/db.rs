@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{
-    AtomicI64, AtomicU64, AtomicUsize,
+    AtomicBool, AtomicI64, AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, OnceLock};
@@ -297,6 +297,7 @@ impl Db {
             global_overhead: overhead.clone(),
             shares: Shares::new(left, n, cap, config.page_bytes),
             siblings: OnceLock::new(),
+            recovering: AtomicBool::new(false),
         });
         let per_part = config.expected_records.div_ceil(n);
         let per_part = per_part + per_part / 100;
@@ -350,7 +351,9 @@ impl Db {
         )?;
         let mut info = RecoveryInfo::default();
         if durable {
+            inner.shared.recovering.store(true, Relaxed);
             info = crate::recovery::recover(&mut inner, &config)?;
+            inner.shared.recovering.store(false, Relaxed);
         }
         let inner = Arc::new(inner);
         let default = inner

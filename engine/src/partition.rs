@@ -45,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ pub(crate) struct Shared {
     pub(crate) shares: Shares,
     /// The database's partitions, for a writer short of room to take it from the others.
     pub(crate) siblings: OnceLock<Weak<[Partition]>>,
+    /// Recovery is loading the partitions (each on a thread that holds its partition's
+    /// lock for long stretches); see [`Partition::advance_page`].
+    pub(crate) recovering: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -971,12 +974,24 @@ impl Partition {
                     self.readmitted_to_far(st)?;
                     self.release_pages(st, demote);
                 }
+                let mut asked_patiently = false;
                 loop {
                     match self.take_frame(st) {
                         Ok(f) => return self.install_page(st, next, Some(f)),
                         Err(e2) => {
                             let head = self.head.load(Relaxed);
                             if head >= next {
+                                // During recovery, each partition is loaded on a thread
+                                // that holds its lock through whole groups of records, so
+                                // asking without waiting for their locks rarely takes any
+                                // room back: ask once more, waiting up to PATIENCE for each
+                                // (only then: every thread holds one lock, and no
+                                // promotion is paying for it).
+                                if !asked_patiently && self.shared.recovering.load(Relaxed) {
+                                    asked_patiently = true;
+                                    self.ask_for_frame(st, true);
+                                    continue;
+                                }
                                 // Every page is gone, the sealed tail page too: the next
                                 // record starts the next page (which has no frame yet),
                                 // not the released one.
@@ -1507,10 +1522,19 @@ impl Partition {
         }
     }
 
+    /// Ask the other partitions for a frame's worth of share (`patient`: see
+    /// [`Partition::grow_share_to`]).
+    fn ask_for_frame(&self, st: &State, patient: bool) {
+        let page = self.shared.page_bytes();
+        let overhead = self.overhead(st);
+        let needed = overhead + (st.allocated_frames + 1) * page;
+        self.grow_share_to(st, overhead, page, needed, patient);
+    }
+
     /// A frame for a new tail page: a spare, a new one within quota, or the oldest retired
     /// one once readers have left it.
     fn take_frame(&self, st: &mut State) -> Result<Frame> {
-        let mut asked = 0;
+        let mut asked = false;
         loop {
             if st.allocated_frames > self.quota(st) {
                 if let Some(f) = st.spare.pop() {
@@ -1526,17 +1550,10 @@ impl Partition {
             }
             let Some((e, _)) = st.retired.front() else {
                 // Its overhead (an ordered index, the segment table, the change logs) took the
-                // room of its frames: ask the other partitions for a frame's worth, taking
-                // only what their locks' holders leave free the first time, and waiting a
-                // little for each lock the second: a partition whose lock is held for long
-                // stretches (recovery replays each partition on a thread of its own, a
-                // bulk-load group under one hold) would otherwise never give any back.
-                if asked < 2 {
-                    asked += 1;
-                    let page = self.shared.page_bytes();
-                    let overhead = self.overhead(st);
-                    let needed = overhead + (st.allocated_frames + 1) * page;
-                    self.grow_share_to(st, overhead, page, needed, asked == 2);
+                // room of its frames: ask the other partitions for a frame's worth once.
+                if !asked {
+                    asked = true;
+                    self.ask_for_frame(st, false);
                     continue;
                 }
                 return Err(Error::BudgetExhausted(format!(
