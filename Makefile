@@ -13,8 +13,9 @@
 #   make tierbench  the tierbench macro benchmark with a small default configuration
 #   make peers      build tierbench with the peer engines (LMDB, RocksDB, redb, fjall; cargo
 #                   feature `peers`), installing libclang-dev for RocksDB's bindgen when
-#                   missing, and run the peers' own tests; RocksDB's C++ build takes about
-#                   30 minutes on 2 cores, which is why `make test` leaves it out
+#                   missing, and run the peers' own tests; the whole build took 14 to 30
+#                   minutes on 2 cores here (RocksDB's C++ most of it), which is why
+#                   `make test` leaves it out
 #   make loom       the engine's loom model tests (own target dir: the cfg changes every crate)
 #
 # Extra arguments: `make test TEST_FLAGS='-- --nocapture'`, `make run TERAD_ARGS='--listen
