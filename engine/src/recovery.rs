@@ -160,7 +160,10 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
         let mut off = 0u64;
         let mut out = Vec::with_capacity(CHUNK_BYTES + (1 << 16));
         let mut payload = Vec::with_capacity(CHUNK_BYTES + (1 << 16));
-        let write = |out: &mut Vec<u8>, off: &mut u64| -> Result<()> {
+        // `check`: after writing, give up if the free space fell below the log's room; not
+        // after the last write, which completes the checkpoint (finishing it lets the older
+        // checkpoint and the log before it go, which frees space).
+        let write = |out: &mut Vec<u8>, off: &mut u64, check: bool| -> Result<()> {
             storage
                 .write_at(&file, out, *off)
                 .map_err(io("write", &tmp))?;
@@ -174,7 +177,10 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
                 storage.sync(&file).map_err(io("fsync", &tmp))?;
             }
             // One `statvfs` a chunk (a megabyte or more).
-            out_of_room(&*storage, &dir, wal.file_bytes())
+            if check {
+                out_of_room(&*storage, &dir, wal.file_bytes())?;
+            }
+            Ok(())
         };
         let defs: Vec<_> = inner
             .all_ks()
@@ -188,7 +194,7 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
             .collect();
         encode_ck_header(lsn, &defs, &mut payload);
         put_frame(&mut out, off, &payload);
-        write(&mut out, &mut off)?;
+        write(&mut out, &mut off, true)?;
         let mut records = 0u64;
         let mut rescans = 0u64;
         let mut addrs = Vec::new();
@@ -228,7 +234,7 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
                     put_frame(&mut out, at, &payload);
                 }
                 if out.len() >= CHUNK_BYTES {
-                    write(&mut out, &mut off)?;
+                    write(&mut out, &mut off, true)?;
                 }
                 if generation.is_some_and(|old| old != g) {
                     // The index was rebuilt between slices: bucket positions moved. Scan the
@@ -266,7 +272,7 @@ pub(crate) fn checkpoint(inner: &Inner) -> Result<CheckpointInfo> {
         encode_ck_trailer(records, &defs, &mut payload);
         let at = off + out.len() as u64;
         put_frame(&mut out, at, &payload);
-        write(&mut out, &mut off)?;
+        write(&mut out, &mut off, false)?;
         storage.sync(&file).map_err(io("fsync", &tmp))?;
         Ok((records, off, rescans))
     })();
