@@ -105,18 +105,13 @@ fn check_room(inner: &Inner, storage: &dyn Storage, dir: &Path, log_file: u64) -
     if free >= records.saturating_add(keep) {
         return Ok(());
     }
-    Err(Error::Io {
-        op: "checkpoint",
-        path: dir.to_path_buf(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::StorageFull,
-            format!(
-                "not started: it needs about {records} bytes and the log {keep} more, and the \
-                 file system has {free} bytes free; free space or move the data directory \
-                 (the log keeps every write meanwhile, and recovery replays it)"
-            ),
+    Err(no_room(
+        dir,
+        format!(
+            "not started: it needs about {records} bytes and the log {keep} more, and the file \
+             system has {free} bytes free"
         ),
-    })
+    ))
 }
 
 /// While a checkpoint is written: an error if the file system's free space has fallen below
@@ -124,19 +119,29 @@ fn check_room(inner: &Inner, storage: &dyn Storage, dir: &Path, log_file: u64) -
 fn out_of_room(storage: &dyn Storage, dir: &Path, log_file: u64) -> Result<()> {
     let keep = LOG_ROOM_FILES * log_file;
     match storage.available_bytes(dir) {
-        Ok(free) if free < keep => Err(Error::Io {
-            op: "checkpoint",
-            path: dir.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                format!(
-                    "stopped: the file system's free space fell to {free} bytes, below the \
-                     {keep} kept for the log; free space or move the data directory (the log \
-                     keeps every write meanwhile, and recovery replays it)"
-                ),
+        Ok(free) if free < keep => Err(no_room(
+            dir,
+            format!(
+                "stopped: the file system's free space fell to {free} bytes, below the {keep} \
+                 kept for the log"
             ),
-        }),
+        )),
         _ => Ok(()),
+    }
+}
+
+/// The `StorageFull` error of a checkpoint in `dir` that did not start or was given up.
+fn no_room(dir: &Path, what: String) -> Error {
+    Error::Io {
+        op: "checkpoint",
+        path: dir.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "{what}; free space or move the data directory (the log keeps every write \
+                 meanwhile, and recovery replays it)"
+            ),
+        ),
     }
 }
 

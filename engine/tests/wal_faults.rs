@@ -892,19 +892,26 @@ fn concurrent_committers_sharing_a_failed_flush() {
     }
 }
 
+/// A database with `commit` durability and keyspace "ns" holding groups `0..groups`, and the
+/// state it must hold.
+fn open_with_groups(dir: &Path, st: &Arc<Faulty>, groups: u32) -> (Db, Keyspace, State) {
+    let db = Db::open(config(dir, st, Durability::Commit)).unwrap();
+    let ns = db.keyspace("ns", ns_opts()).unwrap();
+    let mut state = State::new();
+    apply(&mut state, &Item::Keyspace(DEFAULT_KEYSPACE));
+    apply(&mut state, &Item::Keyspace("ns"));
+    for i in 0..groups {
+        write_group(&ns, &mut state, i);
+    }
+    (db, ns, state)
+}
+
 #[test]
 fn a_failing_checkpoint_poisons_nothing_and_a_later_one_succeeds() {
     for fault in Fault::ALL {
         let dir = tempfile::tempdir().unwrap();
         let st = Faulty::new();
-        let db = Db::open(config(dir.path(), &st, Durability::Commit)).unwrap();
-        let ns = db.keyspace("ns", ns_opts()).unwrap();
-        let mut state = State::new();
-        apply(&mut state, &Item::Keyspace(DEFAULT_KEYSPACE));
-        apply(&mut state, &Item::Keyspace("ns"));
-        for i in 0..40 {
-            write_group(&ns, &mut state, i);
-        }
+        let (db, ns, mut state) = open_with_groups(dir.path(), &st, 40);
         let first = db.checkpoint().unwrap();
         // The disk is full (or its syncs fail) for checkpoint files only: every attempt fails,
         // cleanly, and commits go on.
@@ -949,20 +956,14 @@ fn a_failing_checkpoint_poisons_nothing_and_a_later_one_succeeds() {
 
 /// A checkpoint that would leave the log less than two log files of room (64 MiB each here)
 /// is not started, and one that finds the room gone while it writes stops: nothing is
-/// left behind, nothing is poisoned, commits go on, and once there is room it is written. The disk is shared, so a checkpoint that filled it would make the
-/// next log write fail and poison the database.
+/// left behind, nothing is poisoned, commits go on, and once there is room it is written.
+/// The disk is shared, so a checkpoint that filled it would make the next log write fail
+/// and poison the database.
 #[test]
 fn a_checkpoint_that_would_fill_the_disk_is_not_started() {
     let dir = tempfile::tempdir().unwrap();
     let st = Faulty::new();
-    let db = Db::open(config(dir.path(), &st, Durability::Commit)).unwrap();
-    let ns = db.keyspace("ns", ns_opts()).unwrap();
-    let mut state = State::new();
-    apply(&mut state, &Item::Keyspace(DEFAULT_KEYSPACE));
-    apply(&mut state, &Item::Keyspace("ns"));
-    for i in 0..40 {
-        write_group(&ns, &mut state, i);
-    }
+    let (db, ns, mut state) = open_with_groups(dir.path(), &st, 40);
     // Exactly the log's room: the records' estimate does not fit beside it.
     for free in [0, 1 << 20, 128 << 20] {
         st.set_free(free);
