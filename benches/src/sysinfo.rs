@@ -15,6 +15,13 @@ pub fn status_bytes(field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Restart the peak of resident memory (`VmHWM`) from the current resident size, so that the
+/// next reading of `VmHWM` is the peak since now (`/proc/self/clear_refs`, Linux 4.0). False
+/// where the kernel refuses.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Anonymous resident memory of this process.
 pub fn rss_anon() -> u64 {
     status_bytes("RssAnon").unwrap_or(0)

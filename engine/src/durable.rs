@@ -33,12 +33,14 @@ pub(crate) const CK_PARTS: u8 = 6;
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 
-/// One logged write: a user key, and for a put its value and revisions.
+/// One logged write: a user key, and for a put its value and revisions. It borrows the
+/// frame it was decoded from, so that recovery holds a log file's bytes once, not again as
+/// keys and values.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LoggedOp {
-    pub(crate) key: Vec<u8>,
+pub(crate) struct LoggedOp<'a> {
+    pub(crate) key: &'a [u8],
     /// `(create revision, version, value)` for a put; `None` for a delete.
-    pub(crate) put: Option<(u64, u64, Vec<u8>)>,
+    pub(crate) put: Option<(u64, u64, &'a [u8])>,
 }
 
 /// A keyspace's definition as logged and checkpointed.
@@ -51,13 +53,13 @@ pub(crate) struct KeyspaceDef {
     pub(crate) revision: u64,
 }
 
-/// A decoded log record.
+/// A decoded log record, borrowing its frame's payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum LogRecord {
+pub(crate) enum LogRecord<'a> {
     Batch {
         ks: u16,
         rev: u64,
-        ops: Vec<LoggedOp>,
+        ops: Vec<LoggedOp<'a>>,
     },
     Keyspace(KeyspaceDef),
 }
@@ -177,7 +179,7 @@ pub(crate) fn decode_def(r: &mut Reader<'_>) -> Option<KeyspaceDef> {
 }
 
 /// Decode a log record; `None` if it is not one this version wrote.
-pub(crate) fn decode_log(payload: &[u8]) -> Option<LogRecord> {
+pub(crate) fn decode_log(payload: &[u8]) -> Option<LogRecord<'_>> {
     let mut r = Reader::new(payload);
     match r.u8()? {
         REC_BATCH => {
@@ -188,13 +190,13 @@ pub(crate) fn decode_log(payload: &[u8]) -> Option<LogRecord> {
             for _ in 0..n {
                 let kind = r.u8()?;
                 let klen = r.u32()? as usize;
-                let key = r.bytes(klen)?.to_vec();
+                let key = r.bytes(klen)?;
                 let put = match kind {
                     OP_PUT => {
                         let create = r.u64()?;
                         let version = r.u64()?;
                         let vlen = r.u32()? as usize;
-                        Some((create, version, r.bytes(vlen)?.to_vec()))
+                        Some((create, version, r.bytes(vlen)?))
                     }
                     OP_DELETE => None,
                     _ => return None,
@@ -265,8 +267,8 @@ mod tests {
         start_batch(ks, rev, out);
         for op in ops {
             match &op.put {
-                Some((create, version, value)) => push_put(out, &op.key, *create, *version, value),
-                None => push_delete(out, &op.key),
+                Some((create, version, value)) => push_put(out, op.key, *create, *version, value),
+                None => push_delete(out, op.key),
             }
         }
         finish_batch(out, ops.len() as u32);
@@ -276,11 +278,11 @@ mod tests {
     fn log_records_round_trip() {
         let ops = vec![
             LoggedOp {
-                key: b"a".to_vec(),
-                put: Some((3, 2, b"value".to_vec())),
+                key: b"a",
+                put: Some((3, 2, b"value")),
             },
             LoggedOp {
-                key: b"b".to_vec(),
+                key: b"b",
                 put: None,
             },
         ];
@@ -316,8 +318,8 @@ mod tests {
                 ks: 1,
                 rev: 2,
                 ops: vec![LoggedOp {
-                    key: b"k".to_vec(),
-                    put: Some((2, 1, b"v".to_vec()))
+                    key: b"k",
+                    put: Some((2, 1, b"v"))
                 }]
             })
         );

@@ -13,8 +13,12 @@
 //!
 //! Recovery loads the newest complete checkpoint (in parallel, one thread per CPU, each
 //! inserting a chunk of records a partition at a time), replays the log from its `L`, cutting
-//! a torn tail, and sets each keyspace's revision to the highest it saw. The far tier is not
-//! recovered: it is a cache of the data, rebuilt as the loaded records overflow DRAM.
+//! a torn tail, and sets each keyspace's revision to the highest it saw. The log is read a
+//! file at a time, twice: a first walk checks and measures it (the keyspaces, each
+//! partition's index size, the revisions, which batches go back into the change logs), and a
+//! second replays it. So recovery holds one log file, not the whole log since `L`, in memory.
+//! The far tier is not recovered: it is a cache of the data, rebuilt as the loaded records
+//! overflow DRAM.
 
 use crate::db::{ikey, Inner, KsInfo, RecoveryInfo};
 use crate::durable::{
@@ -25,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::far::Storage;
 use crate::hash::hash_key;
 use crate::keyspace::{Meta, KEY_PREFIX, META};
-use crate::wal::{frame_ok, frame_unchecked, put_frame, read_wal, Wal, FRAME_HEADER};
+use crate::wal::{frame_ok, frame_unchecked, put_frame, walk_wal, Wal, WalEnd, FRAME_HEADER};
 use crate::{CheckpointInfo, Config};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -336,30 +340,12 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
     let mut info = RecoveryInfo::default();
     let ckpt = list_ckpts(&dir)?.pop();
     let from = ckpt.as_ref().map_or(0, |c| c.0);
-    let contents = read_wal(&dir, &*storage, from)?;
-    info.torn_bytes = contents.torn_bytes;
-    info.log_frames = contents.frames.len() as u64;
     // The log file holding an LSN, and its offset there, for errors.
     let files = crate::wal::list_wal(&dir)?;
     let at = |lsn: u64| match files.iter().rev().find(|f| f.0 <= lsn) {
         Some((start, path)) => (path.clone(), lsn - start),
-        None => (dir.join(crate::wal::wal_name(contents.file_start)), lsn),
+        None => (dir.join(crate::wal::wal_name(from)), lsn),
     };
-    let mut records = Vec::with_capacity(contents.frames.len());
-    // Each frame's bytes are freed once it is decoded, so the log is held about once, not
-    // as frames and records both.
-    for (lsn, end, payload) in contents.frames {
-        let rec = decode_log(&payload).ok_or_else(|| {
-            let (path, offset) = at(lsn);
-            corrupt(
-                &path,
-                offset,
-                "a log frame with an intact checksum holds a record this version does not \
-                 know (written by a newer version?)",
-            )
-        })?;
-        records.push((lsn, end, rec));
-    }
     let parsed = match &ckpt {
         Some((_, path)) => Some(parse_checkpoint(path)?),
         None => None,
@@ -367,11 +353,6 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
     if let Some(c) = &parsed {
         for d in &c.defs {
             inner.add_keyspace(d.clone(), true)?;
-        }
-    }
-    for (_, _, r) in &records {
-        if let LogRecord::Keyspace(d) = r {
-            inner.add_keyspace(d.clone(), false)?;
         }
     }
     // Size every partition's index for what it is about to receive.
@@ -386,43 +367,91 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
             expect.iter_mut().for_each(|e| *e = each);
         }
     }
-    for (_, _, r) in &records {
-        if let LogRecord::Batch { ks, ops, .. } = r {
-            if let Some(info) = inner.ks_by_id(*ks) {
-                for op in ops.iter().filter(|o| o.put.is_some()) {
-                    let ik = ikey(&info, &op.key);
-                    expect[inner.partition_for(&info, &ik, hash_key(&ik))] += 1;
+    // The log is walked twice, a file at a time, so that recovery holds one log file in
+    // memory rather than the whole log since the checkpoint. The first walk checks every
+    // frame before anything is replayed (so that replay cannot fail half way on a frame),
+    // adds the keyspaces the log created, counts each partition's puts, and finds each
+    // keyspace's highest revision and which of its batches go back into its change log.
+    let limit = inner.changelog_limit();
+    let mut max_rev: HashMap<u16, u64> = HashMap::new();
+    let mut history: HashMap<u16, History> = HashMap::new();
+    let walked = walk_wal(&dir, &*storage, from, &mut |frames| {
+        for &(lsn, _, payload) in frames {
+            match decode(payload, lsn, &at)? {
+                LogRecord::Keyspace(d) => {
+                    inner.add_keyspace(d, false)?;
+                }
+                LogRecord::Batch { ks, rev, ops } => {
+                    // A keyspace's record is logged before its handle exists, so before any
+                    // batch of it.
+                    let Some(ksi) = inner.ks_by_id(ks) else {
+                        let (path, offset) = at(lsn);
+                        return Err(corrupt(
+                            &path,
+                            offset,
+                            format!(
+                                "a batch of keyspace {ks}, which neither the checkpoint nor \
+                                 the log before it created"
+                            ),
+                        ));
+                    };
+                    let mut bytes = 0;
+                    for op in &ops {
+                        bytes += op.key.len() + op.put.map_or(0, |p| p.2.len()) + 96;
+                        if op.put.is_some() {
+                            let ik = ikey(&ksi, op.key);
+                            expect[inner.partition_for(&ksi, &ik, hash_key(&ik))] += 1;
+                        }
+                    }
+                    let m = max_rev.entry(ks).or_default();
+                    *m = (*m).max(rev);
+                    history
+                        .entry(ks)
+                        .or_insert_with(|| History::new(ksi.rev.load(Relaxed)))
+                        .push(rev, lsn, bytes, limit);
                 }
             }
         }
-    }
+        Ok(())
+    })?;
+    info.torn_bytes = walked.torn_bytes;
+    info.log_frames = walked.frames;
+    history.values_mut().for_each(History::settle);
     for (p, &e) in inner.parts().iter().zip(&expect) {
         p.reserve(e as usize)?;
     }
     if let Some(c) = parsed {
         info.checkpoint_records = load_checkpoint(inner, c).map_err(lowered_limit)?;
     }
-    // Check every batch's keyspace first, so that replay cannot fail half way on it.
-    let mut max_rev: HashMap<u16, u64> = HashMap::new();
-    for (lsn, _, rec) in &records {
-        if let LogRecord::Batch { ks, rev, .. } = rec {
-            if inner.ks_by_id(*ks).is_none() {
-                let (path, offset) = at(*lsn);
-                return Err(corrupt(
-                    &path,
-                    offset,
-                    format!("a batch of keyspace {ks}, which the log never created"),
-                ));
+    // The second walk replays each file's batches, and keeps the events of those that go
+    // back into the change logs.
+    let mut kept: HashMap<u16, Vec<(u64, u64, Vec<crate::changelog::Event>)>> = HashMap::new();
+    let shared: &Inner = inner;
+    let again = walk_wal(&dir, &*storage, from, &mut |frames| {
+        let mut records = Vec::with_capacity(frames.len());
+        for &(lsn, end, payload) in frames {
+            let rec = decode(payload, lsn, &at)?;
+            if let LogRecord::Batch { ks, rev, ops } = &rec {
+                if history.get(ks).is_some_and(|h| h.keeps(*rev, lsn)) {
+                    let events = ops.iter().map(|o| event_of(o, *rev)).collect();
+                    kept.entry(*ks).or_default().push((*rev, end, events));
+                }
             }
-            let m = max_rev.entry(*ks).or_default();
-            *m = (*m).max(*rev);
+            records.push(rec);
         }
-    }
-    replay(inner, &records).map_err(lowered_limit)?;
+        replay(shared, &records).map_err(lowered_limit)
+    })?;
+    debug_assert_eq!(
+        again,
+        WalEnd {
+            torn_bytes: 0,
+            ..walked
+        },
+        "the second walk saw another log"
+    );
     // Revisions continue from the highest seen. The newest replayed batches newer than the
     // checkpoint go back into the change logs (as many as their byte limit holds), and
     // revisions with no batch (rolled back, or lost unacknowledged) become empty changes.
-    let limit = inner.changelog_limit();
     for ks in inner.all_ks() {
         let top = max_rev.get(&ks.id).copied().unwrap_or(0);
         let start = ks.rev.load(Relaxed);
@@ -430,56 +459,17 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
             continue;
         }
         ks.rev.store(top, Relaxed);
-        // The newest frames, in log order, until the byte limit; `cut` is the highest
-        // revision of a frame left out. Log order is not revision order (revisions are taken
-        // before frames are appended, on every partition at once), so a frame left out can
-        // have a higher revision than one kept: the history starts after `cut`, never with a
-        // hole where a left-out revision would read as empty.
-        let mut kept: Vec<(u64, u64, &Vec<crate::durable::LoggedOp>)> = Vec::new();
-        let mut bytes = 0usize;
-        let mut cut: Option<u64> = None;
-        for (_, end, rec) in records.iter().rev() {
-            if let LogRecord::Batch { ks: id, rev, ops } = rec {
-                if *id != ks.id || *rev <= start {
-                    continue;
-                }
-                if cut.is_none() {
-                    bytes += ops
-                        .iter()
-                        .map(|o| o.key.len() + o.put.as_ref().map_or(0, |p| p.2.len()) + 96)
-                        .sum::<usize>();
-                    if bytes <= limit {
-                        kept.push((*rev, *end, ops));
-                        continue;
-                    }
-                }
-                cut = cut.max(Some(*rev));
-            }
-        }
+        let mut kept = kept.remove(&ks.id).unwrap_or_default();
         kept.sort_by_key(|k| k.0);
-        // A revision in several frames is a bulk load's (a frame per group): as when it ran,
-        // the history starts after it.
-        for w in kept.windows(2) {
-            if w[0].0 == w[1].0 {
-                cut = cut.max(Some(w[0].0));
-            }
-        }
-        if let Some(c) = cut {
-            kept.retain(|k| k.0 > c);
-        }
         // Revisions up to the cut are not in the history.
-        let oldest = cut.unwrap_or(start);
+        let oldest = history.get(&ks.id).and_then(|h| h.cut).unwrap_or(start);
         ks.changelog.compact_through(oldest);
-        let mut next = kept.iter().peekable();
+        let mut next = kept.into_iter().peekable();
         for rev in oldest + 1..=top {
             match next.next_if(|k| k.0 == rev) {
-                Some(&(rev, end, ops)) => ks.changelog.insert(
-                    rev,
-                    crate::changelog::Change {
-                        events: ops.iter().map(|o| event_of(o, rev)).collect(),
-                        lsn: end,
-                    },
-                ),
+                Some((rev, end, events)) => ks
+                    .changelog
+                    .insert(rev, crate::changelog::Change { events, lsn: end }),
                 None => ks.changelog.insert_empty(rev),
             }
         }
@@ -488,8 +478,8 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
         &dir,
         storage,
         config.wal_file_bytes,
-        contents.file_start,
-        contents.end,
+        walked.file_start,
+        walked.end,
         inner.poison_cell(),
         inner.bell(),
     )?;
@@ -506,21 +496,102 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
     Ok(info)
 }
 
+/// A log frame's record; an error naming where it is if this version does not know it.
+fn decode<'a>(
+    payload: &'a [u8],
+    lsn: u64,
+    at: &dyn Fn(u64) -> (PathBuf, u64),
+) -> Result<LogRecord<'a>> {
+    decode_log(payload).ok_or_else(|| {
+        let (path, offset) = at(lsn);
+        corrupt(
+            &path,
+            offset,
+            "a log frame with an intact checksum holds a record this version does not know \
+             (written by a newer version?)",
+        )
+    })
+}
+
+/// Which of a keyspace's replayed batches go back into its change log: the newest, in log
+/// order, whose events fit the history's byte limit, none of a revision up to `cut`. The
+/// first walk of the log finds them by their sizes alone, so that only their events are
+/// ever copied (by the second walk).
+///
+/// Log order is not revision order (revisions are taken before frames are appended, on every
+/// partition at once), so a frame left out can have a higher revision than one kept: the
+/// history starts after `cut`, the highest revision left out, never with a hole where a
+/// left-out revision would read as empty.
+#[derive(Debug)]
+struct History {
+    /// The keyspace's revision in the checkpoint: batches up to it are not replayed history.
+    start: u64,
+    /// The kept frames so far, oldest first: (revision, LSN, estimated bytes).
+    frames: std::collections::VecDeque<(u64, u64, usize)>,
+    bytes: usize,
+    cut: Option<u64>,
+}
+
+impl History {
+    fn new(start: u64) -> Self {
+        History {
+            start,
+            frames: Default::default(),
+            bytes: 0,
+            cut: None,
+        }
+    }
+
+    /// The next frame in log order: kept, and the oldest frames dropped until the kept ones
+    /// fit `limit` again.
+    fn push(&mut self, rev: u64, lsn: u64, bytes: usize, limit: usize) {
+        if rev <= self.start {
+            return;
+        }
+        self.frames.push_back((rev, lsn, bytes));
+        self.bytes += bytes;
+        while self.bytes > limit {
+            let (rev, _, bytes) = self.frames.pop_front().expect("bytes are counted");
+            self.bytes -= bytes;
+            self.cut = self.cut.max(Some(rev));
+        }
+    }
+
+    /// After the last frame: a revision in several frames is a bulk load's (a frame per
+    /// group), and as when it ran, the history starts after it.
+    fn settle(&mut self) {
+        let mut revs: Vec<u64> = self.frames.iter().map(|f| f.0).collect();
+        revs.sort_unstable();
+        for w in revs.windows(2) {
+            if w[0] == w[1] {
+                self.cut = self.cut.max(Some(w[0]));
+            }
+        }
+    }
+
+    /// Whether the settled history keeps the batch of revision `rev` in the frame at `lsn`.
+    fn keeps(&self, rev: u64, lsn: u64) -> bool {
+        rev > self.start
+            && self.frames.front().is_some_and(|f| lsn >= f.1)
+            && self.cut.is_none_or(|c| rev > c)
+    }
+}
+
 /// The change a replayed op made.
-fn event_of(o: &crate::durable::LoggedOp, rev: u64) -> crate::changelog::Event {
+fn event_of(o: &crate::durable::LoggedOp<'_>, rev: u64) -> crate::changelog::Event {
     use crate::changelog::{Event, EventKind};
-    match &o.put {
+    match o.put {
         Some((create, version, value)) => Event {
             kind: EventKind::Put,
-            key: o.key.clone(),
-            value: value.clone(),
+            key: o.key.to_vec(),
+            value: value.to_vec(),
             mod_revision: rev,
-            create_revision: *create,
-            version: *version,
+            create_revision: create,
+            version,
         },
         None => Event {
             kind: EventKind::Delete,
-            key: o.key.clone(),
+            key: o.key.to_vec(),
             value: Vec::new(),
             mod_revision: rev,
             create_revision: 0,
@@ -555,10 +626,11 @@ fn lowered_limit(e: Error) -> Error {
     ))
 }
 
-/// Apply the log's batches, in parallel: thread `t` of `T` applies, in log order, the ops
-/// whose partition is `t` mod `T`. A key's ops are all in one partition and in log order
-/// there, so the result is that of a serial replay.
-fn replay(inner: &Inner, records: &[(u64, u64, LogRecord)]) -> Result<()> {
+/// Apply a stretch of the log's batches, in parallel: thread `t` of `T` applies, in log
+/// order, the ops whose partition is `t` mod `T`. A key's ops are all in one partition and in
+/// log order there, and stretches are applied in log order, so the result is that of a
+/// serial replay.
+fn replay(inner: &Inner, records: &[LogRecord<'_>]) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(inner.parts().len());
@@ -569,14 +641,14 @@ fn replay(inner: &Inner, records: &[(u64, u64, LogRecord)]) -> Result<()> {
             s.spawn(move || {
                 let mut buf = Vec::new();
                 let r = (|| -> Result<()> {
-                    for (_, _, rec) in records {
+                    for rec in records {
                         let LogRecord::Batch { ks, rev, ops } = rec else {
                             continue;
                         };
                         let info = inner.ks_by_id(*ks).expect("checked before replay");
                         let mut held: Option<(usize, crate::partition::Locked<'_>)> = None;
                         for op in ops {
-                            let ik = ikey(&info, &op.key);
+                            let ik = ikey(&info, op.key);
                             let hash = hash_key(&ik);
                             let p = inner.partition_for(&info, &ik, hash);
                             if p % threads != t {
@@ -1211,5 +1283,112 @@ mod tests {
             got,
             vec![(top + 3, b"r3".to_vec()), (top + 4, b"r4".to_vec())]
         );
+    }
+
+    /// A batch of a keyspace that neither the checkpoint nor an earlier log record created is
+    /// damage: the open is refused naming the frame, before anything is replayed, and the
+    /// log is left as it was.
+    #[test]
+    fn a_batch_of_a_keyspace_never_created_before_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || small_config(dir.path(), Durability::Commit);
+        {
+            let db = Db::open(config()).unwrap();
+            db.put(b"k0", b"v").unwrap();
+        }
+        let (start, path) = list_wal(dir.path()).unwrap().pop().unwrap();
+        let lsn = start + std::fs::metadata(&path).unwrap().len();
+        let mut p = Vec::new();
+        start_batch(9, 5, &mut p);
+        push_put(&mut p, b"orphan", 5, 1, b"v");
+        finish_batch(&mut p, 1);
+        let mut bytes = Vec::new();
+        put_log_frame(&mut bytes, lsn, lsn, &p);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+        let log = std::fs::read(&path).unwrap();
+        match Db::open(config()) {
+            Err(Error::Corrupt {
+                path: p,
+                offset,
+                reason,
+            }) => {
+                assert_eq!(p, path);
+                assert_eq!(offset, lsn - start);
+                assert!(reason.contains("keyspace 9"), "{reason}");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            log,
+            "the log is left as it was"
+        );
+    }
+
+    /// The history recovery rebuilds, as the first version found it: walking the log
+    /// backwards, keep frames while their bytes fit, then leave out every older one; a
+    /// revision kept in two frames, and everything up to the highest left out, is cut.
+    /// Returns the kept frames' positions and the cut.
+    fn history_backwards(
+        frames: &[(u64, usize)],
+        start: u64,
+        limit: usize,
+    ) -> (Vec<usize>, Option<u64>) {
+        let mut kept = Vec::new();
+        let mut bytes = 0;
+        let mut cut = None;
+        for (i, &(rev, b)) in frames.iter().enumerate().rev() {
+            if rev <= start {
+                continue;
+            }
+            if cut.is_none() {
+                bytes += b;
+                if bytes <= limit {
+                    kept.push((rev, i));
+                    continue;
+                }
+            }
+            cut = cut.max(Some(rev));
+        }
+        kept.sort();
+        for w in kept.windows(2) {
+            if w[0].0 == w[1].0 {
+                cut = cut.max(Some(w[0].0));
+            }
+        }
+        if let Some(c) = cut {
+            kept.retain(|k| k.0 > c);
+        }
+        let mut at: Vec<usize> = kept.into_iter().map(|k| k.1).collect();
+        at.sort_unstable();
+        (at, cut)
+    }
+
+    proptest::proptest! {
+        /// `History` finds, walking forwards with the sizes alone, the frames and the cut
+        /// that walking backwards over the whole log found.
+        #[test]
+        fn the_history_kept_walking_forwards_is_the_one_kept_walking_backwards(
+            frames in proptest::collection::vec((1u64..30, 96usize..600), 0..60),
+            start in 0u64..8,
+            limit in 0usize..4000,
+        ) {
+            let mut h = super::History::new(start);
+            for (i, &(rev, bytes)) in frames.iter().enumerate() {
+                h.push(rev, i as u64, bytes, limit);
+            }
+            h.settle();
+            let kept: Vec<usize> = (0..frames.len())
+                .filter(|&i| h.keeps(frames[i].0, i as u64))
+                .collect();
+            let (want, cut) = history_backwards(&frames, start, limit);
+            proptest::prop_assert_eq!(kept, want);
+            proptest::prop_assert_eq!(h.cut, cut);
+        }
     }
 }

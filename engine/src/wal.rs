@@ -494,16 +494,45 @@ pub(crate) fn list_wal(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(v)
 }
 
-/// What [`read_wal`] found: the frames from `from` on, and where appending resumes.
-pub(crate) struct WalContents {
-    /// Each frame's LSN, the LSN after it, and its payload.
-    pub(crate) frames: Vec<(u64, u64, Vec<u8>)>,
+/// What [`walk_wal`] found: how many frames from `from` on, and where appending resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WalEnd {
+    /// Frames handed to the caller (those from `from` on).
+    pub(crate) frames: u64,
     /// The file to go on appending to (a new one at `end` if the last file is of format 1),
     /// and the LSN after the last intact frame.
     pub(crate) file_start: u64,
     pub(crate) end: u64,
     /// Bytes cut off the end as a torn tail.
     pub(crate) torn_bytes: u64,
+}
+
+/// One intact frame as [`walk_wal`] hands it over: its LSN, the LSN after it, and its
+/// payload (borrowed from the file being walked).
+pub(crate) type Frame<'a> = (u64, u64, &'a [u8]);
+
+/// The whole log from `from` on, in memory: [`walk_wal`]'s frames, collected (tests).
+#[cfg(test)]
+pub(crate) struct WalContents {
+    pub(crate) frames: Vec<(u64, u64, Vec<u8>)>,
+    pub(crate) file_start: u64,
+    pub(crate) end: u64,
+    pub(crate) torn_bytes: u64,
+}
+
+#[cfg(test)]
+pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<WalContents> {
+    let mut frames = Vec::new();
+    let end = walk_wal(dir, storage, from, &mut |fs: &[Frame<'_>]| {
+        frames.extend(fs.iter().map(|&(lsn, end, p)| (lsn, end, p.to_vec())));
+        Ok(())
+    })?;
+    Ok(WalContents {
+        frames,
+        file_start: end.file_start,
+        end: end.end,
+        torn_bytes: end.torn_bytes,
+    })
 }
 
 /// The framing of one log file, told by its first frame.
@@ -531,11 +560,20 @@ impl Format {
     }
 }
 
-/// Read the log from LSN `from` (a checkpoint's start; 0 without one), cutting a torn tail.
-pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<WalContents> {
+/// Walk the log from LSN `from` (a checkpoint's start; 0 without one), cutting a torn tail,
+/// and hand `on_file` each file's intact frames from `from` on, in log order, once the whole
+/// file has been checked. One file is held in memory at a time (a file is at most
+/// `wal_file_bytes` plus one frame), so the log's length does not bound the caller's memory.
+/// A second walk of the same log hands over the same frames (the first cut the torn tail).
+pub(crate) fn walk_wal(
+    dir: &Path,
+    storage: &dyn Storage,
+    from: u64,
+    on_file: &mut dyn FnMut(&[Frame<'_>]) -> Result<()>,
+) -> Result<WalEnd> {
     let files = list_wal(dir)?;
-    let mut out = WalContents {
-        frames: Vec::new(),
+    let mut out = WalEnd {
+        frames: 0,
         file_start: from,
         end: from,
         torn_bytes: 0,
@@ -575,9 +613,10 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
         let mut pos = 0usize;
         // Frames before `from` are skipped by position: walk them to keep alignment.
         let mut lsn = *start;
+        let mut frames: Vec<Frame<'_>> = Vec::new();
         while let Some((payload, len)) = format.frame(&bytes[pos..], lsn) {
             if lsn >= from {
-                out.frames.push((lsn, lsn + len as u64, payload.to_vec()));
+                frames.push((lsn, lsn + len as u64, payload));
             }
             pos += len;
             lsn += len as u64;
@@ -626,6 +665,8 @@ pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<W
         }
         out.file_start = *start;
         out.end = lsn;
+        out.frames += frames.len() as u64;
+        on_file(&frames)?;
     }
     if out.end < from {
         return Err(Error::Corrupt {

@@ -2,7 +2,8 @@
 //! prints one JSON object per measurement (and a line for people on stderr):
 //!
 //! - `reopen`: bulk load N records with durability `commit`, then time a reopen that replays
-//!   the whole log, take a checkpoint, and time a reopen from the checkpoint;
+//!   the whole log (and its peak resident memory), take a checkpoint, and time a reopen from
+//!   the checkpoint;
 //! - `commit`: many writers with durability `commit`: commits/s and the fsyncs/s behind them;
 //! - `checkpoint`: write latency of writers while a checkpoint of N records runs, next to the
 //!   latency before it;
@@ -18,7 +19,7 @@ use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use tera_benches::probe;
+use tera_benches::{probe, sysinfo};
 use tera_engine::{Config, Db, Durability, KeyspaceOptions};
 
 #[derive(Parser, Debug)]
@@ -212,17 +213,24 @@ fn reopen(
         load_s.as_secs_f64(),
         log_bytes as f64 / (1 << 20) as f64
     );
+    // Recovery's own memory: resident memory before the open, and its peak during it.
+    let rss_before = sysinfo::status_bytes("VmRSS");
+    let peak_reset = sysinfo::reset_peak_rss();
     let t = Instant::now();
     let (db, info) = Db::open_with_info(cfg()).map_err(e)?;
     let replay = t.elapsed();
+    let replay_peak = peak_reset.then(|| sysinfo::status_bytes("VmHWM")).flatten();
     let keys = db.get_keyspace("bench").map_or(0, |k| k.len());
     if keys != records {
         return Err(format!("replay recovered {keys} of {records} records"));
     }
+    let mib = |b: Option<u64>| b.map_or("?".into(), |b| format!("{:.0} MiB", b as f64 / 1048576.0));
     eprintln!(
-        "reopen replaying the log: {:.2}s ({} frames)",
+        "reopen replaying the log: {:.2}s ({} frames); resident {} before, peak {} during it",
         replay.as_secs_f64(),
-        info.log_frames
+        info.log_frames,
+        mib(rss_before),
+        mib(replay_peak)
     );
     let t = Instant::now();
     let ck = db.checkpoint().map_err(e)?;
@@ -255,6 +263,8 @@ fn reopen(
             "bulk_load_seconds": secs(load_s),
             "log_bytes": log_bytes,
             "reopen_log_only_seconds": secs(replay),
+            "reopen_log_only_rss_before_bytes": rss_before,
+            "reopen_log_only_peak_rss_bytes": replay_peak,
             "checkpoint_seconds": secs(ck_time),
             "checkpoint_bytes": ck.bytes,
             "reopen_with_checkpoint_seconds": secs(from_ck),
