@@ -768,7 +768,10 @@ fn a_log_of_many_files_replays_in_order_across_them() {
         let late = db.get_keyspace("late").unwrap();
         assert_eq!(late.len(), u64::from(n));
         for i in (0..n).step_by(7) {
-            let e = late.get(&key(i)).unwrap().expect("a put to the late keyspace");
+            let e = late
+                .get(&key(i))
+                .unwrap()
+                .expect("a put to the late keyspace");
             assert_eq!(check_value(&e.value), (i, 1));
         }
         // The history's newest revisions come back in order, the last two being the delete
