@@ -523,7 +523,7 @@ pub(crate) struct WalContents {
 #[cfg(test)]
 pub(crate) fn read_wal(dir: &Path, storage: &dyn Storage, from: u64) -> Result<WalContents> {
     let mut frames = Vec::new();
-    let end = walk_wal(dir, storage, from, &mut |fs: &[Frame<'_>]| {
+    let end = walk_wal(dir, storage, from, None, &mut |fs: &[Frame<'_>]| {
         frames.extend(fs.iter().map(|&(lsn, end, p)| (lsn, end, p.to_vec())));
         Ok(())
     })?;
@@ -563,14 +563,30 @@ impl Format {
 /// Walk the log from LSN `from` (a checkpoint's start; 0 without one), cutting a torn tail,
 /// and hand `on_file` each file's intact frames from `from` on, in log order, once the whole
 /// file has been checked. One file is held in memory at a time (a file is at most
-/// `wal_file_bytes` plus one frame), so the log's length does not bound the caller's memory.
-/// A second walk of the same log hands over the same frames (the first cut the torn tail).
+/// `wal_file_bytes` plus one flush, or what a larger `wal_file_bytes` once wrote), so the
+/// log's length does not bound the caller's memory.
+///
+/// `again` is what a first walk found, for a second walk of the same log: that one cuts
+/// nothing and syncs nothing. It must find the same frames, and a torn tail (the first walk
+/// cut the one there was), fewer frames or another end are errors: the files changed between
+/// the walks, as when pages that a failed write-back left in the page cache are evicted and
+/// the older bytes on the device read back.
 pub(crate) fn walk_wal(
     dir: &Path,
     storage: &dyn Storage,
     from: u64,
+    again: Option<&WalEnd>,
     on_file: &mut dyn FnMut(&[Frame<'_>]) -> Result<()>,
 ) -> Result<WalEnd> {
+    let changed = |path: &Path, offset: u64, what: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        reason: format!(
+            "the log read differently the second time recovery read it ({what}); its files \
+             changed under the open (a failed write-back whose pages were then dropped?); \
+             nothing was cut"
+        ),
+    };
     let files = list_wal(dir)?;
     let mut out = WalEnd {
         frames: 0,
@@ -646,6 +662,16 @@ pub(crate) fn walk_wal(
                         .into(),
                 });
             }
+            if let Some(first) = again {
+                return Err(changed(
+                    path,
+                    pos as u64,
+                    format!(
+                        "a bad frame here, where the first read found intact frames up to LSN {}",
+                        first.end
+                    ),
+                ));
+            }
             // The torn tail of the last flush: cut it off.
             out.torn_bytes = (bytes.len() - pos) as u64;
             let f = storage.open(path).map_err(|source| Error::Io {
@@ -678,20 +704,35 @@ pub(crate) fn walk_wal(
             ),
         });
     }
+    if let Some(first) = again {
+        if (out.frames, out.end) != (first.frames, first.end) {
+            let path = files.last().map(|f| f.1.clone()).unwrap_or_default();
+            return Err(changed(
+                &path,
+                0,
+                format!(
+                    "{} frames ending at LSN {}, where the first read found {} ending at LSN {}",
+                    out.frames, out.end, first.frames, first.end
+                ),
+            ));
+        }
+    }
     if last_format == Format::V1 {
         // Frames of the current format go to a file of their own. The file read last may hold
         // frames only in the page cache (its writer killed between a flush's write and its
         // fsync), and appending will not sync it: sync it now, before anything it holds is
-        // taken as durable.
+        // taken as durable (the first walk does).
         let path = &files.last().expect("a file was read").1;
-        storage
-            .open(path)
-            .and_then(|f| storage.sync(&f))
-            .map_err(|source| Error::Io {
-                op: "fsync",
-                path: path.clone(),
-                source,
-            })?;
+        if again.is_none() {
+            storage
+                .open(path)
+                .and_then(|f| storage.sync(&f))
+                .map_err(|source| Error::Io {
+                    op: "fsync",
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         out.file_start = out.end;
     }
     Ok(out)
@@ -848,6 +889,55 @@ mod tests {
         let payloads: Vec<&[u8]> = c.frames.iter().map(|f| &f.2[..]).collect();
         assert_eq!(payloads, [&b"durable"[..]]);
         assert_eq!((c.end, c.torn_bytes), (durable, 0));
+    }
+
+    /// Recovery walks the log twice. The second walk cuts nothing: if the log's last flush
+    /// now reads as torn (its pages dropped between the walks), or the log ends elsewhere,
+    /// the walk is refused naming the file, and the file is left as it is.
+    #[test]
+    fn a_second_walk_that_reads_another_log_is_refused_and_cuts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open_log(dir.path(), 0, 0);
+        let mut ends = Vec::new();
+        for i in 0..5u8 {
+            let lsn = wal.append(&[i; 100]);
+            wal.sync_to(lsn).unwrap();
+            ends.push(lsn);
+        }
+        drop(wal);
+        let path = dir.path().join(wal_name(0));
+        let walk = |again: Option<&WalEnd>| {
+            let mut n = 0;
+            walk_wal(dir.path(), &crate::far::OsStorage, 0, again, &mut |f| {
+                n += f.len();
+                Ok(())
+            })
+            .map(|end| (end, n))
+        };
+        let (first, n) = walk(None).unwrap();
+        assert_eq!((first.frames, n, first.end), (5, 5, ends[4]));
+        assert_eq!(
+            walk(Some(&first)).unwrap(),
+            (first, 5),
+            "the same log twice"
+        );
+        // The last flush's bytes change: a torn tail the first walk did not see.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = bytes.len();
+        bytes[len - 10] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = walk(Some(&first)).unwrap_err();
+        assert!(e.to_string().contains("read differently"), "{e}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was cut");
+        // A frame more than the first walk found: another end.
+        bytes[len - 10] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let wal = open_log(dir.path(), 0, first.end);
+        wal.sync_to(wal.append(b"later")).unwrap();
+        drop(wal);
+        let e = walk(Some(&first)).unwrap_err();
+        assert!(e.to_string().contains("6 frames"), "{e}");
     }
 
     /// A batch is refused by the bytes it counts (keys, values and 64 bytes of frame fields an
