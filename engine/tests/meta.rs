@@ -890,11 +890,24 @@ fn a_recursive_delete_stopped_after_its_detach_is_finished_after_a_reopen() {
         let mut m = MetaStore::open(&db).unwrap();
         m.set_reclaim_step(5);
         m.create_namespace(NS, 1).unwrap();
+        let kept = m.mkdir(NS, "/kept", false, 1).unwrap().id;
         let before = db.get_keyspace("meta").unwrap().len();
-        let n = big_tree(&m).len() as u64;
+        let ids = big_tree(&m);
+        let n = ids.len() as u64;
+        for &id in &ids {
+            assert_eq!(m.stat_id(NS, id).unwrap().id, id);
+        }
         // The process stops right after the delete's visible, atomic part.
         m.delete_detach_only(NS, "/big", 2).unwrap();
         assert!(matches!(m.stat(NS, "/big"), Err(MetaError::NotFound(_))));
+        // Everything below it is still stored, but by id it is gone too, at every depth.
+        for &id in &ids {
+            match m.stat_id(NS, id) {
+                Err(MetaError::NotFound(why)) => assert!(why.contains(&id.to_string()), "{why}"),
+                other => panic!("entry {id} below a deleted folder: {other:?}"),
+            }
+        }
+        assert_eq!(m.stat_id(NS, kept).unwrap().name, "kept");
         (before, n)
     };
     let db = Db::open(cfg()).unwrap();

@@ -807,6 +807,40 @@ impl<'a, 'b> Op<'a, 'b> {
         }
     }
 
+    /// Whether `e` is still in the tree: its folders lead up to the root. A recursive delete
+    /// unlinks and forgets the folder at once but removes what was below it in steps (the
+    /// trash), so an entry below a deleted folder can be stored for a while yet: by id it
+    /// reads as not found, as by path. Costs a read per folder above the entry.
+    fn check_attached(&mut self, e: &MetaEntry) -> MetaResult<()> {
+        // A folder is at least two bytes of a path ("/a"): a longer chain is a cycle.
+        let most = MAX_LOOKUP_PATH / 2 + 1;
+        let mut parent = e.parent;
+        for _ in 0..most {
+            if e.id == ROOT_ID || parent == ROOT_ID {
+                return Ok(());
+            }
+            match self.entry(parent) {
+                Ok(p) => parent = p.parent,
+                Err(MetaError::NotFound(_)) => {
+                    return Err(MetaError::NotFound(format!(
+                        "entry {} (a folder above it was deleted)",
+                        e.id
+                    )))
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(MetaError::Engine(crate::Error::Corrupt {
+            path: Default::default(),
+            offset: 0,
+            reason: format!(
+                "namespace {}: the folders above entry {} do not lead to the root within {most} \
+                 steps (a cycle of parents)",
+                self.ns, e.id
+            ),
+        }))
+    }
+
     fn child(&mut self, parent: u64, name: &str) -> MetaResult<Option<u64>> {
         dir::lookup(self, parent, name.as_bytes())
     }
@@ -1186,7 +1220,11 @@ impl MetaStore {
 
     /// [`MetaStore::stat_id`] without waiting (see [`MetaStore::stat_deferred`]).
     pub fn stat_id_deferred(&self, ns: u64, id: u64) -> (MetaResult<MetaEntry>, Seen) {
-        self.read_deferred(ns, |op| op.entry(id))
+        self.read_deferred(ns, |op| {
+            let e = op.entry(id)?;
+            op.check_attached(&e)?;
+            Ok(e)
+        })
     }
 
     /// Whether an answer that rests on `seen` may be given now (one atomic load).
