@@ -4,7 +4,8 @@
 //! router would bring in axum). [`Gate`] does what every call shares: it opens the request's
 //! tracing span (with the W3C `traceparent`'s trace and parent ids), sheds load past the
 //! concurrency limit at once with RESOURCE_EXHAUSTED (health, reflection and the long-lived
-//! WatchChanges streams are exempt; WatchChanges has its own limit), enforces the call's
+//! WatchChanges streams are exempt; WatchChanges has its own limit; a call's place is held
+//! until its engine work and its response body are done too, see [`Slot`]), enforces the call's
 //! [`Deadline`] (answering DEADLINE_EXCEEDED past it), and records per-RPC counts and
 //! latencies.
 
@@ -24,7 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -104,6 +105,50 @@ fn method_label(path: &str) -> &'static str {
         .find(|m| **m == path)
         .map(|m| &m[1..])
         .unwrap_or("unknown")
+}
+
+/// A call's place under the concurrency limit. It is shared by everything the call leaves
+/// running: the engine work it handed to the blocking pool (which goes on when the call is
+/// cancelled or runs out of time, and must go on counting) and its response body (which a
+/// slow reader can keep in memory long after the handler returned). The place is given back
+/// when the last of them ends, so that the limit bounds the work and the memory in flight,
+/// not just the handlers.
+pub(crate) type Slot = Arc<OwnedSemaphorePermit>;
+
+tokio::task_local! {
+    /// The slot of the call whose handler is running on this task (none for exempt calls).
+    static SLOT: Slot;
+}
+
+/// The running call's slot, for work that outlives its handler (see [`Slot`]).
+pub(crate) fn current_slot() -> Option<Slot> {
+    SLOT.try_with(Arc::clone).ok()
+}
+
+/// A response body holding its call's [`Slot`] until it is sent or dropped.
+struct SlotBody {
+    inner: Body,
+    _slot: Slot,
+}
+
+impl http_body::Body for SlotBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Whether a call is exempt from the concurrency limit.
@@ -310,11 +355,11 @@ where
             code: None,
             had_deadline: client_timeout.is_some(),
         };
-        let permit = if exempt {
+        let slot: Option<Slot> = if exempt {
             None
         } else {
             match self.limit.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
+                Ok(p) => Some(Arc::new(p)),
                 Err(_) => {
                     record.code = Some(Code::ResourceExhausted);
                     let s = Status::resource_exhausted(format!(
@@ -329,20 +374,28 @@ where
             }
         };
         let fut = self.inner.call(req);
+        let fut: Pin<Box<dyn Future<Output = _> + Send>> = match &slot {
+            Some(slot) => Box::pin(SLOT.scope(slot.clone(), fut)),
+            None => Box::pin(fut),
+        };
         let max_request_bytes = self.max_request_bytes;
         Box::pin(
             async move {
                 let mut res = match tokio::time::timeout_at(deadline, fut).await {
                     Ok(r) => r,
                     // The handler is dropped: an engine call on the blocking pool finishes
-                    // (a write stays atomic), its answer is not sent.
+                    // (a write stays atomic), holding the call's slot, and its answer is not
+                    // sent.
                     Err(_) => Ok(Status::deadline_exceeded(format!(
                         "the call did not finish within its deadline of {} ms ({whose})",
                         budget.as_millis()
                     ))
                     .into_http()),
                 };
-                drop(permit);
+                // The body keeps the slot until it is sent.
+                if let Some(slot) = slot {
+                    res = res.map(|r| r.map(|inner| Body::new(SlotBody { inner, _slot: slot })));
+                }
                 // A trailers-only error made by tonic's codec for a client's mistake is
                 // restated in terad's terms.
                 let fix = res
@@ -464,6 +517,118 @@ mod tests {
                 Ok(r)
             })
         }
+    }
+
+    /// A service whose calls run engine work on the blocking pool (as the metadata handlers
+    /// do) that lasts until `.0` is set.
+    #[derive(Clone)]
+    struct Works(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Service<http::Request<Body>> for Works {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = BoxFuture;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<Body>) -> BoxFuture {
+            let done = self.0.clone();
+            Box::pin(async move {
+                let r = crate::state::blocking(move || {
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok(())
+                })
+                .await;
+                Ok(match r {
+                    Ok(()) => {
+                        let mut r = http::Response::new(Body::empty());
+                        r.headers_mut()
+                            .insert("grpc-status", http::HeaderValue::from_static("0"));
+                        r
+                    }
+                    Err(s) => s.into_http(),
+                })
+            })
+        }
+    }
+
+    /// A body of one data frame (tonic sends an empty body as nothing at all).
+    struct OneFrame(Option<bytes::Bytes>);
+
+    impl http_body::Body for OneFrame {
+        type Data = bytes::Bytes;
+        type Error = Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    /// A service that answers at once with a body to send.
+    #[derive(Clone)]
+    struct Answers;
+
+    impl Service<http::Request<Body>> for Answers {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = BoxFuture;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<Body>) -> BoxFuture {
+            let body = OneFrame(Some(bytes::Bytes::from_static(b"page")));
+            Box::pin(async move { Ok(http::Response::new(Body::new(body))) })
+        }
+    }
+
+    fn code_of(res: &http::Response<Body>) -> Code {
+        Status::from_header_map(res.headers()).map_or(Code::Ok, |s| s.code())
+    }
+
+    /// A call's place under the limit is held by the engine work it left running when it ran
+    /// out of time (the work goes on, and must count), and by its response body until that
+    /// is sent or dropped; it is given back once both end.
+    #[tokio::test]
+    async fn the_limit_counts_work_and_bodies_that_outlive_their_handlers() {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Ends the work even if an assertion fails, so that the runtime's shutdown (which
+        // waits for blocking work) does not hang the test.
+        struct Release(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _release = Release(done.clone());
+        let mut gate = Gate::new(Works(done.clone()), 1, 1 << 20, Duration::from_millis(30));
+        let res = gate.call(call_to(None)).await.expect("infallible");
+        assert_eq!(code_of(&res), Code::DeadlineExceeded);
+        drop(res);
+        // The handler is gone, its work is not: the one place is still taken.
+        let res = gate.call(call_to(None)).await.expect("infallible");
+        assert_eq!(code_of(&res), Code::ResourceExhausted);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let t0 = std::time::Instant::now();
+        while gate.limit.available_permits() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "the work ended");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // A response not yet sent holds its place; dropping it gives the place back.
+        let mut gate = Gate::new(Answers, 1, 1 << 20, Duration::from_secs(5));
+        let first = gate.call(call_to(None)).await.expect("infallible");
+        assert_eq!(code_of(&first), Code::Ok);
+        let res = gate.call(call_to(None)).await.expect("infallible");
+        assert_eq!(code_of(&res), Code::ResourceExhausted);
+        drop(first);
+        let res = gate.call(call_to(None)).await.expect("infallible");
+        assert_eq!(code_of(&res), Code::Ok);
     }
 
     fn call_to(timeout: Option<&'static str>) -> http::Request<Body> {

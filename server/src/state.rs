@@ -167,13 +167,21 @@ pub async fn settle<T>(
     r.map_err(crate::error::meta_status)
 }
 
-/// Run a blocking engine call off the async runtime.
+/// Run a blocking engine call off the async runtime. It holds the call's place under the
+/// concurrency limit until it finishes, even if the call is cancelled or times out first
+/// (see [`crate::router::Slot`]).
 pub async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, MetaError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
+    let slot = crate::router::current_slot();
+    let work = move || {
+        let r = f();
+        drop(slot);
+        r
+    };
+    match tokio::task::spawn_blocking(work).await {
         Ok(r) => r.map_err(crate::error::meta_status),
         Err(e) => Err(Status::internal(format!("the request's task failed: {e}"))),
     }
