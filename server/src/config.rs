@@ -63,8 +63,8 @@ pub struct Config {
     /// also refused when open files come near the process's limit, which terad raises to its
     /// hard limit at start.
     pub max_connections: usize,
-    /// A connection whose client sends nothing for this long after connecting is closed, in
-    /// ms.
+    /// A connection whose client has not sent HTTP/2's preface and first SETTINGS frame this
+    /// long after connecting is closed, in ms.
     pub handshake_timeout_ms: u64,
     /// How often terad pings each connection over HTTP/2, in ms (0: never). A connection whose
     /// client does not answer a ping within `keepalive_timeout_ms` is closed, so that clients

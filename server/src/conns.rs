@@ -7,8 +7,9 @@
 //! within the reserve of the limit is refused too; refused connections get an HTTP/2 GOAWAY
 //! that says why, and are counted. The GOAWAY's code is ENHANCE_YOUR_CALM (overload): tonic
 //! reports it as RESOURCE_EXHAUSTED when its request was already on the way, and UNAVAILABLE
-//! or CANCELLED when the connection closed first. A connection holds its slot only while it is used: one that sends nothing
-//! within `handshake_timeout_ms` is closed ([`Counted`]), and one whose peer stops answering
+//! or CANCELLED when the connection closed first. A connection holds its slot only while it is used: one that has not sent
+//! HTTP/2's preface and first SETTINGS frame within `handshake_timeout_ms` is closed
+//! ([`Counted`]), and one whose peer stops answering
 //! HTTP/2 pings is closed by the server's keepalive. At start terad raises its soft limit on
 //! open files to the hard one, as Go's runtime does for its servers.
 
@@ -257,14 +258,48 @@ impl Drop for Slot {
 }
 
 /// A connection's stream with its [`Slot`]: what tonic serves, so that the slot is given back
-/// when tonic drops the connection. Until the client's first bytes arrive, a read also waits
-/// on a deadline (`handshake_timeout_ms`): a connection that says nothing gets an error and
-/// is closed, instead of holding its slot for good.
+/// when tonic drops the connection. Until the client's HTTP/2 preface and SETTINGS frame have
+/// arrived, a read also waits on a deadline (`handshake_timeout_ms`): a connection that says
+/// nothing, or a byte or two and then nothing, gets an error and is closed, instead of holding
+/// its slot (and a graceful shutdown) for good.
 #[derive(Debug)]
 pub struct Counted<IO> {
     io: IO,
     _slot: Slot,
-    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
+    handshake: Option<Handshake>,
+}
+
+/// The start of the client's side of an HTTP/2 connection, until it has all arrived: the
+/// 24-byte preface and the SETTINGS frame that must follow it at once (RFC 9113 §3.4). Until
+/// then the server's keepalive pings do not run, so the deadline is all that closes a
+/// connection whose client sent a byte or two and stopped.
+#[derive(Debug)]
+struct Handshake {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The first bytes: the preface and the SETTINGS frame's 9-byte header.
+    head: [u8; HANDSHAKE_HEAD],
+    /// Bytes received so far.
+    seen: usize,
+}
+
+/// The preface (24 bytes) and a frame header (9 bytes).
+const HANDSHAKE_HEAD: usize = 24 + 9;
+
+impl Handshake {
+    /// Count bytes received; whether the preface and the whole SETTINGS frame are in.
+    fn received(&mut self, bytes: &[u8]) -> bool {
+        if self.seen < HANDSHAKE_HEAD {
+            let copy = (HANDSHAKE_HEAD - self.seen).min(bytes.len());
+            self.head[self.seen..self.seen + copy].copy_from_slice(&bytes[..copy]);
+        }
+        self.seen += bytes.len();
+        if self.seen < HANDSHAKE_HEAD {
+            return false;
+        }
+        let h = &self.head[24..];
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        self.seen >= HANDSHAKE_HEAD + len
+    }
 }
 
 impl<IO> Counted<IO> {
@@ -273,7 +308,11 @@ impl<IO> Counted<IO> {
         Counted {
             io,
             _slot: slot,
-            first_bytes: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+            handshake: Some(Handshake {
+                deadline: Box::pin(tokio::time::sleep(handshake_timeout)),
+                head: [0; HANDSHAKE_HEAD],
+                seen: 0,
+            }),
         }
     }
 }
@@ -300,13 +339,20 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Some(deadline) = this.first_bytes.as_mut() {
+        if let Some(hs) = this.handshake.as_mut() {
             match r {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_bytes = None,
-                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                // (`received` counts every byte that arrives; the match falls through while
+                // the handshake is still incomplete.)
+                Poll::Ready(Ok(()))
+                    if buf.filled().len() > before && hs.received(&buf.filled()[before..]) =>
+                {
+                    this.handshake = None;
+                }
+                Poll::Pending if hs.deadline.as_mut().poll(cx).is_ready() => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "the client sent nothing within handshake_timeout_ms",
+                        "the client did not send its HTTP/2 preface and SETTINGS within \
+                         handshake_timeout_ms",
                     )));
                 }
                 _ => {}
@@ -390,12 +436,55 @@ mod tests {
         drop(quiet);
         assert_eq!(limit.open(), 0, "the slot came back");
 
-        let (talk, mut peer) = tokio::io::duplex(64);
-        let mut talk = Counted::new(talk, limit.admit(6).unwrap(), deadline);
+        // A client that sends part of the preface and stops is closed the same way.
+        let (part, mut peer) = tokio::io::duplex(64);
+        let mut part = Counted::new(part, limit.admit(6).unwrap(), deadline);
         peer.write_all(b"PRI").await.unwrap();
-        assert_eq!(talk.read(&mut buf).await.unwrap(), 3);
+        assert_eq!(part.read(&mut buf).await.unwrap(), 3);
+        let e = part.read(&mut buf).await.expect_err("timed out");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("preface and SETTINGS"), "{e}");
+        drop((part, peer));
+
+        // The preface and a SETTINGS frame of 6 bytes (one setting), sent in pieces: no
+        // deadline once the frame's last byte is in.
+        let (talk, mut peer) = tokio::io::duplex(64);
+        let mut talk = Counted::new(talk, limit.admit(7).unwrap(), deadline);
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        let mut got = 0;
+        for piece in hello.chunks(5) {
+            peer.write_all(piece).await.unwrap();
+            got += talk.read(&mut buf).await.unwrap();
+        }
+        assert_eq!(got, hello.len());
         let slow = tokio::time::timeout(deadline * 4, talk.read(&mut buf)).await;
-        assert!(slow.is_err(), "no deadline once the client spoke");
+        assert!(slow.is_err(), "no deadline once the handshake is in");
+    }
+
+    /// The handshake is complete only with the SETTINGS frame's payload, however the bytes
+    /// arrive.
+    #[test]
+    fn the_handshake_counts_the_preface_and_the_settings_frame() {
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 12, 4, 0, 0, 0, 0, 0]);
+        hello.extend_from_slice(&[1; 12]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        for split in 0..hello.len() {
+            let mut hs = Handshake {
+                deadline: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                head: [0; HANDSHAKE_HEAD],
+                seen: 0,
+            };
+            let (a, b) = hello.split_at(split);
+            let first = hs.received(a);
+            assert_eq!(first, split == hello.len(), "{split}");
+            assert!(hs.received(b) || b.is_empty() && first, "{split}");
+        }
     }
 
     /// The frames, byte by byte, as RFC 9113 lays them out.
