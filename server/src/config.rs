@@ -186,6 +186,10 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        /// The longest time setting, in ms: 30 days.
+        const MAX_MS: u64 = 30 * 24 * 3600 * 1000;
+        /// The longest token lifetime, in seconds: 10 years.
+        const MAX_TOKEN_SECS: u64 = 10 * 365 * 24 * 3600;
         self.listen_addr()?;
         self.metrics_addr()?;
         self.durability_mode()?;
@@ -221,10 +225,40 @@ impl Config {
             ("max_request_bytes", self.max_request_bytes),
             ("max_response_bytes", self.max_response_bytes),
             ("token_ttl_secs", self.token_ttl_secs as usize),
+            ("token_max_ttl_secs", self.token_max_ttl_secs as usize),
+            ("request_timeout_ms", self.request_timeout_ms as usize),
         ] {
             if v == 0 {
                 return Err(ConfigError(format!("{name} = 0: must be positive")));
             }
+        }
+        // Times are added to clocks: past these, a deadline or an expiry would overflow.
+        for (name, v) in [
+            ("periodic_ms", self.periodic_ms),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("drain_timeout_ms", self.drain_timeout_ms),
+        ] {
+            if v > MAX_MS {
+                return Err(ConfigError(format!(
+                    "{name} = {v}: at most {MAX_MS} (30 days)"
+                )));
+            }
+        }
+        if self.token_max_ttl_secs > MAX_TOKEN_SECS {
+            return Err(ConfigError(format!(
+                "token_max_ttl_secs = {}: at most {MAX_TOKEN_SECS} (10 years)",
+                self.token_max_ttl_secs
+            )));
+        }
+        if self.token_ttl_secs > self.token_max_ttl_secs {
+            return Err(ConfigError(format!(
+                "token_ttl_secs = {}: at most token_max_ttl_secs ({}), the longest lifetime a \
+                 token may have",
+                self.token_ttl_secs, self.token_max_ttl_secs
+            )));
         }
         Ok(())
     }
@@ -389,6 +423,31 @@ mod tests {
             None,
             &|_| None,
             &flags(&[("max_response_bytes", "4194304")])
+        )
+        .is_ok());
+        // Times that would overflow a deadline or an expiry, or make every call fail.
+        for (k, v, says) in [
+            (
+                "request_timeout_ms",
+                "9223372036854775807",
+                "at most 2592000000",
+            ),
+            ("request_timeout_ms", "0", "must be positive"),
+            ("drain_timeout_ms", "2592000001", "at most 2592000000"),
+            ("token_max_ttl_secs", "315360001", "at most 315360000"),
+            (
+                "token_ttl_secs",
+                "604801",
+                "at most token_max_ttl_secs (604800)",
+            ),
+        ] {
+            let e = Config::resolve(None, &|_| None, &flags(&[(k, v)])).unwrap_err();
+            assert!(e.0.contains(&format!("{k} = {v}: {says}")), "{e}");
+        }
+        assert!(Config::resolve(
+            None,
+            &|_| None,
+            &flags(&[("request_timeout_ms", "2592000000")])
         )
         .is_ok());
     }
