@@ -200,8 +200,9 @@ pub(crate) fn encode_event(
     out.extend_from_slice(&version.to_le_bytes());
 }
 
-/// Decode the events of revision `rev` written by `encode`.
-fn decode(mut b: &[u8], rev: u64, out: &mut Vec<Event>) {
+/// Decode the events of revision `rev` written by `encode`, those whose key `keep` takes
+/// (the others are passed over without copying their keys or values).
+fn decode(mut b: &[u8], rev: u64, keep: &dyn Fn(&[u8]) -> bool, out: &mut Vec<Event>) {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
         let (h, t) = b.split_at(n);
         *b = t;
@@ -212,11 +213,15 @@ fn decode(mut b: &[u8], rev: u64, out: &mut Vec<Event>) {
     while !b.is_empty() {
         let delete = take(&mut b, 1)[0] == 1;
         let kl = u32_of(take(&mut b, 4));
-        let key = take(&mut b, kl).to_vec();
+        let key = take(&mut b, kl);
         let vl = u32_of(take(&mut b, 4));
-        let value = take(&mut b, vl).to_vec();
+        let value = take(&mut b, vl);
         let create_revision = u64_of(take(&mut b, 8));
         let version = u64_of(take(&mut b, 8));
+        if !keep(key) {
+            continue;
+        }
+        let (key, value) = (key.to_vec(), value.to_vec());
         out.push(Event {
             kind: if delete {
                 EventKind::Delete
@@ -353,8 +358,16 @@ impl Changelog {
     }
 
     /// Changes after `after`, in revision order, up to `max` of them and only those whose
-    /// frame ends at or below `visible` LSN.
-    fn read(&self, after: u64, visible: u64, max: usize) -> Result<Vec<(u64, Vec<Event>)>> {
+    /// frame ends at or below `visible` LSN, each with its events whose key `keep` takes
+    /// (often none: the revision is still returned, so that the reader moves past it). Only
+    /// the events kept are copied out, under the lock that writers take.
+    fn read(
+        &self,
+        after: u64,
+        visible: u64,
+        max: usize,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(u64, Vec<Event>)>> {
         let st = self.state.lock();
         if after + 1 < st.first {
             return Err(Error::Compacted {
@@ -375,7 +388,7 @@ impl Changelog {
             buf.extend(st.ring.range(from..from + e.len as usize));
             let mut events = Vec::new();
             let rev = st.first + i as u64;
-            decode(&buf, rev, &mut events);
+            decode(&buf, rev, keep, &mut events);
             out.push((rev, events));
             i += 1;
         }
@@ -479,12 +492,17 @@ impl Watcher {
         let mut pages = 0;
         loop {
             let seen = self.bell.count();
-            let changes = self.log.read(self.after, self.visible.visible_lsn(), max)?;
+            let changes = self.log.read(
+                self.after,
+                self.visible.visible_lsn(),
+                max,
+                &|k: &[u8]| self.in_range(k),
+            )?;
             // A full page: more history may be waiting right behind it.
             let full = changes.len() >= max;
             let mut out = Vec::new();
             for (rev, events) in changes {
-                out.extend(events.into_iter().filter(|e| self.in_range(&e.key)));
+                out.extend(events);
                 self.after = rev;
             }
             if !out.is_empty() {
@@ -510,6 +528,37 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read copies out only the events its reader keeps, and still returns every revision
+    /// (empty where nothing is kept), so that the reader moves past the others.
+    #[test]
+    fn a_read_copies_only_the_events_kept_and_passes_the_others() {
+        let log = Changelog::new(1, Accounts::default(), 1 << 20, Arc::new(Bell::default()));
+        let mut enc = Vec::new();
+        for (rev, keys) in [
+            (1u64, &[&b"a/1"[..], b"b/1"][..]),
+            (2, &[b"b/2"]),
+            (3, &[b"a/3"]),
+        ] {
+            enc.clear();
+            for k in keys {
+                encode_event(EventKind::Put, k, &[9; 1000], rev, 1, &mut enc);
+            }
+            log.insert_encoded(rev, 0, &enc);
+        }
+        let got = log
+            .read(0, u64::MAX, 10, &|k| k.starts_with(b"a/"))
+            .unwrap();
+        let revs: Vec<(u64, Vec<&[u8]>)> = got
+            .iter()
+            .map(|(r, ev)| (*r, ev.iter().map(|e| &e.key[..]).collect()))
+            .collect();
+        assert_eq!(
+            revs,
+            vec![(1, vec![&b"a/1"[..]]), (2, vec![]), (3, vec![&b"a/3"[..]])]
+        );
+        assert!(got.iter().flat_map(|g| &g.1).all(|e| e.value == [9; 1000]));
+    }
 
     /// A log at its limit stays within it (the charged content never passes the limit, the
     /// ring never passes it by more than the slack) and trims in steps of about the slack,

@@ -48,6 +48,12 @@ pub fn engine_status(e: tera_engine::Error) -> Status {
         E::BatchTooLarge { .. } => Status::invalid_argument(msg),
         E::Compacted { .. } => Status::out_of_range(msg),
         E::BudgetExhausted(_) => Status::resource_exhausted(msg),
+        // The storage's own limit, not a fault: a restart starts the log's addresses again
+        // (the far tier is rebuilt from the checkpoint and the log).
+        E::AddressSpaceExhausted(_) => Status::resource_exhausted(format!(
+            "{msg}: a partition of the server's storage has used all of its log addresses; \
+             restarting the server starts them again"
+        )),
         E::Poisoned(_) => Status::unavailable(format!(
             "{msg}; the server refuses writes until it is restarted (reads of what was made durable go on)"
         )),
@@ -156,6 +162,8 @@ mod tests {
         assert_eq!(code(MetaError::Engine(e)), Code::InvalidArgument);
         let e = tera_engine::Error::Poisoned("fsync failed".into());
         assert_eq!(code(MetaError::Engine(e)), Code::Unavailable);
+        let e = tera_engine::Error::AddressSpaceExhausted("partition 3".into());
+        assert_eq!(code(MetaError::Engine(e)), Code::ResourceExhausted);
         let e = tera_engine::Error::NotDurable("fsync failed".into());
         assert_eq!(code(MetaError::Engine(e)), Code::Unavailable);
         let e = tera_engine::Error::Io {

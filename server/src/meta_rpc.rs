@@ -427,7 +427,10 @@ impl Metadata for MetaService {
                                 }
                             },
                             _ = tx.closed() => return,
-                            _ = crate::state::drained(&mut draining) => return,
+                            _ = crate::state::drained(&mut draining) => {
+                                let _ = tx.send(Err(draining_status())).await;
+                                return;
+                            }
                         }
                     }
                 };
@@ -450,6 +453,7 @@ impl Metadata for MetaService {
                     return;
                 }
                 if *draining.borrow() {
+                    let _ = tx.send(Err(draining_status())).await;
                     return;
                 }
             }
@@ -479,6 +483,14 @@ impl Drop for WatchSlot {
     fn drop(&mut self) {
         self.0.watches.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// How a WatchChanges stream ends when terad shuts down: UNAVAILABLE, the status a client
+/// retries (an OK end would read as the server having nothing more to say).
+fn draining_status() -> Status {
+    Status::unavailable(
+        "terad is shutting down: watch again (from the last cursor received) once it is back",
+    )
 }
 
 #[cfg(test)]

@@ -191,7 +191,11 @@ fn set_malloc_param(_param: i32, _bytes: usize) -> bool {
     false
 }
 
-/// Serve `/metrics` and `/healthz` on `listener` until the process ends.
+/// Connections the metrics port serves at once.
+pub const METRICS_CONNECTIONS: usize = 16;
+
+/// Serve `/metrics` and `/healthz` on `listener` until the process ends, at most
+/// [`METRICS_CONNECTIONS`] connections at once, each for at most 10 s.
 pub async fn serve_http(listener: TcpListener, state: Arc<State>, handle: PrometheusHandle) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -201,6 +205,9 @@ pub async fn serve_http(listener: TcpListener, state: Arc<State>, handle: Promet
             upkeep.run_upkeep();
         }
     });
+    // A scraper needs one connection at a time; past this many, a new one is closed at once,
+    // so that the port cannot use the descriptors kept for the database (`conns.rs`).
+    let open = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     loop {
         let (conn, _) = match listener.accept().await {
             Ok(c) => c,
@@ -210,6 +217,13 @@ pub async fn serve_http(listener: TcpListener, state: Arc<State>, handle: Promet
                 continue;
             }
         };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "metrics listener: {METRICS_CONNECTIONS} connections open, closing a new one"
+            );
+            drop(conn);
+            continue;
+        };
         let state = state.clone();
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -217,6 +231,7 @@ pub async fn serve_http(listener: TcpListener, state: Arc<State>, handle: Promet
             if let Ok(Err(e)) = r.await {
                 tracing::debug!(error = %e, "metrics connection failed");
             }
+            drop(slot);
         });
     }
 }
@@ -352,6 +367,46 @@ mod tests {
         let mut out = String::new();
         conn.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    }
+
+    /// The port serves [`METRICS_CONNECTIONS`] connections at once: one more is closed
+    /// unanswered, and once one of them closes, a request is answered again.
+    #[tokio::test]
+    async fn the_metrics_port_serves_a_bounded_number_of_connections() {
+        use crate::state::testing::state;
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(state(dir.path()));
+        let handle = PrometheusBuilder::new().build_recorder().handle();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_http(listener, state, handle));
+        let mut idle = Vec::new();
+        for _ in 0..METRICS_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Each idle one is being served (its 10 s have not passed): the next is closed.
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut out = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut out))
+            .await
+            .expect("closed at once");
+        assert!(n.is_err() || out.is_empty(), "{out:?}");
+        drop(idle.pop());
+        let t0 = std::time::Instant::now();
+        loop {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            let _ = conn.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await;
+            let mut out = String::new();
+            let _ = conn.read_to_string(&mut out).await;
+            if out.starts_with("HTTP/1.1 503") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "served again: {out:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

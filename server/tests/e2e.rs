@@ -571,6 +571,21 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("expired"), "{}", e.message());
 
+    // A change stream open through the drain ends with UNAVAILABLE (retry), not OK.
+    let tok = admin_token(&ch, &data, 0).await;
+    let mut watcher = client::meta(
+        ch.clone(),
+        Bearer::new(Some(&tok.token), true).expect("bearer"),
+    );
+    let mut changes = watcher
+        .watch_changes(pb::WatchChangesRequest {
+            namespace: 0,
+            cursor: 0,
+        })
+        .await
+        .expect("watch changes")
+        .into_inner();
+
     // Health Watch: SERVING now, NOT_SERVING when terad drains, then the stream ends.
     let mut h = client::health(ch.clone());
     let mut w = h
@@ -598,6 +613,22 @@ async fn terad_speaks_reflection_and_refuses_what_it_must() {
     let next = w.message().await.expect("status").expect("one more");
     assert_eq!(next.status, ServingStatus::NotServing as i32);
     assert!(w.message().await.map(|m| m.is_none()).unwrap_or(true));
+    let ended = loop {
+        match changes.message().await {
+            Ok(Some(_)) => continue, // the history up to now
+            other => break other,
+        }
+    };
+    match ended {
+        Err(e) => {
+            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+            assert!(e.message().contains("shutting down"), "{e:?}");
+        }
+        Ok(None) => panic!("the change stream ended OK through a drain"),
+        Ok(Some(_)) => unreachable!(),
+    }
+    drop(changes);
+    drop(watcher);
     drop(w);
     drop(h);
     drop(meta);
