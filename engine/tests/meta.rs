@@ -1021,3 +1021,24 @@ fn a_page_of_large_records_ends_at_the_copy_cap_and_loses_nothing() {
     let want: Vec<String> = (0..n).map(|i| format!("f{i:05}")).collect();
     assert_eq!(names, want);
 }
+
+/// A namespace header that does not decode is damage, reported as `Corrupt`, not as a
+/// missing namespace (which a caller might create again over what is left of it).
+#[test]
+fn a_damaged_namespace_header_is_corrupt_not_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, m) = store(dir.path());
+    m.mkdir(NS, "/kept", false, 1).unwrap();
+    let mut header = NS.to_be_bytes().to_vec();
+    header.push(0); // the header's kind
+    let raw = db.get_keyspace("meta").unwrap();
+    assert!(raw.get(&header).unwrap().is_some(), "the header's key");
+    raw.put(&header, b"short").unwrap();
+    match m.stat(NS, "/kept") {
+        Err(MetaError::Engine(tera_engine::Error::Corrupt { reason, .. })) => {
+            assert!(reason.contains("counters"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(m.stat(NS + 1, "/"), Err(MetaError::NotFound(_))));
+}

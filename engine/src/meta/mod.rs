@@ -665,9 +665,13 @@ impl<'a, 'b> Op<'a, 'b> {
             return Err(MetaError::NotFound(format!("namespace {ns}")));
         };
         let (Some(next_id), Some(next_etag)) = header else {
-            return Err(MetaError::NotFound(format!(
-                "namespace {ns} (damaged header)"
-            )));
+            // Damage, not absence: a caller told "not found" might create the namespace
+            // again over what is left of it.
+            return Err(MetaError::Engine(crate::Error::Corrupt {
+                path: format!("<namespace {ns} header>").into(),
+                offset: 0,
+                reason: "its id and etag counters do not decode".into(),
+            }));
         };
         Ok(Op {
             tx,
