@@ -94,6 +94,8 @@ const MAX_DELAY: Duration = Duration::from_secs(300);
 const FORGET_AFTER: Duration = Duration::from_secs(900);
 /// Most (user, address) pairs remembered at once.
 const MAX_TRACKED: usize = 65_536;
+/// Pairs dropped at once when the table is full.
+const EVICT_BATCH: usize = MAX_TRACKED / 16;
 
 /// Slows down password guessing. Every login attempt of a (user name, client address) pair
 /// counts as a failure from the moment it starts until it succeeds, so that calls in flight
@@ -107,8 +109,9 @@ const MAX_TRACKED: usize = 65_536;
 /// user out from others (behind a proxy every client has the proxy's address, so there the
 /// wait is per user: see docs/architecture.md). An IPv6 client counts by its /64, which one
 /// holder usually has whole. Names are kept as 64-bit keyed hashes, so that memory stays
-/// bounded (at most `MAX_TRACKED` pairs; to make room, the oldest pair not held back is
-/// dropped) whatever names are tried.
+/// bounded (at most `MAX_TRACKED` pairs; to make room, `EVICT_BATCH` pairs are dropped at
+/// once, those not held back, with the fewest attempts and the oldest first) whatever names
+/// are tried.
 #[derive(Debug, Default)]
 pub struct LoginThrottle {
     hasher: std::collections::hash_map::RandomState,
@@ -148,14 +151,20 @@ impl LoginThrottle {
         } else if pairs.len() >= MAX_TRACKED {
             pairs.retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
             if pairs.len() >= MAX_TRACKED {
-                // The oldest pair not held back now, so that failing with many other names
-                // cannot push out one's own wait; the oldest of all if every pair is held.
-                let oldest = pairs
+                // Room for EVICT_BATCH new pairs at once (one scan of the table per batch,
+                // not per call), made by dropping the pairs that matter least: first those
+                // not held back now, then those with the fewest attempts, then the oldest.
+                // So failing with many other names (one attempt each) cannot push out a
+                // pair's wait, nor its count of failures between waits (which would give it
+                // its free attempts again); only pairs with as many failures could.
+                let mut order: Vec<((bool, u32, Instant), (u64, IpAddr))> = pairs
                     .iter()
-                    .min_by_key(|(_, f)| (f.until > now, f.last))
-                    .map(|(k, _)| *k);
-                if let Some(k) = oldest {
-                    pairs.remove(&k);
+                    .map(|(k, f)| ((f.until > now, f.count, f.last), *k))
+                    .collect();
+                let n = EVICT_BATCH.min(order.len());
+                order.select_nth_unstable_by_key(n - 1, |o| o.0);
+                for (_, k) in &order[..n] {
+                    pairs.remove(k);
                 }
             }
         }
@@ -418,7 +427,25 @@ mod tests {
         // The oldest of the others went first: user0 is gone.
         let user0 = t.key("user0", B);
         assert!(!t.pairs.lock().unwrap().contains_key(&user0));
-        // With every pair held back, the oldest of all goes.
+        // A pair between its waits keeps its count through a flood of new names: its next
+        // failure waits longer than the last (2 s), it does not get free attempts again.
+        let t = LoginThrottle::default();
+        for _ in 0..=FREE_FAILURES {
+            t.attempt("admin", A, t0).unwrap();
+        }
+        let after_wait = t0 + Duration::from_secs(2);
+        for i in 0..2 * MAX_TRACKED {
+            let at = after_wait + Duration::from_nanos(i as u64);
+            t.attempt(&format!("junk{i}"), B, at).unwrap();
+        }
+        let again = after_wait + Duration::from_millis(1);
+        t.attempt("admin", A, again).unwrap();
+        assert_eq!(
+            t.attempt("admin", A, again),
+            Err(Duration::from_secs(2)),
+            "the count of failures survived the flood"
+        );
+        // With every pair held back, the oldest of all go.
         let full = LoginThrottle::default();
         let held = |i: usize| {
             IpAddr::V6(std::net::Ipv6Addr::new(
@@ -440,9 +467,11 @@ mod tests {
         }
         full.attempt("admin", B, later).unwrap();
         let pairs = full.pairs.lock().unwrap();
-        assert_eq!(pairs.len(), MAX_TRACKED);
+        assert_eq!(pairs.len(), MAX_TRACKED - EVICT_BATCH + 1);
         assert!(!pairs.contains_key(&full.key("admin", held(0))));
-        assert!(pairs.contains_key(&full.key("admin", held(1))));
+        assert!(!pairs.contains_key(&full.key("admin", held(EVICT_BATCH - 1))));
+        assert!(pairs.contains_key(&full.key("admin", held(EVICT_BATCH))));
+        assert!(pairs.contains_key(&full.key("admin", held(MAX_TRACKED - 1))));
     }
 
     /// However many calls arrive together, no more than the permitted checks run at once,
