@@ -94,6 +94,10 @@ const MAX_DELAY: Duration = Duration::from_secs(300);
 const FORGET_AFTER: Duration = Duration::from_secs(900);
 /// Most (user, address) pairs remembered at once.
 const MAX_TRACKED: usize = 65_536;
+/// A tracked pair: the user name's keyed hash and the client's address.
+type PairKey = (u64, IpAddr);
+/// Which pairs go first when the table is full: (held back now, attempts, last attempt).
+type EvictOrder = (bool, u32, Instant);
 /// Pairs dropped at once when the table is full.
 const EVICT_BATCH: usize = MAX_TRACKED / 16;
 
@@ -157,7 +161,7 @@ impl LoginThrottle {
                 // So failing with many other names (one attempt each) cannot push out a
                 // pair's wait, nor its count of failures between waits (which would give it
                 // its free attempts again); only pairs with as many failures could.
-                let mut order: Vec<((bool, u32, Instant), (u64, IpAddr))> = pairs
+                let mut order: Vec<(EvictOrder, PairKey)> = pairs
                     .iter()
                     .map(|(k, f)| ((f.until > now, f.count, f.last), *k))
                     .collect();
