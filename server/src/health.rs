@@ -2,7 +2,8 @@
 //! before that and while draining. The overall status (service `""`) and each of terad's
 //! services report the same; an unknown service is NOT_FOUND for Check and SERVICE_UNKNOWN
 //! for Watch. A Watch stream sends the status at once and on every change, and ends once the
-//! server drains (after sending NOT_SERVING).
+//! server drains (after sending NOT_SERVING). At most [`MAX_HEALTH_WATCHES`] are open at once
+//! (they need no token).
 
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::health_server::Health;
@@ -10,6 +11,7 @@ use crate::proto::health::{
     HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
 };
 use crate::state::State;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -78,10 +80,20 @@ impl Health for HealthService {
         req: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = req.into_inner().service;
+        // Anyone can open one, and each holds a task: a bound of their own.
+        let open = self.state.health_watches.fetch_add(1, Ordering::AcqRel);
+        let slot = HealthWatchSlot(self.state.clone());
+        if open >= MAX_HEALTH_WATCHES {
+            return Err(Status::resource_exhausted(format!(
+                "{open} health Watch streams are open, the server's limit \
+                 ({MAX_HEALTH_WATCHES}): retry later, or poll with Check"
+            )));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut serving = self.state.serving.subscribe();
         let mut draining = self.state.draining.subscribe();
         tokio::spawn(async move {
+            let _slot = slot;
             if !known(&service) {
                 let unknown = HealthCheckResponse {
                     status: ServingStatus::ServiceUnknown as i32,
@@ -114,6 +126,18 @@ impl Health for HealthService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Health Watch streams open at once; past it, RESOURCE_EXHAUSTED.
+pub const MAX_HEALTH_WATCHES: usize = 1024;
+
+/// Counts an open health Watch stream until dropped.
+struct HealthWatchSlot(Arc<State>);
+
+impl Drop for HealthWatchSlot {
+    fn drop(&mut self) {
+        self.0.health_watches.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -193,5 +217,31 @@ mod tests {
             next(&mut unknown).await.is_none(),
             "so does the unknown service's"
         );
+    }
+
+    /// Watch streams need no token, so they are bounded: past the limit one more is
+    /// RESOURCE_EXHAUSTED, and a place comes back when a stream's client goes away.
+    #[tokio::test]
+    async fn watch_streams_are_bounded_and_their_places_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Arc::new(state(dir.path()));
+        let h = HealthService::new(st.clone());
+        let mut open = Vec::new();
+        for _ in 0..MAX_HEALTH_WATCHES {
+            open.push(h.watch(req("")).await.unwrap().into_inner());
+        }
+        let e = h.watch(req("")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("poll with Check"), "{e:?}");
+        drop(open.pop());
+        let t0 = std::time::Instant::now();
+        let mut again = loop {
+            match h.watch(req("")).await {
+                Ok(w) => break w.into_inner(),
+                Err(e) => assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{e:?}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        };
+        assert_eq!(next(&mut again).await, Some(ServingStatus::NotServing));
     }
 }

@@ -32,6 +32,9 @@ pub struct State {
     pub serving: watch::Sender<bool>,
     /// Open WatchChanges streams.
     pub watches: AtomicUsize,
+    /// Open health Watch streams (no token needed, so they have a limit of their own:
+    /// [`crate::health::MAX_HEALTH_WATCHES`]).
+    pub health_watches: AtomicUsize,
     /// Why the database refuses writes (a log failure), once terad noticed: health is then
     /// NOT_SERVING until a restart.
     poisoned: OnceLock<String>,
@@ -49,6 +52,7 @@ impl State {
             draining: watch::Sender::new(false),
             serving: watch::Sender::new(false),
             watches: AtomicUsize::new(0),
+            health_watches: AtomicUsize::new(0),
             poisoned: OnceLock::new(),
             verified: VerifiedTokens::default(),
         }
