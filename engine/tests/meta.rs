@@ -1042,3 +1042,43 @@ fn a_damaged_namespace_header_is_corrupt_not_missing() {
     }
     assert!(matches!(m.stat(NS + 1, "/"), Err(MetaError::NotFound(_))));
 }
+
+/// `delete_deferred` ends after the delete's visible part: it says whether the trash queue
+/// holds work (only for a non-empty folder), the entries are out of reach at once by path and
+/// by id, and `reclaim` removes them later.
+#[test]
+fn a_deferred_delete_leaves_the_reclaim_to_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, m) = store(dir.path());
+    let keys = || db.get_keyspace("meta").unwrap().len();
+    m.mkdir(NS, "/empty", false, 1).unwrap();
+    let file = m
+        .upload(NS, "/file", &up(1, 1), &Precondition::None)
+        .unwrap();
+    let before = keys();
+    let ids = big_tree(&m);
+    assert!(!m.delete_deferred(NS, "/empty", false, None, 2).unwrap());
+    assert!(!m.delete_deferred(NS, "/file", false, None, 2).unwrap());
+    assert!(matches!(
+        m.stat_id(NS, file.id),
+        Err(MetaError::NotFound(_))
+    ));
+    assert!(m.delete_deferred(NS, "/big", true, None, 2).unwrap());
+    assert!(matches!(m.stat(NS, "/big"), Err(MetaError::NotFound(_))));
+    for &id in &ids {
+        assert!(
+            matches!(m.stat_id(NS, id), Err(MetaError::NotFound(_))),
+            "{id}"
+        );
+    }
+    assert!(keys() > before, "the folder's entries are still stored");
+    let done = m.reclaim(NS).unwrap();
+    assert_eq!(
+        done.entries,
+        ids.len() as u64 - 1,
+        "everything below the folder"
+    );
+    // The empty folder, the file and their names are gone too.
+    assert!(keys() < before, "{} against {before}", keys());
+    assert_eq!(m.reclaim(NS).unwrap().entries, 0, "nothing left");
+}

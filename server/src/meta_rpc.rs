@@ -242,12 +242,23 @@ impl Metadata for MetaService {
         let engine = self.state.engine()?;
         let r = req.into_inner();
         let cond = if_match(r.if_match)?;
-        blocking(move || {
-            engine
-                .meta
-                .delete(ns, &r.path, r.recursive, cond.as_deref(), now_us())
-        })
-        .await?;
+        let queued = {
+            let engine = engine.clone();
+            blocking(move || {
+                engine
+                    .meta
+                    .delete_deferred(ns, &r.path, r.recursive, cond.as_deref(), now_us())
+            })
+            .await?
+        };
+        // What was below a non-empty folder is removed in the background: the call's time
+        // does not grow with the folder (the entries are unreachable already).
+        if queued && engine.reclaim.send(ns).is_err() {
+            tracing::warn!(
+                ns,
+                "the reclaim thread is gone: a deleted folder's entries stay queued until a restart"
+            );
+        }
         Ok(Response::new(pb::DeleteResponse {}))
     }
 

@@ -75,26 +75,22 @@ pub fn engine_config(c: &Config) -> Result<tera_engine::Config, ServerError> {
     Ok(e)
 }
 
-fn open_engine(c: &Config, users: &[Arc<crate::auth::User>]) -> Result<Engine, ServerError> {
-    let ec = engine_config(c)?;
-    let started = Instant::now();
-    let (db, info) = Db::open_with_info(ec).map_err(|e| ServerError::Engine(e.to_string()))?;
-    let meta = MetaStore::open(&db).map_err(|e| ServerError::Engine(e.to_string()))?;
-    for u in users {
-        meta.create_namespace(u.namespace, crate::meta_rpc::now_us())
-            .map_err(|e| ServerError::Engine(format!("namespace {}: {e}", u.namespace)))?;
-    }
-    // Finish the recursive deletes a stopped terad left half reclaimed (their folders are
-    // already gone; this removes what was below them), in the background.
-    let (m, namespaces) = (
-        meta.clone(),
-        users.iter().map(|u| u.namespace).collect::<Vec<_>>(),
-    );
+/// The thread that empties namespaces' trash queues, one atomic step at a time: first
+/// `namespaces` (what a stopped terad left), then each namespace sent on the returned
+/// channel (a recursive Delete answers once its folder is detached and sends its namespace
+/// here, so that its latency does not grow with the folder). Sending a namespace twice
+/// costs one read the second time. The thread ends when every sender is gone; a process
+/// that exits meanwhile leaves the rest queued, durably, for the next start.
+pub(crate) fn spawn_reclaimer(
+    meta: MetaStore,
+    namespaces: Vec<u64>,
+) -> Result<std::sync::mpsc::Sender<u64>, ServerError> {
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
     std::thread::Builder::new()
         .name("terad-reclaim".into())
         .spawn(move || {
-            for ns in namespaces {
-                match m.reclaim(ns) {
+            for ns in namespaces.into_iter().chain(rx) {
+                match meta.reclaim(ns) {
                     Ok(r) if r.entries > 0 => {
                         tracing::info!(
                             ns,
@@ -105,12 +101,31 @@ fn open_engine(c: &Config, users: &[Arc<crate::auth::User>]) -> Result<Engine, S
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(ns, error = %e, "reclaiming deleted folders' entries failed")
+                        tracing::warn!(ns, error = %e, "reclaiming deleted folders' entries failed; the next recursive delete in the namespace, or a restart, tries again")
                     }
                 }
             }
         })
         .map_err(|e| ServerError::Engine(format!("reclaim thread: {e}")))?;
+    Ok(tx)
+}
+
+fn open_engine(c: &Config, users: &[Arc<crate::auth::User>]) -> Result<Engine, ServerError> {
+    let ec = engine_config(c)?;
+    let started = Instant::now();
+    let (db, info) = Db::open_with_info(ec).map_err(|e| ServerError::Engine(e.to_string()))?;
+    let meta = MetaStore::open(&db).map_err(|e| ServerError::Engine(e.to_string()))?;
+    for u in users {
+        meta.create_namespace(u.namespace, crate::meta_rpc::now_us())
+            .map_err(|e| ServerError::Engine(format!("namespace {}: {e}", u.namespace)))?;
+    }
+    // Finish the recursive deletes a stopped terad left half reclaimed (their folders are
+    // already gone; this removes what was below them), then those that Delete calls leave
+    // to it, in the background.
+    let reclaim = spawn_reclaimer(
+        meta.clone(),
+        users.iter().map(|u| u.namespace).collect::<Vec<_>>(),
+    )?;
     tracing::info!(
         checkpoint_records = info.checkpoint_records,
         log_frames = info.log_frames,
@@ -119,7 +134,7 @@ fn open_engine(c: &Config, users: &[Arc<crate::auth::User>]) -> Result<Engine, S
         durability = ?db.durability(),
         "database open"
     );
-    Ok(Engine { db, meta })
+    Ok(Engine { db, meta, reclaim })
 }
 
 /// Print a line on stdout at once (tests and scripts read the addresses from it).
@@ -564,5 +579,34 @@ impl IoThread {
         // finishing its commit); give them a moment, as the checkpoint follows.
         rt.shutdown_timeout(Duration::from_secs(1));
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// A recursive delete left to the reclaim thread: the folder is gone at once, and the
+    /// thread removes everything below it once the namespace is sent to it.
+    #[test]
+    fn the_reclaim_thread_empties_a_namespace_sent_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::state::testing::engine(dir.path());
+        let m = &engine.meta;
+        m.create_namespace(5, 1).unwrap();
+        let keys = || engine.db.get_keyspace("meta").unwrap().len();
+        let before = keys();
+        m.mkdir(5, "/big", false, 1).unwrap();
+        for d in 0..20 {
+            m.mkdir(5, &format!("/big/d{d}/e"), true, 1).unwrap();
+        }
+        assert!(m.delete_deferred(5, "/big", true, None, 2).unwrap());
+        assert!(keys() > before + 40, "the entries wait for the thread");
+        engine.reclaim.send(5).unwrap();
+        let t0 = Instant::now();
+        while keys() != before {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{} left", keys());
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

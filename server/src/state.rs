@@ -15,6 +15,9 @@ use tonic::{Request, Status};
 pub struct Engine {
     pub db: Db,
     pub meta: MetaStore,
+    /// The background reclaimer (`server::spawn_reclaimer`): a namespace sent here has its
+    /// trash queue emptied, one atomic step at a time, after a recursive delete returned.
+    pub reclaim: std::sync::mpsc::Sender<u64>,
 }
 
 /// Shared by every service and the HTTP endpoint.
@@ -215,7 +218,8 @@ pub(crate) mod testing {
         c.background_maintenance = false;
         let db = Db::open(c).unwrap();
         let meta = MetaStore::open(&db).unwrap();
-        Arc::new(Engine { db, meta })
+        let reclaim = crate::server::spawn_reclaimer(meta.clone(), Vec::new()).unwrap();
+        Arc::new(Engine { db, meta, reclaim })
     }
 }
 

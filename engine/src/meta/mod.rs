@@ -1641,6 +1641,23 @@ impl MetaStore {
         self.reclaim_step = entries.max(1);
     }
 
+    /// Delete like [`MetaStore::delete`], but leave the removal of what was below a
+    /// non-empty folder to the caller: the call ends after the delete's visible, atomic part,
+    /// however large the folder. Returns whether the namespace's trash queue now holds work
+    /// ([`MetaStore::reclaim`] it, in the background; until then neither a path nor an id
+    /// reaches those entries, and they hold their storage). A server calls this so that a
+    /// delete's latency does not grow with the size of the folder.
+    pub fn delete_deferred(
+        &self,
+        ns: u64,
+        path: &str,
+        recursive: bool,
+        if_match: Option<&str>,
+        mtime: i64,
+    ) -> MetaResult<bool> {
+        self.detach(ns, path, recursive, if_match, mtime)
+    }
+
     /// Detach like a recursive delete and stop before reclaiming anything, as a process
     /// killed right after the detach would. For crash tests only.
     #[doc(hidden)]
