@@ -154,7 +154,7 @@ impl LoginThrottle {
             }
         } else if pairs.len() >= MAX_TRACKED {
             pairs.retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
-            if pairs.len() >= MAX_TRACKED {
+            if pairs.len() > MAX_TRACKED - EVICT_BATCH {
                 // Room for EVICT_BATCH new pairs at once (one scan of the table per batch,
                 // not per call), made by dropping the pairs that matter least: first those
                 // not held back now, then those with the fewest attempts, then the oldest.
@@ -165,7 +165,9 @@ impl LoginThrottle {
                     .iter()
                     .map(|(k, f)| ((f.until > now, f.count, f.last), *k))
                     .collect();
-                let n = EVICT_BATCH.min(order.len());
+                // Down to EVICT_BATCH below the bound, so that the next scan is that many new
+                // pairs away (even when forgetting the quiet ones freed a few).
+                let n = order.len() - (MAX_TRACKED - EVICT_BATCH);
                 order.select_nth_unstable_by_key(n - 1, |o| o.0);
                 for (_, k) in &order[..n] {
                     pairs.remove(k);
@@ -246,7 +248,8 @@ impl Auth for AuthService {
         let engine = self.state.engine()?;
         let config = &self.state.config;
         let ttl = match u64::from(r.ttl_seconds) {
-            0 => config.token_ttl_secs,
+            // A default past the longest allowed gets the longest, as a request would.
+            0 => config.token_ttl_secs.min(config.token_max_ttl_secs),
             t => t.min(config.token_max_ttl_secs),
         };
         if let Err(wait) = self.throttle.attempt(&r.user, addr, Instant::now()) {

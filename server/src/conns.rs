@@ -431,7 +431,12 @@ mod tests {
         let (quiet, _quiet_peer) = tokio::io::duplex(64);
         let mut quiet = Counted::new(quiet, limit.admit(5).unwrap(), deadline);
         let mut buf = [0u8; 8];
-        let e = quiet.read(&mut buf).await.expect_err("timed out");
+        // (An outer bound, so that a broken deadline fails the test instead of hanging it.)
+        let bounded = Duration::from_secs(10);
+        let e = tokio::time::timeout(bounded, quiet.read(&mut buf))
+            .await
+            .expect("the deadline fired")
+            .expect_err("timed out");
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         drop(quiet);
         assert_eq!(limit.open(), 0, "the slot came back");
@@ -441,7 +446,10 @@ mod tests {
         let mut part = Counted::new(part, limit.admit(6).unwrap(), deadline);
         peer.write_all(b"PRI").await.unwrap();
         assert_eq!(part.read(&mut buf).await.unwrap(), 3);
-        let e = part.read(&mut buf).await.expect_err("timed out");
+        let e = tokio::time::timeout(bounded, part.read(&mut buf))
+            .await
+            .expect("the deadline fired")
+            .expect_err("timed out");
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(e.to_string().contains("preface and SETTINGS"), "{e}");
         drop((part, peer));

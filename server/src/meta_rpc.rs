@@ -439,7 +439,9 @@ impl Metadata for MetaService {
                             },
                             _ = tx.closed() => return,
                             _ = crate::state::drained(&mut draining) => {
-                                let _ = tx.send(Err(draining_status())).await;
+                                // Without waiting: a client that does not read must not hold the
+                                // stream open through the drain.
+                                let _ = tx.try_send(Err(draining_status()));
                                 return;
                             }
                         }
@@ -464,7 +466,9 @@ impl Metadata for MetaService {
                     return;
                 }
                 if *draining.borrow() {
-                    let _ = tx.send(Err(draining_status())).await;
+                    // Without waiting: a client that does not read must not hold the
+                    // stream open through the drain.
+                    let _ = tx.try_send(Err(draining_status()));
                     return;
                 }
             }

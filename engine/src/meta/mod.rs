@@ -816,12 +816,25 @@ impl<'a, 'b> Op<'a, 'b> {
     /// trash), so an entry below a deleted folder can be stored for a while yet: by id it
     /// reads as not found, as by path. Costs a read per folder above the entry.
     fn check_attached(&mut self, e: &MetaEntry) -> MetaResult<()> {
-        // A folder is at least two bytes of a path ("/a"): a longer chain is a cycle.
-        let most = MAX_LOOKUP_PATH / 2 + 1;
+        // Moves can make a tree deeper than any path limit, so depth alone proves nothing:
+        // past a depth no usual tree reaches, the folders seen are remembered, and meeting
+        // one again is a cycle of parents (damage).
+        const USUAL_DEPTH: usize = 4096;
+        let mut seen = std::collections::HashSet::new();
         let mut parent = e.parent;
-        for _ in 0..most {
-            if e.id == ROOT_ID || parent == ROOT_ID {
-                return Ok(());
+        let mut depth = 0usize;
+        while e.id != ROOT_ID && parent != ROOT_ID {
+            depth += 1;
+            if depth > USUAL_DEPTH && !seen.insert(parent) {
+                return Err(MetaError::Engine(crate::Error::Corrupt {
+                    path: Default::default(),
+                    offset: 0,
+                    reason: format!(
+                        "namespace {}: the folders above entry {} form a cycle (folder {parent} \
+                         is its own ancestor)",
+                        self.ns, e.id
+                    ),
+                }));
             }
             match self.entry(parent) {
                 Ok(p) => parent = p.parent,
@@ -834,15 +847,7 @@ impl<'a, 'b> Op<'a, 'b> {
                 Err(other) => return Err(other),
             }
         }
-        Err(MetaError::Engine(crate::Error::Corrupt {
-            path: Default::default(),
-            offset: 0,
-            reason: format!(
-                "namespace {}: the folders above entry {} do not lead to the root within {most} \
-                 steps (a cycle of parents)",
-                self.ns, e.id
-            ),
-        }))
+        Ok(())
     }
 
     fn child(&mut self, parent: u64, name: &str) -> MetaResult<Option<u64>> {
