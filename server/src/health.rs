@@ -2,8 +2,8 @@
 //! before that and while draining. The overall status (service `""`) and each of terad's
 //! services report the same; an unknown service is NOT_FOUND for Check and SERVICE_UNKNOWN
 //! for Watch. A Watch stream sends the status at once and on every change, and ends once the
-//! server drains (after sending NOT_SERVING). At most [`MAX_HEALTH_WATCHES`] are open at once
-//! (they need no token).
+//! server drains (after sending NOT_SERVING). A connection has at most [`MAX_HEALTH_WATCHES`]
+//! open at once (they need no token).
 
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::health_server::Health;
@@ -11,7 +11,7 @@ use crate::proto::health::{
     HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
 };
 use crate::state::State;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -79,16 +79,12 @@ impl Health for HealthService {
         &self,
         req: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // Anyone can open one, and each holds a task: a bound per connection (a client
+        // needs one or two), so that memory stays bounded by `max_connections` and no
+        // connection can use up another's.
+        let conn = req.remote_addr();
         let service = req.into_inner().service;
-        // Anyone can open one, and each holds a task: a bound of their own.
-        let open = self.state.health_watches.fetch_add(1, Ordering::AcqRel);
-        let slot = HealthWatchSlot(self.state.clone());
-        if open >= MAX_HEALTH_WATCHES {
-            return Err(Status::resource_exhausted(format!(
-                "{open} health Watch streams are open, the server's limit \
-                 ({MAX_HEALTH_WATCHES}): retry later, or poll with Check"
-            )));
-        }
+        let slot = HealthWatchSlot::take(&self.state, conn)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut serving = self.state.serving.subscribe();
         let mut draining = self.state.draining.subscribe();
@@ -129,15 +125,44 @@ impl Health for HealthService {
     }
 }
 
-/// Health Watch streams open at once; past it, RESOURCE_EXHAUSTED.
-pub const MAX_HEALTH_WATCHES: usize = 1024;
+/// Health Watch streams one connection may have open at once; past it, RESOURCE_EXHAUSTED.
+pub const MAX_HEALTH_WATCHES: usize = 8;
 
-/// Counts an open health Watch stream until dropped.
-struct HealthWatchSlot(Arc<State>);
+/// Counts an open health Watch stream of a connection (its peer's address and port) until
+/// dropped.
+struct HealthWatchSlot(Arc<State>, Option<SocketAddr>);
+
+impl HealthWatchSlot {
+    fn take(state: &Arc<State>, conn: Option<SocketAddr>) -> Result<HealthWatchSlot, Status> {
+        let mut open = state
+            .health_watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(conn).or_insert(0);
+        if *n >= MAX_HEALTH_WATCHES {
+            return Err(Status::resource_exhausted(format!(
+                "this connection has {n} health Watch streams open, the limit \
+                 ({MAX_HEALTH_WATCHES}): close one, or poll with Check"
+            )));
+        }
+        *n += 1;
+        Ok(HealthWatchSlot(state.clone(), conn))
+    }
+}
 
 impl Drop for HealthWatchSlot {
     fn drop(&mut self) {
-        self.0.health_watches.fetch_sub(1, Ordering::AcqRel);
+        let mut open = self
+            .0
+            .health_watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -219,24 +244,40 @@ mod tests {
         );
     }
 
-    /// Watch streams need no token, so they are bounded: past the limit one more is
-    /// RESOURCE_EXHAUSTED, and a place comes back when a stream's client goes away.
+    /// Watch streams need no token, so they are bounded per connection: past the limit one
+    /// more is RESOURCE_EXHAUSTED on that connection, another connection is unaffected, and a
+    /// place comes back when a stream's client goes away.
     #[tokio::test]
     async fn watch_streams_are_bounded_and_their_places_come_back() {
         let dir = tempfile::tempdir().unwrap();
         let st = Arc::new(state(dir.path()));
         let h = HealthService::new(st.clone());
+        let from = |port: u16| {
+            let mut r = req("");
+            r.extensions_mut()
+                .insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: Some(SocketAddr::from(([10, 0, 0, 1], port))),
+                });
+            r
+        };
         let mut open = Vec::new();
         for _ in 0..MAX_HEALTH_WATCHES {
-            open.push(h.watch(req("")).await.unwrap().into_inner());
+            open.push(h.watch(from(1000)).await.unwrap().into_inner());
         }
-        let e = h.watch(req("")).await.unwrap_err();
+        let e = h.watch(from(1000)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert!(e.message().contains("poll with Check"), "{e:?}");
+        let mut other = h
+            .watch(from(1001))
+            .await
+            .expect("another connection")
+            .into_inner();
+        assert_eq!(next(&mut other).await, Some(ServingStatus::NotServing));
         drop(open.pop());
         let t0 = std::time::Instant::now();
         let mut again = loop {
-            match h.watch(req("")).await {
+            match h.watch(from(1000)).await {
                 Ok(w) => break w.into_inner(),
                 Err(e) => assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{e:?}"),
             }

@@ -192,7 +192,7 @@ fn set_malloc_param(_param: i32, _bytes: usize) -> bool {
 }
 
 /// Connections the metrics port serves at once.
-pub const METRICS_CONNECTIONS: usize = 16;
+pub const METRICS_CONNECTIONS: usize = 64;
 
 /// Serve `/metrics` and `/healthz` on `listener` until the process ends, at most
 /// [`METRICS_CONNECTIONS`] connections at once, each for at most 10 s.

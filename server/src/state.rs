@@ -35,9 +35,10 @@ pub struct State {
     pub serving: watch::Sender<bool>,
     /// Open WatchChanges streams.
     pub watches: AtomicUsize,
-    /// Open health Watch streams (no token needed, so they have a limit of their own:
-    /// [`crate::health::MAX_HEALTH_WATCHES`]).
-    pub health_watches: AtomicUsize,
+    /// Open health Watch streams by connection (no token needed, so they have a limit of
+    /// their own: [`crate::health::MAX_HEALTH_WATCHES`] per connection).
+    pub health_watches:
+        std::sync::Mutex<std::collections::HashMap<Option<std::net::SocketAddr>, usize>>,
     /// Why the database refuses writes (a log failure), once terad noticed: health is then
     /// NOT_SERVING until a restart.
     poisoned: OnceLock<String>,
@@ -55,7 +56,7 @@ impl State {
             draining: watch::Sender::new(false),
             serving: watch::Sender::new(false),
             watches: AtomicUsize::new(0),
-            health_watches: AtomicUsize::new(0),
+            health_watches: Default::default(),
             poisoned: OnceLock::new(),
             verified: VerifiedTokens::default(),
         }
