@@ -1,6 +1,7 @@
 //! Engulfing a dataset: bulk load of sorted input, and parallel full scans.
 //!
-//! Bulk load reads the input in chunks, checks order and sizes, groups each chunk's records
+//! Bulk load (one at a time per keyspace) reads the input in chunks of at most 64K records
+//! or 64 MiB, checks order and sizes, groups each chunk's records
 //! by partition, and inserts every group under one hold of its partition's lock, groups
 //! spread over one thread per CPU. The whole load is one revision; each group's records are
 //! logged as one frame, appended under the lock like any batch, and the log is synced after
@@ -16,8 +17,11 @@ use crate::hash::hash_key;
 use crate::keyspace::{Meta, KEY_PREFIX};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Relaxed};
 
-/// Records read from the input per chunk.
+/// Records read from the input per chunk, at most.
 const CHUNK: usize = 1 << 16;
+/// Bytes of keys and values staged per chunk, at most (plus one record): with large values,
+/// 64K records would stage gigabytes on the heap.
+const CHUNK_BYTES: usize = 64 << 20;
 
 struct Staged {
     /// Stored keys and values, back to back.
@@ -32,6 +36,27 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     records: impl IntoIterator<Item = (K, V)>,
 ) -> Result<BulkLoadInfo> {
     inner.writable()?;
+    // One load at a time: a second one (a retry of a load that timed out, say) would pass
+    // the empty check below until the first's first chunk is counted, and the two would mix.
+    if ks
+        .loading
+        .compare_exchange(false, true, AcqRel, Relaxed)
+        .is_err()
+    {
+        return Err(Error::Keyspace {
+            name: ks.name.clone(),
+            reason: "a bulk load into this keyspace is running already; wait for it (a \
+                     keyspace takes one load)"
+                .into(),
+        });
+    }
+    struct Loading<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Loading<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+    let _loading = Loading(&ks.loading);
     let existing = ks.keys.load(Relaxed);
     if existing > 0 {
         return Err(Error::Keyspace {
@@ -66,6 +91,9 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         staged.bytes.clear();
         staged.recs.clear();
         let mut stop: Option<Error> = None;
+        // Whether the chunk ended at its bound (more input may follow) rather than with the
+        // input.
+        let mut full = false;
         for (k, v) in it.by_ref() {
             let (k, v) = (k.as_ref(), v.as_ref());
             if let Err(e) = inner.check_sizes(k, v) {
@@ -90,14 +118,14 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             staged
                 .recs
                 .push((p, hash, start, KEY_PREFIX + k.len(), v.len()));
-            if staged.recs.len() == CHUNK {
+            if staged.recs.len() == CHUNK || staged.bytes.len() >= CHUNK_BYTES {
+                full = true;
                 break;
             }
         }
         if staged.recs.is_empty() && stop.is_none() {
             return Ok(());
         }
-        let n = staged.recs.len();
         // A chunk that fails part way has loaded (and logged) some of its groups: count them
         // before reporting the failure, or the keyspace's key count would miss them (and a
         // retried load into the "empty" keyspace would be let in).
@@ -113,7 +141,7 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         if let Some(e) = failed.or(stop) {
             return Err(e);
         }
-        if n < CHUNK {
+        if !full {
             return Ok(());
         }
     })();
@@ -346,7 +374,7 @@ pub(crate) fn scan_parallel<A: Send>(
         }
         handles
             .into_iter()
-            .map(|h| h.join().expect("a scan thread panicked"))
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect::<Vec<A>>()
     });
     if let Some(e) = failure.into_inner() {

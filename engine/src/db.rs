@@ -103,6 +103,8 @@ pub(crate) struct KsInfo {
     pub(crate) changelog: Arc<Changelog>,
     /// Keys in the keyspace (its own cache line, as `rev`).
     pub(crate) keys: CachePadded<AtomicI64>,
+    /// A bulk load is running into the keyspace (one at a time: see `bulk::bulk_load`).
+    pub(crate) loading: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -656,6 +658,7 @@ impl Inner {
                 self.bell.clone(),
             )),
             keys: CachePadded::new(AtomicI64::new(0)),
+            loading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1822,11 +1825,13 @@ impl Keyspace {
 
     /// Load sorted records fast: one revision for the whole load, records grouped by
     /// partition and inserted under one lock hold per group, in parallel (one thread per
-    /// CPU), logged in large frames. The keyspace must be empty when the load starts; a key
-    /// written by someone else while the load runs is kept and the loaded record skipped.
-    /// Input that is not strictly ascending stops the load with [`Error::Unsorted`] after the
-    /// records before it are loaded. Watchers from before the load get
-    /// [`Error::Compacted`]: they must read the keyspace again.
+    /// CPU), logged in large frames. The keyspace must be empty when the load starts, and one
+    /// load runs into it at a time (another is refused while it runs); a key put by someone
+    /// else while the load runs is kept and the loaded record skipped. Input that is not
+    /// strictly ascending stops the load with [`Error::Unsorted`] after the records before it
+    /// are loaded. Watchers from before the load get [`Error::Compacted`]: they must read the
+    /// keyspace again. The input is staged a chunk at a time (64K records or 64 MiB,
+    /// whichever comes first), on the heap, outside the DRAM budget.
     pub fn bulk_load<K, V>(&self, records: impl IntoIterator<Item = (K, V)>) -> Result<BulkLoadInfo>
     where
         K: AsRef<[u8]>,
@@ -1839,7 +1844,10 @@ impl Keyspace {
     /// node, each scanning partitions of that node. `init` makes each thread's accumulator
     /// and `f` folds an entry (key, value, mod revision) into it; the accumulators are
     /// returned. Each partition is scanned under its lock (writers to it wait), so a batch is
-    /// seen whole or not at all; entries come in no particular order.
+    /// seen whole or not at all; entries come in no particular order. `f` runs under that
+    /// lock: it must not call back into the database (a write, a read, a checkpoint would
+    /// wait for the lock it holds). A panic in `f` is raised again in the caller, with its
+    /// own payload, once the other threads have finished.
     pub fn scan_parallel<A: Send>(
         &self,
         init: impl Fn() -> A + Sync,

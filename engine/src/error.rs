@@ -68,7 +68,7 @@ pub enum Error {
     #[error("keyspace {name:?}: {reason}")]
     Keyspace { name: String, reason: String },
     /// Bulk load input was not strictly ascending; the records before it are loaded.
-    #[error("bulk load input is not sorted: record {index} is not greater than the one before it; the {index} records before it are loaded")]
+    #[error("bulk load input is not sorted: record {index} (counting from 0) is not greater than the one before it; the records before it are loaded (less any skipped because someone else wrote their key during the load)")]
     Unsorted { index: u64 },
     /// The DRAM budget cannot hold the index and the minimum number of log frames.
     #[error("DRAM budget exhausted: {0}")]

@@ -793,3 +793,77 @@ fn a_log_of_many_files_replays_in_order_across_them() {
         assert_eq!(hot.get(b"after").unwrap().unwrap().value, b"x");
     }
 }
+
+/// One bulk load into a keyspace at a time: a second one started while the first runs (a
+/// retry of one that timed out, say) is refused instead of mixing its records in, and the
+/// first goes on to load everything. The load is more than one chunk (65,536 records), and
+/// survives a reopen whole.
+#[test]
+fn a_second_bulk_load_while_one_runs_is_refused_and_a_long_load_spans_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 70_000u32;
+    let cfg = || durable(dir.path(), 32 << 20, Durability::Commit);
+    {
+        let db = Db::open(cfg()).unwrap();
+        let ks = db.keyspace("bulk", KeyspaceOptions::hash()).unwrap();
+        let (at_half, go_on) = (
+            std::sync::Arc::new(std::sync::Barrier::new(2)),
+            std::sync::Arc::new(std::sync::Barrier::new(2)),
+        );
+        let loader = {
+            let (ks, at_half, go_on) = (ks.clone(), at_half.clone(), go_on.clone());
+            std::thread::spawn(move || {
+                ks.bulk_load((0..n).map(|i| {
+                    if i == n / 2 {
+                        at_half.wait();
+                        go_on.wait();
+                    }
+                    (key(i), value_for(i, 1, 16))
+                }))
+            })
+        };
+        at_half.wait();
+        let e = ks.bulk_load([(b"x".to_vec(), b"y".to_vec())]).unwrap_err();
+        assert!(
+            matches!(&e, Error::Keyspace { reason, .. } if reason.contains("running already")),
+            "{e}"
+        );
+        go_on.wait();
+        let info = loader.join().unwrap().unwrap();
+        assert_eq!((info.records, info.skipped), (u64::from(n), 0));
+        assert!(
+            ks.get(b"x").unwrap().is_none(),
+            "nothing of the refused load"
+        );
+    }
+    let db = Db::open(cfg()).unwrap();
+    let ks = db.get_keyspace("bulk").unwrap();
+    assert_eq!(ks.len(), u64::from(n));
+    for i in (0..n).step_by(997) {
+        assert_eq!(
+            check_value(&ks.get(&key(i)).unwrap().unwrap().value),
+            (i, 1)
+        );
+    }
+}
+
+/// A panic in a parallel scan's callback reaches the caller with its own message.
+#[test]
+fn a_panic_in_a_scan_callback_keeps_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(tiny(dir.path(), 1 << 20)).unwrap();
+    let ks = db.keyspace("s", KeyspaceOptions::hash()).unwrap();
+    for i in 0..100 {
+        ks.put(&key(i), b"v").unwrap();
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ks.scan_parallel(|| (), |_, _, _, _| panic!("the callback's own message"))
+    }));
+    let payload = r.expect_err("the panic is raised again");
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(text.contains("the callback's own message"), "{text:?}");
+}
