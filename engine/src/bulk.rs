@@ -3,7 +3,8 @@
 //! Bulk load (one at a time per keyspace) reads the input in chunks of at most 64K records
 //! or 64 MiB, checks order and sizes, groups each chunk's records
 //! by partition, and inserts every group under one hold of its partition's lock, groups
-//! spread over one thread per CPU. The whole load is one revision; each group's records are
+//! spread over one thread per CPU. The whole load is one revision, logged first as an empty
+//! frame (so that the revision is durable before any record of it); each group's records are
 //! logged as one frame, appended under the lock like any batch, and the log is synced after
 //! each chunk, so a crash keeps a prefix of whole groups.
 //!
@@ -67,7 +68,22 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             ),
         });
     }
-    let rev = ks.rev.fetch_add(1, AcqRel) + 1;
+    // The load's revision, and an empty frame for it in the log, under a partition's lock as
+    // a batch takes its revision and appends its frame: `durable_revision` (which takes each
+    // partition's lock once, then syncs the log) then never returns the revision before the
+    // log holds it, so a crash cannot hand it out again to a batch a watcher would skip. (The
+    // groups' frames follow with the same revision: recovery tells a load by that.)
+    let (rev, first_frame) = {
+        let _lk = inner.parts()[0].lock();
+        let rev = ks.rev.fetch_add(1, AcqRel) + 1;
+        let lsn = inner.wal().map(|w| {
+            let mut frame = Vec::new();
+            start_batch(ks.id, rev, &mut frame);
+            finish_batch(&mut frame, 0);
+            w.append(&frame)
+        });
+        (rev, lsn)
+    };
     // Watchers from before the load cannot replay it: they must read the keyspace again.
     ks.changelog.compact_through(rev);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -85,8 +101,6 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         bytes: Vec::new(),
         recs: Vec::new(),
     };
-    // Whether a frame carries the load's revision.
-    let mut logged = false;
     let outcome = (|| loop {
         staged.bytes.clear();
         staged.recs.clear();
@@ -134,7 +148,6 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         info.skipped += skipped;
         info.bytes += bytes;
         ks.keys.fetch_add(loaded as i64, Relaxed);
-        logged |= loaded > 0;
         if let Some(w) = inner.wal() {
             w.sync_to(w.end())?;
         }
@@ -145,19 +158,13 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
             return Ok(());
         }
     })();
-    // The revision is handed out (in `info`, and watchers were moved past it) even when no
-    // record carried it (empty input, every record skipped, or a failure before the first
-    // group): log it as an empty batch, so that a reopen continues above it.
-    let mut sealed = Ok(());
-    if !logged {
-        if let Some(w) = inner.wal() {
-            let mut frame = Vec::new();
-            start_batch(ks.id, rev, &mut frame);
-            finish_batch(&mut frame, 0);
-            let lsn = w.append(&frame);
-            sealed = w.sync_to(lsn);
-        }
-    }
+    // The revision's first frame is durable even when no record carried it (empty input,
+    // every record skipped, or a failure before the first chunk's sync), so that a reopen
+    // continues above it.
+    let sealed = match (inner.wal(), first_frame) {
+        (Some(w), Some(lsn)) => w.sync_to(lsn),
+        _ => Ok(()),
+    };
     outcome?;
     sealed?;
     Ok(info)
