@@ -1253,12 +1253,7 @@ mod tests {
             put_log_frame(&mut bytes, lsn, flush, &p);
             lsn += (bytes.len() - before) as u64;
         }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&bytes)
-            .unwrap();
+        append(&path, &bytes);
 
         let db = Db::open(config()).unwrap();
         let ks = db
@@ -1293,6 +1288,16 @@ mod tests {
         );
     }
 
+    /// Append `bytes` to the file at `path`.
+    fn append(path: &std::path::Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
     /// A batch of a keyspace that neither the checkpoint nor an earlier log record created is
     /// damage: the open is refused naming the frame, before anything is replayed, and the
     /// log is left as it was.
@@ -1312,12 +1317,7 @@ mod tests {
         finish_batch(&mut p, 1);
         let mut bytes = Vec::new();
         put_log_frame(&mut bytes, lsn, lsn, &p);
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(&bytes)
-            .unwrap();
+        append(&path, &bytes);
         let log = std::fs::read(&path).unwrap();
         match Db::open(config()) {
             Err(Error::Corrupt {

@@ -1605,7 +1605,7 @@ impl MetaStore {
         if_match: Option<&str>,
         mtime: i64,
     ) -> MetaResult<()> {
-        let detached = self.detach(ns, path, recursive, if_match, mtime)?;
+        let detached = self.delete_deferred(ns, path, recursive, if_match, mtime)?;
         if detached {
             if let Err(e) = self.reclaim(ns) {
                 // The delete itself is committed; what is left stays queued for later.
@@ -1646,6 +1646,13 @@ impl MetaStore {
         self.reclaim_step = entries.max(1);
     }
 
+    /// Detach like a recursive delete and stop before reclaiming anything, as a process
+    /// killed right after the detach would. For crash tests only.
+    #[doc(hidden)]
+    pub fn delete_detach_only(&self, ns: u64, path: &str, mtime: i64) -> MetaResult<()> {
+        self.delete_deferred(ns, path, true, None, mtime).map(drop)
+    }
+
     /// Delete like [`MetaStore::delete`], but leave the removal of what was below a
     /// non-empty folder to the caller: the call ends after the delete's visible, atomic part,
     /// however large the folder. Returns whether the namespace's trash queue now holds work
@@ -1653,26 +1660,6 @@ impl MetaStore {
     /// reaches those entries, and they hold their storage). A server calls this so that a
     /// delete's latency does not grow with the size of the folder.
     pub fn delete_deferred(
-        &self,
-        ns: u64,
-        path: &str,
-        recursive: bool,
-        if_match: Option<&str>,
-        mtime: i64,
-    ) -> MetaResult<bool> {
-        self.detach(ns, path, recursive, if_match, mtime)
-    }
-
-    /// Detach like a recursive delete and stop before reclaiming anything, as a process
-    /// killed right after the detach would. For crash tests only.
-    #[doc(hidden)]
-    pub fn delete_detach_only(&self, ns: u64, path: &str, mtime: i64) -> MetaResult<()> {
-        self.detach(ns, path, true, None, mtime).map(drop)
-    }
-
-    /// The visible, atomic part of a delete; returns whether a non-empty folder's directory
-    /// went on the trash queue.
-    fn detach(
         &self,
         ns: u64,
         path: &str,
