@@ -1906,4 +1906,54 @@ mod tests {
         assert!(matches!(r, Err(MetaError::Engine(_))), "{r:?}");
         assert_eq!(got, ["a", "b"]);
     }
+
+    /// Folders whose parents loop (only damage can make that) are `Corrupt` by id, naming the
+    /// cycle, not a walk without end; an entry below them too.
+    #[test]
+    fn a_cycle_of_parents_is_corrupt_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = crate::Config::new(dir.path());
+        c.dram_budget_bytes = 16 << 20;
+        c.partitions = 1;
+        c.page_bytes = 64 << 10;
+        c.segment_bytes = 256 << 10;
+        c.max_key_bytes = 4200;
+        c.max_value_bytes = 2048;
+        c.background_maintenance = false;
+        let db = crate::Db::open(c).unwrap();
+        let m = MetaStore::open(&db).unwrap();
+        m.create_namespace(3, 1).unwrap();
+        let a = m.mkdir(3, "/a", false, 1).unwrap();
+        let b = m.mkdir(3, "/a/b", false, 1).unwrap();
+        let f = m
+            .upload(
+                3,
+                "/a/b/f",
+                &Upload {
+                    size: 1,
+                    mtime: 1,
+                    ..Default::default()
+                },
+                &Precondition::None,
+            )
+            .unwrap();
+        // Damage: /a's parent is now /a/b.
+        let raw = db.get_keyspace("meta").unwrap();
+        raw.put(
+            &entry_key(3, a.id),
+            &encode(&MetaEntry {
+                parent: b.id,
+                ..a.clone()
+            }),
+        )
+        .unwrap();
+        for id in [a.id, b.id, f.id] {
+            match m.stat_id(3, id) {
+                Err(MetaError::Engine(crate::Error::Corrupt { reason, .. })) => {
+                    assert!(reason.contains("cycle"), "{reason}")
+                }
+                other => panic!("entry {id}: {other:?}"),
+            }
+        }
+    }
 }
