@@ -794,6 +794,31 @@ fn a_log_of_many_files_replays_in_order_across_them() {
     }
 }
 
+/// A bulk load of records `0..n` (16-byte values) on another thread that stops before record
+/// `at`, while it stages its first chunk: the first `wait` on the barrier returns once it has
+/// stopped, the second lets it go on.
+fn paused_load(
+    ks: &tera_engine::Keyspace,
+    n: u32,
+    at: u32,
+) -> (
+    std::thread::JoinHandle<tera_engine::Result<tera_engine::BulkLoadInfo>>,
+    std::sync::Arc<std::sync::Barrier>,
+) {
+    let pause = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let (ks, p) = (ks.clone(), pause.clone());
+    let loader = std::thread::spawn(move || {
+        ks.bulk_load((0..n).map(|i| {
+            if i == at {
+                p.wait();
+                p.wait();
+            }
+            (key(i), value_for(i, 1, 16))
+        }))
+    });
+    (loader, pause)
+}
+
 /// One bulk load into a keyspace at a time: a second one started while the first runs (a
 /// retry of one that timed out, say) is refused instead of mixing its records in, and the
 /// first goes on to load everything. The load is more than one chunk (65,536 records), and
@@ -806,29 +831,14 @@ fn a_second_bulk_load_while_one_runs_is_refused_and_a_long_load_spans_chunks() {
     {
         let db = Db::open(cfg()).unwrap();
         let ks = db.keyspace("bulk", KeyspaceOptions::hash()).unwrap();
-        let (at_half, go_on) = (
-            std::sync::Arc::new(std::sync::Barrier::new(2)),
-            std::sync::Arc::new(std::sync::Barrier::new(2)),
-        );
-        let loader = {
-            let (ks, at_half, go_on) = (ks.clone(), at_half.clone(), go_on.clone());
-            std::thread::spawn(move || {
-                ks.bulk_load((0..n).map(|i| {
-                    if i == n / 2 {
-                        at_half.wait();
-                        go_on.wait();
-                    }
-                    (key(i), value_for(i, 1, 16))
-                }))
-            })
-        };
-        at_half.wait();
+        let (loader, pause) = paused_load(&ks, n, n / 2);
+        pause.wait();
         let e = ks.bulk_load([(b"x".to_vec(), b"y".to_vec())]).unwrap_err();
         assert!(
             matches!(&e, Error::Keyspace { reason, .. } if reason.contains("running already")),
             "{e}"
         );
-        go_on.wait();
+        pause.wait();
         let info = loader.join().unwrap().unwrap();
         assert_eq!((info.records, info.skipped), (u64::from(n), 0));
         assert!(
@@ -878,23 +888,8 @@ fn a_bulk_load_s_revision_is_durable_before_its_records_are() {
     let crashed = tempfile::tempdir().unwrap();
     let db = Db::open(durable(dir.path(), 4 << 20, Durability::Commit)).unwrap();
     let ks = db.keyspace("bulk", KeyspaceOptions::hash()).unwrap();
-    let (staging, go_on) = (
-        std::sync::Arc::new(std::sync::Barrier::new(2)),
-        std::sync::Arc::new(std::sync::Barrier::new(2)),
-    );
-    let loader = {
-        let (ks, staging, go_on) = (ks.clone(), staging.clone(), go_on.clone());
-        std::thread::spawn(move || {
-            ks.bulk_load((0..100u32).map(|i| {
-                if i == 10 {
-                    staging.wait();
-                    go_on.wait();
-                }
-                (key(i), value_for(i, 1, 16))
-            }))
-        })
-    };
-    staging.wait();
+    let (loader, pause) = paused_load(&ks, 100, 10);
+    pause.wait();
     let r = ks.durable_revision().unwrap();
     assert_eq!(r, ks.revision(), "the load's revision is handed out");
     for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
@@ -903,7 +898,7 @@ fn a_bulk_load_s_revision_is_durable_before_its_records_are() {
             std::fs::copy(e.path(), crashed.path().join(&name)).unwrap();
         }
     }
-    go_on.wait();
+    pause.wait();
     assert_eq!(loader.join().unwrap().unwrap().revision, r);
     drop((ks, db));
     let db = Db::open(durable(crashed.path(), 4 << 20, Durability::Commit)).unwrap();
