@@ -24,6 +24,43 @@ const CHUNK: usize = 1 << 16;
 /// 64K records would stage gigabytes on the heap.
 const CHUNK_BYTES: usize = 64 << 20;
 
+/// Keys deleted while a bulk load runs, each with the highest revision it was deleted at.
+/// The load skips a key deleted above its own revision: that delete came after the load, so
+/// the key must stay gone (the load's record is older). A batch notes its deletes under the
+/// key's partition lock, and the load's group for that partition reads them under the same
+/// lock, so `count`, read without the mutex, is current for every key of the partition the
+/// reader holds. Held on the heap, outside the DRAM budget, while a load runs; a load empties
+/// it when it starts and when it ends.
+#[derive(Default)]
+pub(crate) struct LoadDeletes {
+    count: AtomicUsize,
+    keys: parking_lot::Mutex<std::collections::HashMap<Vec<u8>, u64>>,
+}
+
+impl LoadDeletes {
+    /// Note stored keys a batch at `rev` deleted. The caller holds their partition's lock.
+    pub(crate) fn note<'a>(&self, keys: impl Iterator<Item = &'a [u8]>, rev: u64) {
+        let mut m = self.keys.lock();
+        for k in keys {
+            let at = m.entry(k.to_vec()).or_insert(rev);
+            *at = (*at).max(rev);
+        }
+        self.count.store(m.len(), Relaxed);
+    }
+
+    /// Whether the stored key `ik` was deleted above revision `rev`. The caller holds the
+    /// key's partition lock.
+    fn deleted_after(&self, ik: &[u8], rev: u64) -> bool {
+        self.count.load(Relaxed) > 0 && self.keys.lock().get(ik).is_some_and(|&at| at > rev)
+    }
+
+    fn clear(&self) {
+        let mut m = self.keys.lock();
+        *m = Default::default();
+        self.count.store(0, Relaxed);
+    }
+}
+
 struct Staged {
     /// Stored keys and values, back to back.
     bytes: Vec<u8>,
@@ -51,13 +88,20 @@ pub(crate) fn bulk_load<K: AsRef<[u8]>, V: AsRef<[u8]>>(
                 .into(),
         });
     }
-    struct Loading<'a>(&'a std::sync::atomic::AtomicBool);
+    struct Loading<'a>(&'a KsInfo);
     impl Drop for Loading<'_> {
         fn drop(&mut self) {
-            self.0.store(false, std::sync::atomic::Ordering::Release);
+            self.0
+                .loading
+                .store(false, std::sync::atomic::Ordering::Release);
+            self.0.load_deletes.clear();
         }
     }
-    let _loading = Loading(&ks.loading);
+    let _loading = Loading(ks);
+    // Emptied before the revision is taken: every batch above it notes its deletes after.
+    // (What a batch of an earlier load, or below this one's revision, notes late is older
+    // than the revision, and `deleted_after` passes over it.)
+    ks.load_deletes.clear();
     let existing = ks.keys.load(Relaxed);
     if existing > 0 {
         return Err(Error::Keyspace {
@@ -232,7 +276,9 @@ fn load_chunk(
                             }
                             let ik = &staged.bytes[ks_at..ks_at + kl];
                             let v = &staged.bytes[ks_at + kl..ks_at + kl + vl];
-                            if lk.contains(hash, ik)? {
+                            // Written by someone else while the load ran: kept, or
+                            // deleted after the load's revision: stays gone.
+                            if lk.contains(hash, ik)? || ks.load_deletes.deleted_after(ik, rev) {
                                 skipped.fetch_add(1, Relaxed);
                                 continue;
                             }

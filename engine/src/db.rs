@@ -105,6 +105,10 @@ pub(crate) struct KsInfo {
     pub(crate) keys: CachePadded<AtomicI64>,
     /// A bulk load is running into the keyspace (one at a time: see `bulk::bulk_load`).
     pub(crate) loading: std::sync::atomic::AtomicBool,
+    /// Keys deleted while a bulk load runs, with their delete's revision, so that the load
+    /// does not bring back a key whose delete came after the load's revision (see
+    /// `bulk::bulk_load`).
+    pub(crate) load_deletes: crate::bulk::LoadDeletes,
 }
 
 #[derive(Default)]
@@ -207,7 +211,8 @@ pub struct BulkLoadInfo {
     pub records: u64,
     /// Key and value bytes loaded.
     pub bytes: u64,
-    /// Records skipped because their key existed (written while the load ran).
+    /// Records skipped because someone else wrote their key while the load ran: put (the
+    /// key existed) or deleted (after the load's revision).
     pub skipped: u64,
     /// The revision every loaded record carries.
     pub revision: u64,
@@ -659,6 +664,7 @@ impl Inner {
             )),
             keys: CachePadded::new(AtomicI64::new(0)),
             loading: std::sync::atomic::AtomicBool::new(false),
+            load_deletes: Default::default(),
         })
     }
 
@@ -989,6 +995,14 @@ impl Inner {
                 (true, false) => ks.keys.fetch_sub(1, Relaxed),
                 _ => 0,
             };
+        }
+        // A load that runs now must not bring back what this batch deleted (read after the
+        // revision was taken: a batch above the load's revision sees the load's flag).
+        if ks.loading.load(Acquire) {
+            let deleted = before
+                .iter()
+                .filter(|(_, (orig, fin))| orig.is_some() && fin.is_none());
+            ks.load_deletes.note(deleted.map(|(ik, _)| *ik), rev);
         }
         let mut events = Vec::with_capacity(effects.len());
         for (ik, meta, value) in &effects {
@@ -1827,7 +1841,9 @@ impl Keyspace {
     /// partition and inserted under one lock hold per group, in parallel (one thread per
     /// CPU), logged in large frames. The keyspace must be empty when the load starts, and one
     /// load runs into it at a time (another is refused while it runs); a key put by someone
-    /// else while the load runs is kept and the loaded record skipped. Input that is not
+    /// else while the load runs is kept and the loaded record skipped, and so is a key put
+    /// and then deleted (it stays gone, as its delete came after the load's revision; the
+    /// keys deleted while a load runs are held on the heap until it ends). Input that is not
     /// strictly ascending stops the load with [`Error::Unsorted`] after the records before it
     /// are loaded. Watchers from before the load get [`Error::Compacted`]: they must read the
     /// keyspace again. The input is staged a chunk at a time (64K records or 64 MiB,

@@ -878,6 +878,49 @@ fn a_panic_in_a_scan_callback_keeps_its_message() {
     assert!(text.contains("the callback's own message"), "{text:?}");
 }
 
+/// A key someone else puts and then deletes while a bulk load runs stays deleted: the delete
+/// came after the load's revision, so the load's older record must not bring it back (it
+/// did: the load asked only whether the key existed). A key put is kept, a delete of a key
+/// that did not exist changes nothing, and all of it reads the same after a reopen.
+#[test]
+fn a_key_deleted_while_a_bulk_load_runs_stays_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || durable(dir.path(), 4 << 20, Durability::Commit);
+    let n = 100u32;
+    let check = |ks: &tera_engine::Keyspace| {
+        assert!(
+            ks.get(&key(50)).unwrap().is_none(),
+            "deleted after the load's revision"
+        );
+        assert_eq!(
+            check_value(&ks.get(&key(60)).unwrap().unwrap().value),
+            (60, 2)
+        );
+        assert_eq!(
+            check_value(&ks.get(&key(70)).unwrap().unwrap().value),
+            (70, 1)
+        );
+        assert_eq!(ks.len(), u64::from(n) - 1);
+    };
+    {
+        let db = Db::open(cfg()).unwrap();
+        let ks = db.keyspace("bulk", KeyspaceOptions::hash()).unwrap();
+        let (loader, pause) = paused_load(&ks, n, 10);
+        pause.wait();
+        let load_rev = ks.revision();
+        ks.put(&key(50), &value_for(50, 2, 16)).unwrap();
+        assert!(ks.delete(&key(50)).unwrap().is_some_and(|r| r > load_rev));
+        ks.put(&key(60), &value_for(60, 2, 16)).unwrap();
+        assert!(ks.delete(&key(70)).unwrap().is_none(), "not loaded yet");
+        pause.wait();
+        let info = loader.join().unwrap().unwrap();
+        assert_eq!((info.records, info.skipped), (u64::from(n) - 2, 2));
+        check(&ks);
+    }
+    let db = Db::open(cfg()).unwrap();
+    check(&db.get_keyspace("bulk").unwrap());
+}
+
 /// A bulk load's revision is in the log before any of its records: `durable_revision` taken
 /// while the load stages its first chunk includes the load's revision, and a crash at that
 /// moment (the data directory copied as it is) reopens above it, so the revision is never
