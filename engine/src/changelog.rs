@@ -19,7 +19,11 @@
 //! half of `Config::changelog_bytes` of changes (the rings' spare capacity, at most as much
 //! again, takes the other half), down to a slack below that (16 KiB; 1/64 of a limit under
 //! 1 MiB), so that a log at its limit trims once per slack of changes rather than on every
-//! write. What they hold is charged to the DRAM budget (within the same slack per keyspace:
+//! write. A change counts its encoded bytes and its entry in the index of revisions, so
+//! that empty changes (failed writes' revisions) count too. The trim takes from the largest
+//! change logs first, whichever keyspace's write passed the limit: a quiet keyspace keeps its
+//! history while it holds less than the others, and a busy one cannot be cut to nothing by
+//! another's idle history. What they hold is charged to the DRAM budget (within the same slack per keyspace:
 //! the shared accounts move in steps, so that writers do not all write the same counters); a
 //! watcher that asks for a dropped revision gets [`Error::Compacted`].
 
@@ -87,12 +91,19 @@ struct State {
     /// Changes that arrived before a revision below them (another partition's commit still
     /// under way): held here until the gap fills.
     pending: BTreeMap<u64, (u64, Vec<u8>)>,
-    /// Bytes charged to the database's totals.
+    /// Bytes charged to the database's totals: held, and content (as `content_now` was
+    /// when last charged).
     charged: usize,
     content: usize,
 }
 
 impl State {
+    /// What the changes held count towards the limit: their encoded events and their index
+    /// entries.
+    fn content_now(&self) -> usize {
+        self.ring.len() + self.index.len() * ENTRY_BYTES
+    }
+
     fn next(&self) -> u64 {
         self.first + self.index.len() as u64
     }
@@ -138,15 +149,81 @@ impl State {
     }
 }
 
-/// The database-wide counters every change log adds to.
+/// What one change counts towards the limit besides its encoded events: its entry in the
+/// index of revisions.
+const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
+/// The database-wide counters every change log adds to, and the logs, for trimming.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Accounts {
-    /// Encoded change bytes held by all change logs: trimmed to the limit.
+    /// Change bytes held by all change logs (encoded events and index entries): trimmed to
+    /// the limit.
     pub(crate) content: Arc<AtomicUsize>,
     /// DRAM all change logs hold (their allocations): reported.
     pub(crate) held: Arc<AtomicUsize>,
     /// The DRAM the database charges to its partitions' shares, to which `held` is added.
     pub(crate) overhead: Arc<AtomicUsize>,
+    /// Every change log made with these accounts (dropped ones are pruned as found).
+    pub(crate) logs: Arc<Mutex<Vec<std::sync::Weak<Changelog>>>>,
+    /// Held by the one writer trimming; the others pass (it trims for them).
+    pub(crate) trimming: Arc<Mutex<()>>,
+}
+
+impl Accounts {
+    /// Drop the oldest changes of the largest change logs until all of them together hold
+    /// at most `limit` less a slack. The caller holds no change log's lock. A log's newest
+    /// change is never dropped.
+    fn trim(&self, limit: usize) {
+        let Some(_one) = self.trimming.try_lock() else {
+            return;
+        };
+        let slack = RECHARGE_SLACK.min(limit / 64);
+        let target = limit.saturating_sub(slack);
+        let mut logs: Vec<(Arc<Changelog>, bool)> = {
+            let mut all = self.logs.lock();
+            all.retain(|w| w.strong_count() > 0);
+            all.iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .map(|l| (l, true))
+                .collect()
+        };
+        loop {
+            let total = self.content.load(Relaxed);
+            if total <= target {
+                return;
+            }
+            // The largest log that can still give, and what the next largest holds.
+            let mut by_size: Vec<usize> = (0..logs.len()).filter(|&i| logs[i].1).collect();
+            by_size.sort_by_key(|&i| std::cmp::Reverse(logs[i].0.content_now.load(Relaxed)));
+            let Some(&v) = by_size.first() else {
+                return; // every log is down to its newest change
+            };
+            let floor = by_size
+                .get(1)
+                .map_or(0, |&i| logs[i].0.content_now.load(Relaxed));
+            let log = logs[v].0.clone();
+            let mut st = log.state.lock();
+            // At least a slack's worth (or the excess) at a time, then on while this log is
+            // still the largest.
+            let (mut excess, mut dropped) = (total - target, 0);
+            let step = excess.min(slack).max(1);
+            while excess > 0 && st.index.len() > 1 && (dropped < step || st.content_now() > floor) {
+                let len = st.index.front().map_or(0, |e| e.len as usize) + ENTRY_BYTES;
+                st.pop();
+                excess = excess.saturating_sub(len);
+                dropped += len;
+            }
+            if dropped == 0 {
+                logs[v].1 = false;
+            }
+            // A ring whose content shrank a lot gives memory back.
+            if st.ring.capacity() > 4 * st.ring.len() && st.ring.capacity() > 4096 {
+                let keep = 2 * st.ring.len();
+                st.ring.shrink_to(keep);
+            }
+            log.recharge(&mut st, true);
+        }
+    }
 }
 
 /// A keyspace's change log. See the module docs.
@@ -163,6 +240,9 @@ pub(crate) struct Changelog {
     /// the lock a writer inserts under, so a writer that inserts after that read sees the
     /// count (the lock orders them), and one that inserts before it is seen by the read.
     watchers: AtomicUsize,
+    /// The content this log last charged, readable without its lock, for the trim to find
+    /// the largest logs.
+    content_now: AtomicUsize,
 }
 
 impl std::fmt::Debug for Changelog {
@@ -238,9 +318,10 @@ fn decode(mut b: &[u8], rev: u64, keep: &dyn Fn(&[u8]) -> bool, out: &mut Vec<Ev
 }
 
 impl Changelog {
-    /// A change log whose next change is revision `next`.
-    pub(crate) fn new(next: u64, accounts: Accounts, limit: usize, bell: Arc<Bell>) -> Self {
-        Changelog {
+    /// A change log whose next change is revision `next`, counted in `accounts` (which trim
+    /// it with the others made with them).
+    pub(crate) fn new(next: u64, accounts: Accounts, limit: usize, bell: Arc<Bell>) -> Arc<Self> {
+        let log = Arc::new(Changelog {
             state: Mutex::new(State {
                 first: next,
                 index: VecDeque::new(),
@@ -254,7 +335,10 @@ impl Changelog {
             limit,
             bell,
             watchers: AtomicUsize::new(0),
-        }
+            content_now: AtomicUsize::new(0),
+        });
+        log.accounts.logs.lock().push(Arc::downgrade(&log));
+        log
     }
 
     /// Bring the database's totals up to date with this log's size.
@@ -271,7 +355,7 @@ impl Changelog {
             }
         }
         let held = st.size();
-        let content = st.ring.len();
+        let content = st.content_now();
         // A small history (a small budget) moves the accounts in proportionally small steps.
         let slack = RECHARGE_SLACK.min(self.limit / 64);
         if !force && held.abs_diff(st.charged) < slack && content.abs_diff(st.content) < slack {
@@ -282,6 +366,7 @@ impl Changelog {
         st.charged = held;
         adjust(&self.accounts.content, st.content, content);
         st.content = content;
+        self.content_now.store(content, Relaxed);
     }
 
     /// Record revision `rev`'s change (an empty one for a rolled-back revision).
@@ -311,29 +396,17 @@ impl Changelog {
             st.append(lsn, bytes);
             st.append_held();
         }
-        // Drop the oldest changes while all change logs are over their limit, down to a
-        // slack below it: a log at its limit then trims, and moves the shared accounts, once
-        // per slack's worth of writes instead of on every write (where every writer wrote the
-        // accounts' shared cache lines). A ring whose content shrank a lot gives memory back.
+        // Once all change logs together pass their limit, drop the oldest changes of the
+        // largest, down to a slack below it: the logs then trim, and move the shared
+        // accounts, once per slack's worth of writes instead of on every write (where every
+        // writer wrote the accounts' shared cache lines).
         self.recharge(&mut st, false);
-        let total = self.accounts.content.load(Relaxed);
-        if total > self.limit {
-            let slack = RECHARGE_SLACK.min(self.limit / 64);
-            let mut excess = total - self.limit + slack;
-            while excess > 0 && st.index.len() > 1 {
-                let len = st.index.front().map_or(0, |e| e.len as usize);
-                st.pop();
-                excess = excess.saturating_sub(len.max(1));
-            }
-            if st.ring.capacity() > 4 * st.ring.len() && st.ring.capacity() > 4096 {
-                let keep = 2 * st.ring.len();
-                st.ring.shrink_to(keep);
-            }
-            self.recharge(&mut st, true);
-        }
         drop(st);
         if self.watchers.load(Relaxed) > 0 {
             self.bell.ring();
+        }
+        if self.accounts.content.load(Relaxed) > self.limit {
+            self.accounts.trim(self.limit);
         }
     }
 
@@ -350,6 +423,11 @@ impl Changelog {
         }
         st.append_held();
         self.recharge(&mut st, true);
+        drop(st);
+        // A watcher waiting now learns at once that it must read the keyspace again.
+        if self.watchers.load(Relaxed) > 0 {
+            self.bell.ring();
+        }
     }
 
     /// The oldest revision a watcher can still start after (changes after it are all kept).
@@ -369,14 +447,15 @@ impl Changelog {
         keep: &dyn Fn(&[u8]) -> bool,
     ) -> Result<Vec<(u64, Vec<Event>)>> {
         let st = self.state.lock();
-        if after + 1 < st.first {
+        let from = after.saturating_add(1);
+        if from < st.first {
             return Err(Error::Compacted {
                 requested: after,
                 oldest: st.first - 1,
             });
         }
         let mut out = Vec::new();
-        let mut i = (after + 1 - st.first) as usize;
+        let mut i = usize::try_from(from - st.first).unwrap_or(usize::MAX);
         let mut buf = Vec::new();
         while i < st.index.len() && out.len() < max {
             let e = st.index[i];
@@ -399,6 +478,10 @@ impl Changelog {
 /// The source of the durable LSN, for visibility.
 pub(crate) trait Visible: Send + Sync {
     fn visible_lsn(&self) -> u64;
+    /// Why the database was poisoned, if it was: nothing more will become visible.
+    fn poisoned(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A reader of a keyspace's changes after a revision, for a key range. Made by
@@ -477,7 +560,8 @@ impl Watcher {
     /// The next events in range, waiting up to `timeout` for some (an empty vector when it
     /// passes). Returns at most the events of `max_revisions` revisions. Fails with
     /// [`Error::Compacted`] if this watcher fell so far behind that changes it has not read
-    /// were dropped.
+    /// were dropped, and with [`Error::Poisoned`] once it has read every change that became
+    /// durable before the database was poisoned (no more will).
     ///
     /// Revisions out of range (other namespaces' writes) do not make it wait: while there is
     /// history to read it reads on, page after page, until it finds events in range or the
@@ -509,6 +593,13 @@ impl Watcher {
                 return Ok(out);
             }
             pages += 1;
+            // Everything visible is read, and a poisoned database makes nothing more durable:
+            // say so rather than wait for changes that will never be visible.
+            if !full {
+                if let Some(why) = self.visible.poisoned() {
+                    return Err(Error::Poisoned(why));
+                }
+            }
             let late = Instant::now() >= until;
             if full && (!late || pages < Self::SCAN_PAGES) {
                 continue;
@@ -582,7 +673,8 @@ mod tests {
                 oldest = log.oldest();
             }
         }
-        let per_change = enc.len() as u64;
+        // A change counts its encoding and its index entry.
+        let per_change = (enc.len() + ENTRY_BYTES) as u64;
         let full = limit as u64 / per_change;
         let kept = writes - oldest;
         let least = (limit - 2 * slack) as u64 / per_change;
@@ -596,5 +688,71 @@ mod tests {
             trims > 0 && trims <= max_trims,
             "{trims} trims, at most {max_trims}"
         );
+    }
+
+    /// Empty changes (revisions of failed writes) count towards the limit by their index
+    /// entries: a stream of them alone is trimmed like any change, where it used to grow the
+    /// index without end (nothing of the ring passed the limit).
+    #[test]
+    fn empty_changes_count_towards_the_limit() {
+        let accounts = Accounts::default();
+        let limit = 64 << 10;
+        let slack = RECHARGE_SLACK.min(limit / 64);
+        let log = Changelog::new(1, accounts.clone(), limit, Arc::new(Bell::default()));
+        for rev in 1..=100_000 {
+            log.insert_empty(rev);
+        }
+        let held = log.state.lock().index.len() * ENTRY_BYTES;
+        assert!(held <= limit + slack, "{held} bytes of index entries");
+        assert!(accounts.content.load(Relaxed) <= limit);
+        assert!(log.oldest() > 90_000, "oldest {}", log.oldest());
+    }
+
+    /// Several change logs share one limit, and a trim takes from the largest first, not
+    /// from the log whose write passed the limit: a quiet log's history is trimmed for a
+    /// busy one's, down to equal shares, and the busy one keeps its own.
+    #[test]
+    fn a_trim_takes_from_the_largest_log_first() {
+        let accounts = Accounts::default();
+        let limit = 512 << 10;
+        let bell = Arc::new(Bell::default());
+        let a = Changelog::new(1, accounts.clone(), limit, bell.clone());
+        let b = Changelog::new(1, accounts.clone(), limit, bell);
+        let mut enc = Vec::new();
+        encode_event(EventKind::Put, b"key", &[7; 1000], 1, 1, &mut enc);
+        for rev in 1..=700 {
+            a.insert_encoded(rev, 0, &enc);
+        }
+        let a_kept = 700 - a.oldest();
+        assert!(a_kept < 700, "a was trimmed on its own");
+        for rev in 1..=200 {
+            b.insert_encoded(rev, 0, &enc);
+        }
+        assert_eq!(b.oldest(), 0, "b kept every change");
+        let a_now = 700 - a.oldest();
+        assert!(
+            a_now + 200 <= a_kept + 20,
+            "a gave up room: {a_kept} -> {a_now}"
+        );
+        // Writes to b go on: a is trimmed until b holds the larger history, and then both.
+        for rev in 201..=1000 {
+            b.insert_encoded(rev, 0, &enc);
+        }
+        let (a_end, b_end) = (700 - a.oldest(), 1000 - b.oldest());
+        assert!(b_end >= a_end, "a {a_end}, b {b_end}");
+        assert!(a_end >= 1 && b_end < 1000, "a {a_end}, b {b_end}");
+        assert!(accounts.content.load(Relaxed) <= limit);
+    }
+
+    /// A read after the largest revision there is finds nothing (it overflowed in `after +
+    /// 1`: a debug build panicked, a release build answered `Compacted`).
+    #[test]
+    fn a_read_after_the_last_possible_revision_is_empty() {
+        let log = Changelog::new(1, Accounts::default(), 1 << 20, Arc::new(Bell::default()));
+        log.insert_empty(1);
+        assert!(log
+            .read(u64::MAX, u64::MAX, 10, &|_| true)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -77,7 +77,8 @@ pub struct Config {
     /// (0: only when [`crate::Db::checkpoint`] is called). Bounds recovery time.
     pub checkpoint_wal_bytes: u64,
     /// DRAM for the change logs of all keyspaces together (watch history), counted in the
-    /// budget; 0 picks 1/32 of the budget, at most 64 MiB. About half of it holds changes.
+    /// budget; 0 picks 1/32 of the budget, at most 64 MiB. About half of it holds changes;
+    /// past that the oldest changes of the largest histories are dropped first.
     pub changelog_bytes: usize,
 }
 

@@ -126,11 +126,15 @@ const REBALANCE_EVERY: Duration = Duration::from_millis(200);
 /// How often a maintenance thread reports compaction failures, at most.
 const COMPACTION_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Where watchers may read up to: the durable LSN, or everything without a log.
-struct VisibleLsn(Option<Arc<Wal>>);
+/// Where watchers may read up to: the durable LSN, or everything without a log; and the
+/// database's poison, after which nothing more becomes durable.
+struct VisibleLsn(Option<Arc<Wal>>, Arc<OnceLock<String>>);
 impl Visible for VisibleLsn {
     fn visible_lsn(&self) -> u64 {
         self.0.as_ref().map_or(u64::MAX, |w| w.durable())
+    }
+    fn poisoned(&self) -> Option<String> {
+        self.1.get().cloned()
     }
 }
 
@@ -314,6 +318,7 @@ impl Db {
             .into();
         let _ = shared.siblings.set(Arc::downgrade(&parts));
         let bell = Arc::new(Bell::default());
+        let poison: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
         let inner = Inner {
             parts,
             shared,
@@ -330,8 +335,8 @@ impl Db {
             data_dir: data_dir.clone(),
             storage: config.storage.clone(),
             wal: None,
-            visible: Arc::new(VisibleLsn(None)),
-            poison: Arc::new(OnceLock::new()),
+            visible: Arc::new(VisibleLsn(None, poison.clone())),
+            poison,
             bell,
             changelog_accounts: crate::changelog::Accounts {
                 overhead: overhead.clone(),
@@ -656,12 +661,12 @@ impl Inner {
             name: def.name.clone(),
             opts: def.opts,
             rev: CachePadded::new(AtomicU64::new(def.revision)),
-            changelog: Arc::new(Changelog::new(
+            changelog: Changelog::new(
                 def.revision + 1,
                 self.changelog_accounts.clone(),
                 self.changelog_limit / 2,
                 self.bell.clone(),
-            )),
+            ),
             keys: CachePadded::new(AtomicI64::new(0)),
             loading: std::sync::atomic::AtomicBool::new(false),
             load_deletes: Default::default(),
@@ -741,7 +746,7 @@ impl Inner {
     }
 
     pub(crate) fn set_wal(&mut self, wal: Arc<Wal>) {
-        self.visible = Arc::new(VisibleLsn(Some(wal.clone())));
+        self.visible = Arc::new(VisibleLsn(Some(wal.clone()), self.poison.clone()));
         self.wal = Some(wal);
     }
 
@@ -932,6 +937,11 @@ impl Inner {
             return Ok(None);
         }
         let rev = ks.rev.fetch_add(1, AcqRel) + 1;
+        let mut taken = Taken {
+            inner: self,
+            ks,
+            rev: Some(rev),
+        };
         let ordered = ks.opts.ordered;
         let mut applied = 0;
         let mut failure = None;
@@ -985,6 +995,7 @@ impl Inner {
                     wal.wake_all();
                 }
             }
+            taken.rev = None;
             self.skip_revision(ks, rev);
             return Err(e);
         }
@@ -1045,6 +1056,7 @@ impl Inner {
             None => 0,
         };
         ks.changelog.insert(rev, Change { events, lsn });
+        taken.rev = None;
         Ok(Some((rev, lsn)))
     }
 
@@ -1067,9 +1079,15 @@ impl Inner {
         self.writable()?;
         let mut head = [0u8; META];
         let mut meta = None;
+        let mut taken = Taken {
+            inner: self,
+            ks,
+            rev: None,
+        };
         let put = lk.put_over(hash, ik, value, ks.opts.ordered, &mut head, |old, head| {
             let old = old.map(|b| Meta::decode(b).0);
             let rev = ks.rev.fetch_add(1, AcqRel) + 1;
+            taken.rev = Some(rev);
             let m = Meta {
                 create: old.map_or(rev, |o| o.create),
                 modified: rev,
@@ -1084,6 +1102,7 @@ impl Inner {
                 // `put_over` fails only before it takes a revision; should that ever change,
                 // the revision is filled with an empty change so later ones still arrive.
                 if let Some(m) = meta {
+                    taken.rev = None;
                     self.skip_revision(ks, m.modified);
                 }
                 return Err(e);
@@ -1111,6 +1130,7 @@ impl Inner {
             enc.clear();
             crate::changelog::encode_event(EventKind::Put, key, value, m.create, m.version, enc);
             ks.changelog.insert_encoded(rev, lsn, enc);
+            taken.rev = None;
             Ok((rev, lsn))
         })
     }
@@ -1166,6 +1186,33 @@ impl Inner {
             _ if wal.buffered() > self.wal_buffer_cap => wal.sync_to(lsn),
             _ => Ok(()),
         }
+    }
+}
+
+/// A revision a write has taken and not yet put in the change log. Should the write unwind
+/// before it does (a panic under the partition lock: a bug), the drop poisons the database
+/// (the partition may hold part of the write; a reopen drops what the log does not hold)
+/// and fills the revision with an empty change: without it every later revision of the
+/// keyspace would wait behind the gap, and its watchers with them, for good.
+struct Taken<'a> {
+    inner: &'a Inner,
+    ks: &'a KsInfo,
+    rev: Option<u64>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        let Some(rev) = self.rev.filter(|_| std::thread::panicking()) else {
+            return;
+        };
+        let _ = self.inner.poison.set(format!(
+            "a write to keyspace {:?} panicked after taking revision {rev}; reopen the database",
+            self.ks.name
+        ));
+        if let Some(wal) = &self.inner.wal {
+            wal.wake_all();
+        }
+        self.ks.changelog.insert_empty(rev);
     }
 }
 
@@ -1882,6 +1929,56 @@ impl Db {
     /// The engine's shared state, for the unit tests of the crate's other modules.
     pub(crate) fn inner_for_tests(&self) -> &Inner {
         &self.inner
+    }
+}
+
+#[cfg(all(test, not(tera_loom)))]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A write that unwinds after taking its revision (a panic under the partition lock)
+    /// poisons the database and fills the revision, so that a watcher is not held at the
+    /// gap for good: it reads the revisions after it, then learns of the poison.
+    #[test]
+    fn a_write_that_panics_after_taking_its_revision_does_not_stall_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::new(dir.path());
+        c.dram_budget_bytes = 16 << 20;
+        c.partitions = 1;
+        let db = Db::open(c).unwrap();
+        let ks = db.keyspace("k", KeyspaceOptions::hash()).unwrap();
+        let mut w = ks.watch(b"", None, ks.revision()).unwrap();
+        let inner = db.inner_for_tests();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _taken = Taken {
+                inner,
+                ks: &ks.ks,
+                rev: Some(ks.ks.rev.fetch_add(1, AcqRel) + 1),
+            };
+            panic!("a bug under the partition lock");
+        }));
+        assert!(unwound.is_err());
+        assert!(db.poisoned().unwrap().contains("panicked"));
+        // A revision taken after the gap, filled the way a failed write fills its own.
+        let after = ks.ks.rev.fetch_add(1, AcqRel) + 1;
+        ks.ks.changelog.insert_encoded(after, 0, &{
+            let mut e = Vec::new();
+            crate::changelog::encode_event(EventKind::Put, b"x", b"1", after, 1, &mut e);
+            e
+        });
+        let got = w.next(Duration::from_secs(30), 10).unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].key.as_slice(), got[0].mod_revision),
+            (&b"x"[..], after)
+        );
+        let started = Instant::now();
+        assert!(matches!(
+            w.next(Duration::from_secs(30), 10),
+            Err(Error::Poisoned(_))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(10), "it waited");
     }
 }
 

@@ -1302,3 +1302,43 @@ fn open_makes_the_replayed_log_durable_first() {
         );
     }
 }
+
+/// A watcher reads every change that became durable before the log failed, then gets
+/// `Poisoned` at once instead of empty pages until its timeout (no later change can ever
+/// become visible); one already waiting when the log fails is woken with it.
+#[test]
+fn a_watcher_learns_that_the_log_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Faulty::new();
+    let db = Db::open(config(dir.path(), &st, Durability::Commit)).unwrap();
+    let ns = db.keyspace("ns", ns_opts()).unwrap();
+    let start = ns.revision();
+    ns.put(b"key/a", b"1").unwrap();
+    let mut w = ns.watch(b"", None, start).unwrap();
+    let mut waiting = ns.watch(b"", None, ns.revision()).unwrap();
+    let waiting = std::thread::spawn(move || {
+        let t = Instant::now();
+        (waiting.next(Duration::from_secs(60), 10), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    st.arm(Fault::Enospc, Target::Wal, 0, true);
+    assert!(ns.put(b"key/b", b"2").is_err());
+    assert!(db.poisoned().is_some());
+    let got = w.next(Duration::from_secs(60), 10).unwrap();
+    let keys: Vec<&[u8]> = got.iter().map(|e| e.key.as_slice()).collect();
+    assert_eq!(keys, [&b"key/a"[..]], "what was durable comes first");
+    let t = Instant::now();
+    let e = w.next(Duration::from_secs(60), 10).unwrap_err();
+    assert!(matches!(e, Error::Poisoned(_)), "{e}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "waited {:?}",
+        t.elapsed()
+    );
+    let (r, took) = waiting.join().unwrap();
+    assert!(matches!(r, Err(Error::Poisoned(_))), "{r:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the waiting watcher took {took:?}"
+    );
+}

@@ -226,3 +226,50 @@ fn a_watcher_reads_through_other_keys_revisions_without_waiting() {
     assert_eq!(got[0].mod_revision, rev);
     assert_eq!(calls, 3, "2,001 revisions at 800 a call");
 }
+
+/// Keyspaces share the history's limit, and the largest history gives way first: a keyspace
+/// written after another one filled the history keeps its own changes, and the idle one's
+/// oldest are dropped instead (the writer's own were cut to a few, whichever log was the
+/// larger, and its watchers found them `Compacted`).
+#[test]
+fn keyspaces_share_the_history_and_the_largest_gives_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny(dir.path(), 16 << 20);
+    c.changelog_bytes = 1 << 20;
+    let db = Db::open(c).unwrap();
+    let a = db.keyspace("a", KeyspaceOptions::hash()).unwrap();
+    let b = db.keyspace("b", KeyspaceOptions::hash()).unwrap();
+    for i in 0..700u32 {
+        a.put(&key(i), &value_for(i, 1, 1000)).unwrap();
+    }
+    let a_kept = a.revision() - a.oldest_watchable();
+    assert!(a_kept < 700, "a alone passes the limit: {a_kept}");
+    let b_from = b.revision();
+    let mut w = b.watch(b"", None, b_from).unwrap();
+    for i in 0..200u32 {
+        b.put(&key(i), &value_for(i, 1, 1000)).unwrap();
+    }
+    assert!(
+        b.oldest_watchable() <= b_from,
+        "b's history was cut to {} changes",
+        b.revision() - b.oldest_watchable()
+    );
+    assert_eq!(
+        drain(&mut w, 200).len(),
+        200,
+        "a watcher of b reads every change"
+    );
+    let a_now = a.revision() - a.oldest_watchable();
+    assert!(a_now < a_kept, "a's history gave way: {a_kept} -> {a_now}");
+}
+
+/// A watch after the largest revision there is reads nothing, and does not overflow.
+#[test]
+fn a_watch_after_the_last_possible_revision_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(tiny(dir.path(), 512 << 10)).unwrap();
+    let ks = db.keyspace("w", KeyspaceOptions::hash()).unwrap();
+    ks.put(b"k", b"v").unwrap();
+    let mut w = ks.watch(b"", None, u64::MAX).unwrap();
+    assert!(w.next(Duration::from_millis(10), 10).unwrap().is_empty());
+}
