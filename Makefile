@@ -123,6 +123,7 @@ peers: deps
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y libclang-dev; \
 	fi
 	$(CARGO) build --release -p tera-benches --features peers --bin tierbench
+	$(CARGO) clippy --release -p tera-benches --features peers --all-targets -- -D warnings
 	$(CARGO) test --release -p tera-benches --features peers --lib
 
 # The engine needs tera-numa, hence hwloc, hence deps.

@@ -4,8 +4,10 @@
 //!
 //! Both hierarchies are handled: cgroup v2 (`memory.max`, `memory.peak`) when the unified
 //! hierarchy has the memory controller, otherwise v1 (`memory.limit_in_bytes`,
-//! `memory.max_usage_in_bytes`). The group is made under the cgroup this process is in.
-//! A v2 peak reset holds only for reads through the file descriptor it was written to, so
+//! `memory.max_usage_in_bytes`). On v1 the group is made under the cgroup this process is
+//! in; on v2 under the hierarchy's root, since v2 lets no group with processes in it (such
+//! as this process's own) hand the memory controller to its children, and the root is the
+//! one group exempt from that rule. A v2 peak reset holds only for reads through the file descriptor it was written to, so
 //! the group keeps that descriptor and reads the peak through it.
 //! Where neither can be made (not root, no controller, a v2 parent that cannot delegate),
 //! [`Hierarchy::detect`] or [`Group::create`] says why, and the caller skips the mode.
@@ -35,7 +37,8 @@ impl Version {
 #[derive(Debug, Clone)]
 pub struct Hierarchy {
     pub version: Version,
-    /// The directory of this process's own memory cgroup.
+    /// The directory the groups are made in: v1, this process's own memory cgroup; v2, the
+    /// hierarchy's root (see the module's note).
     pub parent: PathBuf,
 }
 
@@ -67,10 +70,9 @@ impl Hierarchy {
             let controllers =
                 std::fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default();
             if controllers.split_whitespace().any(|c| c == "memory") {
-                let own = own_path(proc_cgroup, Version::V2).unwrap_or_else(|| "/".into());
                 return Ok(Hierarchy {
                     version: Version::V2,
-                    parent: v2.join(own.trim_start_matches('/')),
+                    parent: v2.clone(),
                 });
             }
         }
@@ -89,10 +91,38 @@ impl Hierarchy {
         ))
     }
 
-    /// Find the memory controller of this machine.
+    /// Find the memory controller of this machine (under `TIERBENCH_CGROUP_ROOT` if set,
+    /// which tests use to stand for a machine without one).
     pub fn detect() -> Result<Hierarchy, String> {
         let proc = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        Hierarchy::detect_at(Path::new("/sys/fs/cgroup"), &proc)
+        let root = std::env::var_os("TIERBENCH_CGROUP_ROOT")
+            .map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
+        Hierarchy::detect_at(&root, &proc)
+    }
+}
+
+/// The name of the file system `path` is on if that file system keeps its files in memory
+/// (tmpfs, ramfs): a far tier there would be charged to a memory cgroup as memory, not read
+/// from a device. `None` for any other file system, or if `path` cannot be examined.
+pub fn memory_backed_fs(path: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is a writable `statfs` the call fills
+    // in full when it returns 0; it is read only then.
+    let st = unsafe {
+        if libc::statfs(c.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    match st.f_type as i64 {
+        TMPFS_MAGIC => Some("tmpfs"),
+        RAMFS_MAGIC => Some("ramfs"),
+        _ => None,
     }
 }
 
@@ -123,7 +153,13 @@ impl Group {
             let on = std::fs::read_to_string(&sub).unwrap_or_default();
             if !on.split_whitespace().any(|c| c == "memory") {
                 write(&sub, "+memory").map_err(|e| {
-                    format!("{e} (a v2 cgroup with processes in it cannot delegate memory)")
+                    format!(
+                        "{e} (in cgroup v2 only the root, or a group with no processes in \
+                         it, can give its children the memory controller: inside a container \
+                         with a cgroup namespace, {} is not the machine's root; run tierbench \
+                         on the host, or as root where the hierarchy's root is the machine's)",
+                        h.parent.display()
+                    )
                 })?;
             }
         }
@@ -341,6 +377,24 @@ mod tests {
         assert!(d.path().join("other").exists());
     }
 
+    /// tmpfs is told from a disk's file system, as /proc/mounts names them.
+    #[test]
+    fn a_memory_backed_file_system_is_recognised() {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let fstype = |dir: &str| {
+            mounts.lines().rev().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 2 && f[1] == dir).then(|| f[2].to_string())
+            })
+        };
+        for dir in ["/dev/shm", "/"] {
+            let Some(t) = fstype(dir) else { continue };
+            let want = matches!(t.as_str(), "tmpfs" | "ramfs").then_some(t.as_str());
+            assert_eq!(memory_backed_fs(Path::new(dir)), want, "{dir} is {t}");
+        }
+        assert_eq!(memory_backed_fs(Path::new("/no/such/dir")), None);
+    }
+
     #[test]
     fn detects_v1_and_v2_layouts() {
         let d = tempfile::tempdir().unwrap();
@@ -360,11 +414,12 @@ mod tests {
         let h = Hierarchy::detect_at(root, V1_PROC).unwrap();
         assert_eq!(h.version, Version::V1);
         assert_eq!(h.parent, root.join("memory/process_api/abc"));
-        // v2 with the memory controller wins.
+        // v2 with the memory controller wins, and its groups are made at the root: the
+        // process's own group holds a process, so v2 would not let it delegate memory.
         std::fs::write(root.join("cgroup.controllers"), "cpu io memory pids").unwrap();
         let h = Hierarchy::detect_at(root, "0::/user.slice/x\n").unwrap();
         assert_eq!(h.version, Version::V2);
-        assert_eq!(h.parent, root.join("user.slice/x"));
+        assert_eq!(h.parent, root);
     }
 
     #[test]

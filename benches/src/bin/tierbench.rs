@@ -443,6 +443,16 @@ fn real_main() -> Result<(), String> {
         }
     };
 
+    if a.memory_limit && !a.child {
+        if let Some(fs) = cgroup::memory_backed_fs(&far_root) {
+            return Err(format!(
+                "--far-dir {} is on {fs}: memory-bounded runs need the far tier on a disk (a \
+                 {fs} file is memory, charged to the engine's cgroup); pass --far-dir on one",
+                far_root.display()
+            ));
+        }
+    }
+
     // A child: join its memory group if it has one, run its one engine and fraction, exit.
     if a.child {
         let g = match &a.child_cgroup {
@@ -517,8 +527,23 @@ fn real_main() -> Result<(), String> {
             println!("machine: random DRAM load {ns:.1} ns (1 GiB pointer chase), sequential read {gbps:.1} GB/s, {disk}");
         }
     }
+    // Memory-bounded runs need a cgroup: where none can be made they are skipped, each with
+    // a line saying why (`skipped`), and the exit status is 0 unless a run failed.
+    let mut skip_why: Option<String> = None;
     let hierarchy = if a.memory_limit {
-        let h = Hierarchy::detect()?;
+        let h = match Hierarchy::detect() {
+            Ok(h) => Some(h),
+            Err(why) => {
+                eprintln!("tierbench: skipping the memory-bounded runs: {why}");
+                skip_why = Some(why);
+                None
+            }
+        };
+        h
+    } else {
+        None
+    };
+    let hierarchy = if let Some(h) = hierarchy {
         let stale = Group::remove_stale(&h);
         if stale > 0 {
             eprintln!("tierbench: removed {stale} cgroup(s) left by earlier runs that were killed");
@@ -577,13 +602,17 @@ fn real_main() -> Result<(), String> {
     let mut failed = Vec::new();
     for (r, &engine) in (0..a.rounds.max(1)).flat_map(|r| engines.iter().map(move |e| (r, e))) {
         round.set(r);
-        if hierarchy.is_some() && engine == "dram" {
+        if a.memory_limit && engine == "dram" {
             if r == 0 {
                 eprintln!("tierbench: skipping dram in memory-bounded runs: it has no far tier and cannot fit");
             }
             continue;
         }
         for (i, &fraction) in a.dram_fractions.iter().enumerate() {
+            if let Some(why) = &skip_why {
+                emit(json!({"engine": engine, "dram_fraction": fraction, "skipped": why}));
+                continue;
+            }
             if !isolate {
                 run_engine(
                     &a, engine, i, fraction, data_bytes, &far_root, &workloads, &dists, None,
@@ -666,7 +695,15 @@ fn run_child(
     let group = match limited {
         Some((h, limit)) => {
             let name = format!("tierbench-{}-{engine}", std::process::id());
-            Some((Group::create(h, &name)?, h.version.name(), limit))
+            match Group::create(h, &name) {
+                Ok(g) => Some((g, h.version.name(), limit)),
+                Err(why) => {
+                    eprintln!("tierbench: skipping {engine} at fraction {fraction}: {why}");
+                    emit(json!({"engine": engine, "dram_fraction": fraction,
+                        "memory_limit_bytes": limit, "skipped": why}));
+                    return Ok(true);
+                }
+            }
         }
         None => None,
     };
@@ -893,6 +930,14 @@ fn print_row(v: &Value) {
             s("engine"),
             f("dram_fraction").unwrap_or(0.0),
             e
+        );
+        return;
+    }
+    if let Some(why) = v.get("skipped").and_then(Value::as_str) {
+        println!(
+            "{:<8} fraction {}: skipped: {why}",
+            s("engine"),
+            f("dram_fraction").unwrap_or(0.0)
         );
         return;
     }
