@@ -1,6 +1,6 @@
 //! The embedded stores people would pick instead of Teraservices, configured as their own
 //! documentation recommends for point lookups (feature `peers`; see docs/benchmarks.md,
-//! "Peers", for each setting and where it comes from).
+//! "The engines and how each is set up", for each setting and where it comes from).
 //!
 //! None of them syncs: LMDB runs with `MDB_NOSYNC`, RocksDB without its WAL, redb with
 //! `Durability::None`, fjall with manual journal persistence. That matches Teraservices'

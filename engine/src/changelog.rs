@@ -171,8 +171,10 @@ pub(crate) struct Accounts {
 
 impl Accounts {
     /// Drop the oldest changes of the largest change logs until all of them together hold
-    /// at most `limit` less a slack. The caller holds no change log's lock. A log's newest
-    /// change is never dropped.
+    /// at most `limit` less a slack, as they stood when it started (what other writers add
+    /// meanwhile is theirs to trim: the caller holds a partition lock, so its work is
+    /// bounded). The caller holds no change log's lock. A log's newest change is never
+    /// dropped.
     fn trim(&self, limit: usize) {
         let Some(_one) = self.trimming.try_lock() else {
             return;
@@ -187,11 +189,8 @@ impl Accounts {
                 .map(|l| (l, true))
                 .collect()
         };
-        loop {
-            let total = self.content.load(Relaxed);
-            if total <= target {
-                return;
-            }
+        let mut excess = self.content.load(Relaxed).saturating_sub(target);
+        while excess > 0 {
             // The largest log that can still give, and what the next largest holds.
             let mut by_size: Vec<usize> = (0..logs.len()).filter(|&i| logs[i].1).collect();
             by_size.sort_by_key(|&i| std::cmp::Reverse(logs[i].0.content_now.load(Relaxed)));
@@ -205,8 +204,7 @@ impl Accounts {
             let mut st = log.state.lock();
             // At least a slack's worth (or the excess) at a time, then on while this log is
             // still the largest.
-            let (mut excess, mut dropped) = (total - target, 0);
-            let step = excess.min(slack).max(1);
+            let (step, mut dropped) = (excess.min(slack).max(1), 0);
             while excess > 0 && st.index.len() > 1 && (dropped < step || st.content_now() > floor) {
                 let len = st.index.front().map_or(0, |e| e.len as usize) + ENTRY_BYTES;
                 st.pop();
