@@ -101,13 +101,15 @@ impl Hierarchy {
     }
 }
 
-/// The name of the file system `path` is on if that file system keeps its files in memory
-/// (tmpfs, ramfs): a far tier there would be charged to a memory cgroup as memory, not read
-/// from a device. `None` for any other file system, or if `path` cannot be examined.
+/// The name of the file system `path` is on (or would be, for a path not made yet: its
+/// nearest existing ancestor's) if that file system keeps its files in memory (tmpfs,
+/// ramfs): a far tier there would be charged to a memory cgroup as memory, not read from a
+/// device. `None` for any other file system, or if no ancestor can be examined.
 pub fn memory_backed_fs(path: &Path) -> Option<&'static str> {
     use std::os::unix::ffi::OsStrExt;
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    let path = path.ancestors().find(|p| p.exists())?;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: `c` is a NUL-terminated path and `st` is a writable `statfs` the call fills
@@ -118,8 +120,8 @@ pub fn memory_backed_fs(path: &Path) -> Option<&'static str> {
         }
         st.assume_init()
     };
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
-    match st.f_type as i64 {
+    // f_type's width and sign differ between targets; the magic numbers are 32 bits.
+    match st.f_type as u32 {
         TMPFS_MAGIC => Some("tmpfs"),
         RAMFS_MAGIC => Some("ramfs"),
         _ => None,
@@ -392,7 +394,13 @@ mod tests {
             let want = matches!(t.as_str(), "tmpfs" | "ramfs").then_some(t.as_str());
             assert_eq!(memory_backed_fs(Path::new(dir)), want, "{dir} is {t}");
         }
-        assert_eq!(memory_backed_fs(Path::new("/no/such/dir")), None);
+        // A directory not made yet is judged by where it would be made.
+        if fstype("/dev/shm").as_deref() == Some("tmpfs") {
+            assert_eq!(
+                memory_backed_fs(Path::new("/dev/shm/not/made/yet")),
+                Some("tmpfs")
+            );
+        }
     }
 
     #[test]

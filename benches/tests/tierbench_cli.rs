@@ -284,6 +284,9 @@ fn memory_bounded_run_reports_its_cgroup_or_why_not() {
         "128",
         "--rounds",
         "2",
+        // On the build's disk: the system temp dir may be a tmpfs, which this mode refuses.
+        "--far-dir",
+        env!("CARGO_TARGET_TMPDIR"),
     ]);
     let out = tierbench(&args);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -372,9 +375,23 @@ fn memory_bounded_runs_refuse_a_far_directory_in_memory() {
     }
     let dir = tempfile::tempdir_in(shm).unwrap();
     let mut args = SMALL.to_vec();
-    let far = dir.path().to_str().unwrap().to_string();
+    let far = dir
+        .path()
+        .join("not-made-yet")
+        .to_str()
+        .unwrap()
+        .to_string();
     args.extend(["--engine", "tera", "--memory-limit", "--far-dir", &far]);
-    let out = tierbench(&args);
+    // A v1 memory hierarchy as detection sees one, so that the check runs on any machine
+    // (it comes before any group is made).
+    let fake = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(fake.path().join("memory")).unwrap();
+    std::fs::write(fake.path().join("memory/memory.limit_in_bytes"), "0").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tierbench"))
+        .args(&args)
+        .env("TIERBENCH_CGROUP_ROOT", fake.path())
+        .output()
+        .expect("tierbench runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("tmpfs") && err.contains(&far), "{err}");

@@ -837,6 +837,17 @@ impl Inner {
         }
     }
 
+    /// Poison the database from outside the log (the log poisons itself, and wakes the same
+    /// waiters): reads waiting for a flush and watchers of every keyspace waiting for a change
+    /// learn that none will come. The first reason stays.
+    fn set_poison(&self, why: String) {
+        let _ = self.poison.set(why);
+        if let Some(wal) = &self.wal {
+            wal.wake_all();
+        }
+        self.bell.ring();
+    }
+
     /// Refuse writes after a log failure.
     pub(crate) fn writable(&self) -> Result<()> {
         match self.poison.get() {
@@ -983,17 +994,14 @@ impl Inner {
                 }
             }
             if let Some(u) = undo_err {
-                let _ = self.poison.set(format!(
-                    "a batch failed ({e}) and could not be undone ({u}); it is not logged, so \
-                     a reopen drops it"
-                ));
                 // What is left of it can never be durable: reads under this lock must not
                 // hand it out (with `commit` durability, `after_read` fails on the poison),
                 // and reads already waiting for a flush must learn that none will come.
                 lk.set_logged(u64::MAX);
-                if let Some(wal) = &self.wal {
-                    wal.wake_all();
-                }
+                self.set_poison(format!(
+                    "a batch failed ({e}) and could not be undone ({u}); it is not logged, so \
+                     a reopen drops it"
+                ));
             }
             taken.rev = None;
             self.skip_revision(ks, rev);
@@ -1205,13 +1213,10 @@ impl Drop for Taken<'_> {
         let Some(rev) = self.rev.filter(|_| std::thread::panicking()) else {
             return;
         };
-        let _ = self.inner.poison.set(format!(
+        self.inner.set_poison(format!(
             "a write to keyspace {:?} panicked after taking revision {rev}; reopen the database",
             self.ks.name
         ));
-        if let Some(wal) = &self.inner.wal {
-            wal.wake_all();
-        }
         self.ks.changelog.insert_empty(rev);
     }
 }
@@ -1948,7 +1953,17 @@ mod tests {
         c.partitions = 1;
         let db = Db::open(c).unwrap();
         let ks = db.keyspace("k", KeyspaceOptions::hash()).unwrap();
-        let mut w = ks.watch(b"", None, ks.revision()).unwrap();
+        let before = ks.revision();
+        // A watcher of another keyspace, waiting when the database is poisoned, is woken
+        // with it (nothing else rings the bell: the poisoned keyspace has no watcher yet,
+        // and no write of the other comes).
+        let other = db.keyspace("other", KeyspaceOptions::hash()).unwrap();
+        let mut w2 = other.watch(b"", None, other.revision()).unwrap();
+        let waiting = std::thread::spawn(move || {
+            let t = Instant::now();
+            (w2.next(Duration::from_secs(60), 10), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(200));
         let inner = db.inner_for_tests();
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _taken = Taken {
@@ -1960,6 +1975,13 @@ mod tests {
         }));
         assert!(unwound.is_err());
         assert!(db.poisoned().unwrap().contains("panicked"));
+        let (r, took) = waiting.join().unwrap();
+        assert!(matches!(r, Err(Error::Poisoned(_))), "{r:?}");
+        assert!(
+            took < Duration::from_secs(30),
+            "the other keyspace's watcher took {took:?}"
+        );
+        let mut w = ks.watch(b"", None, before).unwrap();
         // A revision taken after the gap, filled the way a failed write fills its own.
         let after = ks.ks.rev.fetch_add(1, AcqRel) + 1;
         ks.ks.changelog.insert_encoded(after, 0, &{

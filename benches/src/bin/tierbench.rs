@@ -443,16 +443,6 @@ fn real_main() -> Result<(), String> {
         }
     };
 
-    if a.memory_limit && !a.child {
-        if let Some(fs) = cgroup::memory_backed_fs(&far_root) {
-            return Err(format!(
-                "--far-dir {} is on {fs}: memory-bounded runs need the far tier on a disk (a \
-                 {fs} file is memory, charged to the engine's cgroup); pass --far-dir on one",
-                far_root.display()
-            ));
-        }
-    }
-
     // A child: join its memory group if it has one, run its one engine and fraction, exit.
     if a.child {
         let g = match &a.child_cgroup {
@@ -530,19 +520,24 @@ fn real_main() -> Result<(), String> {
     // Memory-bounded runs need a cgroup: where none can be made they are skipped, each with
     // a line saying why (`skipped`), and the exit status is 0 unless a run failed.
     let mut skip_why: Option<String> = None;
-    let hierarchy = if a.memory_limit {
-        let h = match Hierarchy::detect() {
-            Ok(h) => Some(h),
-            Err(why) => {
-                eprintln!("tierbench: skipping the memory-bounded runs: {why}");
-                skip_why = Some(why);
-                None
-            }
-        };
-        h
-    } else {
-        None
+    let hierarchy = match a.memory_limit.then(Hierarchy::detect) {
+        Some(Ok(h)) => Some(h),
+        Some(Err(why)) => {
+            eprintln!("tierbench: skipping the memory-bounded runs: {why}");
+            skip_why = Some(why);
+            None
+        }
+        None => None,
     };
+    if hierarchy.is_some() {
+        if let Some(fs) = cgroup::memory_backed_fs(&far_root) {
+            return Err(format!(
+                "--far-dir {} is on {fs}: memory-bounded runs need the far tier on a disk (a \
+                 {fs} file is memory, charged to the engine's cgroup); pass --far-dir on one",
+                far_root.display()
+            ));
+        }
+    }
     let hierarchy = if let Some(h) = hierarchy {
         let stale = Group::remove_stale(&h);
         if stale > 0 {
