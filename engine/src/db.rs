@@ -750,6 +750,12 @@ impl Inner {
         self.wal = Some(wal);
     }
 
+    /// The log buffer's size past which a writer flushes itself (`periodic`); the budget
+    /// charges twice this for the log's buffers.
+    pub(crate) fn wal_buffer_cap(&self) -> usize {
+        self.wal_buffer_cap
+    }
+
     pub(crate) fn poison_cell(&self) -> Arc<OnceLock<String>> {
         self.poison.clone()
     }

@@ -476,6 +476,7 @@ pub(crate) fn recover(inner: &mut Inner, config: &Config) -> Result<RecoveryInfo
         walked.end,
         inner.poison_cell(),
         inner.bell(),
+        2 * inner.wal_buffer_cap(),
     )?;
     inner.set_wal(Arc::new(wal));
     inner.set_checkpoint_lsn(from);

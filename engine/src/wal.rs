@@ -190,6 +190,10 @@ pub(crate) struct Wal {
     /// The durable LSN, and the tasks waiting without a thread for it to reach a position
     /// ([`Wal::poll_durable`]), woken by the flush that gets there or by the failure.
     waiters: DurableWaiters,
+    /// The largest buffer allocation a flush hands back for reuse: what the budget charges
+    /// for the log's buffers. A larger one (a bulk load's chunk, a huge batch) is freed, so
+    /// that one big write does not hold its allocation, outside the budget, for good.
+    keep_bytes: usize,
 }
 
 impl std::fmt::Debug for Wal {
@@ -204,6 +208,7 @@ impl std::fmt::Debug for Wal {
 impl Wal {
     /// Open the log for appending at `end` (the end of the last intact frame), in the file
     /// `file_start` (created if missing); the caller has cut any torn tail already.
+    #[allow(clippy::too_many_arguments)] // each is a separate setting of the one caller
     pub(crate) fn open(
         dir: &Path,
         storage: Arc<dyn Storage>,
@@ -212,6 +217,7 @@ impl Wal {
         end: u64,
         poison: Arc<OnceLock<String>>,
         bell: Arc<Bell>,
+        keep_bytes: usize,
     ) -> Result<Wal> {
         let path = dir.join(wal_name(file_start));
         let file = storage.open(&path).map_err(|source| Error::Io {
@@ -252,6 +258,7 @@ impl Wal {
             poison,
             bell,
             waiters: DurableWaiters::new(end),
+            keep_bytes,
         })
     }
 
@@ -370,9 +377,13 @@ impl Wal {
             Ok(()) => {
                 self.waiters.advance(end);
                 self.bell.ring();
-                // Hand the buffer's allocation back, unless someone refilled it meanwhile.
+                // Hand the buffer's allocation back, unless someone refilled it meanwhile or
+                // it is larger than the budget pays for.
                 let mut b = self.buf.lock();
-                if b.data.is_empty() && b.data.capacity() < data.capacity() {
+                if b.data.is_empty()
+                    && b.data.capacity() < data.capacity()
+                    && data.capacity() <= self.keep_bytes
+                {
                     let mut data = data;
                     data.clear();
                     b.data = data;
@@ -820,6 +831,7 @@ mod tests {
             0,
             poison.clone(),
             Arc::new(Bell::default()),
+            8 << 20,
         )
         .unwrap();
         let lsn = wal.append(b"frame");
@@ -872,6 +884,7 @@ mod tests {
             0,
             poison.clone(),
             Arc::new(Bell::default()),
+            8 << 20,
         )
         .unwrap();
         let durable = wal.append(b"durable");
@@ -967,8 +980,30 @@ mod tests {
             end,
             Arc::new(OnceLock::new()),
             Arc::new(Bell::default()),
+            8 << 20,
         )
         .unwrap()
+    }
+
+    /// A flush hands its buffer's allocation back for the next appends only up to what the
+    /// budget pays for: after one 32 MiB frame the log does not hold 32 MiB for good.
+    #[test]
+    fn a_big_frame_s_buffer_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = open_log(dir.path(), 0, 0);
+        let small = wal.append(&[1u8; 1000]);
+        wal.sync_to(small).unwrap();
+        assert!(
+            wal.buf.lock().data.capacity() >= 1000,
+            "a small buffer is kept"
+        );
+        let big = wal.append(&vec![2u8; 32 << 20]);
+        wal.sync_to(big).unwrap();
+        let kept = wal.buf.lock().data.capacity();
+        assert!(kept <= 8 << 20, "{kept} bytes kept after a 32 MiB frame");
+        let next = wal.append(&[3u8; 1000]);
+        wal.sync_to(next).unwrap();
+        assert_eq!(wal.durable(), next);
     }
 
     /// Two flushes through the log: three frames of 1000 bytes, then six of 1500. Returns
