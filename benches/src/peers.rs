@@ -144,7 +144,18 @@ pub struct Rocks {
 
 impl Rocks {
     pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Rocks> {
+        Rocks::open_with(dir, cache_bytes, false)
+    }
+
+    /// [`Rocks::open`], reading files with `O_DIRECT` (`use_direct_reads`): blocks are cached
+    /// once, in the block cache, not also in the page cache.
+    pub fn open_direct(dir: &Path, cache_bytes: u64) -> StoreResult<Rocks> {
+        Rocks::open_with(dir, cache_bytes, true)
+    }
+
+    fn open_with(dir: &Path, cache_bytes: u64, direct: bool) -> StoreResult<Rocks> {
         let mut o = rocksdb::Options::default();
+        o.set_use_direct_reads(direct);
         o.create_if_missing(true);
         o.optimize_for_point_lookup((cache_bytes >> 20).max(8));
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
