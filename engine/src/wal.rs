@@ -143,6 +143,21 @@ pub(crate) fn frame_ok(payload: &[u8], lsn: u64, crc: u32) -> bool {
     crc32c::crc32c_append(crc32c::crc32c(&lsn.to_le_bytes()), payload) == crc
 }
 
+/// The leadership of a flush, given up when the flush ends, by return or by unwinding: a
+/// flush that panicked would otherwise leave every later committer waiting for a leader that
+/// never comes; it poisons the log first (the buffer it took is lost).
+struct Leading<'a>(&'a Wal);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison_after_panic();
+        }
+        *self.0.leader.lock() = false;
+        self.0.flushed.notify_all();
+    }
+}
+
 /// The name of the log file whose first frame is at `lsn`.
 pub(crate) fn wal_name(lsn: u64) -> String {
     format!("wal-{lsn:020}.log")
@@ -337,11 +352,23 @@ impl Wal {
                 }
                 *leading = true;
             }
-            let r = self.flush();
-            *self.leader.lock() = false;
-            self.flushed.notify_all();
+            let r = {
+                let _lead = Leading(self);
+                self.flush()
+            };
             r?;
         }
+    }
+
+    /// Poison the log because a flush unwound (a bug, or a `Storage` that panicked): the
+    /// buffer it took is gone, so nothing written after it could be trusted. Committers and
+    /// async waiters learn it at once.
+    fn poison_after_panic(&self) {
+        let _ = self
+            .poison
+            .set("a log flush panicked; what it held is not known to be written".into());
+        self.waiters.wake_all();
+        self.bell.ring();
     }
 
     /// Whether the log is durable up to `lsn`, for an async task: `Pending` registers
@@ -866,6 +893,63 @@ mod tests {
             }
             file.sync_data()
         }
+    }
+
+    /// Storage whose `fdatasync` panics once `panic` is set.
+    #[derive(Debug, Default)]
+    struct SyncPanics {
+        panic: std::sync::atomic::AtomicBool,
+    }
+
+    impl Storage for SyncPanics {
+        fn sync(&self, file: &File) -> std::io::Result<()> {
+            if self.panic.load(std::sync::atomic::Ordering::SeqCst) {
+                panic!("a storage that panics in fdatasync");
+            }
+            file.sync_data()
+        }
+    }
+
+    /// A flush that panics poisons the log and gives up its leadership: a committer waiting
+    /// for it gets `Poisoned` instead of waiting for good for a leader that never comes.
+    #[test]
+    fn a_flush_that_panics_poisons_and_lets_the_others_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SyncPanics::default());
+        let poison = Arc::new(OnceLock::new());
+        let wal = Arc::new(
+            Wal::open(
+                dir.path(),
+                storage.clone(),
+                1 << 20,
+                0,
+                0,
+                poison.clone(),
+                Arc::new(Bell::default()),
+                8 << 20,
+            )
+            .unwrap(),
+        );
+        let first = wal.append(b"first");
+        storage
+            .panic
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let w = wal.clone();
+        let leader = std::thread::spawn(move || w.sync_to(first));
+        assert!(leader.join().is_err(), "the leader's flush panicked");
+        assert!(poison.get().is_some_and(|p| p.contains("panicked")));
+        let second = wal.append(b"second");
+        let w = wal.clone();
+        let follower = std::thread::spawn(move || w.sync_to(second));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !follower.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            follower.is_finished(),
+            "a committer waits for a leader that never comes"
+        );
+        assert!(matches!(follower.join().unwrap(), Err(Error::Poisoned(_))));
     }
 
     /// After `fdatasync` fails, the failed flush's frames are cut off the log: they are in
