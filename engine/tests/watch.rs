@@ -273,3 +273,23 @@ fn a_watch_after_the_last_possible_revision_reads_nothing() {
     let mut w = ks.watch(b"", None, u64::MAX).unwrap();
     assert!(w.next(Duration::from_millis(10), 10).unwrap().is_empty());
 }
+
+/// A watcher already waiting when a bulk load compacts its history learns it at once
+/// (`Compacted`), not when its timeout passes or the next write rings: without a log nothing
+/// else rings during a load.
+#[test]
+fn a_waiting_watcher_learns_of_a_bulk_load_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(tiny(dir.path(), 512 << 10)).unwrap();
+    let ks = db.keyspace("w", KeyspaceOptions::hash()).unwrap();
+    let mut w = ks.watch(b"", None, ks.revision()).unwrap();
+    let waiting = std::thread::spawn(move || {
+        let t = std::time::Instant::now();
+        (w.next(Duration::from_secs(60), 10), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    ks.bulk_load([(b"a", b"1"), (b"b", b"2")]).unwrap();
+    let (r, took) = waiting.join().unwrap();
+    assert!(matches!(r, Err(Error::Compacted { .. })), "{r:?}");
+    assert!(took < Duration::from_secs(30), "it waited {took:?}");
+}
