@@ -880,31 +880,18 @@ mod tests {
     }
 
     /// Storage whose `fdatasync` fails from when `fail` is set (the write before it lands in
-    /// the page cache, as with a device that fails its writeback).
+    /// the page cache, as with a device that fails its writeback), or panics if `panics`.
     #[derive(Debug, Default)]
     struct SyncFails {
         fail: std::sync::atomic::AtomicBool,
+        panics: bool,
     }
 
     impl Storage for SyncFails {
         fn sync(&self, file: &File) -> std::io::Result<()> {
             if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(!self.panics, "a storage that panics in fdatasync");
                 return Err(std::io::Error::from_raw_os_error(libc::EIO));
-            }
-            file.sync_data()
-        }
-    }
-
-    /// Storage whose `fdatasync` panics once `panic` is set.
-    #[derive(Debug, Default)]
-    struct SyncPanics {
-        panic: std::sync::atomic::AtomicBool,
-    }
-
-    impl Storage for SyncPanics {
-        fn sync(&self, file: &File) -> std::io::Result<()> {
-            if self.panic.load(std::sync::atomic::Ordering::SeqCst) {
-                panic!("a storage that panics in fdatasync");
             }
             file.sync_data()
         }
@@ -915,7 +902,10 @@ mod tests {
     #[test]
     fn a_flush_that_panics_poisons_and_lets_the_others_go() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(SyncPanics::default());
+        let storage = Arc::new(SyncFails {
+            panics: true,
+            ..Default::default()
+        });
         let poison = Arc::new(OnceLock::new());
         let wal = Arc::new(
             Wal::open(
@@ -932,7 +922,7 @@ mod tests {
         );
         let first = wal.append(b"first");
         storage
-            .panic
+            .fail
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let w = wal.clone();
         let leader = std::thread::spawn(move || w.sync_to(first));

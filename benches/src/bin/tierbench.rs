@@ -545,7 +545,7 @@ fn real_main() -> Result<(), String> {
         }
         None => None,
     };
-    if hierarchy.is_some() {
+    if let Some(h) = &hierarchy {
         if let Some(fs) = cgroup::memory_backed_fs(&far_root) {
             return Err(format!(
                 "--far-dir {} is on {fs}: memory-bounded runs need the far tier on a disk (a \
@@ -553,9 +553,7 @@ fn real_main() -> Result<(), String> {
                 far_root.display()
             ));
         }
-    }
-    let hierarchy = if let Some(h) = hierarchy {
-        let stale = Group::remove_stale(&h);
+        let stale = Group::remove_stale(h);
         if stale > 0 {
             eprintln!("tierbench: removed {stale} cgroup(s) left by earlier runs that were killed");
         }
@@ -567,10 +565,7 @@ fn real_main() -> Result<(), String> {
                 a.memory_allowance_mib
             );
         }
-        Some(h)
-    } else {
-        None
-    };
+    }
     if !a.json {
         println!(
             "{} records x {} B values ({:.1} MiB of data), {} threads, far latency: {}",
